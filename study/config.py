@@ -1,0 +1,252 @@
+"""One typed, serialisable config per trial, validated at the edge.
+
+A `TrialConfig` is everything one trial needs; it round-trips through JSON/YAML
+and is logged verbatim to MLflow (flattened with dotted keys). Every invalid
+input raises `ConfigError` with one line naming the field and the allowed range,
+before any work starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing description of invalid input (field + allowed range)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Strict):
+    """Which images, and how they are split. Digits ships inside scikit-learn."""
+
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    path: str | None = Field(None, description="local folder for cifar10/cifar100/imagefolder")
+    split_seed: int = Field(0, ge=0)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    image_size: int | None = Field(None, ge=4, le=1024, description="resize side in px (None: native)")
+    max_samples: int | None = Field(None, ge=10, description="cap on images used per split")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.name != "digits" and not self.path:
+            raise ValueError(f"data.path: required for dataset '{self.name}' (a local folder)")
+        return self
+
+
+class TeacherConfig(_Strict):
+    """A timm VisionTransformer: trained from scratch, or loaded (timm name / checkpoint)."""
+
+    source: Literal["scratch", "timm", "checkpoint"] = "scratch"
+    timm_name: str | None = Field(None, description="timm model name, e.g. vit_small_patch14_reg4_dinov2")
+    pretrained: bool = Field(False, description="load timm pretrained weights (needs network or HF cache)")
+    checkpoint: str | None = Field(None, description="local state_dict / timm checkpoint file")
+    depth: int = Field(8, ge=1, le=64)
+    width: int = Field(64, ge=8, le=4096)
+    heads: int = Field(4, ge=1, le=64)
+    mlp_ratio: float = Field(2.0, gt=0.0, le=8.0)
+    patch_size: int = Field(2, ge=1, le=64)
+    registers: int = Field(0, ge=0, le=16)
+    layerscale_init: float | None = Field(0.1, gt=0.0, le=1.0)
+    sd_rate: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth (timm drop_path_rate)")
+    epochs: int = Field(40, ge=0, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.05, ge=0.0, le=1.0)
+    warmup_epochs: int = Field(3, ge=0)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TeacherConfig":
+        if self.source == "scratch" and self.width % self.heads:
+            raise ValueError(f"teacher.width: must be divisible by teacher.heads={self.heads}, got {self.width}")
+        if self.source == "timm" and not self.timm_name:
+            raise ValueError("teacher.timm_name: required when teacher.source is 'timm'")
+        if self.source == "checkpoint" and not (self.checkpoint and self.timm_name):
+            raise ValueError("teacher.checkpoint: source 'checkpoint' needs both checkpoint and timm_name")
+        return self
+
+
+class RaptorConfig(_Strict):
+    """The recurrent surrogate: k blocks tied within contiguous phases."""
+
+    k: int = Field(2, ge=1, le=64, description="number of distinct blocks (phases)")
+    init: Literal["teacher", "random"] = Field("teacher", description="block init: teacher block at phase start, or random")
+    layerscale_init: float = Field(1e-5, gt=0.0, le=1.0, description="LayerScale init for random blocks")
+    cond_hidden: int = Field(32, ge=1, le=1024, description="hidden width of the depth-conditioning MLP")
+
+
+class StageConfig(_Strict):
+    """One distillation stage: optimiser, length and token-group loss weights."""
+
+    enabled: bool = True
+    epochs: int = Field(4, ge=0, le=10_000)
+    lr: float = Field(3e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    warmup_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    lambda_cls: float = Field(0.34, ge=0.0, le=1.0)
+    lambda_reg: float = Field(0.33, ge=0.0, le=1.0)
+    lambda_patch: float = Field(0.33, ge=0.0, le=1.0)
+
+
+class DistillConfig(_Strict):
+    """Two-stage distillation (SPEC section 4)."""
+
+    stage1: StageConfig = StageConfig()
+    stage2: StageConfig = StageConfig(lambda_cls=0.45, lambda_reg=0.10, lambda_patch=0.45)
+    anneal: float = Field(0.25, ge=0.0, le=1.0, description="fraction of stage-1 steps over which lambda_tf goes tf_start -> 0")
+    tf_start: float = Field(0.5, ge=0.0, le=1.0, description="initial teacher-forcing weight lambda_tf")
+    noise_sigma: float = Field(0.0, ge=0.0, le=10.0, description="input noise, in units of each token's RMS")
+    batch_size: int = Field(64, ge=1, le=65_536)
+    workers: int = Field(1, ge=1, le=1024, description="Ray Train data-parallel workers (sweeps only)")
+
+
+class SimilarityConfig(_Strict):
+    """How layer-layer similarity is measured and which matrix drives the partition."""
+
+    num_samples: int = Field(10_000, ge=2, description="samples averaged (capped at the train split)")
+    partition_on: Literal["cosine", "cka", "mse"] = "cosine"
+
+
+class RuntimeConfig(_Strict):
+    """Where and how fast; none of it changes the science (cache keys ignore it)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: str = Field(".raptor_cache", description="teacher + activation cache (shared by trials)")
+    num_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch default)")
+    amp: bool = Field(True, description="bf16 autocast on GPU")
+    compile: bool = Field(False, description="torch.compile the Raptor step")
+    fused_adamw: bool = Field(True, description="fused AdamW on GPU")
+    activation_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    progress: bool = True
+
+
+class TrialConfig(_Strict):
+    """Everything one trial needs; the unit logged to MLflow."""
+
+    name: str = Field("trial", min_length=1, max_length=200)
+    seed: int = Field(0, ge=0, description="seed for the Raptor init and distillation")
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    raptor: RaptorConfig = RaptorConfig()
+    distill: DistillConfig = DistillConfig()
+    similarity: SimilarityConfig = SimilarityConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _k_fits_depth(self) -> "TrialConfig":
+        if self.teacher.source == "scratch" and self.raptor.k > self.teacher.depth:
+            raise ValueError(f"raptor.k: must be in [1, teacher.depth={self.teacher.depth}], got {self.raptor.k}")
+        return self
+
+    # --- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> leaf values, e.g. {'teacher.sd_rate': 0.1}; what MLflow logs as params."""
+        return flatten(self.to_dict())
+
+    def teacher_key(self) -> str:
+        """Cache key of the teacher: hash of exactly what determines its weights (data + teacher)."""
+        return stable_hash({"data": self.data.model_dump(mode="json"), "teacher": self.teacher.model_dump(mode="json")})
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hex digest of a JSON-serialisable object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `flatten`: {'a.b': 1} -> {'a': {'b': 1}}."""
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node[leaf] = value
+    return tree
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """First error of a pydantic ValidationError as one line: 'field.path: message (got X)'."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        # our own validators already name the field and the range
+        return msg.removeprefix("Value error, ")
+    field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+    if first["type"] == "extra_forbidden":
+        return f"{field}: unknown key"
+    got = first.get("input")
+    got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
+    return f"{field}: {msg}{got_text}"
+
+
+def build_trial_config(tree: dict[str, Any]) -> TrialConfig:
+    """Validate a (nested) dict into a TrialConfig, or raise ConfigError with one line."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config: must be a mapping of sections, got {type(tree).__name__}")
+    try:
+        return TrialConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; missing files and syntax errors become one-line ConfigErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
+
+
+def load_trial_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrialConfig:
+    """Load a trial config from YAML (or defaults), apply dotted overrides, validate."""
+    tree = read_yaml(path) if path else {}
+    tree = tree or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(tree).__name__}")
+    if overrides:
+        tree = deep_merge(tree, unflatten(overrides))
+    return build_trial_config(tree)
