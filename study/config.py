@@ -125,7 +125,7 @@ class RuntimeConfig(_Strict):
     amp: bool = Field(True, description="bf16 autocast on GPU")
     compile: bool = Field(False, description="torch.compile the Raptor step")
     fused_adamw: bool = Field(True, description="fused AdamW on GPU")
-    activation_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    activation_dtype: Literal["float32", "float16"] = Field("float32", description="dtype of cached teacher states")
     progress: bool = True
 
 
@@ -143,8 +143,8 @@ class TrialConfig(_Strict):
 
     @model_validator(mode="after")
     def _k_fits_depth(self) -> "TrialConfig":
-        if self.teacher.source == "scratch" and self.raptor.k > self.teacher.depth:
-            raise ValueError(f"raptor.k: must be in [1, teacher.depth={self.teacher.depth}], got {self.raptor.k}")
+        if self.teacher.source == "scratch":
+            check_k_fits(self.raptor.k, self.teacher.depth)
         return self
 
     # --- serialisation -------------------------------------------------------
@@ -158,6 +158,12 @@ class TrialConfig(_Strict):
     def teacher_key(self) -> str:
         """Cache key of the teacher: hash of exactly what determines its weights (data + teacher)."""
         return stable_hash({"data": self.data.model_dump(mode="json"), "teacher": self.teacher.model_dump(mode="json")})
+
+
+def check_k_fits(k: int, depth: int) -> None:
+    """k must lie in [1, depth]; checked again once a pretrained teacher's depth is known."""
+    if not 1 <= k <= depth:
+        raise ConfigError(f"raptor.k: must be in [1, {depth}] (the teacher's depth), got {k}")
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

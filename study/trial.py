@@ -1,0 +1,215 @@
+"""One trial end to end: teacher -> states -> similarity -> partition -> Raptor -> distil -> metrics.
+
+`prepare` does everything up to the partition (cached, shared across trials),
+`distill_in_process` trains the Raptor here (the Ray path trains it on Ray
+Train workers instead), `evaluate` measures fidelity on the test split, and
+`write_outputs` writes the trial folder. `run_trial` chains them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from . import cache, plots
+from .activations import cached_states
+from .config import TrialConfig, check_k_fits
+from .data import ImageSpec, SPLIT_NAMES, check_data_source, load_splits
+from .distill import evaluate_fidelity, run_distillation
+from .metrics import fit_linear_probe, task_fidelity
+from .partition import Partition, contiguous_maxcut
+from .raptor import Raptor
+from .runtime import seed_everything, setup
+from .similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
+from .teacher import Teacher, load_teacher
+
+log = logging.getLogger(__name__)
+
+SIMILARITY_KINDS = ("cosine", "cka")  # kinds whose phase metrics are logged (mse drives partitions only)
+
+
+@dataclass
+class Prepared:
+    """A trial's shared inputs: teacher, its cached states, similarity matrices and partition."""
+
+    cfg: TrialConfig
+    device: torch.device
+    teacher: Teacher
+    states: dict[str, np.ndarray]  # split -> [N, L+1, T, D]
+    labels: dict[str, np.ndarray]  # split -> [N]
+    similarity: dict[str, np.ndarray]  # kind -> S [L, L] (1 - dissimilarity for cosine / mse)
+    partition: Partition
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def similarity_matrices(states: np.ndarray, num_registers: int) -> dict[str, np.ndarray]:
+    """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity."""
+    return {
+        "cosine": 1.0 - cosine_dissimilarity(states, num_registers),
+        "cka": linear_cka(states, num_registers),
+        "mse": 1.0 - mse_dissimilarity(states, num_registers),
+    }
+
+
+def prepare(cfg: TrialConfig) -> Prepared:
+    """Teacher, states of every split, similarity and the k-phase partition (all cached)."""
+    check_data_source(cfg.data)
+    device = setup(cfg.runtime)
+    timings: dict[str, float] = {}
+    splits_cache: dict[ImageSpec, object] = {}
+
+    def splits_for(spec: ImageSpec):
+        if spec not in splits_cache:
+            splits_cache[spec] = load_splits(cfg.data, spec)
+        return splits_cache[spec]
+
+    t0 = time.perf_counter()
+    teacher = load_teacher(cfg, device, splits_for)
+    check_k_fits(cfg.raptor.k, teacher.depth)
+    timings["teacher_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    states, labels = {}, {}
+    for split in SPLIT_NAMES:
+        # the dataset is only materialised when this split's states are not cached yet
+        lazy = _LazySplit(lambda s=split: splits_for(teacher.spec)[s])
+        states[split], labels[split] = cached_states(cfg, teacher.model, teacher.key, lazy, split, device)
+    timings["activations_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sample = states["train"][: cfg.similarity.num_samples]
+    similarity = similarity_matrices(sample, teacher.num_registers)
+    partition = contiguous_maxcut(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k)
+    timings["similarity_s"] = time.perf_counter() - t0
+    return Prepared(cfg, device, teacher, states, labels, similarity, partition, timings)
+
+
+class _LazySplit(torch.utils.data.Dataset):
+    """A dataset that loads its underlying split on first access."""
+
+    def __init__(self, load: Callable[[], torch.utils.data.Dataset]):
+        self._load, self._data = load, None
+
+    @property
+    def data(self) -> torch.utils.data.Dataset:
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i]
+
+
+def build_raptor(prepared: Prepared) -> Raptor:
+    cfg = prepared.cfg
+    seed_everything(cfg.seed)
+    return Raptor(prepared.teacher.model, prepared.partition.phase_bounds, init=cfg.raptor.init,
+                  layerscale_init=cfg.raptor.layerscale_init, cond_hidden=cfg.raptor.cond_hidden)
+
+
+def distill_in_process(prepared: Prepared, raptor: Raptor, state_path: Path | None = None,
+                       on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    """Distil here; with `state_path`, resume from it and checkpoint to it after every epoch."""
+    resume = torch.load(state_path, map_location="cpu", weights_only=False) if state_path and state_path.is_file() else None
+
+    def checkpoint(record: dict, state_fn) -> None:
+        if state_path:
+            state = state_fn()
+            cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+        if on_epoch:
+            on_epoch(record)
+
+    cfg = prepared.cfg
+    return run_distillation(raptor, prepared.states["train"], prepared.states["val"], cfg.distill, cfg.runtime,
+                            prepared.device, prepared.teacher.num_registers, cfg.seed, resume=resume, on_epoch=checkpoint)
+
+
+@torch.no_grad()
+def teacher_features(prepared: Prepared, split: str, batch_size: int = 512) -> torch.Tensor:
+    """The teacher's readout features (final norm on cls of x_L) for a split: [N, D]."""
+    states = prepared.states[split]
+    norm = prepared.teacher.model.norm
+    out = [norm(torch.from_numpy(np.array(states[i:i + batch_size, -1])).float().to(prepared.device))[:, 0].cpu()
+           for i in range(0, len(states), batch_size)]
+    return torch.cat(out)
+
+
+def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Fidelity on the test split -> (flat metrics, R^2 per layer by token group)."""
+    cfg = prepared.cfg
+    r2, raptor_feats = evaluate_fidelity(raptor, prepared.states["test"], prepared.teacher.num_registers,
+                                         prepared.device, cfg.runtime.amp)
+    probe = fit_linear_probe(teacher_features(prepared, "train").numpy(), prepared.labels["train"], seed=cfg.seed)
+    task = task_fidelity(probe, teacher_features(prepared, "test").numpy(), raptor_feats.numpy(), prepared.labels["test"])
+    metrics: dict[str, float] = {}
+    if prepared.teacher.test_acc is not None:
+        metrics["teacher.test_acc"] = prepared.teacher.test_acc
+    for kind in SIMILARITY_KINDS:
+        for name, value in phase_metrics(prepared.similarity[kind], prepared.partition.phase_bounds).items():
+            metrics[f"phase.{kind}.{name}"] = value
+    metrics["partition.cut_value"] = prepared.partition.cut_value
+    metrics["r2.final"], metrics["r2.mean"] = float(r2["all"][-1]), float(np.mean(r2["all"]))
+    for group in r2:
+        if group != "all":
+            metrics[f"r2.final.{group}"], metrics[f"r2.mean.{group}"] = float(r2[group][-1]), float(np.mean(r2[group]))
+    metrics.update({"acc.teacher_probe": task["acc_teacher"], "acc.raptor_probe": task["acc_raptor"],
+                    "acc.ratio": task["acc_ratio"], "acc.agreement": task["agreement"]})
+    return metrics, {group: [float(v) for v in values] for group, values in r2.items()}
+
+
+def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float], r2_per_layer: dict[str, list[float]],
+                  history: list[dict], out_dir: Path) -> dict:
+    """Write result.json, Parquet tables, figures, config and the Raptor weights into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, teacher = prepared.cfg, prepared.teacher
+    result = {
+        "config": cfg.to_dict(),
+        "teacher": {"key": teacher.key, "depth": teacher.depth, "width": teacher.width,
+                    "num_registers": teacher.num_registers, "test_acc": teacher.test_acc},
+        "similarity": {kind: matrix.tolist() for kind, matrix in prepared.similarity.items()},
+        "partition": prepared.partition.to_dict(),
+        "r2_per_layer": r2_per_layer,
+        "metrics": metrics,
+        "history": history,
+        "timings": prepared.timings,
+    }
+    cache.atomic_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    rows = [{"layer": layer, "group": group, "r2": value}
+            for group, values in r2_per_layer.items() for layer, value in enumerate(values, start=1)]
+    pd.DataFrame(rows).to_parquet(out_dir / "r2_per_layer.parquet", index=False)
+    pd.DataFrame(history).to_parquet(out_dir / "history.parquet", index=False)
+    plots.similarity_heatmap(prepared.similarity["cosine"], prepared.partition.phase_bounds, out_dir / "similarity.png",
+                             title=f"cosine similarity, k={prepared.partition.k}")
+    plots.r2_curves(r2_per_layer, out_dir / "r2_per_layer.png")
+    torch.save({"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
+               out_dir / "raptor.pt")
+    return result
+
+
+def run_trial(cfg: TrialConfig, out_dir: Path, on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Run one trial in this process and write its folder; resumable from `out_dir/distill_state.pt`."""
+    t_start = time.perf_counter()
+    prepared = prepare(cfg)
+    raptor = build_raptor(prepared)
+    t0 = time.perf_counter()
+    state_path = out_dir / "distill_state.pt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history = distill_in_process(prepared, raptor, state_path, on_epoch)
+    prepared.timings["distill_s"] = time.perf_counter() - t0
+    metrics, r2_per_layer = evaluate(prepared, raptor)
+    prepared.timings["total_s"] = time.perf_counter() - t_start
+    result = write_outputs(prepared, raptor, metrics, r2_per_layer, history, out_dir)
+    state_path.unlink(missing_ok=True)
+    return result
