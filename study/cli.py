@@ -57,6 +57,25 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    out_root = check_writable(Path(args.out), "--out")
+    table = run_sweep(args.spec, out_root, address=args.address, tracking_uri=args.tracking_uri, resume=args.command == "resume")
+    return 0 if len(table) and (table["status"] != "failed").all() else 1
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(Path(args.out))
+    console.print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                            "--host", args.host, "--port", str(args.port)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raptor-study", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -67,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. raptor.k=3")
     trial.add_argument("--out", default="runs/trials", help="output folder (a subfolder per trial name)")
     trial.set_defaults(func=cmd_trial)
+
+    for name, text in (("sweep", "launch a sweep: Ray Tune + Optuna over trials, Ray Train workers, MLflow tracking"),
+                       ("resume", "continue an interrupted sweep (finished trials are not rerun)")):
+        sweep = sub.add_parser(name, help=text)
+        sweep.add_argument("spec", help="search space YAML, e.g. search_spaces/smoke.yaml")
+        sweep.add_argument("--out", default="runs", help="output root: MLflow store, Ray state, trial folders, cache")
+        sweep.add_argument("--address", help="join a running Ray cluster (host:port or 'auto'); default: start a local Ray")
+        sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store under --out)")
+        sweep.set_defaults(func=cmd_sweep)
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on the sweep's tracking store")
+    ui.add_argument("--out", default="runs", help="output root of the sweeps")
+    ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store under --out)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -59,31 +59,34 @@ def similarity_matrices(states: np.ndarray, num_registers: int) -> dict[str, np.
     }
 
 
-def prepare(cfg: TrialConfig) -> Prepared:
-    """Teacher, states of every split, similarity and the k-phase partition (all cached)."""
-    check_data_source(cfg.data)
-    device = setup(cfg.runtime)
-    timings: dict[str, float] = {}
-    splits_cache: dict[ImageSpec, object] = {}
+def teacher_and_states(cfg: TrialConfig, device: torch.device, splits: tuple[str, ...] = SPLIT_NAMES
+                       ) -> tuple[Teacher, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The trial's teacher and its cached states/labels per split (trained/extracted once, then cache hits).
+
+    The dataset itself is only loaded when something has to be computed."""
+    loaded: dict[ImageSpec, object] = {}
 
     def splits_for(spec: ImageSpec):
-        if spec not in splits_cache:
-            splits_cache[spec] = load_splits(cfg.data, spec)
-        return splits_cache[spec]
+        if spec not in loaded:
+            loaded[spec] = load_splits(cfg.data, spec)
+        return loaded[spec]
 
-    t0 = time.perf_counter()
     teacher = load_teacher(cfg, device, splits_for)
     check_k_fits(cfg.raptor.k, teacher.depth)
-    timings["teacher_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     states, labels = {}, {}
-    for split in SPLIT_NAMES:
-        # the dataset is only materialised when this split's states are not cached yet
+    for split in splits:
         lazy = _LazySplit(lambda s=split: splits_for(teacher.spec)[s])
         states[split], labels[split] = cached_states(cfg, teacher.model, teacher.key, lazy, split, device)
-    timings["activations_s"] = time.perf_counter() - t0
+    return teacher, states, labels
 
+
+def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
+    """Teacher, states of every split, similarity and the k-phase partition (all cached)."""
+    check_data_source(cfg.data)
+    device = device or setup(cfg.runtime)
+    t0 = time.perf_counter()
+    teacher, states, labels = teacher_and_states(cfg, device)
+    timings = {"teacher_and_states_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     sample = states["train"][: cfg.similarity.num_samples]
     similarity = similarity_matrices(sample, teacher.num_registers)
@@ -111,10 +114,10 @@ class _LazySplit(torch.utils.data.Dataset):
         return self.data[i]
 
 
-def build_raptor(prepared: Prepared) -> Raptor:
-    cfg = prepared.cfg
+def build_raptor(cfg: TrialConfig, teacher: Teacher, phase_bounds) -> Raptor:
+    """The trial's Raptor at init (seeded by `cfg.seed`)."""
     seed_everything(cfg.seed)
-    return Raptor(prepared.teacher.model, prepared.partition.phase_bounds, init=cfg.raptor.init,
+    return Raptor(teacher.model, phase_bounds, init=cfg.raptor.init,
                   layerscale_init=cfg.raptor.layerscale_init, cond_hidden=cfg.raptor.cond_hidden)
 
 
@@ -202,7 +205,7 @@ def run_trial(cfg: TrialConfig, out_dir: Path, on_epoch: Callable[[dict], None] 
     """Run one trial in this process and write its folder; resumable from `out_dir/distill_state.pt`."""
     t_start = time.perf_counter()
     prepared = prepare(cfg)
-    raptor = build_raptor(prepared)
+    raptor = build_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds)
     t0 = time.perf_counter()
     state_path = out_dir / "distill_state.pt"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,244 @@
+"""Sweeps: Ray Tune + Optuna search over trials, Ray Train workers distilling, MLflow recording.
+
+Composition (Ray Train V2, the default in the installed Ray): each Tune trial
+runs `trial_driver`, a function trainable that prepares the trial (teacher,
+states, partition: cached and shared across trials), launches a `TorchTrainer`
+whose workers run both distillation stages data-parallel (DDP; gloo on CPU,
+NCCL on GPU), forwards their per-epoch reports to Tune with
+`ray.tune.integration.ray_train.TuneReportCallback` (so ASHA can stop weak
+trials), then evaluates the final checkpoint and reports the trial's metrics.
+`MlflowTrialCallback` in this driver process mirrors everything into MLflow.
+
+Output layout under the output root (default `runs/`):
+    mlflow.db, mlartifacts/     the local MLflow store (unless --tracking-uri)
+    ray/<sweep>/                Tune experiment state (what `resume` restores)
+    ray/_train/<sweep>/<trial>/ Ray Train runs with per-epoch checkpoints
+    trials/<sweep>/<trial>/     each trial's result.json, figures, Raptor weights
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from ray import tune
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from rich.console import Console
+from rich.table import Table
+
+from .config import ConfigError, build_trial_config, deep_merge
+from .distill import evaluate_fidelity, run_distillation
+from .runtime import setup
+from .space import SweepSpec, load_sweep
+from .tracking import (MlflowTrialCallback, default_tracking_uri, ensure_experiment, ensure_parent_run, finish_parent,
+                       mark_orphans, trial_name)
+from .trial import build_raptor, evaluate, prepare, teacher_and_states, write_outputs
+
+log = logging.getLogger(__name__)
+console = Console()
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    """Absolute locations of one sweep's outputs (must be shared by all nodes of a cluster)."""
+
+    root: Path
+
+    @property
+    def ray(self) -> Path:
+        return self.root / "ray"
+
+    def experiment(self, sweep: str) -> Path:
+        return self.ray / sweep
+
+    def train(self, sweep: str) -> Path:
+        return self.ray / "_train" / sweep
+
+    def trials(self, sweep: str) -> Path:
+        return self.root / "trials" / sweep
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+
+# ----------------------------------------------------------------------------- workers
+def worker_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: both distillation stages on its shard, a checkpoint per epoch (rank 0)."""
+    cfg = build_trial_config(config["trial"])
+    setup(cfg.runtime)
+    device = ray.train.torch.get_device()
+    teacher, states, _ = teacher_and_states(cfg, device, splits=("train", "val"))
+    raptor = build_raptor(cfg, teacher, config["phase_bounds"])
+    checkpoint = ray.train.get_checkpoint()
+    resume = None
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    rank = ray.train.get_context().get_world_rank()
+
+    def report(record: dict, state_fn) -> None:
+        if rank != 0:
+            ray.train.report(record)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state_fn(), Path(folder) / STATE_FILE)
+            ray.train.report(record, checkpoint=Checkpoint.from_directory(folder))
+
+    run_distillation(raptor, states["train"], states["val"], cfg.distill, cfg.runtime, device, teacher.num_registers,
+                     cfg.seed, resume=resume, on_epoch=report)
+
+
+# ----------------------------------------------------------------------------- trial driver
+def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> None:
+    """A Tune trial: prepare, distil on Ray Train workers, evaluate, write outputs, report."""
+    trial_id = tune.get_context().get_trial_id()
+    cfg = spec.trial_config(params, name=trial_name(spec.name, trial_id))
+    prepared = prepare(cfg)
+    res = spec.resources
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"trial": cfg.to_dict(), "phase_bounds": prepared.partition.phase_bounds},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.worker_gpu > 0,
+                                     resources_per_worker={"CPU": res.worker_cpu, "GPU": res.worker_gpu}),
+        run_config=TrainRunConfig(name=trial_id, storage_path=str(paths.train(spec.name)),
+                                  failure_config=FailureConfig(max_failures=3),
+                                  checkpoint_config=CheckpointConfig(num_to_keep=1),
+                                  callbacks=[TuneReportCallback()]),
+    )
+    result = trainer.fit()
+    raptor = build_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds).to(prepared.device)
+    history: list[dict] = []
+    if result.checkpoint:
+        with result.checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location=prepared.device, weights_only=False)
+        raptor.load_state_dict(state["raptor"])
+        history = state["history"]
+    metrics, r2_per_layer = evaluate(prepared, raptor)
+    val_r2, _ = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device, cfg.runtime.amp)
+    out_dir = paths.trials(spec.name) / trial_id
+    write_outputs(prepared, raptor, metrics, r2_per_layer, history, out_dir)
+    tune.report({**metrics, "val_r2": float(val_r2["all"][-1]), "out_dir": str(out_dir)})
+
+
+# ----------------------------------------------------------------------------- sweep
+def connect_ray(address: str | None) -> None:
+    """Start a local Ray (default) or join the cluster at `address`, failing fast with one line."""
+    if address and address not in ("auto", "local") and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--address: cannot reach a Ray cluster at {address!r} ({err})") from None
+    ray.init(address=None if address == "local" else address, ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=True, configure_logging=False)
+
+
+def make_trainable(spec: SweepSpec, paths: SweepPaths):
+    return tune.with_resources(tune.with_parameters(trial_driver, spec=spec, paths=paths),
+                               {"CPU": spec.resources.driver_cpu, "GPU": spec.resources.driver_gpu})
+
+
+def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallback) -> tune.Tuner:
+    from optuna.samplers import RandomSampler, TPESampler
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = spec.search
+    search_alg = None
+    if s.sampler != "grid":
+        sampler = TPESampler(seed=s.seed) if s.sampler == "tpe" else RandomSampler(seed=s.seed)
+        search_alg = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=s.max_concurrent)
+    scheduler = None
+    if spec.scheduler.type == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor, max_t=100_000)
+    return tune.Tuner(
+        make_trainable(spec, paths),
+        param_space=spec.tune_space(),
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=s.num_samples,
+                                    metric=s.metric, mode=s.mode, max_concurrent_trials=s.max_concurrent),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=[callback],
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1),
+    )
+
+
+def resolve_spec(spec: SweepSpec, paths: SweepPaths) -> SweepSpec:
+    """Pin the cache folder to an absolute shared path (Ray workers run in other folders)."""
+    cache_dir = spec.base.get("runtime", {}).get("cache_dir")
+    cache_dir = str(Path(cache_dir).resolve()) if cache_dir else str(paths.cache)
+    return spec.model_copy(update={"base": deep_merge(spec.base, {"runtime": {"cache_dir": cache_dir}})})
+
+
+def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = None, tracking_uri: str | None = None,
+              resume: bool = False) -> pd.DataFrame:
+    """Launch (or resume) the sweep in `spec_path`; returns one row per trial."""
+    from mlflow.tracking import MlflowClient
+
+    paths = SweepPaths(out_root.resolve())
+    spec = resolve_spec(load_sweep(spec_path), paths)
+    experiment_dir = paths.experiment(spec.name)
+    can_restore = tune.Tuner.can_restore(str(experiment_dir))
+    if resume and not can_restore:
+        raise ConfigError(f"resume: no sweep '{spec.name}' to resume under {paths.ray}")
+    if not resume and can_restore:
+        raise ConfigError(f"sweep: '{spec.name}' already exists under {paths.ray}; use `raptor-study resume` or another --out")
+    tracking_uri = tracking_uri or default_tracking_uri(paths.root)
+    client = MlflowClient(tracking_uri)
+    try:
+        experiment_id = ensure_experiment(client, spec.name, paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None)
+    except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
+        raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} ({str(err).splitlines()[0]})") from None
+    parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
+    connect_ray(address)
+    if resume:  # the MLflow callback comes back with the experiment state
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(spec, paths),
+                                   resume_unfinished=True, restart_errored=True)
+    else:
+        tuner = build_tuner(spec, paths, MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec))
+    grid = tuner.fit()
+    table = results_table(grid, spec)
+    orphans = mark_orphans(client, experiment_id, spec.name, keep=set())
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    summary = {f"trials.{k}": v for k, v in counts.items()} | {"trials.orphaned": len(orphans)}
+    if len(table) and table[spec.search.metric].notna().any():
+        summary[f"best.{spec.search.metric}"] = (table[spec.search.metric].max() if spec.search.mode == "max"
+                                                 else table[spec.search.metric].min())
+    finish_parent(client, parent_run_id, summary)
+    show_table(table, spec, paths, tracking_uri)
+    return table
+
+
+def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
+    """One row per trial: id, status, searched params, objective and headline metrics."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        status = "failed" if result.error else ("finished" if "r2.final" in metrics else "pruned")
+        row = {"trial_id": metrics.get("trial_id", Path(result.path).name), "status": status}
+        row.update({key: result.config.get(key) for key in spec.space})
+        for key in dict.fromkeys((spec.search.metric, "r2.final", "acc.ratio")):
+            row[key] = metrics.get(key)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking_uri: str) -> None:
+    view = Table(title=f"sweep {spec.name}: {len(table)} trials")
+    for column in table.columns:  # short headers: the last part of dotted names
+        view.add_column(column if column in ("r2.final", "acc.ratio") else column.rsplit(".", 1)[-1], justify="right")
+    for _, row in table.iterrows():
+        view.add_row(*("" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(view)
+    console.print(f"trial outputs: {paths.trials(spec.name)}")
+    console.print(f"MLflow: {tracking_uri}  (browse: raptor-study ui --out {paths.root})")
