@@ -1,0 +1,157 @@
+"""End to end: real sweeps through Ray Tune + Optuna + Ray Train + MLflow (tiny trials on digits)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+def tiny_spec(tmp_path: Path, name: str, num_samples: int, max_concurrent: int) -> Path:
+    spec = {
+        "name": name,
+        "base": {
+            "data": {"max_samples": 300},
+            "teacher": {"depth": 3, "width": 16, "heads": 2, "epochs": 2, "batch_size": 64},
+            "distill": {"batch_size": 64, "stage1": {"epochs": 1}, "stage2": {"epochs": 2}},
+            "runtime": {"num_threads": 1, "progress": False},
+        },
+        "space": {"teacher.sd_rate": {"choice": [0.0, 0.3]}, "raptor.k": {"choice": [1, 2]},
+                  "distill.anneal": {"uniform": [0.1, 0.5]}},
+        "search": {"sampler": "random", "metric": "val_r2", "mode": "max", "num_samples": num_samples,
+                   "max_concurrent": max_concurrent, "seed": 3},
+        "resources": {"driver_cpu": 0.5, "workers": 1, "worker_cpu": 0.5},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def trial_runs(client: MlflowClient, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], filter_string="tags.`raptor.role` = 'trial'")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not come up within 90 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def rest(url: str, endpoint: str, payload: dict) -> dict:
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_sweep_records_every_trial_in_a_real_mlflow_server(tmp_path, mlflow_server):
+    spec = tiny_spec(tmp_path, "e2e", num_samples=3, max_concurrent=2)
+    out = tmp_path / "runs"
+    log = finish(cli("sweep", str(spec), "--out", str(out), "--tracking-uri", mlflow_server))
+    assert "sweep e2e: 3 trials" in log
+
+    # through the MLflow client
+    client = MlflowClient(mlflow_server)
+    runs = trial_runs(client, "e2e")
+    assert len(runs) == 3
+    parent = client.search_runs([runs[0].info.experiment_id], filter_string="tags.`raptor.role` = 'sweep'")
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["raptor.status"] == "finished"
+        assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert run.data.params["teacher.depth"] == "3" and "teacher.sd_rate" in run.data.params
+        assert {"r2.final", "r2.mean", "acc.ratio", "phase.cosine.within_sim", "stage2.loss"} <= set(run.data.metrics)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "r2.layer")] == [1, 2, 3]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "stage2.loss")] == [0, 1]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"result.json", "similarity.png", "r2_per_layer.png", "raptor.pt"} <= artifacts
+
+    # the same through the REST API
+    exp_id = runs[0].info.experiment_id
+    found = rest(mlflow_server, "runs/search", {"experiment_ids": [exp_id], "filter": "tags.`raptor.role` = 'trial'"})
+    assert len(found["runs"]) == 3
+    assert all(r["info"]["status"] == "FINISHED" for r in found["runs"])
+    assert all(any(m["key"] == "r2.final" for m in r["data"]["metrics"]) for r in found["runs"])
+
+    # each teacher config was trained once, shared through the cache
+    sd_rates = {run.data.params["teacher.sd_rate"] for run in runs}
+    assert len(list((out / "cache" / "teachers").glob("*.pt"))) == len(sd_rates)
+
+
+def test_resume_after_the_driver_is_killed_reruns_nothing_and_duplicates_nothing(tmp_path):
+    spec = tiny_spec(tmp_path, "crash", num_samples=2, max_concurrent=1)
+    out = tmp_path / "runs"
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    proc = cli("sweep", str(spec), "--out", str(out))
+    client = None
+    deadline = time.monotonic() + 600
+    finished: list = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(3)
+        # open the store only once a trial has written its outputs (the driver created the store long before)
+        if list((out / "trials" / "crash").glob("*/result.json")):
+            client = client or MlflowClient(uri)
+            finished = [r for r in trial_runs(client, "crash") if r.info.status == "FINISHED"]
+            if finished:
+                break
+    assert finished, "no trial finished before the deadline"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray die together
+    proc.wait(timeout=60)
+    first = finished[0]
+
+    finish(cli("resume", str(spec), "--out", str(out)))
+    runs = trial_runs(client, "crash")
+    assert len(runs) == 2, [r.data.tags.get("raptor.trial_id") for r in runs]
+    assert len({r.data.tags["raptor.trial_id"] for r in runs}) == 2
+    assert all(r.info.status == "FINISHED" for r in runs)
+    again = client.get_run(first.info.run_id)
+    assert again.info.end_time == first.info.end_time  # the finished trial was not rerun
+    for run in runs:  # one continuous history: no epoch logged twice
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "stage2.loss")]
+        assert sorted(steps) == [0, 1]
