@@ -1,0 +1,176 @@
+"""Matplotlib figures of a sweep (Agg canvas, no pyplot state): each function returns one `Figure`."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from scipy import stats
+
+from analysis.fit import CONFIDENCE, mean_ci, ols_band
+from analysis.importance import Importances
+from analysis.schema import K_PARAM, SD_PARAM
+
+PANEL = 4.2
+"""Side of one panel, inches."""
+
+
+@dataclass(frozen=True)
+class SimilarityPanel:
+    """One layer-layer similarity matrix (layers 1..L) and its phases as 1-based inclusive bounds."""
+
+    title: str
+    matrix: np.ndarray
+    bounds: Sequence[Sequence[int]]
+
+
+def to_png(figure: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes, rendered by the Agg canvas."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def similarity_grid(rows: Sequence[Sequence[SimilarityPanel]]) -> Figure:
+    """Similarity heatmaps, one row per kind on its own colour scale; phases outlined, boundaries dashed."""
+    columns = max(len(panels) for panels in rows)
+    figure = Figure(figsize=(PANEL * columns, PANEL * 0.9 * len(rows)), layout="constrained")
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    for row_axes, panels in zip(axes, rows, strict=True):
+        norm = Normalize(min(float(np.min(p.matrix)) for p in panels), 1.0)
+        for ax, panel in zip(row_axes, panels, strict=False):  # spare axes are hidden below
+            depth = len(panel.matrix)
+            image = ax.imshow(panel.matrix, cmap="viridis", norm=norm, extent=(0.5, depth + 0.5, depth + 0.5, 0.5))
+            for first, last in panel.bounds:
+                side = last - first + 1
+                ax.add_patch(Rectangle((first - 0.5, first - 0.5), side, side, fill=False, ec="white", lw=2))
+            for _, last in panel.bounds[:-1]:
+                ax.axhline(last + 0.5, color="white", ls="--", lw=0.8)
+                ax.axvline(last + 0.5, color="white", ls="--", lw=0.8)
+            ax.set_title(panel.title, fontsize=10)
+            ax.set(xlabel="layer", ylabel="layer")
+            colorbar = figure.colorbar(image, ax=ax, shrink=0.8, label="similarity")
+            colorbar.ax.ticklabel_format(useOffset=False)
+        for ax in row_axes[len(panels) :]:
+            ax.set_axis_off()
+    return figure
+
+
+def fidelity_scatter(trials: pd.DataFrame, fits: pd.DataFrame, color_by: str = SD_PARAM) -> Figure:
+    """One panel per fit row: y against x, OLS line with its 95% confidence band, points coloured by ``color_by``."""
+    figure = Figure(figsize=(PANEL * len(fits), PANEL), layout="constrained")
+    axes = figure.subplots(1, len(fits), squeeze=False).ravel()
+    colour = pd.to_numeric(trials[color_by], errors="coerce") if color_by in trials else pd.Series(np.nan, trials.index)
+    norm = Normalize(colour.min(), colour.max()) if colour.notna().any() else None
+    for ax, fit in zip(axes, fits.itertuples(index=False), strict=True):
+        ax.scatter(
+            trials[fit.x],
+            trials[fit.y],
+            c=colour if norm else "tab:blue",
+            cmap="plasma",
+            norm=norm,
+            s=22,
+            ec="k",
+            lw=0.3,
+        )
+        band = ols_band(trials[fit.x], trials[fit.y])
+        if band is not None:
+            ax.plot(band["x"], band["fit"], color="k", lw=1.2, label="OLS fit")
+            ax.fill_between(band["x"], band["lo"], band["hi"], color="k", alpha=0.15, label=f"{CONFIDENCE:.0%} CI")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set(xlabel=fit.x, ylabel=fit.y)
+        ax.set_title(
+            f"R²={fit.r2:.3f}  slope={fit.slope:.3g} [{fit.slope_lo:.3g}, {fit.slope_hi:.3g}]  n={fit.n}", fontsize=9
+        )
+    if norm:
+        figure.colorbar(ScalarMappable(norm=norm, cmap="plasma"), ax=axes.tolist(), label=color_by, shrink=0.8)
+    return figure
+
+
+def layer_curves(trials: pd.DataFrame, columns: Sequence[str], by: str = K_PARAM) -> Figure:
+    """Per-layer R^2 (list columns) by ``by``: mean over trials with a 95% t-interval band."""
+    figure = Figure(figsize=(PANEL * len(columns), PANEL), layout="constrained")
+    axes = figure.subplots(1, len(columns), squeeze=False).ravel()
+    for ax, column in zip(axes, columns, strict=True):
+        for level, group in trials.dropna(subset=[by]).groupby(by, sort=True):
+            curves = [c for c in group[column] if isinstance(c, list) and c]
+            if not curves:
+                continue
+            table = pd.DataFrame(
+                {i: pd.Series(c, dtype=float) for i, c in enumerate(curves)}
+            ).T  # trial x layer, NaN-padded
+            mean = table.mean().to_numpy()
+            half = (table.sem() * stats.t.ppf((1 + CONFIDENCE) / 2, table.count() - 1)).to_numpy()
+            layers = np.arange(1, table.shape[1] + 1)
+            ax.plot(layers, mean, marker="o", ms=3, label=f"{by}={level} (n={len(curves)})")
+            ax.fill_between(layers, mean - half, mean + half, alpha=0.2)
+        ax.set(title=column, xlabel="teacher layer", ylabel="R²")
+        ax.legend(fontsize=8)
+    return figure
+
+
+def accuracy_vs_k(
+    trials: pd.DataFrame, paper: Mapping[int, float], metric: str = "acc.ratio", by: str = K_PARAM
+) -> Figure:
+    """Accuracy recovery per k: trials (jittered), mean with 95% t-interval, and the paper's anchors."""
+    figure = Figure(figsize=(PANEL * 1.4, PANEL), layout="constrained")
+    ax = figure.subplots()
+    jitter = np.random.default_rng(0)
+    data = trials.dropna(subset=[by, metric])
+    for index, (level, group) in enumerate(data.groupby(by, sort=True)):
+        ax.scatter(level + jitter.uniform(-0.12, 0.12, len(group)), group[metric], s=12, alpha=0.4, color="tab:blue")
+        mean, lo, hi, _ = mean_ci(group[metric])
+        err = [[mean - lo], [hi - mean]] if np.isfinite(lo) else None
+        label = f"this sweep: mean, {CONFIDENCE:.0%} CI" if index == 0 else None
+        ax.errorbar([level], [mean], yerr=err, fmt="o", color="k", capsize=4, zorder=3, label=label)
+    ax.scatter(
+        list(paper), list(paper.values()), marker="*", s=140, color="tab:red", zorder=4, label="paper (DINOv2 ViT-B)"
+    )
+    ax.set(xlabel=by, ylabel=f"{metric} (Raptor / teacher probe accuracy)", title="Accuracy recovery vs k")
+    ax.set_xticks(sorted({*data[by].astype(int).tolist(), *paper}))
+    ax.legend(fontsize=8)
+    return figure
+
+
+def importance_bars(importances: Sequence[Importances], top: int = 10) -> Figure:
+    """Horizontal bars of the ``top`` params per target (targets with no importances are skipped)."""
+    shown = [imp for imp in importances if imp.values]
+    figure = Figure(figsize=(PANEL * 1.2 * len(shown), PANEL), layout="constrained")
+    axes = figure.subplots(1, len(shown), squeeze=False).ravel()
+    for ax, imp in zip(axes, shown, strict=True):
+        items = sorted(imp.values.items(), key=lambda kv: kv[1])[-top:]
+        ax.barh([name for name, _ in items], [value for _, value in items], color="tab:green")
+        ax.set(title=f"{imp.target} (n={imp.n_trials})", xlabel="fANOVA importance")
+    return figure
+
+
+def parallel_coordinates(trials: pd.DataFrame, params: Sequence[str], target: str) -> Figure:
+    """Parallel coordinates of ``params`` and ``target`` (each scaled to [0, 1]), lines coloured by target quartile."""
+    frame = trials[[*params, target]].dropna(subset=[target]).copy()
+    for column in frame:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            values = values.astype(str).astype("category").cat.codes
+        values = values.astype(float)
+        span = values.max() - values.min()
+        frame[column] = (values - values.min()) / span if span > 0 else 0.5
+    quartile = pd.qcut(trials.loc[frame.index, target], q=min(4, frame[target].nunique()), duplicates="drop")
+    frame["class"] = quartile.map(lambda iv: f"{iv.left:.3g} to {iv.right:.3g}").astype(str)
+    figure = Figure(figsize=(max(6.0, 1.3 * (len(params) + 1)), PANEL), layout="constrained")
+    ax = figure.subplots()
+    pd.plotting.parallel_coordinates(
+        frame, "class", cols=[*params, target], ax=ax, colormap="viridis", alpha=0.5, sort_labels=True
+    )
+    ax.set(ylabel="scaled to [0, 1]", title=f"Trials by {target} quartile")
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.legend(title=target, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return figure

@@ -1,0 +1,53 @@
+"""The MLflow contract between the study's trials and the analysis: names only.
+
+One experiment per sweep; a parent run tagged ``raptor.role=sweep``; one child
+run per trial tagged ``raptor.role=trial``, ``raptor.sweep``, ``raptor.status``
+and ``mlflow.parentRunId``. Params are the flattened trial config (dotted keys,
+logged as strings); metrics and the ``result.json`` artifact are named below.
+"""
+
+from __future__ import annotations
+
+ROLE_TAG = "raptor.role"
+SWEEP_TAG = "raptor.sweep"
+STATUS_TAG = "raptor.status"
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_SWEEP = "sweep"
+ROLE_TRIAL = "trial"
+
+FINISHED, FAILED, PRUNED, RUNNING = "finished", "failed", "pruned", "running"
+STATUSES = (FINISHED, FAILED, PRUNED, RUNNING)
+"""Trial outcomes; ``running`` covers runs that never ended (e.g. a killed worker)."""
+
+MLFLOW_STATUS = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": PRUNED, "RUNNING": RUNNING, "SCHEDULED": RUNNING}
+"""Fallback outcome from the MLflow run status when the ``raptor.status`` tag is absent."""
+
+PHASE_KINDS = ("cosine", "cka")
+PHASE_NAMES = ("within_sim", "between_sim", "contrast", "cut_norm", "adjacent_sim", "mean_sim")
+PHASE_METRICS = tuple(f"phase.{kind}.{name}" for kind in PHASE_KINDS for name in PHASE_NAMES)
+"""Phase-structure metrics: the x-axis of the similarity-fidelity correlation."""
+
+FIDELITY_METRICS = ("r2.final", "r2.mean", "acc.ratio")
+"""Fidelity metrics: the y-axis."""
+
+LAYER_METRIC_PREFIX = "r2.layer"
+"""Metrics with this prefix are per-layer histories (step = teacher layer 1..L)."""
+
+SD_PARAM = "teacher.sd_rate"
+K_PARAM = "raptor.k"
+TEACHER_KEY_PARAM = "teacher.key"
+
+TEXT_PARAMS = frozenset(
+    {
+        "name",
+        TEACHER_KEY_PARAM,
+        "data.name",
+        "data.path",
+        "teacher.timm_name",
+        "teacher.checkpoint",
+        "runtime.cache_dir",
+    }
+)
+"""Params kept as text even when every value happens to look like a number (e.g. a hex hash)."""
+
+RESULT_ARTIFACT = "result.json"

@@ -1,0 +1,248 @@
+"""A synthetic sweep written to MLflow exactly as the study's trials write theirs.
+
+For tests and report demos without training anything: every teacher gets a
+banded layer-layer similarity matrix whose band widens with the SD rate, and
+every trial's fidelity is planted as a linear function of its mean within-phase
+cosine similarity (slope `PLANTED_SLOPE`), with noise that shrinks with SD. It
+also writes failed and pruned trials and one finished trial without
+``acc.ratio``, so exclusion and missing-value handling show up in the analysis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from analysis.schema import (
+    FAILED,
+    FINISHED,
+    PARENT_TAG,
+    PHASE_KINDS,
+    PRUNED,
+    RESULT_ARTIFACT,
+    ROLE_SWEEP,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    STATUS_TAG,
+    SWEEP_TAG,
+)
+
+PLANTED_SLOPE = 0.9
+"""d r2.final / d phase.cosine.within_sim in every synthetic trial."""
+PLANTED_INTERCEPT = 0.08
+EPOCHS = 4
+
+
+@dataclass(frozen=True)
+class SyntheticSweep:
+    """Where the sweep went and what was planted: one ``truth`` row per trial run (all statuses)."""
+
+    experiment: str
+    parent_run_id: str
+    truth: pd.DataFrame
+
+
+def write_synthetic_sweep(
+    tracking_uri: str | None,
+    experiment: str,
+    *,
+    sd_rates: Sequence[float] = (0.0, 0.2, 0.4, 0.6),
+    ks: Sequence[int] = (2, 3, 4),
+    teacher_seeds: Sequence[int] = (0, 1),
+    lambda_cls: Sequence[float] = (0.3, 0.45),
+    depth: int = 8,
+    n_failed: int = 2,
+    n_pruned: int = 2,
+    noise: float = 0.03,
+    artifact_location: str | None = None,
+    seed: int = 0,
+) -> SyntheticSweep:
+    """Create ``experiment`` with a sweep parent run and one child run per trial.
+
+    Finished trials cover every (SD rate, teacher seed, k, stage-2 lambda_cls);
+    then ``n_failed`` failed trials (MLflow FAILED) and ``n_pruned`` pruned ones
+    (alternately MLflow KILLED and FINISHED, both tagged pruned) with partial
+    training curves only. The first finished trial has no ``acc.ratio``.
+    """
+    rng = np.random.default_rng(seed)
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+    parent = client.create_run(experiment_id, tags={ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment}, run_name=experiment)
+    parent_id = parent.info.run_id
+    matrices = {(sd, ts): _similarity(depth, sd, ts) for sd, ts in product(sd_rates, teacher_seeds)}
+    grid = list(product(sd_rates, teacher_seeds, ks, lambda_cls))
+    truth = []
+    for index, (sd, ts, k, lam) in enumerate(grid):
+        config = _config(f"trial-{index:03d}", sd, ts, k, lam, depth)
+        metrics, result = _finished_trial(matrices[sd, ts], sd, k, lam, config, noise, rng)
+        if index == 0:
+            del metrics["acc.ratio"]
+        run_id = _log_trial(client, experiment_id, parent_id, experiment, config, FINISHED, "FINISHED", metrics, result)
+        truth.append({"run_id": run_id, "status": FINISHED, **_flat(config), **metrics})
+    for index in range(n_failed + n_pruned):
+        sd, ts, k, lam = grid[index % len(grid)]
+        config = _config(f"trial-{len(grid) + index:03d}", sd, ts, k, lam, depth)
+        failed = index < n_failed
+        status, mlflow_status = (FAILED, "FAILED") if failed else (PRUNED, "KILLED" if index % 2 else "FINISHED")
+        curves = {} if failed else {"stage2.val_r2": list(np.linspace(0.1, 0.3, EPOCHS // 2))}
+        run_id = _log_trial(client, experiment_id, parent_id, experiment, config, status, mlflow_status, curves, None)
+        truth.append({"run_id": run_id, "status": status, **_flat(config)})
+    client.set_terminated(parent_id, "FINISHED")
+    return SyntheticSweep(experiment, parent_id, pd.DataFrame(truth))
+
+
+def phase_metrics(similarity: np.ndarray, bounds: Sequence[Sequence[int]]) -> dict[str, float]:
+    """The six phase-structure metrics of one similarity matrix under a partition (1-based inclusive bounds)."""
+    depth = len(similarity)
+    phase = np.empty(depth, dtype=int)
+    for index, (first, last) in enumerate(bounds):
+        phase[first - 1 : last] = index
+    upper = np.triu(np.ones((depth, depth), dtype=bool), k=1)
+    same = phase[:, None] == phase[None, :]
+    dissimilarity = 1.0 - similarity
+    within = similarity[upper & same].mean()
+    between = similarity[upper & ~same].mean()
+    return {
+        "within_sim": float(within),
+        "between_sim": float(between),
+        "contrast": float(within - between),
+        "cut_norm": float(dissimilarity[upper & ~same].sum() / dissimilarity[upper].sum()),
+        "adjacent_sim": float(np.diag(similarity, 1).mean()),
+        "mean_sim": float(similarity[upper].mean()),
+    }
+
+
+def _similarity(depth: int, sd: float, teacher_seed: int) -> dict[str, np.ndarray]:
+    """Cosine and CKA matrices: similarity decays with layer distance, more slowly at higher SD."""
+    layers = np.arange(depth)
+    length = 1.5 + 5.0 * sd + 0.3 * teacher_seed
+    cosine = np.exp(-np.abs(layers[:, None] - layers[None, :]) / length)
+    return {"cosine": cosine, "cka": cosine**0.6}
+
+
+def _config(name: str, sd: float, teacher_seed: int, k: int, lam: float, depth: int) -> dict[str, Any]:
+    """A nested trial config with the study's sections and value types (None, bools, text, numbers)."""
+    teacher = {
+        "source": "scratch",
+        "timm_name": None,
+        "depth": depth,
+        "width": 64,
+        "heads": 4,
+        "sd_rate": sd,
+        "seed": teacher_seed,
+    }
+    data = {"name": "digits", "path": None, "split_seed": 0}
+    return {
+        "name": name,
+        "seed": 0,
+        "data": data,
+        "teacher": teacher,
+        "raptor": {"k": k, "init": "teacher", "layerscale_init": 1e-5},
+        "distill": {
+            "anneal": 0.25,
+            "stage1": {"enabled": True, "lambda_cls": 0.34, "lambda_patch": 0.33, "lr": 3e-4},
+            "stage2": {"enabled": True, "lambda_cls": lam, "lambda_patch": round(0.9 - lam, 6), "lr": 3e-4},
+        },
+        "runtime": {"device": "cpu", "num_threads": None},
+    }
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys as the study logs them, plus ``teacher.key``: a hash of what determines the teacher."""
+    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
+    teacher = json.dumps({"data": config["data"], "teacher": config["teacher"]}, sort_keys=True)
+    return {**flat, "teacher.key": hashlib.sha256(teacher.encode()).hexdigest()[:16]}
+
+
+def _finished_trial(
+    matrices: dict[str, np.ndarray],
+    sd: float,
+    k: int,
+    lam: float,
+    config: dict[str, Any],
+    noise: float,
+    rng: np.random.Generator,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Final metrics (with per-layer and per-epoch lists) and the result.json of one finished trial."""
+    depth = len(matrices["cosine"])
+    bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), k)]
+    metrics: dict[str, Any] = {"teacher.test_acc": 0.9 - 0.05 * sd}
+    for kind in PHASE_KINDS:
+        for name, value in phase_metrics(matrices[kind], bounds).items():
+            metrics[f"phase.{kind}.{name}"] = value
+    within = metrics["phase.cosine.within_sim"]
+    r2_final = (
+        PLANTED_INTERCEPT + PLANTED_SLOPE * within + 0.05 * (lam - 0.4) + rng.normal(0.0, noise * (1.0 - 0.6 * sd))
+    )
+    layer_fraction = np.arange(1, depth + 1) / depth
+    r2_layer = 1.0 - (1.0 - r2_final) * layer_fraction**1.5
+    ratio = 1.0 - 0.2 * (1.0 - r2_final) + rng.normal(0.0, 0.006)
+    metrics |= {
+        "r2.final": r2_final,
+        "r2.mean": float(r2_layer.mean()),
+        "r2.final.cls": r2_final - 0.02,
+        "r2.final.patch": r2_final + 0.01,
+        "r2.mean.cls": float(r2_layer.mean()) - 0.02,
+        "r2.mean.patch": float(r2_layer.mean()) + 0.01,
+        "acc.teacher_probe": 0.9,
+        "acc.raptor_probe": 0.9 * ratio,
+        "acc.ratio": ratio,
+        "acc.agreement": min(1.0, ratio + 0.02),
+        "r2.layer": list(r2_layer),
+        "r2.layer.cls": list(r2_layer - 0.02 * layer_fraction),
+        "r2.layer.patch": list(r2_layer + 0.01 * layer_fraction),
+        "stage1.loss": list(np.geomspace(1.0, 0.2, EPOCHS)),
+        "stage2.loss": list(np.geomspace(0.3, 0.1, EPOCHS)),
+        "stage2.val_r2": list(np.linspace(0.5, r2_final, EPOCHS)),
+    }
+    dissimilarity = 1.0 - matrices["cosine"]
+    phases = phase_metrics(matrices["cosine"], bounds)
+    result = {
+        "similarity": {kind: matrices[kind].tolist() for kind in PHASE_KINDS},
+        "partition": {
+            "phase_bounds": bounds,
+            "cut_value": float(phases["cut_norm"] * np.triu(dissimilarity, 1).sum()),
+            "within_cost": float((1.0 - phases["cut_norm"]) * np.triu(dissimilarity, 1).sum()),
+        },
+        "r2_per_layer": {group: metrics[f"r2.layer.{group}"] for group in ("cls", "patch")},
+        "config": config,
+    }
+    return metrics, result
+
+
+def _log_trial(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    sweep: str,
+    config: dict[str, Any],
+    status: str,
+    mlflow_status: str,
+    metrics: dict[str, Any],
+    result: dict[str, Any] | None,
+) -> str:
+    """One child run: tags, params as strings, final metrics at step 0, list metrics as histories (step 1..)."""
+    tags = {ROLE_TAG: ROLE_TRIAL, SWEEP_TAG: sweep, STATUS_TAG: status, PARENT_TAG: parent_id}
+    run_id = client.create_run(experiment_id, tags=tags, run_name=config["name"]).info.run_id
+    now = int(time.time() * 1000)
+    entries = [
+        Metric(key, float(v), now, step)
+        for key, value in metrics.items()
+        for step, v in (enumerate(value, start=1) if isinstance(value, list) else [(0, value)])
+    ]
+    params = [Param(key, str(value)) for key, value in _flat(config).items()]
+    client.log_batch(run_id, metrics=entries, params=params)
+    if result is not None:
+        client.log_text(run_id, json.dumps(result), RESULT_ARTIFACT)
+    client.set_terminated(run_id, mlflow_status)
+    return run_id

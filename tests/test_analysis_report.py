@@ -1,0 +1,105 @@
+"""write_report from a real sqlite MLflow store: self-contained HTML, Markdown, paper table, MLflow logging."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis.report import write_report
+from analysis.synthetic import PLANTED_SLOPE, SyntheticSweep, write_synthetic_sweep
+
+RESAMPLES = 200
+IMG = re.compile(r'<img [^>]*src="([^"]*)"')
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, SyntheticSweep]:
+    """'rep': 16 finished + 2 failed + 2 pruned; 'tiny': 1 finished + 1 failed; 'dead': 2 failed, no sweep run."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    sweep = write_synthetic_sweep(uri, "rep", sd_rates=(0.0, 0.6), ks=(2, 3), artifact_location=(root / "rep").as_uri())
+    write_synthetic_sweep(uri, "tiny", sd_rates=(0.0,), ks=(2,), teacher_seeds=(0,), lambda_cls=(0.3,), n_failed=1,
+                          n_pruned=0, artifact_location=(root / "tiny").as_uri())  # fmt: skip
+    client = MlflowClient(uri)
+    dead = client.create_experiment("dead", artifact_location=(root / "dead").as_uri())
+    for _ in range(2):
+        run_id = client.create_run(dead, tags={"raptor.role": "trial", "raptor.status": "failed"}).info.run_id
+        client.set_terminated(run_id, "FAILED")
+    return uri, sweep
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    uri, _ = store
+    return write_report(["rep"], uri, tmp_path_factory.mktemp("report"), log_to_mlflow=True, n_resamples=RESAMPLES)
+
+
+def test_html_is_self_contained_with_embedded_figures(report: Path) -> None:
+    page = report.read_text(encoding="utf-8")
+    sources = IMG.findall(page)
+    assert len(sources) == 6  # similarity, scatter, per-layer, accuracy, importances, parallel coordinates
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'(src|href)\s*=\s*"https?://', page)
+    assert "<link" not in page and "<script" not in page and "<style>" in page
+
+
+def test_report_content(report: Path) -> None:
+    page = report.read_text(encoding="utf-8")
+    assert "20 trials: 16 finished, 2 failed, 2 pruned, 0 never finished" in page
+    assert "the other 4 are excluded" in page
+    assert "acc.ratio in 1" in page  # the finished trial without acc.ratio is reported, not silently dropped
+    for heading in ("Layer-layer similarity and phases", "Fidelity vs phase structure", "Fits per SD rate",
+                    "Fits per k", "Effect of SD rate", "R² per layer by k", "Accuracy recovery vs k",
+                    "Hyperparameter importances", "Comparison with the paper", "Methods"):  # fmt: skip
+        assert heading in page
+    comparison = page[page.index("Comparison with the paper") :]
+    for figure in ("0.88", "~0.94", "0.960", "0.975", "0.985", "small ViTs, CIFAR-100", "DINOv2 ViT-B/14"):
+        assert figure in comparison
+    assert "R² of r2.final ~ phase." in comparison
+
+
+def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
+    folder = report.parent
+    markdown = (folder / "report.md").read_text(encoding="utf-8")
+    links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)
+    assert len(links) == 6 and all((folder / link).is_file() for link in links)
+    assert "| finding | paper | this sweep | paper setting |" in markdown
+    for name in ("trials", "fits", "ranking", "fits_by_sd", "fits_by_k", "sd_trend", "paper_comparison"):
+        assert (folder / "tables" / f"{name}.csv").is_file()
+    fits = pd.read_csv(folder / "tables" / "fits.csv").set_index(["y", "x"])
+    planted = fits.loc[("r2.final", "phase.cosine.within_sim")]
+    assert planted["slope_lo"] < PLANTED_SLOPE < planted["slope_hi"] and planted["n"] == 16
+
+
+def test_report_logged_to_the_sweep_parent_run(store, report: Path) -> None:
+    uri, sweep = store
+    client = MlflowClient(uri)
+    logged = {a.path for a in client.list_artifacts(sweep.parent_run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/figures", "report/tables"} <= logged
+    figures = {a.path for a in client.list_artifacts(sweep.parent_run_id, "report/figures")}
+    assert "report/figures/fidelity_vs_similarity.png" in figures
+
+
+def test_one_finished_trial_does_not_crash(store, tmp_path: Path) -> None:
+    uri, _ = store
+    page = write_report(["tiny"], uri, tmp_path, n_resamples=RESAMPLES).read_text(encoding="utf-8")
+    assert "2 trials: 1 finished, 1 failed" in page
+    assert "n=1 &lt; 3 complete pairs" in page
+    assert "No fit is defined" in page
+    assert "Comparison with the paper" in page
+
+
+def test_zero_finished_trials_and_no_sweep_run(store, tmp_path: Path) -> None:
+    uri, _ = store
+    with pytest.raises(LookupError, match="no sweep parent run"):
+        write_report(["dead"], uri, tmp_path, log_to_mlflow=True, n_resamples=RESAMPLES)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")  # written before the lookup failed
+    assert "0 finished, 2 failed" in page and "No finished trials: nothing to fit." in page
+    assert "<img" not in page
