@@ -22,7 +22,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/raptor-study sweep search_spaces/smoke.yaml --out $(OUT) || \
 	  $(BIN)/raptor-study resume search_spaces/smoke.yaml --out $(OUT)
-	$(BIN)/raptor-study report smoke --out $(OUT)/reports/smoke
+	$(BIN)/raptor-study report smoke --runs $(OUT) --out $(OUT)/reports/smoke --log-to-mlflow
 	@echo ""
 	@echo "Done. Look at:"
 	@echo "  report:   $(OUT)/reports/smoke/report.html"

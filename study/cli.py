@@ -65,6 +65,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if len(table) and (table["status"] != "failed").all() else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    from .tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(Path(args.runs))
+    out_dir = check_writable(Path(args.out or Path(args.runs) / "reports" / "-".join(args.experiments)), "--out")
+    path = write_report(args.experiments, uri, out_dir, log_to_mlflow=args.log_to_mlflow)
+    console.print(f"report: {path}  (Markdown and figures beside it)")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -95,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         sweep.add_argument("--address", help="join a running Ray cluster (host:port or 'auto'); default: start a local Ray")
         sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store under --out)")
         sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="statistics + figures of one or more sweeps (HTML + Markdown)")
+    report.add_argument("experiments", nargs="+", help="MLflow experiment name(s), i.e. sweep names")
+    report.add_argument("--out", help="report folder (default: RUNS/reports/EXPERIMENT)")
+    report.add_argument("--runs", default="runs", help="output root holding the default MLflow store")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store under --runs)")
+    report.add_argument("--log-to-mlflow", action="store_true", help="also log the report to the sweep's parent run")
+    report.set_defaults(func=cmd_report)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the sweep's tracking store")
     ui.add_argument("--out", default="runs", help="output root of the sweeps")
