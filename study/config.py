@@ -17,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class ConfigError(ValueError):
-    """A one-line, user-facing description of invalid input (field + allowed range)."""
+    """A one-line, user-facing description of invalid input (field + allowed range).
+
+    Line breaks that came in with user input (key names, values) are escaped, so the
+    message stays one line whatever it quotes."""
+
+    def __init__(self, message: str):
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class _Strict(BaseModel):
