@@ -198,6 +198,7 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
                 optimizer.load_state_dict(resume["optimizer"])
                 scheduler.load_state_dict(resume["scheduler"])
                 first_epoch = resume["epoch"] + 1
+                resume = None  # consumed (cleared here, not after stage 1: a stage-2 resume must survive it)
             task = bar.add_task(f"stage {stage_id}", total=stage.epochs, completed=first_epoch, info="")
             for epoch in range(first_epoch, stage.epochs):
                 if (stage_id, epoch) in done:
@@ -227,5 +228,4 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
                     on_epoch(record, lambda: {"stage": stage_id, "epoch": epoch, "history": list(history),
                                               "raptor": raptor.state_dict(), "optimizer": optimizer.state_dict(),
                                               "scheduler": scheduler.state_dict()})
-            resume = None
     return history

@@ -115,11 +115,16 @@ def train_scratch(model: VisionTransformer, splits: Splits, cfg: TrialConfig, de
     history: list[dict] = []
     start_epoch = 0
     if resume_path.is_file():
-        state = torch.load(resume_path, map_location=device, weights_only=False)
+        # on CPU: generator states must be CPU ByteTensors (load_state_dict moves the rest to the model's device)
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
+        if "torch_rng" in state:  # drop-path masks continue as in an uninterrupted run
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
         history, start_epoch = state["history"], state["epoch"] + 1
         log.info("resuming teacher training at epoch %d", start_epoch)
     with progress_bar(rt.progress) as bar:
@@ -141,7 +146,9 @@ def train_scratch(model: VisionTransformer, splits: Splits, cfg: TrialConfig, de
             history.append(record)
             bar.update(task, advance=1, info=f"loss {record['loss']:.3f} val_acc {record['val_acc']:.3f}")
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "generator": generator.get_state(), "history": history, "epoch": epoch}
+                     "generator": generator.get_state(), "history": history, "epoch": epoch,
+                     "torch_rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
             cache.atomic_write(resume_path, lambda tmp: torch.save(state, tmp))
     return history
 
@@ -170,6 +177,7 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: "callable")
 
     def train(tmp: Path) -> None:
         splits = splits_for(spec)
+        seed_everything(cfg.teacher.seed)  # the init is part of what teacher.seed (and the cache key) determines
         model = build_scratch_model(cfg, spec, splits.num_classes)
         history = train_scratch(model, splits, cfg, device, resume_path=folder / f"{key}.resume.pt")
         test_acc = accuracy(model, splits.test, device, amp=cfg.runtime.amp)
