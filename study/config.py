@@ -122,6 +122,17 @@ class SimilarityConfig(_Strict):
     partition_on: Literal["cosine", "cka", "mse"] = "cosine"
 
 
+class DynamicsConfig(_Strict):
+    """Dynamical read-outs of teacher and Raptor trajectories on the test split (SPEC section 6)."""
+
+    enabled: bool = Field(True, description="compute dynamics (metrics dyn.*, dynamics.png, layer_swaps.png)")
+    num_samples: int = Field(256, ge=2, le=100_000, description="test samples used (capped at the test split)")
+    perturb_layer: int | None = Field(None, ge=0, le=64, description="layer l whose state x_l is perturbed "
+                                                                     "(None: L // 2; capped at L - 1)")
+    eps: float = Field(0.05, gt=0.0, le=10.0, description="perturbation norm, relative to each token's norm")
+    swaps: bool = Field(True, description="adjacent layer-swap accuracies of the teacher (intra vs inter phase)")
+
+
 class RuntimeConfig(_Strict):
     """Where and how fast; none of it changes the science (cache keys ignore it)."""
 
@@ -145,6 +156,7 @@ class TrialConfig(_Strict):
     raptor: RaptorConfig = RaptorConfig()
     distill: DistillConfig = DistillConfig()
     similarity: SimilarityConfig = SimilarityConfig()
+    dynamics: DynamicsConfig = DynamicsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")

@@ -43,3 +43,62 @@ def r2_curves(r2_per_layer: Mapping[str, Sequence[float]], path: Path, title: st
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+_DYNAMICS_PANELS = (  # (title, curve names, first layer on the x axis)
+    ("directional convergence γ_l = cos(u_l, u_L)", ("gamma_cls", "gamma_patch"), 0),
+    ("angular speed ∠(u_{l-1}, u_l) [rad]", ("speed_cls", "speed_patch", "speed_reg"), 1),
+    ("patch coherence", ("coherence",), 0),
+    ("stable rank of U_l = x_l - x_{l-1}", ("stable_rank",), 1),
+    ("perturbation growth |δx_m| / |δx_l|", ("recovery",), None),
+)
+_COLOURS = {"cls": "tab:red", "patch": "tab:blue", "reg": "tab:green"}
+
+
+def dynamics_figure(curves: Mapping, path: Path, title: str = "") -> Path:
+    """Dynamics curves of `study.dynamics_report.trial_dynamics`: teacher solid, Raptor dashed."""
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (panel, names, first) in zip(axes.flat, _DYNAMICS_PANELS):
+        for model, style in (("teacher", "-"), ("raptor", "--")):
+            for name in names:
+                values = curves.get(model, {}).get(name)
+                if values is None:
+                    continue
+                start = curves.get("perturb_layer", 0) + 1 if first is None else first
+                group = name.rsplit("_", 1)[-1]
+                ax.plot(range(start, start + len(values)), values, style, marker="o", ms=3,
+                        color=_COLOURS.get(group, "tab:purple"), label=f"{model} {group if len(names) > 1 else ''}".strip())
+        if first is None:
+            ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes.flat[-1].axis("off")
+    fig.suptitle(title or f"dynamics on {curves.get('num_samples', '?')} test samples (teacher solid, Raptor dashed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def layer_swaps_figure(swap: Mapping, path: Path, title: str = "teacher accuracy with adjacent layers swapped") -> Path:
+    """One bar per swapped pair (l, l+1): intra-phase blue, inter-phase red; unswapped accuracy dashed."""
+    rows = sorted([(i, j, acc, "intra") for i, j, acc in swap["intra"]] + [(i, j, acc, "inter") for i, j, acc in swap["inter"]])
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rows) + 2), 3.4))
+    colours = {"intra": "tab:blue", "inter": "tab:red"}
+    for pos, (i, j, acc, kind) in enumerate(rows):
+        ax.bar(pos, acc, color=colours[kind], label=kind)
+    ax.axhline(swap["baseline_acc"], color="black", ls="--", lw=1, label="unswapped")
+    ax.set_xticks(range(len(rows)), [f"{i}↔{j}" for i, j, _, _ in rows], rotation=90 if len(rows) > 12 else 0, fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

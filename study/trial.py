@@ -24,6 +24,7 @@ from .activations import cached_states
 from .config import TrialConfig, check_k_fits
 from .data import ImageSpec, SPLIT_NAMES, check_data_source, load_splits
 from .distill import evaluate_fidelity, run_distillation
+from .dynamics_report import swap_readout, trial_dynamics
 from .metrics import fit_linear_probe, task_fidelity
 from .partition import Partition, contiguous_maxcut
 from .raptor import Raptor
@@ -48,6 +49,7 @@ class Prepared:
     similarity: dict[str, np.ndarray]  # kind -> S [L, L] (1 - dissimilarity for cosine / mse)
     partition: Partition
     timings: dict[str, float] = field(default_factory=dict)
+    dynamics: dict | None = None  # curves of the last `evaluate` (cfg.dynamics.enabled), written by `write_outputs`
 
 
 def similarity_matrices(states: np.ndarray, num_registers: int) -> dict[str, np.ndarray]:
@@ -168,6 +170,15 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
             metrics[f"r2.final.{group}"], metrics[f"r2.mean.{group}"] = float(r2[group][-1]), float(np.mean(r2[group]))
     metrics.update({"acc.teacher_probe": task["acc_teacher"], "acc.raptor_probe": task["acc_raptor"],
                     "acc.ratio": task["acc_ratio"], "acc.agreement": task["agreement"]})
+    prepared.dynamics = None
+    if cfg.dynamics.enabled:
+        t0 = time.perf_counter()
+        teacher = prepared.teacher
+        dyn_metrics, prepared.dynamics = trial_dynamics(
+            teacher.model, raptor, prepared.states["test"], prepared.labels["test"], swap_readout(teacher.model, probe),
+            prepared.partition.phase_bounds, teacher.num_registers, cfg.dynamics, seed=cfg.seed, device=prepared.device)
+        metrics.update(dyn_metrics)
+        prepared.timings["dynamics_s"] = time.perf_counter() - t0
     return metrics, {group: [float(v) for v in values] for group, values in r2.items()}
 
 
@@ -187,6 +198,8 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
         "history": history,
         "timings": prepared.timings,
     }
+    if prepared.dynamics is not None:
+        result["dynamics"] = prepared.dynamics
     cache.atomic_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     rows = [{"layer": layer, "group": group, "r2": value}
@@ -196,6 +209,10 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
     plots.similarity_heatmap(prepared.similarity["cosine"], prepared.partition.phase_bounds, out_dir / "similarity.png",
                              title=f"cosine similarity, k={prepared.partition.k}")
     plots.r2_curves(r2_per_layer, out_dir / "r2_per_layer.png")
+    if prepared.dynamics is not None:
+        plots.dynamics_figure(prepared.dynamics, out_dir / "dynamics.png")
+        if "swap" in prepared.dynamics:
+            plots.layer_swaps_figure(prepared.dynamics["swap"], out_dir / "layer_swaps.png")
     torch.save({"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
                out_dir / "raptor.pt")
     return result
