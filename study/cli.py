@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,7 +58,18 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
+def enable_ray_token_auth(address: str | None) -> None:
+    """Joining a cluster whose head was started by `ray start --head` (Ray >= 2.5x) needs token
+    authentication. When a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token) and RAY_AUTH_MODE is unset, switch token mode on. Ray reads this when it
+    is imported, so this runs before the first `import ray`."""
+    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file()
+    if address and address != "local" and "RAY_AUTH_MODE" not in os.environ and has_token:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
+    enable_ray_token_auth(args.address)
     from .sweep import run_sweep
 
     out_root = check_writable(Path(args.out), "--out")

@@ -132,15 +132,22 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
 
 # ----------------------------------------------------------------------------- sweep
 def connect_ray(address: str | None) -> None:
-    """Start a local Ray (default) or join the cluster at `address`, failing fast with one line."""
+    """Start a local Ray (default) or join the cluster at `address`, failing fast with one line.
+
+    Token authentication (on by default for clusters from `ray start --head`) is read by Ray
+    at import; the CLI sets it up before importing Ray (`cli.enable_ray_token_auth`)."""
     if address and address not in ("auto", "local") and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
         try:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as err:
             raise ConfigError(f"--address: cannot reach a Ray cluster at {address!r} ({err})") from None
-    ray.init(address=None if address == "local" else address, ignore_reinit_error=True, include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
+    try:
+        ray.init(address=None if address == "local" else address, ignore_reinit_error=True, include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
+    except ConnectionError as err:
+        raise ConfigError(f"--address: could not join the Ray cluster at {address!r} ({err}); if it uses token "
+                          "authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
 
 
 def make_trainable(spec: SweepSpec, paths: SweepPaths):

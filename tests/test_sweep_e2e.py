@@ -16,13 +16,13 @@ from mlflow.tracking import MlflowClient
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
-def tiny_spec(tmp_path: Path, name: str, num_samples: int, max_concurrent: int) -> Path:
+def tiny_spec(tmp_path: Path, name: str, num_samples: int, max_concurrent: int, stage2_epochs: int = 2) -> Path:
     spec = {
         "name": name,
         "base": {
             "data": {"max_samples": 300},
             "teacher": {"depth": 3, "width": 16, "heads": 2, "epochs": 2, "batch_size": 64},
-            "distill": {"batch_size": 64, "stage1": {"epochs": 1}, "stage2": {"epochs": 2}},
+            "distill": {"batch_size": 64, "stage1": {"epochs": 1}, "stage2": {"epochs": stage2_epochs}},
             "runtime": {"num_threads": 1, "progress": False},
         },
         "space": {"teacher.sd_rate": {"choice": [0.0, 0.3]}, "raptor.k": {"choice": [1, 2]},
