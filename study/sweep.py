@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import ConfigError, build_trial_config, deep_merge
+from .data import check_data_source
 from .distill import evaluate_fidelity, run_distillation
 from .runtime import setup
 from .space import SweepSpec, load_sweep
@@ -194,6 +195,7 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
 
     paths = SweepPaths(out_root.resolve())
     spec = resolve_spec(load_sweep(spec_path), paths)
+    check_data_source(spec.trial_config({}).data)  # a missing dataset folder fails here, not in every trial
     experiment_dir = paths.experiment(spec.name)
     can_restore = tune.Tuner.can_restore(str(experiment_dir))
     if resume and not can_restore:
