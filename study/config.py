@@ -140,8 +140,15 @@ class RuntimeConfig(_Strict):
     cache_dir: str = Field(".raptor_cache", description="teacher + activation cache (shared by trials)")
     num_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch default)")
     amp: bool = Field(True, description="bf16 autocast on GPU")
-    compile: bool = Field(False, description="torch.compile the Raptor step")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile one Raptor step + its loss and the teacher's blocks (regional: compiled once, "
+                            "reused by every layer); 'auto': on CUDA when a training step is >= 1 TFLOP (ViT-S and up), "
+                            "off for small models (digits: compiling costs more than the whole run) and on CPU")
+    fused_attn: bool = Field(True, description="fused scaled-dot-product attention in every timm Attention "
+                                               "(False: explicit softmax(QK^T)V, the reference path)")
     fused_adamw: bool = Field(True, description="fused AdamW on GPU")
+    cuda_graphs: bool = Field(True, description="replay each training step (forward, backward, AdamW) as one CUDA graph "
+                                                "on GPU; needs fused_adamw and one process (else ignored)")
     activation_dtype: Literal["float32", "float16"] = Field("float32", description="dtype of cached teacher states")
     progress: bool = True
 

@@ -14,6 +14,7 @@ the objective is wrapped in DistributedDataParallel.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,8 +25,9 @@ from torch import nn
 
 from .config import DistillConfig, RuntimeConfig, StageConfig
 from .metrics import FidelityAccumulator
-from .raptor import Raptor
-from .runtime import adamw, autocast, progress_bar, warmup_cosine
+from .raptor import Raptor, conditioned_block
+from .runtime import (CudaGraphStep, adamw, autocast, progress_bar, set_fused_attn, step_flops, use_compile, use_graphs,
+                      warmup_cosine)
 
 
 def teacher_forcing_weight(step: int, total_steps: int, anneal: float, start: float = 0.5) -> float:
@@ -50,13 +52,41 @@ class GroupWeights:
         return cls(stage.lambda_cls, stage.lambda_reg, stage.lambda_patch, num_registers)
 
     def mse(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Weighted per-group MSE of [B, T, D] tensors -> scalar."""
-        sq = (pred.float() - target.float()).pow(2)
+        """Weighted per-group MSE of [B, T, D] tensors -> scalar:
+        cls * mean(sq[:, 0]) + reg * mean(sq[:, 1:1+R]) (if R) + patch * mean(sq[:, 1+R:]).
+
+        Computed as one per-token-weighted sum (no slicing), so its backward is a single
+        elementwise kernel rather than one zero-filled slice gradient per group."""
+        batch, tokens, width = pred.shape
         r = self.num_registers
-        loss = self.cls * sq[:, 0].mean() + self.patch * sq[:, 1 + r:].mean()
-        if r:
-            loss = loss + self.reg * sq[:, 1:1 + r].mean()
-        return loss
+        t = torch.arange(tokens, device=pred.device)
+        weight = torch.where(t == 0, self.cls, torch.where(t <= r, self.reg / max(1, r), self.patch / max(1, tokens - 1 - r)))
+        sq = (pred.float() - target.float()).pow(2)
+        return (sq.sum(dim=(0, 2)) * weight).sum() / (batch * width)
+
+
+def layer_loss(block: nn.Module, x: torch.Tensor, scales: torch.Tensor, target: torch.Tensor,
+               weights: GroupWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Raptor step and its loss: (xhat_l = block(x_{l-1}) [B, T, D], weighted MSE to x_l)."""
+    pred = conditioned_block(block, x, scales)
+    return pred, weights.mse(pred, target)
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def compiled_layer_loss() -> Callable:
+    """`layer_loss` under torch.compile (regional compilation, static shapes).
+
+    Every layer and every block runs the same code on the same shapes, so it compiles once
+    per (stage weights, batch shape, dtype) and is reused by all L steps and all k blocks;
+    fusing the step's elementwise work with its loss is where compile pays."""
+    if "layer_loss" not in _COMPILED:
+        # a long-lived process (a sweep worker) meets several shapes / precisions; keep compiling
+        # past dynamo's default of 8 graphs per function rather than silently falling back to eager
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        _COMPILED["layer_loss"] = torch.compile(layer_loss, dynamic=False)
+    return _COMPILED["layer_loss"]
 
 
 def _noisy(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -67,12 +97,25 @@ def _noisy(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x + sigma * rms * torch.randn_like(x)
 
 
-class Stage1Objective(nn.Module):
-    """Per-phase rollouts with teacher-forcing mixture; forward(states [B, L+1, T, D], lambda_tf) -> loss."""
-
-    def __init__(self, raptor: Raptor, weights: GroupWeights, noise_sigma: float):
+class _Objective(nn.Module):
+    def __init__(self, raptor: Raptor, weights: GroupWeights, noise_sigma: float, compile: bool = False):
         super().__init__()
-        self.raptor, self.weights, self.noise_sigma = raptor, weights, noise_sigma
+        self.raptor, self.weights, self.noise_sigma, self.compile = raptor, weights, noise_sigma, compile
+
+    def _layer(self, x: torch.Tensor, layer: int, scales: torch.Tensor, target: torch.Tensor):
+        """(xhat_layer, loss_layer); the compiled region only when training (grad on)."""
+        block = self.raptor.blocks[self.raptor.block_of_layer[layer - 1]]
+        if self.compile and torch.is_grad_enabled():
+            # contiguous: a phase's first input is a strided view of the states, later ones are not;
+            # one layout means one compiled graph (static shapes guard on strides)
+            return compiled_layer_loss()(block, x.contiguous(), scales[layer - 1], target, self.weights)
+        return layer_loss(block, x, scales[layer - 1], target, self.weights)
+
+
+class Stage1Objective(_Objective):
+    """Per-phase rollouts with teacher-forcing mixture; forward(states [B, L+1, T, D], lambda_tf) -> loss.
+
+    `compile=True` runs each step + loss through the compiled region (see `compiled_layer_loss`)."""
 
     def forward(self, states: torch.Tensor, lambda_tf: float) -> torch.Tensor:
         scales = self.raptor.cond()
@@ -82,25 +125,23 @@ class Stage1Objective(nn.Module):
             for layer in range(first, last + 1):
                 teacher_in = states[:, layer - 1]
                 mixed = teacher_in if layer == first else lambda_tf * teacher_in + (1.0 - lambda_tf) * own
-                own = self.raptor.step(_noisy(mixed, self.noise_sigma), layer, scales)
-                loss = loss + self.weights.mse(own, states[:, layer])
+                own, term = self._layer(_noisy(mixed, self.noise_sigma), layer, scales, states[:, layer])
+                loss = loss + term
         return loss / self.raptor.num_layers
 
 
-class Stage2Objective(nn.Module):
-    """Full autoregressive rollout from x_0; forward(states [B, L+1, T, D]) -> loss over all L layers."""
+class Stage2Objective(_Objective):
+    """Full autoregressive rollout from x_0; forward(states [B, L+1, T, D]) -> loss over all L layers.
 
-    def __init__(self, raptor: Raptor, weights: GroupWeights, noise_sigma: float):
-        super().__init__()
-        self.raptor, self.weights, self.noise_sigma = raptor, weights, noise_sigma
+    `compile=True` runs each step + loss through the compiled region (see `compiled_layer_loss`)."""
 
     def forward(self, states: torch.Tensor, lambda_tf: float = 0.0) -> torch.Tensor:
         scales = self.raptor.cond()
         x = _noisy(states[:, 0], self.noise_sigma)
         loss = states.new_zeros((), dtype=torch.float32)
         for layer in range(1, self.raptor.num_layers + 1):
-            x = self.raptor.step(x, layer, scales)
-            loss = loss + self.weights.mse(x, states[:, layer])
+            x, term = self._layer(x, layer, scales, states[:, layer])
+            loss = loss + term
         return loss / self.raptor.num_layers
 
 
@@ -108,8 +149,10 @@ class StateBatches:
     """Batches of teacher states [B, L+1, T, D] from an array of [N, L+1, T, D].
 
     The whole array is moved to the device once when it fits under `device_budget`
-    bytes (no host traffic in the step loop); otherwise batches stream from the
-    (memory-mapped) array through pinned host memory with non-blocking copies.
+    bytes (no host traffic in the step loop: the epoch's order goes to the device once
+    and batches are gathered there); otherwise batches stream from the (memory-mapped)
+    array through pinned host memory with non-blocking copies, the next batch read by a
+    background thread while the current one trains.
     """
 
     def __init__(self, states: np.ndarray, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
@@ -123,17 +166,30 @@ class StateBatches:
         per_rank = len(self.states) // self.world_size
         return max(1, per_rank // self.batch_size)
 
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return host.pin_memory().to(self.device, non_blocking=True)
+        return host.to(self.device)
+
+    def _read(self, idx: torch.Tensor) -> torch.Tensor:
+        host = torch.from_numpy(self.states[np.sort(idx.numpy())])
+        return host.pin_memory() if self.device.type == "cuda" else host
+
     def epoch(self, epoch: int, seed: int):
         order = torch.randperm(len(self.states), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         shard = order[self.rank::self.world_size]
-        for i in range(len(self)):
-            idx = shard[i * self.batch_size:(i + 1) * self.batch_size]
-            if self.resident is not None:
-                yield self.resident[idx.to(self.device)]
-            else:
-                host = torch.from_numpy(self.states[np.sort(idx.numpy())])
-                if self.device.type == "cuda":
-                    host = host.pin_memory()
+        chunks = [shard[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
+        if self.resident is not None:
+            on_device = self._to_device(shard)  # one copy per epoch; no host sync per step
+            for i in range(len(self)):
+                yield torch.index_select(self.resident, 0, on_device[i * self.batch_size:(i + 1) * self.batch_size])
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._read, chunks[0])
+            for i in range(len(chunks)):
+                host = pending.result()
+                if i + 1 < len(chunks):
+                    pending = pool.submit(self._read, chunks[i + 1])
                 yield host.to(self.device, non_blocking=True)
 
 
@@ -160,6 +216,37 @@ def evaluate_fidelity(raptor: Raptor, states: np.ndarray, num_registers: int, de
     return acc.compute(), torch.cat(feats)
 
 
+def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, lambda_tf: float,
+               device: torch.device, amp: bool) -> torch.Tensor:
+    """One optimisation step on a batch of states; returns the detached loss (no host sync)."""
+    with autocast(device, amp):
+        loss = objective(batch.float() if batch.dtype == torch.float16 else batch, lambda_tf)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def make_train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                    runtime: RuntimeConfig, stage_id: int, distributed: bool = False) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """(batch, lambda_tf) -> detached loss: `train_step`, replayed as a CUDA graph when `runtime.cuda_graphs`
+    applies (GPU, fused AdamW, one process). Stage 2 ignores lambda_tf, so its graph takes the batch alone."""
+    def step(batch: torch.Tensor, lambda_tf) -> torch.Tensor:
+        return train_step(objective, optimizer, batch, lambda_tf, device, runtime.amp)
+
+    if distributed or not use_graphs(runtime, device):
+        return step
+    if stage_id == 1:
+        return CudaGraphStep(step, optimizer, device)
+    graphed = CudaGraphStep(lambda batch: step(batch, 0.0), optimizer, device)
+
+    def stage2_step(batch: torch.Tensor, lambda_tf=0.0) -> torch.Tensor:
+        return graphed(batch)
+
+    stage2_step.graphed = graphed  # for inspection (captured or not)
+    return stage2_step
+
+
 def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -176,7 +263,10 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
     rank = dist.get_rank() if _is_distributed() else 0
     world = dist.get_world_size() if _is_distributed() else 1
     raptor.to(device)
+    set_fused_attn(raptor, runtime.fused_attn)
     batches = StateBatches(train_states, cfg.batch_size, device, rank, world)
+    block_params = sum(p.numel() for p in raptor.blocks[0].parameters())
+    compiled = use_compile(runtime, device, step_flops(cfg.batch_size, train_states.shape[2], block_params * raptor.num_layers))
     history: list[dict] = list(resume["history"]) if resume else []
     done = {(r["stage"], r["epoch"]) for r in history}
     stages = [(1, cfg.stage1, Stage1Objective), (2, cfg.stage2, Stage2Objective)]
@@ -184,14 +274,14 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
         for stage_id, stage, objective_cls in stages:
             if not stage.enabled or stage.epochs == 0:
                 continue
-            objective: nn.Module = objective_cls(raptor, GroupWeights.of(stage, num_registers), cfg.noise_sigma)
+            objective: nn.Module = objective_cls(raptor, GroupWeights.of(stage, num_registers), cfg.noise_sigma, compile=compiled)
             if world > 1:
                 objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
             params = [p for p in raptor.parameters() if p.requires_grad]
             optimizer = adamw(params, stage.lr, stage.weight_decay, device, runtime.fused_adamw)
             total = stage.epochs * len(batches)
             scheduler = warmup_cosine(optimizer, total, int(stage.warmup_fraction * total))
-            step_fn = torch.compile(objective) if runtime.compile else objective
+            step_fn = make_train_step(objective, optimizer, device, runtime, stage_id, distributed=world > 1)
             first_epoch = 0
             if resume and resume.get("stage") == stage_id:
                 raptor.load_state_dict(resume["raptor"])
@@ -209,13 +299,8 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
                 for i, batch in enumerate(batches.epoch(epoch, seed + stage_id)):
                     step = epoch * len(batches) + i
                     lam = teacher_forcing_weight(step, total, cfg.anneal, cfg.tf_start) if stage_id == 1 else 0.0
-                    with autocast(device, runtime.amp):
-                        loss = step_fn(batch.float() if batch.dtype == torch.float16 else batch, lam)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    loss_sum += step_fn(batch, lam)
                     scheduler.step()
-                    loss_sum += loss.detach()
                 if world > 1:
                     dist.all_reduce(loss_sum)
                     loss_sum /= world

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import warnings
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,6 +44,122 @@ def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# 'auto' compiles only training steps of at least this many model FLOPs: compiling costs
+# ~5-25 s per graph, and a smaller step (digits) finishes its whole run in less than that.
+COMPILE_MIN_STEP_FLOPS = 1e12
+
+
+def use_compile(cfg: RuntimeConfig, device: torch.device, step_flops: float | None = None) -> bool:
+    """Resolve `runtime.compile`: True/False as given; 'auto' -> on for CUDA when one training
+    step is at least COMPILE_MIN_STEP_FLOPS (`step_flops`, e.g. 6 x tokens x block params)."""
+    if cfg.compile == "auto":
+        return device.type == "cuda" and (step_flops is None or step_flops >= COMPILE_MIN_STEP_FLOPS)
+    return bool(cfg.compile)
+
+
+def step_flops(batch: int, tokens: int, params: int) -> float:
+    """Model FLOPs of one training step, 6 x tokens x parameters (forward 2, backward 4)."""
+    return 6.0 * batch * tokens * params
+
+
+def set_fused_attn(model: torch.nn.Module, enabled: bool) -> int:
+    """Set `fused_attn` on every timm Attention module of `model`; returns how many were set.
+
+    True: F.scaled_dot_product_attention (flash / memory-efficient kernels); False: the
+    explicit softmax(QK^T)V of the reference implementation (the baseline path)."""
+    count = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            module.fused_attn = bool(enabled)
+            count += 1
+    return count
+
+
+def use_graphs(cfg: RuntimeConfig, device: torch.device) -> bool:
+    """Whether training steps are replayed as CUDA graphs: on CUDA with fused AdamW, when enabled."""
+    return bool(cfg.cuda_graphs and cfg.fused_adamw and device.type == "cuda")
+
+
+class CudaGraphStep:
+    """One whole training step (zero_grad, forward, backward, optimizer.step) replayed as a CUDA graph.
+
+    On GPU the eager step is bound by the host: hundreds of kernel launches per step, each
+    costing more CPU time than the GPU spends on it for ViT-S-sized blocks. Replaying a
+    captured graph issues them all at once.
+
+    `step(*args) -> loss` runs the whole step on static shapes. The first `warmup` calls
+    run eagerly (they compile, and create the optimizer state); the next call captures
+    `step` on static input buffers; every later call copies its tensor args into those
+    buffers (float args into 0-d device tensors, so `step` must accept either), sets the
+    learning rates from `optimizer.param_groups` (LR schedulers keep working, no host
+    sync) and replays. Calls with other tensor shapes (a last partial batch) run
+    `fallback` (default `step`) eagerly. If capture fails, every step runs eagerly and a
+    warning says why. Needs a capturable optimizer step (fused AdamW) and one process.
+    """
+
+    def __init__(self, step: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer, device: torch.device,
+                 warmup: int = 3, fallback: Callable[..., torch.Tensor] | None = None):
+        self.step, self.optimizer, self.device, self.warmup = step, optimizer, device, warmup
+        self.fallback = fallback or step
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls, self.broken = 0, False
+        self.static: list[torch.Tensor] = []
+        self.lrs: list[torch.Tensor] = []
+        self.loss: torch.Tensor | None = None
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def _matches(self, args) -> bool:
+        return all(not isinstance(a, torch.Tensor) or (a.shape == s.shape and a.dtype == s.dtype)
+                   for a, s in zip(args, self.static))
+
+    def _capture(self, args) -> None:
+        groups = self.optimizer.param_groups
+        saved = [(g["lr"], g.get("capturable", False)) for g in groups]
+        try:
+            self.static = [torch.empty_like(a, device=self.device).copy_(a) if isinstance(a, torch.Tensor)
+                           else torch.full((), float(a), device=self.device) for a in args]
+            self.lrs = [torch.full((), float(g["lr"]), device=self.device) for g in groups]
+            for g, lr in zip(groups, self.lrs):
+                g["lr"], g["capturable"] = lr, True
+            self.optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates the grads
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: a prefetching thread (streamed states) may pin memory meanwhile
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.loss = self.step(*self.static)
+            self.graph = graph
+        except Exception as err:  # noqa: BLE001 - any capture failure: train eagerly instead
+            self.broken, self.graph, self.static = True, None, []
+            self.optimizer.zero_grad(set_to_none=True)
+            warnings.warn(f"CUDA graph capture failed, training eagerly: {err!r}", RuntimeWarning, stacklevel=3)
+        finally:
+            for g, (lr, capturable) in zip(groups, saved):
+                g["lr"], g["capturable"] = lr, capturable
+
+    def __call__(self, *args) -> torch.Tensor:
+        if self.graph is None:
+            if self.broken or self.calls < self.warmup:
+                self.calls += 1
+                return self.step(*args)
+            self._capture(args)
+            if self.graph is None:
+                return self.step(*args)
+        if not self._matches(args):
+            return self.fallback(*args)
+        for buf, a in zip(self.static, args):
+            if isinstance(a, torch.Tensor):
+                buf.copy_(a, non_blocking=True)
+            else:
+                buf.fill_(a)
+        for lr, g in zip(self.lrs, self.optimizer.param_groups):
+            lr.fill_(g["lr"])
+        self.graph.replay()
+        return self.loss.clone()
 
 
 def adamw(params, lr: float, weight_decay: float, device: torch.device, fused: bool) -> torch.optim.AdamW:

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from . import cache
 from .config import ConfigError, TrialConfig
 from .data import ImageSpec, Splits, native_spec
-from .runtime import adamw, autocast, progress_bar, seed_everything, warmup_cosine
+from .runtime import (CudaGraphStep, adamw, autocast, progress_bar, seed_everything, set_fused_attn, step_flops,
+                      use_compile, use_graphs, warmup_cosine)
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,14 @@ def train_scratch(model: VisionTransformer, splits: Splits, cfg: TrialConfig, de
     Returns the per-epoch history [{'epoch', 'loss', 'val_acc'}]."""
     t, rt = cfg.teacher, cfg.runtime
     generator = seed_everything(t.seed)
-    loader = DataLoader(splits.train, batch_size=t.batch_size, shuffle=True, generator=generator, drop_last=False)
+    loader = DataLoader(splits.train, batch_size=t.batch_size, shuffle=True, generator=generator, drop_last=False,
+                        pin_memory=device.type == "cuda")
     model.to(device)
+    set_fused_attn(model, rt.fused_attn)
+    tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+    if use_compile(rt, device, step_flops(t.batch_size, tokens, sum(p.numel() for p in model.blocks.parameters()))):
+        for block in model.blocks:  # regional: one compiled graph serves every block
+            block.compile()
     optimizer = adamw(model.parameters(), t.lr, t.weight_decay, device, rt.fused_adamw)
     scheduler = warmup_cosine(optimizer, t.epochs * len(loader), t.warmup_epochs * len(loader))
     history: list[dict] = []
@@ -127,6 +134,16 @@ def train_scratch(model: VisionTransformer, splits: Splits, cfg: TrialConfig, de
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
         history, start_epoch = state["history"], state["epoch"] + 1
         log.info("resuming teacher training at epoch %d", start_epoch)
+
+    def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with autocast(device, rt.amp):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    step = CudaGraphStep(train_step, optimizer, device) if use_graphs(rt, device) else train_step
     with progress_bar(rt.progress) as bar:
         task = bar.add_task("teacher", total=t.epochs, completed=start_epoch, info="")
         for epoch in range(start_epoch, t.epochs):
@@ -134,13 +151,8 @@ def train_scratch(model: VisionTransformer, splits: Splits, cfg: TrialConfig, de
             running, seen = 0.0, 0
             for images, labels in loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                with autocast(device, rt.amp):
-                    loss = torch.nn.functional.cross_entropy(model(images), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                running += step(images, labels) * len(labels)
                 scheduler.step()
-                running += loss.detach() * len(labels)
                 seen += len(labels)
             record = {"epoch": epoch, "loss": float(running) / seen, "val_acc": accuracy(model, splits.val, device, amp=rt.amp)}
             history.append(record)
@@ -169,6 +181,7 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: "callable")
     key = cfg.teacher_key()
     if cfg.teacher.source != "scratch":
         model = build_pretrained_model(cfg)
+        set_fused_attn(model, cfg.runtime.fused_attn)
         return Teacher(_freeze(model).to(device), pretrained_spec(model), key, None)
 
     spec = native_spec(cfg.data)
@@ -190,4 +203,5 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: "callable")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     model = build_scratch_model(cfg, spec, saved["num_classes"])
     model.load_state_dict(saved["state_dict"])
+    set_fused_attn(model, cfg.runtime.fused_attn)
     return Teacher(_freeze(model).to(device), spec, key, saved["test_acc"])
