@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from test_sweep_e2e import cli, finish, free_port, tiny_spec, trial_runs
+from test_sweep_e2e import cli, finish, free_port, output, tiny_spec, train_worker_pids, trial_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -48,7 +48,7 @@ def test_sweep_joins_a_two_node_cluster_with_shared_storage(tmp_path, two_node_c
 def test_unreachable_address_is_one_clear_line(tmp_path):
     spec = tiny_spec(tmp_path, "nowhere", num_samples=1, max_concurrent=1)
     proc = cli("sweep", str(spec), "--address", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "runs"))
-    out, _ = proc.communicate(timeout=120)
+    out = output(proc, timeout=120)
     assert proc.returncode == 2
     error_lines = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "--address" in error_lines[0]
@@ -63,9 +63,9 @@ def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
     while time.monotonic() < deadline and proc.poll() is None and killed_at is None:
         time.sleep(1)
         if list((out / "ray" / "_train" / "workerkill").glob("*/checkpoint_*")):
-            pids = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+            pids = train_worker_pids(proc.pid)
             if pids:
-                os.kill(int(pids[0]), signal.SIGKILL)
+                os.kill(pids[0], signal.SIGKILL)
                 killed_at = time.monotonic()
     assert killed_at is not None, "no Ray Train worker with a checkpoint was seen"
     log = finish(proc)

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,16 +37,42 @@ def tiny_spec(tmp_path: Path, name: str, num_samples: int, max_concurrent: int, 
     return path
 
 
-def cli(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+def cli(*args: str) -> subprocess.Popen:
+    """`raptor-study ARGS` in its own session; output goes to a temp file (a pipe nobody reads
+    would fill up and block Ray's chatty output)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", *args], env=env, start_new_session=True,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    return proc
+
+
+def output(proc: subprocess.Popen, timeout: float = 600) -> str:
+    proc.wait(timeout=timeout)
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    out = output(proc, timeout)
     assert proc.returncode == 0, out[-4000:]
     return out
+
+
+def train_worker_pids(root_pid: int) -> list[int]:
+    """PIDs of Ray Train worker processes started under `root_pid` (its local Ray), not other sweeps'."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+    rows = [line.split(None, 2) for line in table if line.strip()]
+    children: dict[int, list[int]] = {}
+    for pid, ppid, *_ in rows:
+        children.setdefault(int(ppid), []).append(int(pid))
+    family, stack = set(), [root_pid]
+    while stack:
+        pid = stack.pop()
+        family.add(pid)
+        stack.extend(children.get(pid, []))
+    return [int(r[0]) for r in rows if int(r[0]) in family and len(r) > 2 and "ray::RayTrainWorker" in r[2]]
 
 
 def trial_runs(client: MlflowClient, experiment: str) -> list:
