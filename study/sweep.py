@@ -133,7 +133,8 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
 
 # ----------------------------------------------------------------------------- sweep
 def connect_ray(address: str | None) -> None:
-    """Start a local Ray (default) or join the cluster at `address`, failing fast with one line.
+    """Start a new local Ray (default; never silently joins another sweep's cluster) or join the
+    cluster at `address` ('auto': the one `ray start` made on this machine), failing fast with one line.
 
     Token authentication (on by default for clusters from `ray start --head`) is read by Ray
     at import; the CLI sets it up before importing Ray (`cli.enable_ray_token_auth`)."""
@@ -144,7 +145,7 @@ def connect_ray(address: str | None) -> None:
         except (OSError, ValueError) as err:
             raise ConfigError(f"--address: cannot reach a Ray cluster at {address!r} ({err})") from None
     try:
-        ray.init(address=None if address == "local" else address, ignore_reinit_error=True, include_dashboard=False,
+        ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
                  log_to_driver=True, configure_logging=False)
     except ConnectionError as err:
         raise ConfigError(f"--address: could not join the Ray cluster at {address!r} ({err}); if it uses token "
