@@ -152,12 +152,33 @@ def connect_ray(address: str | None) -> None:
                           "authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
 
 
+def concurrency_that_fits(spec: SweepSpec) -> int:
+    """How many trials may run at once: a trial holds its driver's and its workers' resources
+    together, so if `max_concurrent` drivers took more than the cluster can also give their
+    workers, no worker group could ever start (a deadlock). Caps at what the cluster has now."""
+    total = ray.cluster_resources()
+    res, fits = spec.resources, spec.search.max_concurrent
+    for kind, per_trial in (("CPU", res.driver_cpu + res.workers * res.worker_cpu),
+                            ("GPU", res.driver_gpu + res.workers * res.worker_gpu)):
+        have = total.get(kind, 0.0)
+        if per_trial <= 0:
+            continue
+        if per_trial > have + 1e-9:
+            raise ConfigError(f"resources: one trial needs {per_trial:g} {kind} (driver + {res.workers} worker(s)); "
+                              f"the Ray cluster has {have:g}")
+        if fits * per_trial > have + 1e-9:
+            fits = int(have // per_trial + 1e-9)
+            log.warning("search.max_concurrent=%d trials x %g %s exceed the cluster's %g %s: running %d at once",
+                        spec.search.max_concurrent, per_trial, kind, have, kind, fits)
+    return fits
+
+
 def make_trainable(spec: SweepSpec, paths: SweepPaths):
     return tune.with_resources(tune.with_parameters(trial_driver, spec=spec, paths=paths),
                                {"CPU": spec.resources.driver_cpu, "GPU": spec.resources.driver_gpu})
 
 
-def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallback) -> tune.Tuner:
+def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallback, max_concurrent: int) -> tune.Tuner:
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -167,7 +188,7 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallbac
     search_alg = None
     if s.sampler != "grid":
         sampler = TPESampler(seed=s.seed) if s.sampler == "tpe" else RandomSampler(seed=s.seed)
-        search_alg = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=s.max_concurrent)
+        search_alg = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
     scheduler = None
     if spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.scheduler.grace_period,
@@ -176,7 +197,7 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallbac
         make_trainable(spec, paths),
         param_space=spec.tune_space(),
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=s.num_samples,
-                                    metric=s.metric, mode=s.mode, max_concurrent_trials=s.max_concurrent),
+                                    metric=s.metric, mode=s.mode, max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=[callback],
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=1),
     )
@@ -211,11 +232,12 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
         raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} ({str(err).splitlines()[0]})") from None
     parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
     connect_ray(address)
+    max_concurrent = concurrency_that_fits(spec)
     if resume:  # the MLflow callback comes back with the experiment state
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(spec, paths),
                                    resume_unfinished=True, restart_errored=True)
     else:
-        tuner = build_tuner(spec, paths, MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec))
+        tuner = build_tuner(spec, paths, MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec), max_concurrent)
     grid = tuner.fit()
     table = results_table(grid, spec)
     orphans = mark_orphans(client, experiment_id, spec.name, keep=set())
