@@ -159,79 +159,88 @@ class MlflowTrialCallback(Callback):
         self._reset()
 
     # -- run bookkeeping ------------------------------------------------------------
-    def _run_for(self, trial) -> str:
-        if trial.trial_id in self.run_ids:
-            return self.run_ids[trial.trial_id]
-        client = self.writer.client
-        found = find_runs(client, self.experiment_id, f"tags.`{TRIAL_ID}` = '{trial.trial_id}'")
+    # Every MLflow call goes through the writer's queue, run lookup and creation included,
+    # so a tracking-server outage at any point only delays the calls: they run, in order,
+    # once the server answers, while the trials go on training.
+    def _run_id(self, client: MlflowClient, trial_id: str) -> str:
+        """The trial's run (found again by tag after a resume, else created). Runs inside queued ops."""
+        if trial_id in self.run_ids:
+            return self.run_ids[trial_id]
+        found = find_runs(client, self.experiment_id, f"tags.`{TRIAL_ID}` = '{trial_id}'")
         if found:  # resumed trial: continue its run, never duplicate it
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             for key in found[0].data.metrics:
                 history = client.get_metric_history(run_id, key)
-                self.logged_steps[(trial.trial_id, key)] = max(m.step for m in history)
+                self.logged_steps[(trial_id, key)] = max(m.step for m in history)
         else:
-            run = client.create_run(self.experiment_id, run_name=trial_name(self.sweep, trial.trial_id),
-                                    tags={ROLE: "trial", SWEEP: self.sweep, TRIAL_ID: trial.trial_id, PARENT: self.parent_run_id,
-                                          STATUS: "running"})
-            run_id = run.info.run_id
-        self.run_ids[trial.trial_id] = run_id
+            run_id = client.create_run(self.experiment_id, run_name=trial_name(self.sweep, trial_id),
+                                       tags={ROLE: "trial", SWEEP: self.sweep, TRIAL_ID: trial_id,
+                                             PARENT: self.parent_run_id, STATUS: "running"}).info.run_id
+        self.run_ids[trial_id] = run_id
         return run_id
 
-    def _log_metrics(self, trial, values: dict[str, float], step: int) -> None:
-        run_id = self._run_for(trial)
+    def _write(self, trial_id: str, op: Callable[[MlflowClient, str], Any]) -> None:
+        """Queue `op(client, run_id)` for the trial's run."""
+        self.writer.write(lambda c: op(c, self._run_id(c, trial_id)))
+
+    def _log_metrics(self, trial_id: str, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        fresh = []
-        for key, value in values.items():
-            if step <= self.logged_steps.get((trial.trial_id, key), -1):
-                continue  # already logged before a resume
-            self.logged_steps[(trial.trial_id, key)] = step
-            fresh.append(Metric(key, float(value), now, step))
-        for start in range(0, len(fresh), 500):
-            chunk = fresh[start:start + 500]
-            self.writer.write(lambda c, chunk=chunk: c.log_batch(run_id, metrics=chunk))
+
+        def log_fresh(client: MlflowClient, run_id: str) -> None:
+            fresh = []
+            for key, value in values.items():
+                if step <= self.logged_steps.get((trial_id, key), -1):
+                    continue  # already logged before a resume
+                fresh.append(Metric(key, float(value), now, step))
+            for start in range(0, len(fresh), 500):
+                client.log_batch(run_id, metrics=fresh[start:start + 500])
+            for metric in fresh:
+                self.logged_steps[(trial_id, metric.key)] = step
+
+        self._write(trial_id, log_fresh)
 
     # -- Tune hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        run_id = self._run_for(trial)
         params = self.spec.trial_config(trial.config, name=trial_name(self.sweep, trial.trial_id)).flat()
-        existing = self.writer.client.get_run(run_id).data.params
-        items = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
-        for start in range(0, len(items), 100):
-            chunk = items[start:start + 100]
-            self.writer.write(lambda c, chunk=chunk: c.log_batch(run_id, params=chunk))
+
+        def log_params(client: MlflowClient, run_id: str) -> None:
+            existing = client.get_run(run_id).data.params
+            items = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
+            for start in range(0, len(items), 100):
+                client.log_batch(run_id, params=items[start:start + 100])
+
+        self._write(trial.trial_id, log_params)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "stage" in result and "epoch" in result and "r2.final" not in result:
             stage, epoch = int(result["stage"]), int(result["epoch"])
-            self._log_metrics(trial, {f"stage{stage}.{k}": result[k] for k in EPOCH_KEYS if k in result}, epoch)
-        self.writer.flush()
+            self._log_metrics(trial.trial_id, {f"stage{stage}.{k}": result[k] for k in EPOCH_KEYS if k in result}, epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        run_id = self._run_for(trial)
         if "r2.final" not in result:  # stopped by the scheduler before its evaluation
-            self._finish(run_id, "pruned", "KILLED")
+            self._finish(trial.trial_id, "pruned", "KILLED")
             return
         out_dir = Path(result["out_dir"])
         saved = json.loads((out_dir / "result.json").read_text())
-        self._log_metrics(trial, saved["metrics"], 0)
+        self._log_metrics(trial.trial_id, saved["metrics"], 0)
         for group, values in saved["r2_per_layer"].items():
             suffix = "" if group == "all" else f".{group}"
             for layer, value in enumerate(values, start=1):
-                self._log_metrics(trial, {f"r2.layer{suffix}": value}, layer)
+                self._log_metrics(trial.trial_id, {f"r2.layer{suffix}": value}, layer)
         tags = [RunTag("teacher.key", saved["teacher"]["key"]),
                 RunTag("partition.phase_bounds", json.dumps(saved["partition"]["phase_bounds"]))]
-        self.writer.write(lambda c: c.log_batch(run_id, tags=tags))
-        self.writer.write(lambda c: c.log_artifacts(run_id, str(out_dir)))
-        self._finish(run_id, "finished", "FINISHED")
+        self._write(trial.trial_id, lambda c, run_id: c.log_batch(run_id, tags=tags))
+        self._write(trial.trial_id, lambda c, run_id: c.log_artifacts(run_id, str(out_dir)))
+        self._finish(trial.trial_id, "finished", "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(self._run_for(trial), "failed", "FAILED")
+        self._finish(trial.trial_id, "failed", "FAILED")
 
-    def _finish(self, run_id: str, status: str, mlflow_status: str) -> None:
-        self.writer.write(lambda c: c.set_tag(run_id, STATUS, status))
-        self.writer.write(lambda c: c.set_terminated(run_id, status=mlflow_status))
+    def _finish(self, trial_id: str, status: str, mlflow_status: str) -> None:
+        self._write(trial_id, lambda c, run_id: c.set_tag(run_id, STATUS, status))
+        self._write(trial_id, lambda c, run_id: c.set_terminated(run_id, status=mlflow_status))
 
     def on_experiment_end(self, trials, **info):
         if not self.writer.flush(patience_s=float(os.environ.get("RAPTOR_MLFLOW_FLUSH_PATIENCE_S", "600"))):
