@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.config import load_trial_config  # noqa: E402
 from study.trial import run_trial  # noqa: E402
+from trial_time import markdown  # noqa: E402  (the same pipe-table writer)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = {  # column -> metric name in result.json
@@ -38,14 +39,6 @@ METRICS = {  # column -> metric name in result.json
     "r2.final.cls": "r2.final.cls",
     "acc.ratio": "acc.ratio",
 }
-
-
-def markdown(table: pd.DataFrame) -> str:
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def main() -> None:
