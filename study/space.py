@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import ConfigError, TrialConfig, build_trial_config, deep_merge, describe_validation_error, flatten, read_yaml, unflatten
+from .config import ConfigError, TrialConfig, build_trial_config, deep_merge, describe_validation_error, read_yaml, unflatten
 
 MAX_CORNER_CHECKS = 4096
 
@@ -175,9 +175,3 @@ def load_sweep(path: str | Path) -> SweepSpec:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     return spec
-
-
-def sweep_params(config: TrialConfig, spec: SweepSpec) -> dict[str, Any]:
-    """The searched fields of a trial config, by dotted key (for tables)."""
-    flat = flatten(config.to_dict())
-    return {key: flat[key] for key in spec.space}
