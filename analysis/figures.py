@@ -8,19 +8,29 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from scipy import stats
 
 from analysis.fit import CONFIDENCE, mean_ci, ols_band
 from analysis.importance import Importances
-from analysis.schema import K_PARAM, SD_PARAM
+from analysis.schema import K_PARAM, SD_PARAM, SWAP_METRICS
 
 PANEL = 4.2
 """Side of one panel, inches."""
+DYNAMICS_PANELS = (
+    ("gamma_cls", 0, "γ_cls = cos(u_l, u_L)"),
+    ("speed_cls", 1, "angular speed, cls (rad / layer)"),
+    ("stable_rank", 1, "stable rank of the update U_l = x_l − x_(l−1)"),
+)
+"""(curve in result.json, layer of its first value, y label): γ covers x_0..x_L, the others steps 1..L."""
+SWAP_STYLES = {SWAP_METRICS[0]: ("unswapped", "k"), SWAP_METRICS[1]: ("intra-phase swap", "tab:blue"),
+               SWAP_METRICS[2]: ("inter-phase swap", "tab:red")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,16 @@ class SimilarityPanel:
     title: str
     matrix: np.ndarray
     bounds: Sequence[Sequence[int]]
+
+
+@dataclass(frozen=True)
+class DynamicsTrace:
+    """One trial's dynamics curves (result.json ``dynamics``), teacher and Raptor: {curve name: values per layer}."""
+
+    label: str
+    sd: float
+    teacher: Mapping[str, Sequence[float]]
+    raptor: Mapping[str, Sequence[float]]
 
 
 def to_png(figure: Figure, dpi: int = 110) -> bytes:
@@ -62,6 +82,43 @@ def similarity_grid(rows: Sequence[Sequence[SimilarityPanel]]) -> Figure:
             colorbar.ax.ticklabel_format(useOffset=False)
         for ax in row_axes[len(panels) :]:
             ax.set_axis_off()
+    return figure
+
+
+def dynamics_curves(traces: Sequence[DynamicsTrace]) -> Figure:
+    """`DYNAMICS_PANELS` per layer: teacher solid, Raptor dashed, one colour per SD rate (plasma, low to high)."""
+    figure = Figure(figsize=(PANEL * len(DYNAMICS_PANELS), PANEL), layout="constrained")
+    axes = figure.subplots(1, len(DYNAMICS_PANELS), squeeze=False).ravel()
+    codes, levels = pd.factorize(pd.Series([t.sd for t in traces], dtype=float), sort=True, use_na_sentinel=False)
+    palette = colormaps["plasma"](np.linspace(0.0, 0.85, len(levels)))
+    for ax, (curve, first, ylabel) in zip(axes, DYNAMICS_PANELS, strict=True):
+        for trace, code in zip(traces, codes, strict=True):
+            for curves, style in ((trace.teacher, "-"), (trace.raptor, "--")):
+                values = curves.get(curve, [])
+                ax.plot(range(first, first + len(values)), values, style, marker="o", ms=3, color=palette[code])
+        ax.set(xlabel="layer", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=palette[c], label=trace.label) for trace, c in zip(traces, codes, strict=True)]
+    handles += [Line2D([], [], color="grey", ls=ls, label=name) for ls, name in (("-", "teacher"), ("--", "Raptor"))]
+    axes[0].legend(handles=handles, fontsize=7)
+    return figure
+
+
+def swap_accuracy(summary: pd.DataFrame) -> Figure:
+    """`SWAP_METRICS` per SD rate, mean ± std over teachers; ``summary`` is `analysis.sweep.dynamics_by_sd` output."""
+    figure = Figure(figsize=(PANEL * 1.4, PANEL), layout="constrained")
+    ax = figure.subplots()
+    levels = sorted(summary["sd"].unique())
+    for offset, (metric, (label, colour)) in zip((-0.15, 0.0, 0.15), SWAP_STYLES.items(), strict=True):
+        rows = summary[summary["metric"] == metric]
+        if rows.empty:
+            continue
+        x = [levels.index(sd) + offset for sd in rows["sd"]]
+        ax.errorbar(x, rows["mean"], yerr=rows["std"].fillna(0.0), fmt="o", capsize=4, color=colour, label=label)
+    ax.set_xticks(range(len(levels)), [f"{sd:g}" for sd in levels])
+    ax.set(xlabel=SD_PARAM, ylabel="teacher accuracy", title="Adjacent-layer swaps: intra vs inter phase")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
     return figure
 
 

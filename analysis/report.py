@@ -17,7 +17,18 @@ from analysis.fit import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, MIN_EXACT_
 from analysis.importance import MIN_TRIALS as MIN_IMPORTANCE_TRIALS
 from analysis.load import find_sweep_runs, load_results, load_trials
 from analysis.paper import PAPER_ACC_RATIO, compare_with_paper, sweep_setting
-from analysis.schema import FIDELITY_METRICS, K_PARAM, PHASE_KINDS, SD_PARAM, STATUSES, TEACHER_KEY_PARAM
+from analysis.schema import (
+    DYNAMICS_KEY,
+    DYNAMICS_PREFIX,
+    FIDELITY_METRICS,
+    K_PARAM,
+    PHASE_KINDS,
+    SD_PARAM,
+    STATUSES,
+    SWAP_METRICS,
+    TEACHER_DYNAMICS_PREFIXES,
+    TEACHER_KEY_PARAM,
+)
 from analysis.sweep import SweepAnalysis, analyse_sweep
 
 log = logging.getLogger(__name__)
@@ -59,8 +70,11 @@ def write_report(
     comparison = compare_with_paper(analysis) if analysis.counts.finished else None
     sections = [_summary(experiments, tracking_uri, trials, analysis)]
     if comparison is not None:
+        chosen = _pick_teachers(analysis.trials, N_TEACHERS_SHOWN)
+        results = load_results(chosen["run_id"], tracking_uri)
         sections += [
-            _similarity_section(analysis, tracking_uri),
+            _similarity_section(chosen, results),
+            _dynamics_section(analysis, chosen, results),
             _fidelity_section(analysis),
             _group_section(analysis.by_sd, analysis.best, f"Fits per SD rate ({SD_PARAM})"),
             _group_section(analysis.by_k, analysis.best, f"Fits per k ({K_PARAM})"),
@@ -92,6 +106,7 @@ def write_report(
         "fits_by_sd": analysis.by_sd,
         "fits_by_k": analysis.by_k,
         "sd_trend": analysis.trends,
+        "dynamics_by_sd": analysis.dynamics,
         **({"paper_comparison": comparison} if comparison is not None else {}),
     }
     written += _write_tables(tables, out_dir / TABLE_DIR)
@@ -126,16 +141,15 @@ def _summary(
     return Section("Summary", blocks)
 
 
-def _similarity_section(analysis: SweepAnalysis, tracking_uri: str | None) -> Section:
-    chosen = _pick_teachers(analysis.trials, N_TEACHERS_SHOWN)
-    results = load_results(chosen["run_id"], tracking_uri)
+def _similarity_section(chosen: pd.DataFrame, results: dict[str, dict]) -> Section:
+    """``chosen``: `_pick_teachers` rows; ``results``: their result.json by run id (missing ones absent)."""
     rows = []
     for kind in PHASE_KINDS:
         panels = []
         for row in chosen.itertuples(index=False):
             result = results.get(row.run_id, {})
             if kind in result.get("similarity", {}):
-                title = f"{kind} · SD {row.sd:g} · teacher {str(row.teacher)[:8]} · k={row.k}"
+                title = f"{kind} · {_trial_label(row)}"
                 bounds = result.get("partition", {}).get("phase_bounds", [])
                 panels.append(figures.SimilarityPanel(title, np.asarray(result["similarity"][kind], float), bounds))
         if panels:
@@ -153,6 +167,43 @@ def _similarity_section(analysis: SweepAnalysis, tracking_uri: str | None) -> Se
         figure = figures.similarity_grid(rows)
         blocks.append(Image("similarity", figures.to_png(figure), "Similarity matrices with phase boundaries"))
     return Section("Layer-layer similarity and phases", blocks)
+
+
+def _dynamics_section(analysis: SweepAnalysis, chosen: pd.DataFrame, results: dict[str, dict]) -> Section:
+    """Curves of the ``chosen`` trials (those of the similarity section), swap accuracies and dyn.* means per SD."""
+    traces = [
+        figures.DynamicsTrace(_trial_label(row), float(row.sd), dynamics["teacher"], dynamics["raptor"])
+        for row in chosen.itertuples(index=False)
+        if (dynamics := results.get(row.run_id, {}).get(DYNAMICS_KEY))
+    ]
+    summary = analysis.dynamics
+    dyn_columns = [c for c in analysis.trials if c.startswith(DYNAMICS_PREFIX)]
+    with_metrics = int(analysis.trials[dyn_columns].notna().any(axis=1).sum())
+    if not traces and summary.empty:
+        return Section(
+            "Dynamics",
+            [Note("No finished trial carries dynamics (older runs, or dynamics.enabled: false): nothing to show.")],
+        )
+    blocks: list = [
+        f"Residual-stream dynamics (study/dynamics_report.py) of teacher and Raptor on a test subsample; "
+        f"{with_metrics} of {analysis.counts.finished} finished trials carry dyn.* metrics. Teacher-only metrics "
+        f"({', '.join(p + '*' for p in TEACHER_DYNAMICS_PREFIXES)}) are averaged per teacher first, so their n "
+        "counts teachers; dyn.raptor.* counts trials."
+    ]
+    if len(traces) < len(chosen):
+        blocks.append(Note(f"{len(chosen) - len(traces)} of {len(chosen)} selected trials have no dynamics curves."))
+    if traces:
+        caption = "γ_cls, cls angular speed and update stable rank per layer (teacher solid, Raptor dashed)"
+        blocks.append(Image("dynamics", figures.to_png(figures.dynamics_curves(traces)), caption))
+    swaps = summary[summary["metric"].isin(SWAP_METRICS)]
+    if len(swaps):
+        caption = "Teacher accuracy with adjacent layers swapped inside a phase vs across a boundary, mean ± std"
+        blocks.append(Image("layer_swaps", figures.to_png(figures.swap_accuracy(swaps)), caption))
+    else:
+        blocks.append(Note("No layer-swap accuracies (dyn.swap.*) in the finished trials."))
+    if len(summary):
+        blocks.append(Table("dyn.* metrics per SD rate: mean ± std (n)", _per_sd(summary)))
+    return Section("Dynamics", blocks)
 
 
 def _fidelity_section(analysis: SweepAnalysis) -> Section:
@@ -287,6 +338,24 @@ def _shown(fits: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         if name in columns
     }
     return fits.assign(**intervals)[columns]
+
+
+def _per_sd(summary: pd.DataFrame) -> pd.DataFrame:
+    """`dynamics_by_sd` rows as one row per metric, one 'mean ± std (n=..)' column per SD rate."""
+    cells = summary.assign(
+        cell=[
+            f"{format_cell(mean, 'mean')}{'' if pd.isna(std) else ' ± ' + format_cell(std, 'std')} (n={n})"
+            for mean, std, n in zip(summary["mean"], summary["std"], summary["n"], strict=True)
+        ],
+        column=[f"SD {sd:g}" for sd in summary["sd"]],
+    )
+    table = cells.pivot(index="metric", columns="column", values="cell")
+    return table[[f"SD {sd:g}" for sd in sorted(summary["sd"].unique())]].reset_index()
+
+
+def _trial_label(row) -> str:
+    """'SD · teacher · k' of a `_pick_teachers` row."""
+    return f"SD {row.sd:g} · teacher {str(row.teacher)[:8]} · k={row.k}"
 
 
 def _pick_teachers(trials: pd.DataFrame, count: int) -> pd.DataFrame:

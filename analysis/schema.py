@@ -33,6 +33,13 @@ FIDELITY_METRICS = ("r2.final", "r2.mean", "acc.ratio")
 LAYER_METRIC_PREFIX = "r2.layer"
 """Metrics with this prefix are per-layer histories (step = teacher layer 1..L)."""
 
+DYNAMICS_PREFIX = "dyn."
+"""Summary metrics of `study.dynamics_report` (``dyn.teacher.*``, ``dyn.raptor.*``, ``dyn.swap.*``)."""
+TEACHER_DYNAMICS_PREFIXES = ("dyn.teacher.", "dyn.swap.")
+"""Dynamics metrics of the teacher alone: equal (up to the trial seed) across the trials of one teacher."""
+SWAP_METRICS = ("dyn.swap.baseline_acc", "dyn.swap.intra_acc_mean", "dyn.swap.inter_acc_mean")
+"""Teacher accuracy unswapped, and mean over adjacent-layer swaps inside a phase / across a boundary."""
+
 SD_PARAM = "teacher.sd_rate"
 K_PARAM = "raptor.k"
 TEACHER_KEY_PARAM = "teacher.key"
@@ -51,3 +58,5 @@ TEXT_PARAMS = frozenset(
 """Params kept as text even when every value happens to look like a number (e.g. a hex hash)."""
 
 RESULT_ARTIFACT = "result.json"
+DYNAMICS_KEY = "dynamics"
+"""result.json entry with the dynamics curves; absent in older runs and with ``dynamics.enabled: false``."""

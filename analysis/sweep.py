@@ -18,7 +18,17 @@ from analysis.fit import (
     split_by_status,
 )
 from analysis.importance import Importances, param_importances
-from analysis.schema import FIDELITY_METRICS, K_PARAM, PHASE_METRICS, SD_PARAM
+from analysis.schema import (
+    DYNAMICS_PREFIX,
+    FIDELITY_METRICS,
+    K_PARAM,
+    PHASE_METRICS,
+    SD_PARAM,
+    TEACHER_DYNAMICS_PREFIXES,
+    TEACHER_KEY_PARAM,
+)
+
+DYNAMICS_COLUMNS = ["metric", "sd", "mean", "std", "n"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +36,8 @@ class SweepAnalysis:
     """The finished trials and everything fitted on them.
 
     ``best`` maps each fidelity metric to the phase metric with the highest
-    pooled regression R^2 (only fidelity metrics with a defined fit appear).
+    pooled regression R^2 (only fidelity metrics with a defined fit appear);
+    ``dynamics`` is `dynamics_by_sd` of the finished trials.
     """
 
     trials: pd.DataFrame
@@ -39,6 +50,7 @@ class SweepAnalysis:
     trends: pd.DataFrame
     importances: list[Importances]
     best: dict[str, str]
+    dynamics: pd.DataFrame
 
 
 def analyse_sweep(
@@ -75,4 +87,28 @@ def analyse_sweep(
         trends=sd_trend(finished, [*predictors, *fidelity], **options),
         importances=[param_importances(finished, target, params, seed=seed) for target in fidelity],
         best=dict(zip(top["y"], top["x"], strict=True)),
+        dynamics=dynamics_by_sd(finished),
     )
+
+
+def dynamics_by_sd(trials: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and n of every ``dyn.*`` metric per SD rate, one row per (metric, sd): `DYNAMICS_COLUMNS`.
+
+    Teacher-only metrics (`TEACHER_DYNAMICS_PREFIXES`) are first averaged over the trials of
+    each teacher (``teacher.key``, else the run), so their n counts teachers; Raptor metrics
+    count trials. Trials without a metric are left out of its n. Empty when no trial has a
+    ``dyn.*`` metric or the SD param is absent.
+    """
+    metrics = sorted(c for c in trials if c.startswith(DYNAMICS_PREFIX))
+    if not metrics or SD_PARAM not in trials:
+        return pd.DataFrame(columns=DYNAMICS_COLUMNS)
+    teacher = trials.get(TEACHER_KEY_PARAM, trials["run_id"]).fillna(trials["run_id"])
+    units = pd.DataFrame({"sd": trials[SD_PARAM], "teacher": teacher})
+    frames = []
+    for metric in metrics:
+        values = units.assign(value=trials[metric]).dropna(subset=["sd", "value"])
+        if metric.startswith(TEACHER_DYNAMICS_PREFIXES):
+            values = values.groupby(["sd", "teacher"], as_index=False)["value"].mean()
+        table = values.groupby("sd")["value"].agg(mean="mean", std="std", n="count").reset_index()
+        frames.append(table.assign(metric=metric))
+    return pd.concat(frames, ignore_index=True)[DYNAMICS_COLUMNS]

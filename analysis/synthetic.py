@@ -6,6 +6,9 @@ every trial's fidelity is planted as a linear function of its mean within-phase
 cosine similarity (slope `PLANTED_SLOPE`), with noise that shrinks with SD. It
 also writes failed and pruned trials and one finished trial without
 ``acc.ratio``, so exclusion and missing-value handling show up in the analysis.
+Finished trials carry dynamics (``dyn.*`` metrics and result.json ``dynamics``,
+shaped as `study.dynamics_report` writes them), except the first
+``n_without_dynamics``: older runs, or ``dynamics.enabled: false``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis.schema import (
+    DYNAMICS_KEY,
     FAILED,
     FINISHED,
     PARENT_TAG,
@@ -65,6 +69,7 @@ def write_synthetic_sweep(
     n_pruned: int = 2,
     noise: float = 0.03,
     artifact_location: str | None = None,
+    n_without_dynamics: int = 4,
     seed: int = 0,
 ) -> SyntheticSweep:
     """Create ``experiment`` with a sweep parent run and one child run per trial.
@@ -72,7 +77,8 @@ def write_synthetic_sweep(
     Finished trials cover every (SD rate, teacher seed, k, stage-2 lambda_cls);
     then ``n_failed`` failed trials (MLflow FAILED) and ``n_pruned`` pruned ones
     (alternately MLflow KILLED and FINISHED, both tagged pruned) with partial
-    training curves only. The first finished trial has no ``acc.ratio``.
+    training curves only. The first finished trial has no ``acc.ratio``. The first
+    ``n_without_dynamics`` finished trials have no dynamics, the others `_dynamics`.
     """
     rng = np.random.default_rng(seed)
     client = MlflowClient(tracking_uri)
@@ -87,6 +93,12 @@ def write_synthetic_sweep(
         metrics, result = _finished_trial(matrices[sd, ts], sd, k, lam, config, noise, rng)
         if index == 0:
             del metrics["acc.ratio"]
+        if index >= n_without_dynamics:
+            bounds = result["partition"]["phase_bounds"]
+            dynamics_rng = np.random.default_rng([seed, index])  # leaves the planted fidelity's stream as it was
+            dyn_metrics, result[DYNAMICS_KEY] = _dynamics(depth, sd + 0.05 * ts, bounds, metrics["r2.final"],
+                                                          metrics["teacher.test_acc"], dynamics_rng)  # fmt: skip
+            metrics |= dyn_metrics
         run_id = _log_trial(client, experiment_id, parent_id, experiment, config, FINISHED, "FINISHED", metrics, result)
         truth.append({"run_id": run_id, "status": FINISHED, **_flat(config), **metrics})
     for index in range(n_failed + n_pruned):
@@ -218,6 +230,71 @@ def _finished_trial(
         "config": config,
     }
     return metrics, result
+
+
+def _dynamics(
+    depth: int,
+    smoothness: float,
+    bounds: Sequence[Sequence[int]],
+    r2_final: float,
+    accuracy: float,
+    rng: np.random.Generator,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """``dyn.*`` metrics and result.json curves of one trial (L = ``depth``, perturbation at L // 2).
+
+    Teacher curves depend on ``smoothness`` only (the SD rate, nudged per teacher): a smoother
+    teacher converges earlier (γ) and turns more slowly; the Raptor's curves are the teacher's
+    flattened by 1 - r2.final, with noise. Swaps cost more across a phase boundary than inside
+    a phase, less in smoother teachers.
+    """
+    layer = np.arange(depth + 1) / depth  # x_0..x_L
+    step = np.arange(1, depth + 1) / depth  # steps 1..L
+    half = perturb = depth // 2
+    teacher = {
+        "gamma_cls": 1.0 - 0.9 * (1.0 - layer) ** (1.0 + 2.0 * smoothness),
+        "gamma_patch": 1.0 - 0.7 * (1.0 - layer) ** (1.0 + smoothness),
+        "speed_cls": (0.5 - 0.3 * smoothness) * (0.6 + 0.8 * step**2),
+        "speed_patch": (0.4 - 0.2 * smoothness) * (1.2 - 0.6 * step),
+        "coherence": 0.1 + 0.5 * layer**1.5,
+        "stable_rank": 2.0 + 10.0 * (1.0 - step) ** 2 * (1.0 - 0.4 * smoothness),
+        "recovery": np.exp(-(0.15 + 0.2 * smoothness) * np.arange(1, depth - perturb + 1)),
+    }
+    flatten = float(np.clip(1.0 - r2_final, 0.0, 1.0))
+    raptor = {name: (1 - flatten) * v + flatten * v.mean() + rng.normal(0.0, 0.01 * flatten, len(v))
+              for name, v in teacher.items()}  # fmt: skip
+    raptor["gamma_cls"] = teacher["gamma_cls"] ** (1.0 + 2.0 * flatten)  # still 1 at x_L
+    raptor["gamma_patch"] = teacher["gamma_patch"] ** (1.0 + 2.0 * flatten)
+    phase = np.concatenate([np.full(last - first + 1, index) for index, (first, last) in enumerate(bounds)])
+    swaps: dict[str, list[list[float]]] = {"intra": [], "inter": []}
+    for left in range(1, depth):
+        kind = "intra" if phase[left - 1] == phase[left] else "inter"
+        cost = (0.01 + 0.02 * (1.0 - smoothness)) if kind == "intra" else (0.04 + 0.1 * (1.0 - smoothness))
+        swaps[kind].append([left, left + 1, float(accuracy - cost * (1.0 + 0.2 * np.cos(left)))])
+    metrics = {"dyn.swap.baseline_acc": accuracy}
+    for kind, pairs in swaps.items():
+        if pairs:
+            metrics[f"dyn.swap.{kind}_acc_mean"] = float(np.mean([acc for _, _, acc in pairs]))
+    for model, curves in (("teacher", teacher), ("raptor", raptor)):
+        metrics |= {
+            f"dyn.{model}.gamma_cls_mid": curves["gamma_cls"][half],
+            f"dyn.{model}.gamma_patch_mid": curves["gamma_patch"][half],
+            f"dyn.{model}.speed_cls_mean": curves["speed_cls"].mean(),
+            f"dyn.{model}.speed_patch_mean": curves["speed_patch"].mean(),
+            f"dyn.{model}.speed_cls_late_early": curves["speed_cls"][-half:].mean() / curves["speed_cls"][:half].mean(),
+            f"dyn.{model}.coherence_final": curves["coherence"][-1],
+            f"dyn.{model}.srank_first": curves["stable_rank"][0],
+            f"dyn.{model}.srank_last": curves["stable_rank"][-1],
+            f"dyn.{model}.recovery_last": curves["recovery"][-1],
+        }
+    result = {
+        "num_samples": 256,
+        "perturb_layer": perturb,
+        "eps": 0.05,
+        "teacher": {name: v.tolist() for name, v in teacher.items()},
+        "raptor": {name: v.tolist() for name, v in raptor.items()},
+        "swap": {"baseline_acc": accuracy, **swaps},
+    }
+    return {name: float(value) for name, value in metrics.items()}, result
 
 
 def _log_trial(

@@ -19,12 +19,13 @@ IMG = re.compile(r'<img [^>]*src="([^"]*)"')
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, SyntheticSweep]:
-    """'rep': 16 finished + 2 failed + 2 pruned; 'tiny': 1 finished + 1 failed; 'dead': 2 failed, no sweep run."""
+    """'rep': 16 finished (12 with dynamics) + 2 failed + 2 pruned; 'tiny': 1 finished without dynamics + 1 failed;
+    'dead': 2 failed, no sweep run."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     sweep = write_synthetic_sweep(uri, "rep", sd_rates=(0.0, 0.6), ks=(2, 3), artifact_location=(root / "rep").as_uri())
     write_synthetic_sweep(uri, "tiny", sd_rates=(0.0,), ks=(2,), teacher_seeds=(0,), lambda_cls=(0.3,), n_failed=1,
-                          n_pruned=0, artifact_location=(root / "tiny").as_uri())  # fmt: skip
+                          n_pruned=0, n_without_dynamics=1, artifact_location=(root / "tiny").as_uri())  # fmt: skip
     client = MlflowClient(uri)
     dead = client.create_experiment("dead", artifact_location=(root / "dead").as_uri())
     for _ in range(2):
@@ -42,7 +43,7 @@ def report(store, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_html_is_self_contained_with_embedded_figures(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
     sources = IMG.findall(page)
-    assert len(sources) == 6  # similarity, scatter, per-layer, accuracy, importances, parallel coordinates
+    assert len(sources) == 8  # similarity, dynamics, swaps, scatter, per-layer, accuracy, importances, parallel
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -69,13 +70,32 @@ def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
     folder = report.parent
     markdown = (folder / "report.md").read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)
-    assert len(links) == 6 and all((folder / link).is_file() for link in links)
+    assert len(links) == 8 and all((folder / link).is_file() for link in links)
     assert "| finding | paper | this sweep | paper setting |" in markdown
-    for name in ("trials", "fits", "ranking", "fits_by_sd", "fits_by_k", "sd_trend", "paper_comparison"):
+    for name in ("trials", "fits", "ranking", "fits_by_sd", "fits_by_k", "sd_trend", "dynamics_by_sd",
+                 "paper_comparison"):
         assert (folder / "tables" / f"{name}.csv").is_file()
     fits = pd.read_csv(folder / "tables" / "fits.csv").set_index(["y", "x"])
     planted = fits.loc[("r2.final", "phase.cosine.within_sim")]
     assert planted["slope_lo"] < PLANTED_SLOPE < planted["slope_hi"] and planted["n"] == 16
+
+
+def test_dynamics_section(report: Path) -> None:
+    page = report.read_text(encoding="utf-8")
+    section = page[page.index("<h2>Dynamics</h2>") : page.index("<h2>Fidelity vs phase structure</h2>")]
+    alts = dict(re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]*)"', section))
+    assert len(alts) == 2  # curves of the selected teachers, swap accuracies per SD
+    for data in alts.values():
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "12 of 16 finished trials carry dyn.* metrics" in section
+    assert "dyn.raptor.gamma_cls_mid" in section and "dyn.swap.inter_acc_mean" in section and " ± " in section
+    summary = pd.read_csv(report.parent / "tables" / "dynamics_by_sd.csv")
+    swaps = summary.set_index(["metric", "sd"])["mean"]
+    for sd in (0.0, 0.6):  # planted: swaps across a phase boundary cost more than inside a phase
+        assert swaps[("dyn.swap.inter_acc_mean", sd)] < swaps[("dyn.swap.intra_acc_mean", sd)]
+    teacher_n = summary.loc[summary["metric"] == "dyn.teacher.gamma_cls_mid", "n"]
+    raptor_n = summary.loc[summary["metric"] == "dyn.raptor.gamma_cls_mid", "n"]
+    assert teacher_n.sum() == 3 and raptor_n.sum() == 12  # teachers vs trials (the 4 without: one whole teacher)
 
 
 def test_report_logged_to_the_sweep_parent_run(store, report: Path) -> None:
@@ -93,6 +113,7 @@ def test_one_finished_trial_does_not_crash(store, tmp_path: Path) -> None:
     assert "2 trials: 1 finished, 1 failed" in page
     assert "n=1 &lt; 3 complete pairs" in page
     assert "No fit is defined" in page
+    assert "No finished trial carries dynamics" in page  # a note, no figure
     assert "Comparison with the paper" in page
 
 
