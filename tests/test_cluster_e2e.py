@@ -1,9 +1,11 @@
 """Faults and clusters, on loopback only: a two-node Ray cluster on this machine, and a Ray Train
 worker killed mid-stage. Bounded in time; every process started here is stopped here."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,11 +19,16 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path):
-    """`ray start --head` on 127.0.0.1 plus a second worker node, one CPU each."""
+def two_node_cluster():
+    """`ray start --head` on 127.0.0.1 plus a second worker node, one CPU each.
+
+    The cluster gets a private temp dir (short: Unix socket paths are limited), and teardown
+    stops exactly the processes that carry it, never another Ray on this machine (which
+    `ray stop` would kill)."""
     port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--temp-dir", temp_dir]
     try:
         subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *common],
                        env=env, check=True, capture_output=True, timeout=180)
@@ -29,7 +36,10 @@ def two_node_cluster(tmp_path):
                        env=env, check=True, capture_output=True, timeout=180)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        for sig in ("-TERM", "-KILL"):
+            subprocess.run(["pkill", sig, "-f", temp_dir], capture_output=True)
+            time.sleep(3)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_sweep_joins_a_two_node_cluster_with_shared_storage(tmp_path, two_node_cluster):
