@@ -256,7 +256,8 @@ def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
     rows = []
     for result in grid:
         metrics = result.metrics or {}
-        status = "failed" if result.error else ("finished" if "r2.final" in metrics else "pruned")
+        unfinished = "pruned" if spec.scheduler.type == "asha" else "stopped"  # ASHA's stop, or an interrupt
+        status = "failed" if result.error else ("finished" if "r2.final" in metrics else unfinished)
         row = {"trial_id": metrics.get("trial_id", Path(result.path).name), "status": status}
         row.update({key: result.config.get(key) for key in spec.space})
         for key in dict.fromkeys((spec.search.metric, "r2.final", "acc.ratio")):
