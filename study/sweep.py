@@ -17,6 +17,7 @@ Output layout under the output root (default `runs/`):
 """
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import tempfile
@@ -103,6 +104,11 @@ def worker_loop(config: dict[str, Any]) -> None:
 def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> None:
     """A Tune trial: prepare, distil on Ray Train workers, evaluate, write outputs, report."""
     trial_id = tune.get_context().get_trial_id()
+    out_dir = paths.trials(spec.name) / trial_id
+    if (out_dir / "result.json").is_file():  # finished before a crash that Tune's state had not saved yet
+        saved = json.loads((out_dir / "result.json").read_text())
+        tune.report({**saved["metrics"], "out_dir": str(out_dir)})
+        return
     cfg = spec.trial_config(params, name=trial_name(spec.name, trial_id))
     prepared = prepare(cfg)
     res = spec.resources
@@ -126,9 +132,9 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
         history = state["history"]
     metrics, r2_per_layer = evaluate(prepared, raptor)
     val_r2, _ = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device, cfg.runtime.amp)
-    out_dir = paths.trials(spec.name) / trial_id
+    metrics["val_r2"] = float(val_r2["all"][-1])  # the search objective, on the validation split
     write_outputs(prepared, raptor, metrics, r2_per_layer, history, out_dir)
-    tune.report({**metrics, "val_r2": float(val_r2["all"][-1]), "out_dir": str(out_dir)})
+    tune.report({**metrics, "out_dir": str(out_dir)})
 
 
 # ----------------------------------------------------------------------------- sweep

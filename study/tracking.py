@@ -169,7 +169,8 @@ class MlflowTrialCallback(Callback):
         found = find_runs(client, self.experiment_id, f"tags.`{TRIAL_ID}` = '{trial_id}'")
         if found:  # resumed trial: continue its run, never duplicate it
             run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
+            if found[0].info.status != "FINISHED":  # a finished run replayed after a crash stays as it ended
+                client.update_run(run_id, status="RUNNING")
             for key in found[0].data.metrics:
                 history = client.get_metric_history(run_id, key)
                 self.logged_steps[(trial_id, key)] = max(m.step for m in history)
@@ -239,8 +240,14 @@ class MlflowTrialCallback(Callback):
         self._finish(trial.trial_id, "failed", "FAILED")
 
     def _finish(self, trial_id: str, status: str, mlflow_status: str) -> None:
-        self._write(trial_id, lambda c, run_id: c.set_tag(run_id, STATUS, status))
-        self._write(trial_id, lambda c, run_id: c.set_terminated(run_id, status=mlflow_status))
+        def terminate(client: MlflowClient, run_id: str) -> None:
+            run = client.get_run(run_id)
+            if run.info.status == mlflow_status and run.data.tags.get(STATUS) == status:
+                return  # already ended so (a trial replayed after a crash): keep its end time
+            client.set_tag(run_id, STATUS, status)
+            client.set_terminated(run_id, status=mlflow_status)
+
+        self._write(trial_id, terminate)
 
     def on_experiment_end(self, trials, **info):
         if not self.writer.flush(patience_s=float(os.environ.get("RAPTOR_MLFLOW_FLUSH_PATIENCE_S", "600"))):

@@ -184,7 +184,7 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
 
 def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float], r2_per_layer: dict[str, list[float]],
                   history: list[dict], out_dir: Path) -> dict:
-    """Write result.json, Parquet tables, figures, config and the Raptor weights into `out_dir`."""
+    """Write Parquet tables, figures, config, the Raptor weights and (last) result.json into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg, teacher = prepared.cfg, prepared.teacher
     result = {
@@ -200,7 +200,6 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
     }
     if prepared.dynamics is not None:
         result["dynamics"] = prepared.dynamics
-    cache.atomic_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     rows = [{"layer": layer, "group": group, "r2": value}
             for group, values in r2_per_layer.items() for layer, value in enumerate(values, start=1)]
@@ -215,6 +214,8 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
             plots.layer_swaps_figure(prepared.dynamics["swap"], out_dir / "layer_swaps.png")
     torch.save({"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
                out_dir / "raptor.pt")
+    # written last and atomically: its presence marks the trial folder complete
+    cache.atomic_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     return result
 
 
