@@ -5,6 +5,7 @@ local checkpoint file or HF-style folder)."""
 from __future__ import annotations
 
 import logging
+from typing import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -172,7 +173,7 @@ def _freeze(model: VisionTransformer) -> VisionTransformer:
     return model
 
 
-def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: "callable") -> Teacher:
+def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[ImageSpec], Splits]) -> Teacher:
     """Return the trial's teacher, training it (once, under a lock) if it is not cached.
 
     `splits_for(spec)` loads the dataset for a given ImageSpec; it is called only

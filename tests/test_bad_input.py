@@ -1,5 +1,4 @@
 """Bad sweep input: one clear line naming the field, exit code 2, before any work, nothing lost."""
-from pathlib import Path
 
 import pytest
 import yaml
