@@ -73,7 +73,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     out_root = check_writable(Path(args.out), "--out")
-    table = run_sweep(args.spec, out_root, address=args.address, tracking_uri=args.tracking_uri, resume=args.command == "resume")
+    table = run_sweep(args.spec, out_root, address=args.address, tracking_uri=args.tracking_uri, resume=args.command == "resume",
+                      overrides=parse_overrides(args.set))
     return 0 if len(table) and (table["status"] != "failed").all() else 1
 
 
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         sweep.add_argument("--out", default="runs", help="output root: MLflow store, Ray state, trial folders, cache")
         sweep.add_argument("--address", help="join a running Ray cluster (host:port or 'auto'); default: start a local Ray")
         sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store under --out)")
+        sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override the spec: search.num_samples=4, space.raptor.k='{choice: [2]}', "
+                                "or a base trial field, e.g. data.path=/data/imagenet (resume needs the same)")
         sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="statistics + figures of one or more sweeps (HTML + Markdown)")

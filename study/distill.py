@@ -14,6 +14,7 @@ the objective is wrapped in DistributedDataParallel.
 """
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -256,8 +257,8 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
                      resume: dict | None = None, on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None) -> list[dict]:
     """Train `raptor` with stage 1 then stage 2; returns the per-epoch history.
 
-    Each history record: {'stage', 'epoch', 'loss', 'lambda_tf', 'val_r2'} (val_r2: final-layer
-    R^2 of all tokens on the val split). After every epoch `on_epoch(record, state_fn)` is
+    Each history record: {'stage', 'epoch', 'loss', 'lambda_tf', 'val_r2', 'seconds'} (val_r2:
+    final-layer R^2 of all tokens on the val split; seconds: the epoch's wall time, validation included). After every epoch `on_epoch(record, state_fn)` is
     called; `state_fn()` returns a resumable state dict (pass it back as `resume`).
     """
     rank = dist.get_rank() if _is_distributed() else 0
@@ -294,6 +295,7 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
                 if (stage_id, epoch) in done:
                     continue
                 raptor.train()
+                epoch_start = time.perf_counter()
                 loss_sum = torch.zeros((), device=device)
                 lam = 0.0
                 for i, batch in enumerate(batches.epoch(epoch, seed + stage_id)):
@@ -306,7 +308,7 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
                     loss_sum /= world
                 r2, _ = evaluate_fidelity(raptor, val_states, num_registers, device, runtime.amp)
                 record = {"stage": stage_id, "epoch": epoch, "loss": float(loss_sum) / len(batches),
-                          "lambda_tf": lam, "val_r2": float(r2["all"][-1])}
+                          "lambda_tf": lam, "val_r2": float(r2["all"][-1]), "seconds": time.perf_counter() - epoch_start}
                 history.append(record)
                 bar.update(task, advance=1, info=f"loss {record['loss']:.3e} val_r2 {record['val_r2']:.3f}")
                 if on_epoch:

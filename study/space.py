@@ -16,16 +16,23 @@ A sweep file has these sections (all but `name` optional):
 Validation happens at load: unknown keys, empty ranges and any corner of the
 space that would make an invalid TrialConfig (k > depth, lambda outside [0, 1],
 ...) fail with one line naming the field.
+
+Command-line overrides (`raptor-study sweep SPEC --set KEY=VALUE`) are applied to
+the YAML tree before validation: a KEY under a spec section (`search.num_samples`,
+`resources.worker_gpu`, `name`, `space.raptor.k`) sets that entry; any other KEY is
+a TrialConfig field of the base (`data.path` -> `base.data.path`).
 """
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import ConfigError, TrialConfig, build_trial_config, deep_merge, describe_validation_error, read_yaml, unflatten
+from .config import (ConfigError, TrialConfig, build_trial_config, deep_merge, describe_validation_error, flatten, read_yaml,
+                     unflatten)
 
 MAX_CORNER_CHECKS = 4096
 
@@ -161,11 +168,38 @@ def _validate_space(spec: SweepSpec) -> None:
             raise ConfigError(f"space: {err} (at {where})") from None
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Parse and validate a sweep YAML; any problem is one ConfigError line naming the field."""
+SPEC_SECTIONS = ("name", "description", "base", "space", "search", "scheduler", "resources")
+
+
+def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A sweep tree with `--set` overrides applied (see the module docstring for the key rules).
+
+    A base field that the space searches cannot be set (the sampled value would win): the
+    error says to override its distribution instead."""
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head == "space":
+            if not rest:
+                raise ConfigError("--set space: name a searched field, e.g. space.raptor.k='{choice: [2, 3]}'")
+            tree = {**tree, "space": {**(tree.get("space") or {}), rest: value}}
+        elif head in SPEC_SECTIONS:
+            tree = deep_merge(tree, unflatten({key: value}))
+        elif key in (tree.get("space") or {}):
+            raise ConfigError(f"--set {key}: the space searches this field; set its distribution instead, "
+                              f"e.g. --set space.{key}='{{choice: [{value!r}]}}'")
+        else:
+            tree = deep_merge(tree, {"base": unflatten({key: value})})
+    return tree
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Parse a sweep YAML, apply `--set` overrides, validate; any problem is one ConfigError line
+    naming the field."""
     tree = read_yaml(path)
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping with name/base/space/search/..., got {type(tree).__name__}")
+    if overrides:
+        tree = apply_overrides(tree, overrides)
     try:
         spec = SweepSpec.model_validate(tree)
     except ValidationError as err:
@@ -175,3 +209,14 @@ def load_sweep(path: str | Path) -> SweepSpec:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     return spec
+
+
+def check_same_spec(launched: dict[str, Any], spec: SweepSpec) -> None:
+    """`resume` must continue the sweep that was launched: the spec, with its --set overrides,
+    may not have changed (the description excepted). `launched` is the saved `model_dump(mode='json')`."""
+    before = flatten(launched)
+    now = flatten(json.loads(json.dumps(spec.model_dump(mode="json"))))
+    for key in sorted(before.keys() | now.keys()):
+        if key != "description" and before.get(key) != now.get(key):
+            raise ConfigError(f"resume: {key} differs from the launched sweep (launched {before.get(key)!r}, "
+                              f"now {now.get(key)!r}); resume with the launch's spec file and --set values")

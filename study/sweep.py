@@ -11,7 +11,8 @@ trials), then evaluates the final checkpoint and reports the trial's metrics.
 
 Output layout under the output root (default `runs/`):
     mlflow.db, mlartifacts/     the local MLflow store (unless --tracking-uri)
-    ray/<sweep>/                Tune experiment state (what `resume` restores)
+    ray/<sweep>/                Tune experiment state (what `resume` restores) and
+                                sweep_spec.json, the spec as launched (--set applied)
     ray/_train/<sweep>/<trial>/ Ray Train runs with per-epoch checkpoints
     trials/<sweep>/<trial>/     each trial's result.json, figures, Raptor weights
 """
@@ -21,6 +22,7 @@ import json
 import logging
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +37,12 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from rich.console import Console
 from rich.table import Table
 
+from .cache import atomic_write
 from .config import ConfigError, build_trial_config, deep_merge
 from .data import check_data_source
 from .distill import evaluate_fidelity, run_distillation
 from .runtime import setup
-from .space import SweepSpec, load_sweep
+from .space import SweepSpec, check_same_spec, load_sweep
 from .tracking import (MlflowTrialCallback, default_tracking_uri, ensure_experiment, ensure_parent_run, finish_parent,
                        mark_orphans, trial_name)
 from .trial import build_raptor, evaluate, prepare, teacher_and_states, write_outputs
@@ -61,6 +64,9 @@ class SweepPaths:
 
     def experiment(self, sweep: str) -> Path:
         return self.ray / sweep
+
+    def launched_spec(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "sweep_spec.json"
 
     def train(self, sweep: str) -> Path:
         return self.ray / "_train" / sweep
@@ -110,6 +116,7 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
         tune.report({**saved["metrics"], "out_dir": str(out_dir)})
         return
     cfg = spec.trial_config(params, name=trial_name(spec.name, trial_id))
+    t_start = time.perf_counter()
     prepared = prepare(cfg)
     res = spec.resources
     trainer = TorchTrainer(
@@ -122,7 +129,10 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
                                   checkpoint_config=CheckpointConfig(num_to_keep=1),
                                   callbacks=[TuneReportCallback()]),
     )
+    t0 = time.perf_counter()
     result = trainer.fit()
+    prepared.timings["distill_s"] = time.perf_counter() - t0  # Ray Train workers: start, both stages, checkpoints
+    t0 = time.perf_counter()
     raptor = build_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds).to(prepared.device)
     history: list[dict] = []
     if result.checkpoint:
@@ -133,6 +143,8 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
     metrics, r2_per_layer = evaluate(prepared, raptor)
     val_r2, _ = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device, cfg.runtime.amp)
     metrics["val_r2"] = float(val_r2["all"][-1])  # the search objective, on the validation split
+    prepared.timings["evaluate_s"] = time.perf_counter() - t0
+    prepared.timings["total_s"] = time.perf_counter() - t_start
     write_outputs(prepared, raptor, metrics, r2_per_layer, history, out_dir)
     tune.report({**metrics, "out_dir": str(out_dir)})
 
@@ -217,12 +229,12 @@ def resolve_spec(spec: SweepSpec, paths: SweepPaths) -> SweepSpec:
 
 
 def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = None, tracking_uri: str | None = None,
-              resume: bool = False) -> pd.DataFrame:
-    """Launch (or resume) the sweep in `spec_path`; returns one row per trial."""
+              resume: bool = False, overrides: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Launch (or resume) the sweep in `spec_path` with `--set` overrides; returns one row per trial."""
     from mlflow.tracking import MlflowClient
 
     paths = SweepPaths(out_root.resolve())
-    spec = resolve_spec(load_sweep(spec_path), paths)
+    spec = resolve_spec(load_sweep(spec_path, overrides), paths)
     check_data_source(spec.trial_config({}).data)  # a missing dataset folder fails here, not in every trial
     experiment_dir = paths.experiment(spec.name)
     can_restore = tune.Tuner.can_restore(str(experiment_dir))
@@ -230,6 +242,9 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
         raise ConfigError(f"resume: no sweep '{spec.name}' to resume under {paths.ray}")
     if not resume and can_restore:
         raise ConfigError(f"sweep: '{spec.name}' already exists under {paths.ray}; use `raptor-study resume` or another --out")
+    launched = paths.launched_spec(spec.name)
+    if resume and launched.is_file():
+        check_same_spec(json.loads(launched.read_text()), spec)
     tracking_uri = tracking_uri or default_tracking_uri(paths.root)
     client = MlflowClient(tracking_uri)
     try:
@@ -238,6 +253,8 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
         raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} ({str(err).splitlines()[0]})") from None
     parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
     connect_ray(address)
+    if not resume:
+        atomic_write(launched, lambda tmp: tmp.write_text(json.dumps(spec.model_dump(mode="json"), indent=1)))
     max_concurrent = concurrency_that_fits(spec)
     if resume:  # the MLflow callback comes back with the experiment state
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(spec, paths),

@@ -68,27 +68,40 @@ def _checkpoint_file(path: str) -> str:
 
 
 def build_pretrained_model(cfg: TrialConfig) -> VisionTransformer:
-    """A timm ViT by name: pretrained weights, a local checkpoint, or random init."""
+    """A timm ViT by name: pretrained weights, a local checkpoint, or random init.
+
+    At the model's default input size (e.g. 518 px for DINOv2), or at `data.image_size`
+    when given (timm resamples the position embedding of loaded weights). Random init is
+    seeded by `teacher.seed`, so a Tune driver and its Ray Train workers build the same teacher."""
     t = cfg.teacher
-    kwargs = dict(num_classes=0)
+    kwargs: dict = dict(num_classes=0)
+    if cfg.data.image_size is not None:
+        kwargs["img_size"] = cfg.data.image_size
     try:
-        if t.source == "checkpoint":
-            model = timm.create_model(t.timm_name, pretrained=True, pretrained_cfg_overlay={"file": _checkpoint_file(t.checkpoint)}, **kwargs)
-        else:
-            model = timm.create_model(t.timm_name, pretrained=t.pretrained, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed)
+            if t.source == "checkpoint":
+                model = timm.create_model(t.timm_name, pretrained=True,
+                                          pretrained_cfg_overlay={"file": _checkpoint_file(t.checkpoint)}, **kwargs)
+            else:
+                model = timm.create_model(t.timm_name, pretrained=t.pretrained, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ConfigError(f"teacher.timm_name: unknown timm model {t.timm_name!r}") from None
         raise
     if not isinstance(model, VisionTransformer):
         raise ConfigError(f"teacher.timm_name: {t.timm_name!r} is a {type(model).__name__}, not a timm VisionTransformer")
+    patch = model.patch_embed.patch_size[0]
+    if cfg.data.image_size is not None and cfg.data.image_size % patch:
+        raise ConfigError(f"data.image_size: must be a multiple of {t.timm_name}'s patch size {patch}, got {cfg.data.image_size}")
     return model
 
 
 def pretrained_spec(model: VisionTransformer) -> ImageSpec:
-    """The timm data config of a model as an ImageSpec (its own preprocessing)."""
+    """The model's own preprocessing (timm data config) at the input size it was built for."""
     data_cfg = timm.data.resolve_data_config({}, model=model)
-    chans, size, _ = data_cfg["input_size"]
+    chans = data_cfg["input_size"][0]
+    size = model.patch_embed.img_size[0]
     return ImageSpec(chans, size, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), data_cfg.get("interpolation", "bilinear"), data_cfg.get("crop_pct", 1.0))
 
 

@@ -33,7 +33,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 ROLE, SWEEP, TRIAL_ID, STATUS = "raptor.role", "raptor.sweep", "raptor.trial_id", "raptor.status"
 PARENT = "mlflow.parentRunId"
-EPOCH_KEYS = ("loss", "val_r2", "lambda_tf")  # per-epoch metrics, logged as `stage{n}.{key}` at step = epoch
+EPOCH_KEYS = ("loss", "val_r2", "lambda_tf", "seconds")  # per-epoch metrics, logged as `stage{n}.{key}` at step = epoch
 
 
 def trial_name(sweep: str, trial_id: str) -> str:

@@ -196,8 +196,10 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
         "r2_per_layer": r2_per_layer,
         "metrics": metrics,
         "history": history,
-        "timings": prepared.timings,
+        "timings": dict(prepared.timings),
     }
+    for stage in sorted({record["stage"] for record in history}):
+        result["timings"][f"stage{stage}_s"] = sum(r.get("seconds", 0.0) for r in history if r["stage"] == stage)
     if prepared.dynamics is not None:
         result["dynamics"] = prepared.dynamics
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -229,7 +231,9 @@ def run_trial(cfg: TrialConfig, out_dir: Path, on_epoch: Callable[[dict], None] 
     out_dir.mkdir(parents=True, exist_ok=True)
     history = distill_in_process(prepared, raptor, state_path, on_epoch)
     prepared.timings["distill_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     metrics, r2_per_layer = evaluate(prepared, raptor)
+    prepared.timings["evaluate_s"] = time.perf_counter() - t0
     prepared.timings["total_s"] = time.perf_counter() - t_start
     result = write_outputs(prepared, raptor, metrics, r2_per_layer, history, out_dir)
     state_path.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from timm.models import register_model
 from timm.models.vision_transformer import _create_vision_transformer
 
 from study.activations import embed, teacher_states
-from study.config import load_trial_config
+from study.config import ConfigError, load_trial_config
 from study.raptor import Raptor
 from study.teacher import load_teacher
 
@@ -144,3 +144,28 @@ def test_checkpoint_source_reloads_identical_states(name, cpu, images, tmp_path)
     # sanity: a fresh random model of the same name gives different states
     other = timm.create_model(name, pretrained=False, num_classes=0).eval()
     assert not torch.allclose(teacher_states(other, images), expected)
+
+
+def test_random_init_is_fixed_by_teacher_seed(cpu):
+    """A Tune driver and its Ray Train workers each build the teacher: a random init must agree."""
+    no_data = lambda spec: pytest.fail("a timm teacher needs no training data")  # noqa: E731
+    name = TINY_NAMES[0]
+    torch.manual_seed(1)
+    first = load_teacher(_tiny_cfg(name), cpu, no_data).model.state_dict()
+    torch.manual_seed(2)  # other global RNG state, same teacher.seed
+    again = load_teacher(_tiny_cfg(name), cpu, no_data).model.state_dict()
+    other_seed = load_teacher(_tiny_cfg(name, **{"teacher.seed": 1}), cpu, no_data).model.state_dict()
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not torch.equal(first["blocks.0.attn.qkv.weight"], other_seed["blocks.0.attn.qkv.weight"])
+
+
+def test_data_image_size_sets_the_timm_teachers_input_size(cpu):
+    no_data = lambda spec: pytest.fail("a timm teacher needs no training data")  # noqa: E731
+    name = TINY_NAMES[0]
+    assert load_teacher(_tiny_cfg(name), cpu, no_data).spec.size == 28  # the model's default
+    teacher = load_teacher(_tiny_cfg(name, **{"data.image_size": 56}), cpu, no_data)
+    assert teacher.spec.size == 56 and teacher.spec.mean == (0.485, 0.456, 0.406)  # its own normalisation
+    states = teacher_states(teacher.model, torch.randn(2, 3, 56, 56))
+    assert states.shape == (2, 4, 1 + REGS + 16, 48)  # 4 x 4 patches of 14 px
+    with pytest.raises(ConfigError, match=r"^data.image_size: must be a multiple of .* patch size 14, got 30$"):
+        load_teacher(_tiny_cfg(name, **{"data.image_size": 30}), cpu, no_data)

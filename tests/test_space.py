@@ -1,11 +1,12 @@
 """Search spaces load as data and fail at load, with the field named, when they are invalid."""
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from study.config import ConfigError
-from study.space import load_sweep
+from study.space import check_same_spec, load_sweep
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -86,3 +87,37 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         load_sweep(bad)
     with pytest.raises(ConfigError, match="no such config file"):
         load_sweep(tmp_path / "nope.yaml")
+
+
+def test_set_overrides_spec_sections_and_base_fields(tmp_path):
+    path = write(tmp_path, minimal())
+    spec = load_sweep(path, {"search.num_samples": 3, "name": "t2", "data.path": "/imgs", "data.name": "imagefolder",
+                             "teacher.depth": 6, "space.raptor.k": {"choice": [5, 6]}})
+    assert (spec.search.num_samples, spec.name) == (3, "t2")
+    assert spec.base["data"] == {"path": "/imgs", "name": "imagefolder"} and spec.base["teacher"] == {"depth": 6}
+    assert spec.space["raptor.k"].choice == [5, 6] and "teacher.sd_rate" in spec.space  # other axes kept
+    assert load_sweep(path).search.num_samples != 3  # the file itself is untouched
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"raptor.k": 3}, "--set raptor.k: the space searches this field; set its distribution instead, "
+                      "e.g. --set space.raptor.k='{choice: [3]}'"),
+    ({"search.num_samples": 0}, "search.num_samples"),
+    ({"space.raptor.k": {"choice": [2, 9]}}, "raptor.k: must be in [1, 4]"),  # still validated at the corners
+    ({"teacher.nope": 1}, "teacher.nope"),
+    ({"space": 1}, "--set space: name a searched field"),
+])
+def test_bad_set_is_one_line_naming_the_field(tmp_path, overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(write(tmp_path, minimal()), overrides)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_refuses_a_changed_spec_naming_the_field(tmp_path):
+    path = write(tmp_path, minimal())
+    launched = json.loads(json.dumps(load_sweep(path, {"search.num_samples": 2}).model_dump(mode="json")))
+    check_same_spec(launched, load_sweep(path, {"search.num_samples": 2, "description": "edited"}))  # same sweep
+    with pytest.raises(ConfigError, match=r"^resume: search.num_samples differs from the launched sweep \(launched 2, now 8\)"):
+        check_same_spec(launched, load_sweep(path))
+    with pytest.raises(ConfigError, match=r"^resume: space.raptor.k.choice differs"):
+        check_same_spec(launched, load_sweep(path, {"search.num_samples": 2, "space.raptor.k": {"choice": [2]}}))

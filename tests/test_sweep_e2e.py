@@ -152,10 +152,11 @@ def test_sweep_records_every_trial_in_a_real_mlflow_server(tmp_path, mlflow_serv
 
 
 def test_resume_after_the_driver_is_killed_reruns_nothing_and_duplicates_nothing(tmp_path):
-    spec = tiny_spec(tmp_path, "crash", num_samples=2, max_concurrent=1)
+    spec = tiny_spec(tmp_path, "crash", num_samples=4, max_concurrent=1)
     out = tmp_path / "runs"
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    proc = cli("sweep", str(spec), "--out", str(out))
+    override = ("--set", "search.num_samples=2")  # launched with an override, so resume needs it too
+    proc = cli("sweep", str(spec), "--out", str(out), *override)
     client = None
     deadline = time.monotonic() + 600
     finished: list = []
@@ -172,7 +173,12 @@ def test_resume_after_the_driver_is_killed_reruns_nothing_and_duplicates_nothing
     proc.wait(timeout=60)
     first = finished[0]
 
-    finish(cli("resume", str(spec), "--out", str(out)))
+    forgot = cli("resume", str(spec), "--out", str(out))
+    message = output(forgot).strip()
+    assert forgot.returncode == 2 and message.count("\n") == 0, message
+    assert message == ("error: resume: search.num_samples differs from the launched sweep (launched 2, now 4); "
+                       "resume with the launch's spec file and --set values")
+    finish(cli("resume", str(spec), "--out", str(out), *override))
     runs = trial_runs(client, "crash")
     assert len(runs) == 2, [r.data.tags.get("raptor.trial_id") for r in runs]
     assert len({r.data.tags["raptor.trial_id"] for r in runs}) == 2

@@ -48,7 +48,10 @@ def test_result_json_content(trial_dir, tiny_cfg):
     assert result["teacher"]["key"] == tiny_cfg.teacher_key() and result["teacher"]["depth"] == 4
     assert len(result["partition"]["phase_bounds"]) == 2
     assert np.array(result["similarity"]["cosine"]).shape == (4, 4)
-    assert result["timings"]["total_s"] > 0
+    timings = result["timings"]
+    stage_sums = [sum(r["seconds"] for r in result["history"] if r["stage"] == stage) for stage in (1, 2)]
+    assert [timings["stage1_s"], timings["stage2_s"]] == stage_sums and min(stage_sums) > 0
+    assert timings["total_s"] > timings["distill_s"] >= sum(stage_sums) and timings["evaluate_s"] > 0
     metrics = result["metrics"]
     for name in ("r2.final", "r2.mean", "r2.final.cls", "r2.final.patch", "acc.ratio", "acc.agreement",
                  "phase.cosine.within_sim", "phase.cosine.contrast", "phase.cka.within_sim", "teacher.test_acc",
