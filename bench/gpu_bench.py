@@ -17,7 +17,8 @@ the product's fast path and in the reference baseline, side by side in one proce
             (timm fused_attn=False, nn.MultiheadAttention-style), for-each AdamW, no graphs
 
 plus one-knob-off ablations of the fast path on the ViT-S stage-2 step, the stage-2 step
-of a DINOv2-B-shaped teacher (width 768, 4 registers, 261 tokens), stage-2 step time
+of a DINOv2-B-shaped teacher (width 768, 4 registers, 261 tokens) and, with `--sections vitl`, of a
+DINOv2-L-shaped one (24 blocks, width 1024), stage-2 step time
 against depth L (6, 12, 24) and against k at L = 12, the activation cache's bytes per
 sample, the resident-vs-streaming batch path, and a check that CUDA-graph replay trains
 exactly like eager. `--sections profile,explore` adds a kernel-time breakdown and
@@ -129,6 +130,9 @@ DIGITS = Case("digits_default", depth=8, width=64, heads=4, mlp_ratio=2.0, patch
 # the DINOv2 ViT-B/14 shape of SPEC section 1 (4 registers, 261 tokens), random weights
 VIT_B = Case("vit_b14_reg4_224", depth=12, width=768, heads=12, mlp_ratio=4.0, patch=14, image=224, chans=3, classes=1000,
              teacher_batch=128, raptor_batch=128, k=2, registers=4)
+# the DINOv2 ViT-L/14 shape (24 blocks, width 1024, 4 registers, 261 tokens): how MFU grows with width
+VIT_L = Case("vit_l14_reg4_224", depth=24, width=1024, heads=16, mlp_ratio=4.0, patch=14, image=224, chans=3, classes=1000,
+             teacher_batch=64, raptor_batch=64, k=2, registers=4)
 QUICK_VIT = Case("vit_quick", depth=4, width=64, heads=2, mlp_ratio=4.0, patch=8, image=32, chans=3, classes=10,
                  teacher_batch=8, raptor_batch=8, k=2)
 QUICK_DIGITS = DIGITS.with_(name="digits_quick", depth=4, teacher_batch=16, raptor_batch=16)
@@ -703,7 +707,7 @@ def main(argv=None) -> int:
                     help="auto: the product's rule (CUDA and >= 1 TFLOP per step); on: wherever a variant allows it")
     ap.add_argument("--budget-s", type=float, default=460.0, help="skip optional measurements past this many seconds")
     ap.add_argument("--sections", default="all",
-                    help="comma list of: digits,vit,ablate,vitb,scale,stream,cache,whole (all) and profile,explore (extra)")
+                    help="comma list of: digits,vit,ablate,vitb,scale,stream,cache,whole (all) and vitl,profile,explore (extra)")
     args = ap.parse_args(argv)
 
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
@@ -755,6 +759,9 @@ def main(argv=None) -> int:
     if "vitb" in sections and not args.quick:
         guarded(raptor_stage, b, VIT_B, FAST, 2, check=True)
         guarded(raptor_stage, b, VIT_B, BASELINE, 2)
+    if "vitl" in sections and not args.quick:
+        guarded(raptor_stage, b, VIT_L, FAST, 2, check=True)
+        guarded(raptor_stage, b, VIT_L, BASELINE, 2)
     if "scale" in sections:
         depths = (2, 4, 8) if args.quick else (6, 12, 24)
         ks = (1, 2, 4) if args.quick else (1, 2, 3, 4, 6, 12)
