@@ -399,14 +399,21 @@ def extract_to_cache(b: Bench, case: Case, v: Variant, n: int, dtype: str = "flo
 
 def raptor_stage(b: Bench, case: Case, v: Variant, stage: int, depth: int | None = None, k: int | None = None,
                  batch: int | None = None, states_dtype: torch.dtype = torch.float32, streaming: bool = False,
-                 workload: str | None = None, whole_compile: bool = False, check: bool = False) -> dict:
-    """One stage-1/2 step of study.distill (objective + train_step) on synthetic resident states."""
+                 workload: str | None = None, whole_compile: bool = False, check: bool = False,
+                 pure_bf16: bool = False) -> dict:
+    """One stage-1/2 step of study.distill (objective + train_step) on synthetic resident states.
+
+    `pure_bf16` (a measurement, not a product mode): Raptor weights, residual stream and target
+    states all in bf16 (no fp32 master weights), i.e. the fewest bytes this code path can move."""
     set_matmul(v.tf32)
     b.reset_memory()
     depth, k, batch = depth or case.depth, k or case.k, batch or case.raptor_batch
     dcase = case.with_(depth=depth, k=k)
     teacher = build_teacher(dcase, b.device)
     raptor = Raptor(teacher, even_phases(depth, k), init="teacher").to(b.device)
+    if pure_bf16:
+        raptor.to(torch.bfloat16)
+        states_dtype = torch.bfloat16
     del teacher
     set_fused_attn(raptor, v.fused_attn)
     rt = v.runtime()
@@ -707,7 +714,7 @@ def main(argv=None) -> int:
                     help="auto: the product's rule (CUDA and >= 1 TFLOP per step); on: wherever a variant allows it")
     ap.add_argument("--budget-s", type=float, default=460.0, help="skip optional measurements past this many seconds")
     ap.add_argument("--sections", default="all",
-                    help="comma list of: digits,vit,ablate,vitb,scale,stream,cache,whole (all) and vitl,profile,explore (extra)")
+                    help="comma list of: digits,vit,ablate,vitb,scale,stream,cache,whole (all) and vitl,bf16,profile,explore (extra)")
     args = ap.parse_args(argv)
 
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
@@ -759,6 +766,8 @@ def main(argv=None) -> int:
     if "vitb" in sections and not args.quick:
         guarded(raptor_stage, b, VIT_B, FAST, 2, check=True)
         guarded(raptor_stage, b, VIT_B, BASELINE, 2)
+    if "bf16" in sections:  # how far fewer bytes would go on the memory-bound ViT-S step
+        guarded(raptor_stage, b, vit, FAST, 2, pure_bf16=True, workload="stage-2 pure bf16 (bench only)")
     if "vitl" in sections and not args.quick:
         guarded(raptor_stage, b, VIT_L, FAST, 2, check=True)
         guarded(raptor_stage, b, VIT_L, BASELINE, 2)
