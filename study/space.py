@@ -181,7 +181,9 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         if head == "space":
             if not rest:
                 raise ConfigError("--set space: name a searched field, e.g. space.raptor.k='{choice: [2, 3]}'")
-            tree = {**tree, "space": {**(tree.get("space") or {}), rest: value}}
+            space = tree.get("space") or {}
+            if isinstance(space, dict):  # else validation names the malformed `space`
+                tree = {**tree, "space": {**space, rest: value}}
         elif head in SPEC_SECTIONS:
             tree = deep_merge(tree, unflatten({key: value}))
         elif key in (tree.get("space") or {}):

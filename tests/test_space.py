@@ -113,6 +113,11 @@ def test_bad_set_is_one_line_naming_the_field(tmp_path, overrides, expected):
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
+def test_set_space_on_a_malformed_space_still_names_space(tmp_path):
+    with pytest.raises(ConfigError, match=r"space"):
+        load_sweep(write(tmp_path, minimal(space=[1, 2])), {"space.raptor.k": {"choice": [2]}})
+
+
 def test_resume_refuses_a_changed_spec_naming_the_field(tmp_path):
     path = write(tmp_path, minimal())
     launched = json.loads(json.dumps(load_sweep(path, {"search.num_samples": 2}).model_dump(mode="json")))
