@@ -11,6 +11,7 @@ from __future__ import annotations
 ROLE_TAG = "raptor.role"
 SWEEP_TAG = "raptor.sweep"
 STATUS_TAG = "raptor.status"
+TRIAL_ID_TAG = "raptor.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"

@@ -71,6 +71,12 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return {"test": np.sort(order[:n_test]), "val": np.sort(order[n_test:n_test + n_val]), "train": np.sort(order[n_test + n_val:])}
 
 
+def _train_val_indices(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices of a dataset that brings its own test split (CIFAR, ImageNet layout)."""
+    idx = split_indices(n, cfg.val_fraction, 0.0001, cfg.split_seed)
+    return np.sort(np.concatenate([idx["train"], idx["test"]])), idx["val"]
+
+
 def _cap(indices: np.ndarray, max_samples: int | None) -> np.ndarray:
     return indices if max_samples is None else indices[:max_samples]
 
@@ -131,12 +137,10 @@ def _load_cifar(cfg: DataConfig, spec: ImageSpec) -> Splits:
         test = cls(str(root), train=False, download=False, transform=transform)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
         raise ConfigError(f"data.path: no {cfg.name} batches under {root} ({err})") from None
-    n = len(train_full)
-    idx = split_indices(n, cfg.val_fraction, 0.0001, cfg.split_seed)
-    train_idx = np.sort(np.concatenate([idx["train"], idx["test"]]))  # CIFAR has its own test split
+    train_idx, val_idx = _train_val_indices(len(train_full), cfg)
     return Splits(
         Subset(train_full, _cap(train_idx, cfg.max_samples).tolist()),
-        Subset(train_full, _cap(idx["val"], cfg.max_samples).tolist()),
+        Subset(train_full, _cap(val_idx, cfg.max_samples).tolist()),
         Subset(test, list(range(min(len(test), cfg.max_samples or len(test))))),
         num_classes=num_classes,
     )
@@ -150,9 +154,8 @@ def _load_imagefolder(cfg: DataConfig, spec: ImageSpec) -> Splits:
     if (root / "train").is_dir() and (root / "val").is_dir():  # ImageNet layout
         train_full = ImageFolder(str(root / "train"), transform=transform)
         test = ImageFolder(str(root / "val"), transform=transform)
-        idx = split_indices(len(train_full), cfg.val_fraction, 0.0001, cfg.split_seed)
-        train_idx = np.sort(np.concatenate([idx["train"], idx["test"]]))
-        parts = {"train": (train_full, train_idx), "val": (train_full, idx["val"]), "test": (test, np.arange(len(test)))}
+        train_idx, val_idx = _train_val_indices(len(train_full), cfg)
+        parts = {"train": (train_full, train_idx), "val": (train_full, val_idx), "test": (test, np.arange(len(test)))}
     else:
         full = ImageFolder(str(root), transform=transform)
         idx = split_indices(len(full), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)

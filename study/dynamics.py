@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from study.metrics import token_groups
 from study.partition import phase_labels
 from study.similarity import iter_chunks
 
@@ -42,9 +43,7 @@ def angular_speed(states: Any, num_registers: int, chunk: int = 256) -> dict[str
     x_{l-1} -> x_l. The angle is computed as 2 atan2(|u - v|, |u + v|), which equals
     arccos(cos(u, v)) but stays accurate near 0 and pi (no clamping needed).
     """
-    groups = {"cls": slice(0, 1), "patch": slice(1 + num_registers, None)}
-    if num_registers:
-        groups["reg"] = slice(1, 1 + num_registers)
+    groups = token_groups(num_registers)
     sums = dict.fromkeys(groups, 0.0)
     for x in iter_chunks(states, chunk):
         u, v = F.normalize(x[:, :-1], dim=-1), F.normalize(x[:, 1:], dim=-1)

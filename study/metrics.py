@@ -19,6 +19,14 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
+def token_groups(num_registers: int) -> dict[str, slice]:
+    """Token slices of each group: 'cls' (index 0), 'patch' (after the registers), 'reg' (1..R, if R > 0)."""
+    groups = {"cls": slice(0, 1), "patch": slice(1 + num_registers, None)}
+    if num_registers:
+        groups["reg"] = slice(1, 1 + num_registers)
+    return groups
+
+
 class FidelityAccumulator:
     """Streaming per-layer R^2 of predicted vs teacher states, per token group.
 
@@ -59,9 +67,7 @@ class FidelityAccumulator:
         """R^2 per layer [L] for groups 'all', 'cls', 'patch' and 'reg' (if R > 0)."""
         if self.m2 is None:
             raise ValueError("no batches were added")
-        groups = {"all": slice(None), "cls": slice(0, 1), "patch": slice(1 + self.num_registers, None)}
-        if self.num_registers:
-            groups["reg"] = slice(1, 1 + self.num_registers)
+        groups = {"all": slice(None), **token_groups(self.num_registers)}
         return {name: _r2(self.sse[:, tokens].sum(dim=(1, 2)), self.m2[:, tokens].sum(dim=(1, 2)))
                 for name, tokens in groups.items()}
 

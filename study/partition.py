@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from study.config import ConfigError
+from study.config import check_k_fits
 
 
 def phase_labels(phase_bounds: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -92,8 +92,7 @@ def contiguous_maxcut(dissimilarity: np.ndarray, k: int) -> Partition:
     if not np.allclose(d, d.T, rtol=1e-6, atol=1e-9):
         raise ValueError("dissimilarity is not symmetric")
     num_layers = d.shape[0]
-    if not 1 <= k <= num_layers:
-        raise ConfigError(f"raptor.k: must be in [1, {num_layers}] (the teacher's depth), got {k}")
+    check_k_fits(k, num_layers)
 
     upper = np.triu(d, k=1)
     prefix = np.zeros((num_layers + 1, num_layers + 1))

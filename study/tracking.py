@@ -23,6 +23,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from analysis.schema import (FAILED, FINISHED, PARENT_TAG, PRUNED, ROLE_SWEEP, ROLE_TAG, ROLE_TRIAL, RUNNING, STATUS_TAG,
+                             SWEEP_TAG, TRIAL_ID_TAG)
+
 from .space import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -31,8 +34,6 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-ROLE, SWEEP, TRIAL_ID, STATUS = "raptor.role", "raptor.sweep", "raptor.trial_id", "raptor.status"
-PARENT = "mlflow.parentRunId"
 EPOCH_KEYS = ("loss", "val_r2", "lambda_tf", "seconds")  # per-epoch metrics, logged as `stage{n}.{key}` at step = epoch
 
 
@@ -110,12 +111,12 @@ def find_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> l
 
 def ensure_parent_run(client: MlflowClient, experiment_id: str, sweep: str, spec: dict) -> str:
     """The sweep's parent run (reused on resume), holding the sweep spec."""
-    existing = find_runs(client, experiment_id, f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP}` = '{sweep}'")
+    existing = find_runs(client, experiment_id, f"tags.`{ROLE_TAG}` = '{ROLE_SWEEP}' and tags.`{SWEEP_TAG}` = '{sweep}'")
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    run = client.create_run(experiment_id, run_name=f"sweep:{sweep}", tags={ROLE: "sweep", SWEEP: sweep})
+    run = client.create_run(experiment_id, run_name=f"sweep:{sweep}", tags={ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: sweep})
     client.log_dict(run.info.run_id, spec, "sweep_spec.json")
     return run.info.run_id
 
@@ -123,9 +124,9 @@ def ensure_parent_run(client: MlflowClient, experiment_id: str, sweep: str, spec
 def mark_orphans(client: MlflowClient, experiment_id: str, sweep: str, keep: set[str]) -> list[str]:
     """Child runs left RUNNING by a crash whose trial is not active -> FAILED. Returns their ids."""
     orphans = []
-    for run in find_runs(client, experiment_id, f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{sweep}' and attributes.status = 'RUNNING'"):
-        if run.data.tags.get(TRIAL_ID) not in keep:
-            client.set_tag(run.info.run_id, STATUS, "failed")
+    for run in find_runs(client, experiment_id, f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}' and tags.`{SWEEP_TAG}` = '{sweep}' and attributes.status = 'RUNNING'"):
+        if run.data.tags.get(TRIAL_ID_TAG) not in keep:
+            client.set_tag(run.info.run_id, STATUS_TAG, FAILED)
             client.set_tag(run.info.run_id, "raptor.failure", "orphaned: its sweep driver stopped")
             client.set_terminated(run.info.run_id, status="FAILED")
             orphans.append(run.info.run_id)
@@ -166,7 +167,7 @@ class MlflowTrialCallback(Callback):
         """The trial's run (found again by tag after a resume, else created). Runs inside queued ops."""
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
-        found = find_runs(client, self.experiment_id, f"tags.`{TRIAL_ID}` = '{trial_id}'")
+        found = find_runs(client, self.experiment_id, f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'")
         if found:  # resumed trial: continue its run, never duplicate it
             run_id = found[0].info.run_id
             if found[0].info.status != "FINISHED":  # a finished run replayed after a crash stays as it ended
@@ -176,8 +177,8 @@ class MlflowTrialCallback(Callback):
                 self.logged_steps[(trial_id, key)] = max(m.step for m in history)
         else:
             run_id = client.create_run(self.experiment_id, run_name=trial_name(self.sweep, trial_id),
-                                       tags={ROLE: "trial", SWEEP: self.sweep, TRIAL_ID: trial_id,
-                                             PARENT: self.parent_run_id, STATUS: "running"}).info.run_id
+                                       tags={ROLE_TAG: ROLE_TRIAL, SWEEP_TAG: self.sweep, TRIAL_ID_TAG: trial_id,
+                                             PARENT_TAG: self.parent_run_id, STATUS_TAG: RUNNING}).info.run_id
         self.run_ids[trial_id] = run_id
         return run_id
 
@@ -221,7 +222,7 @@ class MlflowTrialCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         if "r2.final" not in result:  # stopped by the scheduler before its evaluation
-            self._finish(trial.trial_id, "pruned", "KILLED")
+            self._finish(trial.trial_id, PRUNED, "KILLED")
             return
         out_dir = Path(result["out_dir"])
         saved = json.loads((out_dir / "result.json").read_text())
@@ -234,17 +235,17 @@ class MlflowTrialCallback(Callback):
                 RunTag("partition.phase_bounds", json.dumps(saved["partition"]["phase_bounds"]))]
         self._write(trial.trial_id, lambda c, run_id: c.log_batch(run_id, tags=tags))
         self._write(trial.trial_id, lambda c, run_id: c.log_artifacts(run_id, str(out_dir)))
-        self._finish(trial.trial_id, "finished", "FINISHED")
+        self._finish(trial.trial_id, FINISHED, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial.trial_id, "failed", "FAILED")
+        self._finish(trial.trial_id, FAILED, "FAILED")
 
     def _finish(self, trial_id: str, status: str, mlflow_status: str) -> None:
         def terminate(client: MlflowClient, run_id: str) -> None:
             run = client.get_run(run_id)
-            if run.info.status == mlflow_status and run.data.tags.get(STATUS) == status:
+            if run.info.status == mlflow_status and run.data.tags.get(STATUS_TAG) == status:
                 return  # already ended so (a trial replayed after a crash): keep its end time
-            client.set_tag(run_id, STATUS, status)
+            client.set_tag(run_id, STATUS_TAG, status)
             client.set_terminated(run_id, status=mlflow_status)
 
         self._write(trial_id, terminate)

@@ -19,6 +19,8 @@ import pandas as pd
 import torch
 import yaml
 
+from analysis.schema import PHASE_KINDS
+
 from . import cache, plots
 from .activations import cached_states
 from .config import TrialConfig, check_k_fits
@@ -33,8 +35,6 @@ from .similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, pha
 from .teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
-
-SIMILARITY_KINDS = ("cosine", "cka")  # kinds whose phase metrics are logged (mse drives partitions only)
 
 
 @dataclass
@@ -160,7 +160,7 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
     metrics: dict[str, float] = {}
     if prepared.teacher.test_acc is not None:
         metrics["teacher.test_acc"] = prepared.teacher.test_acc
-    for kind in SIMILARITY_KINDS:
+    for kind in PHASE_KINDS:  # kinds whose phase metrics are logged (mse drives partitions only)
         for name, value in phase_metrics(prepared.similarity[kind], prepared.partition.phase_bounds).items():
             metrics[f"phase.{kind}.{name}"] = value
     metrics["partition.cut_value"] = prepared.partition.cut_value
