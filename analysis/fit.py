@@ -17,7 +17,7 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from analysis.schema import FIDELITY_METRICS, FINISHED, K_PARAM, PHASE_METRICS, SD_PARAM, STATUSES, TEACHER_KEY_PARAM
+from study.contract import FIDELITY_METRICS, FINISHED, K_PARAM, PHASE_METRICS, SD_PARAM, STATUSES, TEACHER_KEY_PARAM
 
 MIN_FIT_N = 3
 """Fewest complete (x, y) pairs for a fit: OLS needs a residual degree of freedom."""

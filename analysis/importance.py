@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from analysis.schema import TEACHER_KEY_PARAM
+from study.contract import TEACHER_KEY_PARAM
 
 MIN_TRIALS = 10
 """Fewest trials with a defined target for importances to mean anything."""

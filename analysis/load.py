@@ -22,7 +22,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.schema import (
+from study.contract import (
     LAYER_METRIC_PREFIX,
     MLFLOW_STATUS,
     PARENT_TAG,

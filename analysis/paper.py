@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import mean_ci
-from analysis.schema import K_PARAM, SD_PARAM
+from study.contract import K_PARAM, SD_PARAM
 from analysis.sweep import SweepAnalysis
 
 PAPER_FIT_R2 = {0.0: "0.88", 0.6: "~0.94"}

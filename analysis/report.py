@@ -17,7 +17,7 @@ from analysis.fit import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, MIN_EXACT_
 from analysis.importance import MIN_TRIALS as MIN_IMPORTANCE_TRIALS
 from analysis.load import find_sweep_runs, load_results, load_trials
 from analysis.paper import PAPER_ACC_RATIO, compare_with_paper, sweep_setting
-from analysis.schema import (
+from study.contract import (
     DYNAMICS_KEY,
     DYNAMICS_PREFIX,
     FIDELITY_METRICS,

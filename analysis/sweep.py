@@ -18,7 +18,7 @@ from analysis.fit import (
     split_by_status,
 )
 from analysis.importance import Importances, param_importances
-from analysis.schema import (
+from study.contract import (
     DYNAMICS_PREFIX,
     FIDELITY_METRICS,
     K_PARAM,

@@ -26,7 +26,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis.schema import (
+from study.contract import (
     DYNAMICS_KEY,
     FAILED,
     FINISHED,

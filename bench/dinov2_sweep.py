@@ -1,4 +1,4 @@
-"""Issue 7: `search_spaces/dinov2.yaml` end to end on a randomly initialised DINOv2 ViT-B/14-reg4.
+"""`search_spaces/dinov2.yaml` end to end on a randomly initialised DINOv2 ViT-B/14-reg4.
 
 The path a user with weights takes, offline: the shipped spec, unchanged but for `--set`
 overrides that point it at a local ImageFolder (built here: synthetic 64 px images, a few
@@ -9,7 +9,7 @@ similarity + partition, distillation on the Ray Train worker (stage 1 and stage 
 summed), evaluation (fidelity, probes, dynamics).
 
 Not part of CI (a ViT-B at 224 px wants a GPU). Usage:
-    python bench/dinov2_sweep.py --out /tmp/dinov2_runs [--results bench/results/dinov2_gpu.md] [--set KEY=VALUE]
+    python bench/dinov2_sweep.py --out /tmp/dinov2_runs [--results docs/results/dinov2_gpu.md] [--set KEY=VALUE]
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def main() -> int:
     import torch
 
     from study.cli import parse_overrides
-    from study.space import load_sweep
+    from study.sweep.space import load_sweep
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     results = [json.loads(p.read_text()) for p in sorted((out / "trials" / "dinov2").glob("*/result.json"))]

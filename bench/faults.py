@@ -1,4 +1,4 @@
-"""Fault injection on this machine (loopback only), printing the table issue 6 asks for:
+"""Fault injection on this machine (loopback only), printing the fault table:
 fault, what the system did, trials lost, runs duplicated, time to recover.
 
     python bench/faults.py [--out /tmp/faults]
@@ -83,7 +83,7 @@ def driver_kill(out: Path) -> dict:
 
 def cache_corrupt(out: Path) -> dict:
     from study.config import load_trial_config
-    from study.trial import prepare
+    from study.trial.pipeline import prepare
 
     overrides = {"teacher.depth": 3, "teacher.width": 16, "teacher.heads": 2, "teacher.epochs": 2, "data.max_samples": 300,
                  "runtime.cache_dir": str(out / "cache"), "runtime.progress": False, "runtime.num_threads": 1}
@@ -95,7 +95,7 @@ def cache_corrupt(out: Path) -> dict:
     teacher.write_bytes(bytes(blob))
     t0 = time.time()
     prepare(cfg)
-    from study.cache import is_valid
+    from study.trial.cache import is_valid
 
     return {"fault": "cached teacher corrupted (one byte flipped)", "action": "SHA-256 mismatch detected, entry deleted and rebuilt under the lock, never loaded" if is_valid(teacher) else "NOT rebuilt",
             "trials_lost": 0, "runs_duplicated": 0, "recovery_s": round(time.time() - t0, 1)}

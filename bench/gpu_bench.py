@@ -1,4 +1,4 @@
-"""Throughput of the study's hot loops on GPU (or CPU): issue 5.
+"""Throughput of the study's hot loops on GPU (or CPU).
 
     PYTHONPATH=. python bench/gpu_bench.py                      # GPU machine, full run (~6-8 min)
     PYTHONPATH=. python bench/gpu_bench.py --device cpu --quick  # smoke test, tiny sizes
@@ -42,7 +42,7 @@ is torch.cuda.max_memory_allocated over the workload. Each fast workload is also
 for a few steps under torch.cuda.set_sync_debug_mode("error") to show its step loop
 has no host synchronisation.
 
-Writes gpu_bench.json and gpu_bench.md to --out (default $OUT, else bench/results),
+Writes gpu_bench.json and gpu_bench.md to --out (default $OUT, else docs/results),
 updated after every measurement so a run cut short still leaves its numbers.
 Imports torch, timm, numpy and study modules only (no ray / optuna / mlflow).
 """
@@ -68,14 +68,14 @@ import timm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from study.activations import _write_states, bytes_per_sample, teacher_states  # noqa: E402
+from study.trial.activations import _write_states, bytes_per_sample, teacher_states  # noqa: E402
 from study.config import RuntimeConfig, load_trial_config  # noqa: E402
-from study.data import ImageSpec  # noqa: E402
-from study.distill import GroupWeights, Stage1Objective, Stage2Objective, StateBatches, make_train_step  # noqa: E402
-from study.raptor import Raptor  # noqa: E402
+from study.trial.data import ImageSpec  # noqa: E402
+from study.science.distill import GroupWeights, Stage1Objective, Stage2Objective, StateBatches, make_train_step  # noqa: E402
+from study.science.raptor import Raptor  # noqa: E402
 from study.runtime import (CudaGraphStep, adamw, autocast, set_fused_attn, step_flops, use_compile,  # noqa: E402
                            use_graphs)
-from study.teacher import build_scratch_model  # noqa: E402
+from study.trial.teacher import build_scratch_model  # noqa: E402
 
 # dense bf16 tensor-core peaks (no sparsity), TFLOP/s, matched against torch.cuda.get_device_name
 BF16_PEAKS = (("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
@@ -127,7 +127,7 @@ VIT_S = Case("vit_s16_224", depth=12, width=384, heads=6, mlp_ratio=4.0, patch=1
              teacher_batch=256, raptor_batch=256, k=2)
 DIGITS = Case("digits_default", depth=8, width=64, heads=4, mlp_ratio=2.0, patch=2, image=8, chans=1, classes=10,
               teacher_batch=128, raptor_batch=64, k=2)
-# the DINOv2 ViT-B/14 shape of SPEC section 1 (4 registers, 261 tokens), random weights
+# the DINOv2 ViT-B/14 shape of docs/science.md §1 (4 registers, 261 tokens), random weights
 VIT_B = Case("vit_b14_reg4_224", depth=12, width=768, heads=12, mlp_ratio=4.0, patch=14, image=224, chans=3, classes=1000,
              teacher_batch=128, raptor_batch=128, k=2, registers=4)
 # the DINOv2 ViT-L/14 shape (24 blocks, width 1024, 4 registers, 261 tokens): how MFU grows with width
@@ -762,7 +762,7 @@ def main(argv=None) -> int:
         for v in ABLATIONS:
             guarded(raptor_stage, b, vit, v, 2)
     # 3. cost against depth L and number of blocks k (fast path, fixed batch)
-    # 2b. the DINOv2-B-shaped teacher of the SPEC (width 768): less memory-bound than width 384
+    # 2b. the DINOv2-B-shaped teacher of docs/science.md (width 768): less memory-bound than width 384
     if "vitb" in sections and not args.quick:
         guarded(raptor_stage, b, VIT_B, FAST, 2, check=True)
         guarded(raptor_stage, b, VIT_B, BASELINE, 2)

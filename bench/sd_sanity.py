@@ -1,4 +1,4 @@
-"""Issue 2: does stochastic depth move phase structure and Raptor fidelity the way the paper says?
+"""does stochastic depth move phase structure and Raptor fidelity the way the paper says?
 
 Trains teachers at SD 0.0 and 0.5 with 3 seeds each (teacher.seed 0, 1, 2; the
 default trial otherwise: digits, 8 blocks, width 64, patch 2, k=2), runs one trial
@@ -6,7 +6,7 @@ per teacher and prints, per SD, mean +- std over seeds of: mean within-phase cos
 similarity, phase contrast (within - between), final-layer R^2 (all tokens and cls)
 and the accuracy ratio. The paper (small ViTs on CIFAR-100) expects higher SD ->
 higher layer-layer similarity and higher Raptor fidelity. Writes the per-run rows and
-the summary as CSV and Markdown under bench/results/.
+the summary as CSV and Markdown under docs/results/.
 
 Not part of CI. Usage:
     nice python bench/sd_sanity.py [--cache-dir /tmp/fresh] [--out /tmp/runs] [--sds 0.0 0.5] [--seeds 0 1 2]
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.config import load_trial_config  # noqa: E402
-from study.trial import run_trial  # noqa: E402
+from study.trial.pipeline import run_trial  # noqa: E402
 from trial_time import markdown  # noqa: E402  (the same pipe-table writer)
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,11 +1,11 @@
-"""Issue 2: how long does one default trial take, and what does stage 2 buy?
+"""how long does one default trial take, and what does stage 2 buy?
 
 Runs the `raptor-study trial` default config (digits, 8-block teacher of width 64,
 patch 2, k=2) end to end from an EMPTY cache (teacher training + activation
 extraction + distillation + evaluation), then the same trial with
 `distill.stage2.enabled=false` (stage 1 only) on the now-warm cache (same teacher),
 and finally both stages again on the warm cache, so the two distillation variants
-are compared on equal footing. Prints one table and writes it to bench/results/.
+are compared on equal footing. Prints one table and writes it to docs/results/.
 
 Not part of CI. Usage:
     nice python bench/trial_time.py [--cache-dir /tmp/fresh] [--out /tmp/bench_runs] [--threads N]
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.config import load_trial_config  # noqa: E402
-from study.trial import run_trial  # noqa: E402
+from study.trial.pipeline import run_trial  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 
 from study.config import load_trial_config
-from study.space import load_sweep
-from study.sweep import run_sweep
-from study.trial import run_trial
+from study.sweep.space import load_sweep
+from study.sweep.driver import run_sweep
+from study.trial.pipeline import run_trial
 
 BASE = {
     "teacher": {"depth": 6, "width": 48, "heads": 4, "epochs": 15},

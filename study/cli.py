@@ -11,7 +11,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from .config import ConfigError, load_trial_config
+from study.config import ConfigError, load_trial_config
 
 console = Console()
 
@@ -40,7 +40,7 @@ def check_writable(folder: Path, flag: str) -> Path:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from .trial import run_trial
+    from study.trial.pipeline import run_trial
 
     cfg = load_trial_config(args.config, parse_overrides(args.set))
     out_dir = check_writable(Path(args.out) / cfg.name, "--out")
@@ -70,7 +70,7 @@ def enable_ray_token_auth(address: str | None) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     enable_ray_token_auth(args.address)
-    from .sweep import run_sweep
+    from study.sweep.driver import run_sweep
 
     out_root = check_writable(Path(args.out), "--out")
     table = run_sweep(args.spec, out_root, address=args.address, tracking_uri=args.tracking_uri, resume=args.command == "resume",
@@ -81,7 +81,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
-    from .tracking import default_tracking_uri
+    from study.sweep.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(Path(args.runs))
     out_dir = check_writable(Path(args.out or Path(args.runs) / "reports" / "-".join(args.experiments)), "--out")
@@ -93,7 +93,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from .tracking import default_tracking_uri
+    from study.sweep.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(Path(args.out))
     console.print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)")

@@ -104,7 +104,7 @@ class StageConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    """Two-stage distillation (SPEC section 4)."""
+    """Two-stage distillation (docs/science.md §4)."""
 
     stage1: StageConfig = StageConfig()
     stage2: StageConfig = StageConfig(lambda_cls=0.45, lambda_reg=0.10, lambda_patch=0.45)
@@ -112,7 +112,6 @@ class DistillConfig(_Strict):
     tf_start: float = Field(0.5, ge=0.0, le=1.0, description="initial teacher-forcing weight lambda_tf")
     noise_sigma: float = Field(0.0, ge=0.0, le=10.0, description="input noise, in units of each token's RMS")
     batch_size: int = Field(64, ge=1, le=65_536)
-    workers: int = Field(1, ge=1, le=1024, description="Ray Train data-parallel workers (sweeps only)")
 
 
 class SimilarityConfig(_Strict):
@@ -123,7 +122,7 @@ class SimilarityConfig(_Strict):
 
 
 class DynamicsConfig(_Strict):
-    """Dynamical read-outs of teacher and Raptor trajectories on the test split (SPEC section 6)."""
+    """Dynamical read-outs of teacher and Raptor trajectories on the test split (docs/science.md §6)."""
 
     enabled: bool = Field(True, description="compute dynamics (metrics dyn.*, dynamics.png, layer_swaps.png)")
     num_samples: int = Field(256, ge=2, le=100_000, description="test samples used (capped at the test split)")

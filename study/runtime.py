@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .config import RuntimeConfig
+from study.config import RuntimeConfig
 
 
 def resolve_device(cfg: RuntimeConfig) -> torch.device:

@@ -70,7 +70,7 @@ def tiny_cfg(tiny_overrides) -> TrialConfig:
 @pytest.fixture(scope="session")
 def prepared(tiny_cfg):
     """Teacher trained once per session, states of every split cached, k=2 partition."""
-    from study.trial import prepare
+    from study.trial.pipeline import prepare
 
     return prepare(tiny_cfg)
 

@@ -1,0 +1,114 @@
+"""Fidelity of a Raptor to its teacher (docs/science.md §5): per-layer R^2 and task fidelity.
+
+R^2 definition used throughout: a "feature" is one (token position, channel) entry of
+a layer's state; over N held-out samples,
+    R^2 = 1 - SSE / SST,  SSE = sum_n sum_f (pred - target)^2,
+                          SST = sum_n sum_f (target - mean_n target)^2,
+where mean_n is the per-feature mean over samples. Sums run over every feature of the
+token group, so high-variance features weigh more. R^2 is 1 for a perfect prediction,
+0 for predicting the per-feature mean, and NaN when SST is 0.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+def token_groups(num_registers: int) -> dict[str, slice]:
+    """Token slices of each group: 'cls' (index 0), 'patch' (after the registers), 'reg' (1..R, if R > 0)."""
+    groups = {"cls": slice(0, 1), "patch": slice(1 + num_registers, None)}
+    if num_registers:
+        groups["reg"] = slice(1, 1 + num_registers)
+    return groups
+
+
+class FidelityAccumulator:
+    """Streaming per-layer R^2 of predicted vs teacher states, per token group.
+
+    Feed batches with `update(pred, target)`, tensors [B, L, T, D] over layers 1..L;
+    tokens are cls (0), registers (1..R) and patches (rest). Per-feature target mean
+    and centred sum of squares are merged across batches with Chan et al.'s parallel
+    update in float64, so the result equals the one-shot R^2 on the concatenated data.
+    """
+
+    def __init__(self, num_layers: int, num_registers: int) -> None:
+        self.num_layers = num_layers
+        self.num_registers = num_registers
+        self.count = 0
+        self.mean: torch.Tensor | None = None  # [L, T, D] per-feature target mean
+        self.m2: torch.Tensor | None = None  # [L, T, D] sum of squared deviations (SST)
+        self.sse: torch.Tensor | None = None  # [L, T, D] sum of squared errors
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: pred and target [B, L, T, D] (layers 1..L, no x_0)."""
+        if pred.shape != target.shape or target.ndim != 4 or target.shape[1] != self.num_layers:
+            raise ValueError(f"expected matching [B, {self.num_layers}, T, D], got {pred.shape} and {target.shape}")
+        if self.mean is None:
+            self.mean, self.m2, self.sse = (torch.zeros(target.shape[1:], dtype=torch.float64, device=target.device)
+                                            for _ in range(3))
+        batch = target.shape[0]
+        total = self.count + batch
+        for layer in range(self.num_layers):  # one layer at a time bounds the float64 temporaries
+            t = target[:, layer].double()
+            batch_mean = t.mean(dim=0)
+            delta = batch_mean - self.mean[layer]
+            self.m2[layer] += (t - batch_mean).square().sum(dim=0) + delta.square() * (self.count * batch / total)
+            self.mean[layer] += delta * (batch / total)
+            self.sse[layer] += (pred[:, layer].double() - t).square().sum(dim=0)
+        self.count = total
+
+    def compute(self) -> dict[str, np.ndarray]:
+        """R^2 per layer [L] for groups 'all', 'cls', 'patch' and 'reg' (if R > 0)."""
+        if self.m2 is None:
+            raise ValueError("no batches were added")
+        groups = {"all": slice(None), **token_groups(self.num_registers)}
+        return {name: _r2(self.sse[:, tokens].sum(dim=(1, 2)), self.m2[:, tokens].sum(dim=(1, 2)))
+                for name, tokens in groups.items()}
+
+
+def r2_score(pred: Any, target: Any) -> float:
+    """R^2 of pred against target, arrays [N, ...] (features = all trailing axes)."""
+    pred, target = torch.as_tensor(pred).double(), torch.as_tensor(target).double()
+    sse = (pred - target).square().sum()
+    sst = (target - target.mean(dim=0)).square().sum()
+    return float(_r2(sse.reshape(1), sst.reshape(1))[0])
+
+
+def _r2(sse: torch.Tensor, sst: torch.Tensor) -> np.ndarray:
+    sse, sst = sse.cpu().numpy(), sst.cpu().numpy()
+    return 1.0 - np.divide(sse, sst, out=np.full_like(sst, np.nan), where=sst > 0)
+
+
+def fit_linear_probe(features: Any, labels: Any, seed: int = 0) -> Pipeline:
+    """Standardise then multinomial logistic regression; features [N, D], labels [N]."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    return probe.fit(_numpy(features), _numpy(labels))
+
+
+def task_fidelity(probe: Pipeline, teacher_feats: Any, raptor_feats: Any, labels: Any) -> dict[str, float]:
+    """Accuracy of one probe on teacher vs Raptor features [N, D] of the same samples.
+
+    Keys: acc_teacher, acc_raptor, acc_ratio (= acc_raptor / acc_teacher, NaN if the
+    teacher scores 0), agreement (fraction of samples with identical predictions).
+    """
+    labels = _numpy(labels)
+    teacher_pred = probe.predict(_numpy(teacher_feats))
+    raptor_pred = probe.predict(_numpy(raptor_feats))
+    acc_teacher = float(np.mean(teacher_pred == labels))
+    acc_raptor = float(np.mean(raptor_pred == labels))
+    return {
+        "acc_teacher": acc_teacher,
+        "acc_raptor": acc_raptor,
+        "acc_ratio": acc_raptor / acc_teacher if acc_teacher > 0 else float("nan"),
+        "agreement": float(np.mean(teacher_pred == raptor_pred)),
+    }
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

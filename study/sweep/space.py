@@ -1,0 +1,224 @@
+"""Search spaces as data: a sweep YAML -> a validated `SweepSpec`.
+
+A sweep file has these sections (all but `name` optional):
+
+    name: smoke
+    base:        {teacher: {depth: 6}, ...}          # a partial TrialConfig shared by all trials
+    space:                                           # dotted TrialConfig field -> distribution
+      teacher.sd_rate: {uniform: [0.0, 0.6]}
+      raptor.k: {choice: [2, 3]}
+      distill.stage2.lr: {loguniform: [1.0e-4, 1.0e-3]}
+      teacher.seed: {randint: [0, 3]}                # upper bound exclusive
+    search:     {sampler: tpe, metric: val_r2, mode: max, num_samples: 6, max_concurrent: 2, seed: 0}
+    scheduler:  {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: none}
+    resources:  {driver_cpu: 1, driver_gpu: 0, workers: 1, worker_cpu: 0, worker_gpu: 0}
+
+Validation happens at load: unknown keys, empty ranges and any corner of the
+space that would make an invalid TrialConfig (k > depth, lambda outside [0, 1],
+...) fail with one line naming the field.
+
+Command-line overrides (`raptor-study sweep SPEC --set KEY=VALUE`) are applied to
+the YAML tree before validation: a KEY under a spec section (`search.num_samples`,
+`resources.worker_gpu`, `name`, `space.raptor.k`) sets that entry; any other KEY is
+a TrialConfig field of the base (`data.path` -> `base.data.path`).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from study.config import (ConfigError, TrialConfig, build_trial_config, deep_merge, describe_validation_error, flatten, read_yaml,
+                     unflatten)
+
+MAX_CORNER_CHECKS = 4096
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Distribution(_Strict):
+    """Exactly one of: uniform [lo, hi], loguniform [lo, hi], randint [lo, hi), choice [values...]."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Distribution":
+        given = [k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of uniform / loguniform / randint / choice, got {given or 'none'}")
+        if self.uniform and not self.uniform[0] < self.uniform[1]:
+            raise ValueError(f"uniform: empty range {list(self.uniform)} (need low < high)")
+        if self.loguniform and not 0 < self.loguniform[0] < self.loguniform[1]:
+            raise ValueError(f"loguniform: empty or non-positive range {list(self.loguniform)} (need 0 < low < high)")
+        if self.randint and not self.randint[0] < self.randint[1]:
+            raise ValueError(f"randint: empty range {list(self.randint)} (need low < high, high exclusive)")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice: empty list")
+        return self
+
+    def corners(self) -> list[Any]:
+        """The extreme values a trial can draw (used to validate the whole space at load)."""
+        if self.choice is not None:
+            return list(self.choice)
+        if self.randint:
+            return [self.randint[0], self.randint[1] - 1]
+        return list(self.uniform or self.loguniform)
+
+    def to_tune(self, grid: bool = False):
+        from ray import tune
+
+        if grid:
+            if self.choice is None:
+                raise ConfigError("search.sampler: 'grid' needs every space entry to be a choice list")
+            return tune.grid_search(list(self.choice))
+        if self.choice is not None:
+            return tune.choice(list(self.choice))
+        if self.randint:
+            return tune.randint(*self.randint)
+        if self.loguniform:
+            return tune.loguniform(*self.loguniform)
+        return tune.uniform(*self.uniform)
+
+
+class SearchConfig(_Strict):
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    metric: Literal["val_r2", "loss"] = Field("val_r2", description="reported every epoch: val final-layer R^2 or train loss")
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, ge=1, le=100_000, description="trials (per grid point for 'grid')")
+    max_concurrent: int = Field(2, ge=1, le=10_000)
+    seed: int = Field(0, ge=0)
+
+
+class SchedulerConfig(_Strict):
+    type: Literal["asha", "none"] = "none"
+    grace_period: int = Field(1, ge=1, description="stage-2 epochs before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class ResourcesConfig(_Strict):
+    """Per trial: the Tune driver (teacher, activations, evaluation) and its Ray Train workers.
+
+    The driver mostly waits while its workers train, so fractions (0.5 + 0.5) let
+    one trial hold a single core; fractional GPUs pack several trials on one GPU."""
+
+    driver_cpu: float = Field(1.0, ge=0.0)
+    driver_gpu: float = Field(0.0, ge=0.0)
+    workers: int = Field(1, ge=1, le=1024)
+    worker_cpu: float = Field(1.0, ge=0.0)
+    worker_gpu: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _nonzero(self) -> "ResourcesConfig":
+        if self.driver_cpu + self.driver_gpu <= 0:
+            raise ValueError("resources.driver_cpu: the trial driver needs a resource (driver_cpu + driver_gpu > 0)")
+        if self.worker_cpu + self.worker_gpu <= 0:
+            raise ValueError("resources.worker_cpu: each worker needs a resource (worker_cpu + worker_gpu > 0)")
+        return self
+
+
+class SweepSpec(_Strict):
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    search: SearchConfig = SearchConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    def trial_config(self, params: dict[str, Any], name: str | None = None) -> TrialConfig:
+        """The full TrialConfig of one trial: base <- sampled params (dotted keys)."""
+        tree = deep_merge(self.base, unflatten(params))
+        if name:
+            tree = deep_merge(tree, {"name": name})
+        return build_trial_config(tree)
+
+    def tune_space(self) -> dict[str, Any]:
+        grid = self.search.sampler == "grid"
+        return {key: dist.to_tune(grid) for key, dist in self.space.items()}
+
+
+def _validate_space(spec: SweepSpec) -> None:
+    known = set(TrialConfig().flat())
+    for key in spec.space:
+        if key not in known:
+            raise ConfigError(f"space.{key}: unknown config field (e.g. teacher.sd_rate, raptor.k, distill.anneal)")
+    spec.trial_config({})  # the base alone must be a valid trial
+    corner_lists = [[(key, value) for value in dist.corners()] for key, dist in spec.space.items()]
+    n_corners = 1
+    for values in corner_lists:
+        n_corners *= len(values)
+    if n_corners > MAX_CORNER_CHECKS:  # too many combinations: check each axis on its own
+        combos = ([pair] for values in corner_lists for pair in values)
+    else:
+        combos = itertools.product(*corner_lists)
+    for combo in combos:
+        params = dict(combo)
+        try:
+            spec.trial_config(params)
+        except ConfigError as err:
+            where = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            raise ConfigError(f"space: {err} (at {where})") from None
+
+
+SPEC_SECTIONS = ("name", "description", "base", "space", "search", "scheduler", "resources")
+
+
+def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A sweep tree with `--set` overrides applied (see the module docstring for the key rules).
+
+    A base field that the space searches cannot be set (the sampled value would win): the
+    error says to override its distribution instead."""
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head == "space":
+            if not rest:
+                raise ConfigError("--set space: name a searched field, e.g. space.raptor.k='{choice: [2, 3]}'")
+            space = tree.get("space") or {}
+            if isinstance(space, dict):  # else validation names the malformed `space`
+                tree = {**tree, "space": {**space, rest: value}}
+        elif head in SPEC_SECTIONS:
+            tree = deep_merge(tree, unflatten({key: value}))
+        elif key in (tree.get("space") or {}):
+            raise ConfigError(f"--set {key}: the space searches this field; set its distribution instead, "
+                              f"e.g. --set space.{key}='{{choice: [{value!r}]}}'")
+        else:
+            tree = deep_merge(tree, {"base": unflatten({key: value})})
+    return tree
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Parse a sweep YAML, apply `--set` overrides, validate; any problem is one ConfigError line
+    naming the field."""
+    tree = read_yaml(path)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping with name/base/space/search/..., got {type(tree).__name__}")
+    if overrides:
+        tree = apply_overrides(tree, overrides)
+    try:
+        spec = SweepSpec.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {describe_validation_error(err)}") from None
+    try:
+        _validate_space(spec)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return spec
+
+
+def check_same_spec(launched: dict[str, Any], spec: SweepSpec) -> None:
+    """`resume` must continue the sweep that was launched: the spec, with its --set overrides,
+    may not have changed (the description excepted). `launched` is the saved `model_dump(mode='json')`."""
+    before = flatten(launched)
+    now = flatten(json.loads(json.dumps(spec.model_dump(mode="json"))))
+    for key in sorted(before.keys() | now.keys()):
+        if key != "description" and before.get(key) != now.get(key):
+            raise ConfigError(f"resume: {key} differs from the launched sweep (launched {before.get(key)!r}, "
+                              f"now {now.get(key)!r}); resume with the launch's spec file and --set values")

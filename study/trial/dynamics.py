@@ -1,0 +1,152 @@
+"""Per-trial dynamics of teacher and Raptor (docs/science.md §6): summary metrics + full curves.
+
+`trial_dynamics` runs the pure read-outs of `study.dynamics` on a subsample of the test
+split: teacher states come from the activation cache, Raptor states from
+`raptor.rollout(x_0)` on the same x_0 (float32, no autocast). Layer swaps are measured
+on the teacher only, read out by its own head or, for a headless teacher, by the
+linear probe on the normed cls token (`swap_readout`).
+
+Summary metric names (flat, logged to MLflow with the trial's other metrics), with
+m in {teacher, raptor} and L the depth:
+    dyn.m.gamma_cls_mid, dyn.m.gamma_patch_mid   gamma_l = cos(u_l, u_L) at l = L // 2
+    dyn.m.speed_cls_mean, dyn.m.speed_patch_mean (dyn.m.speed_reg_mean with registers)
+                                                 mean angle per step, radians
+    dyn.m.speed_cls_late_early                   cls speed, mean of the last L//2 steps over
+                                                 the first L//2 (> 1: late reorientation; L >= 2)
+    dyn.m.coherence_final                        patch coherence at x_L
+    dyn.m.srank_first, dyn.m.srank_last          stable rank of U_1 = x_1 - x_0 and U_L
+    dyn.m.recovery_last                          |x'_L - x_L| / |x'_l - x_l| after perturbing x_l
+                                                 (< 1: the trajectory bends back)
+    dyn.swap.baseline_acc                        teacher accuracy, unswapped (same subsample)
+    dyn.swap.intra_acc_mean, dyn.swap.inter_acc_mean
+                                                 mean accuracy over adjacent swaps inside a
+                                                 phase / across a phase boundary
+Metrics that are undefined for a trial (no inter pairs when k = 1, ...) are left out.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from study.config import DynamicsConfig
+from study.science.dynamics import (angular_speed, directional_convergence, layer_swap_accuracy, patch_coherence,
+                       perturbation_recovery, swap_pairs, update_stable_rank)
+from study.science.raptor import Raptor
+
+Readout = Callable[[torch.Tensor], torch.Tensor]
+
+
+def swap_readout(model: VisionTransformer, probe: Any = None) -> Readout:
+    """x_L [B, T, D] -> logits: the teacher's own head if it has classes, else `probe` on norm(x_L)[:, 0].
+
+    `probe` is a fitted sklearn classifier (e.g. `study.metrics.fit_linear_probe`)."""
+    if getattr(model, "num_classes", 0):
+        return lambda x: model.forward_head(model.norm(x))
+    if probe is None:
+        raise ValueError("a headless teacher needs a linear probe for the swap readout")
+
+    def readout(x: torch.Tensor) -> torch.Tensor:
+        feats = model.norm(x)[:, 0].float().cpu().numpy()
+        return torch.from_numpy(np.asarray(probe.decision_function(feats))).reshape(len(feats), -1)
+
+    return readout
+
+
+def _teacher_layers(model: VisionTransformer) -> Callable[[torch.Tensor, int, int], Iterator[torch.Tensor]]:
+    def run(x: torch.Tensor, start: int, stop: int) -> Iterator[torch.Tensor]:
+        for block in model.blocks[start:stop]:
+            x = block(x)
+            yield x
+    return run
+
+
+def _raptor_layers(raptor: Raptor) -> Callable[[torch.Tensor, int, int], Iterator[torch.Tensor]]:
+    def run(x: torch.Tensor, start: int, stop: int) -> Iterator[torch.Tensor]:
+        scales = raptor.cond()
+        for layer in range(start + 1, stop + 1):
+            x = raptor.step(x, layer, scales)
+            yield x
+    return run
+
+
+@torch.no_grad()
+def raptor_states(raptor: Raptor, x0: np.ndarray, device: torch.device | str, chunk: int = 128) -> np.ndarray:
+    """The Raptor's trajectory from the teacher's x_0 [N, T, D]: [N, L+1, T, D] float32 (x_0 included)."""
+    out = []
+    for start in range(0, len(x0), chunk):
+        x = torch.from_numpy(np.array(x0[start:start + chunk], dtype=np.float32)).to(device)
+        out.append(torch.cat([x[:, None], raptor.rollout(x).float()], dim=1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _curves(states: np.ndarray, run_layers, num_registers: int, perturb_layer: int, eps: float, seed: int,
+            device: torch.device | str) -> dict[str, list[float]]:
+    gamma = directional_convergence(states, num_registers)
+    speed = angular_speed(states, num_registers)
+    curves = {"gamma_cls": gamma["cls"], "gamma_patch": gamma["patch"],
+              **{f"speed_{group}": values for group, values in speed.items()},
+              "coherence": patch_coherence(states, num_registers),
+              "stable_rank": update_stable_rank(states),
+              "recovery": perturbation_recovery(run_layers, states, perturb_layer, eps, seed, chunk=64, device=device)}
+    return {name: [float(v) for v in values] for name, values in curves.items()}
+
+
+def _summary(prefix: str, curves: dict[str, list[float]]) -> dict[str, float]:
+    num_layers = len(curves["speed_cls"])
+    mid, half = num_layers // 2, num_layers // 2
+    out = {f"{prefix}.gamma_cls_mid": curves["gamma_cls"][mid], f"{prefix}.gamma_patch_mid": curves["gamma_patch"][mid]}
+    for group in ("cls", "patch", "reg"):
+        if f"speed_{group}" in curves:
+            out[f"{prefix}.speed_{group}_mean"] = float(np.mean(curves[f"speed_{group}"]))
+    if half:
+        early, late = np.mean(curves["speed_cls"][:half]), np.mean(curves["speed_cls"][-half:])
+        if early > 0:
+            out[f"{prefix}.speed_cls_late_early"] = float(late / early)
+    out[f"{prefix}.coherence_final"] = curves["coherence"][-1]
+    out[f"{prefix}.srank_first"], out[f"{prefix}.srank_last"] = curves["stable_rank"][0], curves["stable_rank"][-1]
+    out[f"{prefix}.recovery_last"] = curves["recovery"][-1]
+    return {name: float(value) for name, value in out.items()}
+
+
+@torch.no_grad()
+def trial_dynamics(teacher_model: VisionTransformer, raptor: Raptor, test_states: Any, labels: Any, readout: Readout,
+                   phase_bounds: Sequence[Sequence[int]], num_registers: int, cfg: DynamicsConfig, seed: int = 0,
+                   device: torch.device | str = "cpu") -> tuple[dict[str, float], dict]:
+    """Dynamics of teacher and Raptor on the first `cfg.num_samples` test samples.
+
+    `test_states` [N, L+1, T, D] (teacher, e.g. the cache memmap), `labels` [N], `readout(x_L)`
+    -> logits for the swap accuracies (see `swap_readout`). Returns (summary metrics named
+    `dyn.*`, curves for result.json: {'teacher': {...}, 'raptor': {...}, 'swap': {...}, ...};
+    per-model curves gamma_cls/gamma_patch/coherence [L+1], speed_*/stable_rank [L],
+    recovery [L - perturb_layer] for layers perturb_layer+1..L).
+    """
+    n = min(cfg.num_samples, len(test_states))
+    teacher = np.array(test_states[:n], dtype=np.float32)
+    num_layers = teacher.shape[1] - 1
+    layer = min(num_layers // 2 if cfg.perturb_layer is None else cfg.perturb_layer, num_layers - 1)
+    was_training = raptor.training
+    raptor.eval()
+    try:
+        student = raptor_states(raptor, teacher[:, 0], device)
+        curves: dict[str, Any] = {"num_samples": n, "perturb_layer": layer, "eps": cfg.eps}
+        curves["teacher"] = _curves(teacher, _teacher_layers(teacher_model), num_registers, layer, cfg.eps, seed, device)
+        curves["raptor"] = _curves(student, _raptor_layers(raptor), num_registers, layer, cfg.eps, seed, device)
+    finally:
+        raptor.train(was_training)
+    metrics = {**_summary("dyn.teacher", curves["teacher"]), **_summary("dyn.raptor", curves["raptor"])}
+    if cfg.swaps and num_layers >= 2:
+        intra, inter = swap_pairs(phase_bounds)
+        acc = layer_swap_accuracy(list(teacher_model.blocks), teacher[:, 0], readout, np.asarray(labels[:n]),
+                                  [(1, 1), *intra, *inter], chunk=64, device=device)
+        curves["swap"] = {"baseline_acc": acc[(1, 1)],
+                          "intra": [[i, j, acc[(i, j)]] for i, j in intra],
+                          "inter": [[i, j, acc[(i, j)]] for i, j in inter]}
+        metrics["dyn.swap.baseline_acc"] = float(acc[(1, 1)])
+        for kind, pairs in (("intra", intra), ("inter", inter)):
+            if pairs:
+                metrics[f"dyn.swap.{kind}_acc_mean"] = float(np.mean([acc[p] for p in pairs]))
+    return metrics, curves

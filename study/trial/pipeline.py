@@ -1,0 +1,270 @@
+"""The one trial pipeline: data -> teacher -> states -> similarity/partition -> distil -> metrics -> record.
+
+`run_trial` runs every stage in order, whether it is called by `raptor-study
+trial` or by a sweep's Tune trial. The only thing a caller chooses is *where the
+distillation steps execute*: a `DistillRunner` strategy. `InProcess` (this
+module) trains the Raptor in the calling process; `study.sweep.raytrain.RayTrainWorkers`
+trains it on Ray Train workers (DDP). Everything before and after the
+distillation is shared, so a metric added to `evaluate` appears in both paths.
+
+Stages: `prepare` (teacher, states, similarity, partition; cached and shared
+across trials), `DistillRunner.distill`, `evaluate` (fidelity on the test
+split, the search objective on the validation split), `write_outputs`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from analysis import figures
+from study.contract import PHASE_KINDS
+
+import study.trial.cache as cache
+from study.trial.activations import cached_states
+from study.config import TrialConfig, check_k_fits
+from study.trial.data import ImageSpec, SPLIT_NAMES, check_data_source, load_splits
+from study.science.distill import evaluate_fidelity, run_distillation
+from study.trial.dynamics import swap_readout, trial_dynamics
+from study.science.fidelity import fit_linear_probe, task_fidelity
+from study.science.partition import Partition, contiguous_maxcut
+from study.science.raptor import Raptor
+from study.runtime import seed_everything, setup
+from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
+from study.trial.teacher import Teacher, load_teacher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A trial's shared inputs: teacher, its cached states, similarity matrices and partition."""
+
+    cfg: TrialConfig
+    device: torch.device
+    teacher: Teacher
+    states: dict[str, np.ndarray]  # split -> [N, L+1, T, D]
+    labels: dict[str, np.ndarray]  # split -> [N]
+    similarity: dict[str, np.ndarray]  # kind -> S [L, L] (1 - dissimilarity for cosine / mse)
+    partition: Partition
+    timings: dict[str, float] = field(default_factory=dict)
+    dynamics: dict | None = None  # curves of the last `evaluate` (cfg.dynamics.enabled), written by `write_outputs`
+
+
+def similarity_matrices(states: np.ndarray, num_registers: int) -> dict[str, np.ndarray]:
+    """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity."""
+    return {
+        "cosine": 1.0 - cosine_dissimilarity(states, num_registers),
+        "cka": linear_cka(states, num_registers),
+        "mse": 1.0 - mse_dissimilarity(states, num_registers),
+    }
+
+
+def teacher_and_states(cfg: TrialConfig, device: torch.device, splits: tuple[str, ...] = SPLIT_NAMES
+                       ) -> tuple[Teacher, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The trial's teacher and its cached states/labels per split (trained/extracted once, then cache hits).
+
+    The dataset itself is only loaded when something has to be computed."""
+    loaded: dict[ImageSpec, object] = {}
+
+    def splits_for(spec: ImageSpec):
+        if spec not in loaded:
+            loaded[spec] = load_splits(cfg.data, spec)
+        return loaded[spec]
+
+    teacher = load_teacher(cfg, device, splits_for)
+    check_k_fits(cfg.raptor.k, teacher.depth)
+    states, labels = {}, {}
+    for split in splits:
+        lazy = _LazySplit(lambda s=split: splits_for(teacher.spec)[s])
+        states[split], labels[split] = cached_states(cfg, teacher.model, teacher.key, lazy, split, device)
+    return teacher, states, labels
+
+
+def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
+    """Teacher, states of every split, similarity and the k-phase partition (all cached)."""
+    check_data_source(cfg.data)
+    device = device or setup(cfg.runtime)
+    t0 = time.perf_counter()
+    teacher, states, labels = teacher_and_states(cfg, device)
+    timings = {"teacher_and_states_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    sample = states["train"][: cfg.similarity.num_samples]
+    similarity = similarity_matrices(sample, teacher.num_registers)
+    partition = contiguous_maxcut(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k)
+    timings["similarity_s"] = time.perf_counter() - t0
+    return Prepared(cfg, device, teacher, states, labels, similarity, partition, timings)
+
+
+class _LazySplit(torch.utils.data.Dataset):
+    """A dataset that loads its underlying split on first access."""
+
+    def __init__(self, load: Callable[[], torch.utils.data.Dataset]):
+        self._load, self._data = load, None
+
+    @property
+    def data(self) -> torch.utils.data.Dataset:
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i]
+
+
+def build_raptor(cfg: TrialConfig, teacher: Teacher, phase_bounds) -> Raptor:
+    """The trial's Raptor at init (seeded by `cfg.seed`)."""
+    seed_everything(cfg.seed)
+    return Raptor(teacher.model, phase_bounds, init=cfg.raptor.init,
+                  layerscale_init=cfg.raptor.layerscale_init, cond_hidden=cfg.raptor.cond_hidden)
+
+
+OnEpoch = Callable[[dict], None]
+
+
+class DistillRunner(Protocol):
+    """Where a trial's two distillation stages execute. Returns the trained Raptor and per-epoch records."""
+
+    def distill(self, prepared: Prepared, out_dir: Path, on_epoch: OnEpoch | None = None) -> tuple[Raptor, list[dict]]:
+        ...
+
+
+class InProcess:
+    """Distil in this process; resumable from `out_dir/distill_state.pt`, written after every epoch."""
+
+    STATE_FILE = "distill_state.pt"
+
+    def distill(self, prepared: Prepared, out_dir: Path, on_epoch: OnEpoch | None = None) -> tuple[Raptor, list[dict]]:
+        cfg = prepared.cfg
+        raptor = build_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds)
+        state_path = out_dir / self.STATE_FILE
+        resume = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
+
+        def checkpoint(record: dict, state_fn) -> None:
+            state = state_fn()
+            cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+            if on_epoch:
+                on_epoch(record)
+
+        history = run_distillation(raptor, prepared.states["train"], prepared.states["val"], cfg.distill, cfg.runtime,
+                                   prepared.device, prepared.teacher.num_registers, cfg.seed, resume=resume,
+                                   on_epoch=checkpoint)
+        return raptor, history
+
+    def cleanup(self, out_dir: Path) -> None:
+        (out_dir / self.STATE_FILE).unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def teacher_features(prepared: Prepared, split: str, batch_size: int = 512) -> torch.Tensor:
+    """The teacher's readout features (final norm on cls of x_L) for a split: [N, D]."""
+    states = prepared.states[split]
+    norm = prepared.teacher.model.norm
+    out = [norm(torch.from_numpy(np.array(states[i:i + batch_size, -1])).float().to(prepared.device))[:, 0].cpu()
+           for i in range(0, len(states), batch_size)]
+    return torch.cat(out)
+
+
+def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Fidelity on the test split -> (flat metrics, R^2 per layer by token group)."""
+    cfg = prepared.cfg
+    r2, raptor_feats = evaluate_fidelity(raptor, prepared.states["test"], prepared.teacher.num_registers,
+                                         prepared.device, cfg.runtime.amp)
+    probe = fit_linear_probe(teacher_features(prepared, "train").numpy(), prepared.labels["train"], seed=cfg.seed)
+    task = task_fidelity(probe, teacher_features(prepared, "test").numpy(), raptor_feats.numpy(), prepared.labels["test"])
+    metrics: dict[str, float] = {}
+    if prepared.teacher.test_acc is not None:
+        metrics["teacher.test_acc"] = prepared.teacher.test_acc
+    for kind in PHASE_KINDS:  # kinds whose phase metrics are logged (mse drives partitions only)
+        for name, value in phase_metrics(prepared.similarity[kind], prepared.partition.phase_bounds).items():
+            metrics[f"phase.{kind}.{name}"] = value
+    metrics["partition.cut_value"] = prepared.partition.cut_value
+    metrics["r2.final"], metrics["r2.mean"] = float(r2["all"][-1]), float(np.mean(r2["all"]))
+    for group in r2:
+        if group != "all":
+            metrics[f"r2.final.{group}"], metrics[f"r2.mean.{group}"] = float(r2[group][-1]), float(np.mean(r2[group]))
+    metrics.update({"acc.teacher_probe": task["acc_teacher"], "acc.raptor_probe": task["acc_raptor"],
+                    "acc.ratio": task["acc_ratio"], "acc.agreement": task["agreement"]})
+    val_r2, _ = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device,
+                                  cfg.runtime.amp)
+    metrics["val_r2"] = float(val_r2["all"][-1])  # the search objective, on the validation split
+    prepared.dynamics = None
+    if cfg.dynamics.enabled:
+        t0 = time.perf_counter()
+        teacher = prepared.teacher
+        dyn_metrics, prepared.dynamics = trial_dynamics(
+            teacher.model, raptor, prepared.states["test"], prepared.labels["test"], swap_readout(teacher.model, probe),
+            prepared.partition.phase_bounds, teacher.num_registers, cfg.dynamics, seed=cfg.seed, device=prepared.device)
+        metrics.update(dyn_metrics)
+        prepared.timings["dynamics_s"] = time.perf_counter() - t0
+    return metrics, {group: [float(v) for v in values] for group, values in r2.items()}
+
+
+def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float], r2_per_layer: dict[str, list[float]],
+                  history: list[dict], out_dir: Path) -> dict:
+    """Write Parquet tables, figures, config, the Raptor weights and (last) result.json into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, teacher = prepared.cfg, prepared.teacher
+    result = {
+        "config": cfg.to_dict(),
+        "teacher": {"key": teacher.key, "depth": teacher.depth, "width": teacher.width,
+                    "num_registers": teacher.num_registers, "test_acc": teacher.test_acc},
+        "similarity": {kind: matrix.tolist() for kind, matrix in prepared.similarity.items()},
+        "partition": prepared.partition.to_dict(),
+        "r2_per_layer": r2_per_layer,
+        "metrics": metrics,
+        "history": history,
+        "timings": dict(prepared.timings),
+    }
+    for stage in sorted({record["stage"] for record in history}):
+        result["timings"][f"stage{stage}_s"] = sum(r.get("seconds", 0.0) for r in history if r["stage"] == stage)
+    if prepared.dynamics is not None:
+        result["dynamics"] = prepared.dynamics
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    rows = [{"layer": layer, "group": group, "r2": value}
+            for group, values in r2_per_layer.items() for layer, value in enumerate(values, start=1)]
+    pd.DataFrame(rows).to_parquet(out_dir / "r2_per_layer.parquet", index=False)
+    pd.DataFrame(history).to_parquet(out_dir / "history.parquet", index=False)
+    figures.save(figures.similarity_heatmap(prepared.similarity["cosine"], prepared.partition.phase_bounds,
+                                            title=f"cosine similarity, k={prepared.partition.k}"), out_dir / "similarity.png")
+    figures.save(figures.r2_curves(r2_per_layer), out_dir / "r2_per_layer.png")
+    if prepared.dynamics is not None:
+        figures.save(figures.dynamics_figure(prepared.dynamics), out_dir / "dynamics.png", dpi=110)
+        if "swap" in prepared.dynamics:
+            figures.save(figures.layer_swaps_figure(prepared.dynamics["swap"]), out_dir / "layer_swaps.png")
+    torch.save({"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
+               out_dir / "raptor.pt")
+    # written last and atomically: its presence marks the trial folder complete
+    cache.atomic_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
+    return result
+
+
+def run_trial(cfg: TrialConfig, out_dir: Path, runner: DistillRunner | None = None,
+              on_epoch: OnEpoch | None = None) -> dict:
+    """Run every stage of one trial and write its folder; `runner` picks where distillation runs."""
+    runner = runner or InProcess()
+    t_start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(cfg)
+    t0 = time.perf_counter()
+    raptor, history = runner.distill(prepared, out_dir, on_epoch)
+    prepared.timings["distill_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    metrics, r2_per_layer = evaluate(prepared, raptor.to(prepared.device))
+    prepared.timings["evaluate_s"] = time.perf_counter() - t0
+    prepared.timings["total_s"] = time.perf_counter() - t_start
+    result = write_outputs(prepared, raptor, metrics, r2_per_layer, history, out_dir)
+    if hasattr(runner, "cleanup"):
+        runner.cleanup(out_dir)
+    return result

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from study.science.fidelity import FidelityAccumulator, fit_linear_probe, r2_score, task_fidelity
+
+
+def batch(n=16, layers=3, tokens=6, dim=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    target = 3.0 + torch.randn(n, layers, tokens, dim, generator=gen) * torch.linspace(0.5, 2, dim)
+    return target + 0.3 * torch.randn(target.shape, generator=gen), target
+
+
+def test_r2_of_perfect_and_mean_predictions():
+    _, target = batch()
+    assert r2_score(target, target) == 1.0
+    assert r2_score(target.mean(0, keepdim=True).expand_as(target), target) == pytest.approx(0.0, abs=1e-9)
+    assert r2_score(torch.zeros_like(target), target) < 0
+
+
+def test_r2_matches_explicit_formula_on_numpy_input():
+    pred, target = (x.numpy() for x in batch())
+    sse = ((pred - target) ** 2).sum()
+    sst = ((target - target.mean(0)) ** 2).sum()
+    assert r2_score(pred, target) == pytest.approx(1 - sse / sst, rel=1e-12)
+
+
+def test_streaming_accumulator_equals_one_shot_r2():
+    pred, target = batch(n=23)
+    acc = FidelityAccumulator(num_layers=3, num_registers=2)
+    for start, stop in [(0, 1), (1, 8), (8, 20), (20, 23)]:  # uneven batches, one of a single sample
+        acc.update(pred[start:stop], target[start:stop])
+    r2 = acc.compute()
+    assert set(r2) == {"all", "cls", "reg", "patch"}
+    groups = {"all": slice(None), "cls": slice(0, 1), "reg": slice(1, 3), "patch": slice(3, None)}
+    for name, tokens in groups.items():
+        expected = [r2_score(pred[:, layer, tokens], target[:, layer, tokens]) for layer in range(3)]
+        np.testing.assert_allclose(r2[name], expected, rtol=1e-10)
+        assert r2[name].shape == (3,)
+
+
+def test_groups_slice_the_right_tokens():
+    _, target = batch(tokens=7)
+    pred = target.clone()
+    pred[:, 0, 0] += 1.0  # cls wrong in layer 1
+    pred[:, 1, 1:3] += 1.0  # registers wrong in layer 2
+    pred[:, 2, 3:] += 1.0  # patches wrong in layer 3
+    acc = FidelityAccumulator(num_layers=3, num_registers=2)
+    acc.update(pred, target)
+    r2 = acc.compute()
+    np.testing.assert_array_equal(r2["cls"][1:], 1.0)
+    np.testing.assert_array_equal(r2["reg"][[0, 2]], 1.0)
+    np.testing.assert_array_equal(r2["patch"][:2], 1.0)
+    assert r2["cls"][0] < 1 and r2["reg"][1] < 1 and r2["patch"][2] < 1
+    assert np.all(r2["all"] < 1)
+
+
+def test_no_register_group_without_registers_and_shape_checks():
+    pred, target = batch()
+    acc = FidelityAccumulator(num_layers=3, num_registers=0)
+    with pytest.raises(ValueError):
+        acc.compute()
+    with pytest.raises(ValueError):
+        acc.update(pred[:, :2], target[:, :2])
+    acc.update(pred, target)
+    assert set(acc.compute()) == {"all", "cls", "patch"}
+
+
+def test_constant_target_gives_nan():
+    target = torch.ones(5, 1, 2, 3)
+    acc = FidelityAccumulator(num_layers=1, num_registers=0)
+    acc.update(target, target)
+    assert np.isnan(acc.compute()["all"]).all()
+
+
+def test_probe_ratio_and_agreement_on_separable_data():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    feats = rng.normal(size=(200, 5)) + 6.0 * (2 * labels[:, None] - 1)
+    probe = fit_linear_probe(torch.as_tensor(feats), torch.as_tensor(labels), seed=0)
+
+    same = task_fidelity(probe, feats, feats.copy(), labels)
+    assert same == {"acc_teacher": 1.0, "acc_raptor": 1.0, "acc_ratio": 1.0, "agreement": 1.0}
+
+    half_flipped = feats.copy()
+    half_flipped[::2] *= -1  # every other sample lands in the other class
+    result = task_fidelity(probe, feats, half_flipped, labels)
+    assert result == {"acc_teacher": 1.0, "acc_raptor": 0.5, "acc_ratio": 0.5, "agreement": 0.5}

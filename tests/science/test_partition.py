@@ -1,0 +1,90 @@
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from study.config import ConfigError
+from study.science.partition import Partition, contiguous_maxcut, phase_labels
+
+
+def within_cost(d, bounds):
+    return sum(d[i - 1, j - 1] for first, last in bounds
+               for i in range(first, last + 1) for j in range(i + 1, last + 1))
+
+
+def all_contiguous_partitions(num_layers, k):
+    """Every split of layers 1..L into k non-empty contiguous phases."""
+    for cuts in itertools.combinations(range(1, num_layers), k - 1):
+        ends = (*cuts, num_layers)
+        starts = (1, *(c + 1 for c in cuts))
+        yield tuple(zip(starts, ends))
+
+
+def random_dissimilarity(num_layers, seed):
+    a = np.random.default_rng(seed).uniform(0, 1, (num_layers, num_layers))
+    d = a + a.T
+    np.fill_diagonal(d, 0)
+    return d
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dp_matches_brute_force_over_all_contiguous_partitions(seed):
+    for num_layers in range(1, 13):
+        d = random_dissimilarity(num_layers, seed=1000 * seed + num_layers)
+        total = d[np.triu_indices(num_layers, 1)].sum()
+        for k in range(1, min(4, num_layers) + 1):
+            costs = sorted((within_cost(d, b), b) for b in all_contiguous_partitions(num_layers, k))
+            partition = contiguous_maxcut(d, k)
+            assert partition.k == k and partition.num_layers == num_layers
+            assert partition.within_cost == pytest.approx(costs[0][0], abs=1e-9)
+            assert partition.cut_value == pytest.approx(total - costs[0][0], abs=1e-9)
+            if len(costs) == 1 or costs[1][0] > costs[0][0] + 1e-9:
+                assert partition.phase_bounds == costs[0][1]
+
+
+@pytest.mark.parametrize("sizes", [(4, 4), (3, 5, 4), (1, 6, 2, 3), (12,)])
+def test_planted_block_structure_is_recovered(sizes):
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(0, 0.1, (len(labels), len(labels)))
+    d = np.where(labels[:, None] == labels[None, :], 0.1, 1.0) + noise + noise.T
+    np.fill_diagonal(d, 0)
+    partition = contiguous_maxcut(d, len(sizes))
+    ends = np.cumsum(sizes)
+    assert partition.phase_bounds == tuple(zip((1, *(ends[:-1] + 1)), ends))
+    assert partition.phase_of_layer == tuple(labels)
+
+
+def test_ties_break_toward_earliest_boundaries():
+    assert contiguous_maxcut(np.zeros((4, 4)), 2).phase_bounds == ((1, 1), (2, 4))
+    assert contiguous_maxcut(np.zeros((5, 5)), 3).phase_bounds == ((1, 1), (2, 2), (3, 5))
+
+
+def test_partition_dict_is_json_friendly():
+    partition = contiguous_maxcut(random_dissimilarity(6, seed=0), 3)
+    blob = json.loads(json.dumps(partition.to_dict()))
+    assert blob["k"] == 3 and [tuple(b) for b in blob["phase_bounds"]] == list(partition.phase_bounds)
+    assert blob["cut_value"] == partition.cut_value and blob["within_cost"] == partition.within_cost
+    assert Partition(((1, 2), (3, 3)), 1.0, 0.5).phase_of_layer == (0, 0, 1)
+
+
+@pytest.mark.parametrize("k", [0, 5, -1])
+def test_k_out_of_range_is_a_config_error(k):
+    with pytest.raises(ConfigError, match=rf"^raptor\.k: must be in \[1, 4\] \(the teacher's depth\), got {k}$"):
+        contiguous_maxcut(np.zeros((4, 4)), k)
+
+
+@pytest.mark.parametrize("matrix", [np.zeros((3, 4)), np.zeros(4), np.triu(np.ones((3, 3)), 1),
+                                    np.where(np.eye(3) > 0, 0, np.nan)])
+def test_invalid_matrices_are_rejected(matrix):
+    with pytest.raises(ValueError):
+        contiguous_maxcut(matrix, 1)
+
+
+@pytest.mark.parametrize("bounds", [(), ((2, 3),), ((1, 2), (4, 5)), ((1, 3), (3, 4)), ((1, 0),)])
+def test_phase_labels_reject_non_tiling_bounds(bounds):
+    with pytest.raises(ValueError):
+        phase_labels(bounds)
+    with pytest.raises(ValueError):
+        Partition(bounds, 0.0, 0.0)

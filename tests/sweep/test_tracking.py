@@ -1,0 +1,128 @@
+"""MLflow writes survive a tracking-server outage: buffered with a warning, delivered when it is back."""
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric
+
+from study.sweep.tracking import ResilientWriter, default_tracking_uri, ensure_experiment
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{store / 'server.db'}",
+                             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("mlflow server did not start")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_writes_are_buffered_while_the_server_is_down_and_arrive_after(tmp_path, caplog):
+    port = free_port()
+    server = start_server(tmp_path, port)
+    writer = ResilientWriter(f"http://127.0.0.1:{port}")
+    experiment_id = ensure_experiment(writer.client, "outage", None)
+    run_id = writer.client.create_run(experiment_id).info.run_id
+    writer.write(lambda c: c.log_batch(run_id, metrics=[Metric("loss", 1.0, 0, 0)]))
+    stop_server(server)
+
+    with caplog.at_level(logging.WARNING, logger="study.tracking"):
+        t0 = time.monotonic()
+        for step in (1, 2, 3):  # training goes on: each write returns at once, buffered
+            writer.write(lambda c, step=step: c.log_batch(run_id, metrics=[Metric("loss", 1.0 / (step + 1), 0, step)]))
+        assert time.monotonic() - t0 < 60
+    assert len(writer.pending) == 3
+    assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1  # one clear warning, not one per write
+
+    server = start_server(tmp_path, port)
+    try:
+        assert writer.flush(patience_s=30)
+        assert writer.pending == []
+        history = writer.client.get_metric_history(run_id, "loss")
+        assert sorted(m.step for m in history) == [0, 1, 2, 3]
+    finally:
+        stop_server(server)
+
+
+def test_other_mlflow_errors_are_not_swallowed(tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    writer = ResilientWriter(default_tracking_uri(tmp_path))
+    with pytest.raises(MlflowException):
+        writer.write(lambda c: c.get_run("no-such-run"))
+
+
+def test_sweep_callback_buffers_a_whole_trial_while_the_server_is_down(tmp_path):
+    """Server down from before the trial starts until after it ends: every call waits in the
+    buffer (run creation included) and the trial arrives whole, in one run, once it is back."""
+    import json
+    from types import SimpleNamespace
+
+    from study.sweep.space import load_sweep
+    from study.sweep.tracking import MlflowTrialCallback
+
+    spec = load_sweep(Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml")
+    port = free_port()
+    server = start_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    writer = ResilientWriter(uri)
+    experiment_id = ensure_experiment(writer.client, "smoke", None)
+    parent = writer.client.create_run(experiment_id).info.run_id
+    callback = MlflowTrialCallback(uri, experiment_id, parent, spec)
+    stop_server(server)
+
+    out_dir = tmp_path / "trial"
+    out_dir.mkdir()
+    (out_dir / "result.json").write_text(json.dumps({
+        "metrics": {"r2.final": 0.9, "acc.ratio": 0.8}, "r2_per_layer": {"all": [0.99, 0.95]},
+        "teacher": {"key": "abc"}, "partition": {"phase_bounds": [[1, 1], [2, 2]]}}))
+    params = {"teacher.sd_rate": 0.3, "raptor.k": 2, "distill.stage2.lambda_cls": 0.4, "distill.anneal": 0.2}
+    trial = SimpleNamespace(trial_id="t0001", config=params, last_result=None)
+    callback.on_trial_start(0, [], trial)
+    for epoch in range(2):
+        callback.on_trial_result(0, [], trial, {"stage": 2, "epoch": epoch, "loss": 1.0 / (epoch + 1), "val_r2": 0.9})
+    trial.last_result = {"r2.final": 0.9, "out_dir": str(out_dir)}
+    callback.on_trial_complete(0, [], trial)
+    assert callback.writer.pending  # nothing reached the server, nothing was lost
+
+    server = start_server(tmp_path, port)
+    try:
+        callback.on_experiment_end([])
+        assert callback.writer.pending == []
+        client = callback.writer.client
+        runs = client.search_runs([experiment_id], filter_string="tags.`raptor.trial_id` = 't0001'")
+        assert len(runs) == 1
+        run = runs[0]
+        assert run.info.status == "FINISHED" and run.data.params["raptor.k"] == "2"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "stage2.loss")] == [0, 1]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "r2.layer")] == [1, 2]
+        assert "result.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    finally:
+        stop_server(server)

@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from study.science.distill import evaluate_fidelity
+from study.science.raptor import Raptor
+from study.trial.pipeline import run_trial
+
+RESULT_KEYS = {"config", "teacher", "similarity", "partition", "r2_per_layer", "metrics", "history", "timings"}
+FILES = ["result.json", "config.yaml", "r2_per_layer.parquet", "history.parquet", "similarity.png", "r2_per_layer.png",
+         "raptor.pt"]
+
+
+@pytest.fixture(scope="module")
+def trial_dir(tiny_cfg, prepared, tmp_path_factory):
+    """One tiny trial end to end (the teacher and states come from the session cache)."""
+    out = tmp_path_factory.mktemp("trial")
+    run_trial(tiny_cfg, out)
+    return out
+
+
+def test_prepared_trial_has_similarity_and_a_k2_partition(prepared):
+    assert prepared.partition.k == 2 and prepared.partition.num_layers == 4
+    for kind in ("cosine", "cka", "mse"):
+        matrix = prepared.similarity[kind]
+        assert matrix.shape == (4, 4) and np.allclose(matrix, matrix.T) and np.allclose(np.diag(matrix), 1.0)
+    assert set(prepared.states) == {"train", "val", "test"}
+    assert len(prepared.states["train"]) == 400  # data.max_samples
+
+
+def test_trial_writes_every_output(trial_dir):
+    for name in FILES:
+        assert (trial_dir / name).is_file() and (trial_dir / name).stat().st_size > 0, name
+    assert not (trial_dir / "distill_state.pt").exists(), "the resume state is removed once the trial is done"
+    for png in ("similarity.png", "r2_per_layer.png"):
+        with Image.open(trial_dir / png) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_result_json_content(trial_dir, tiny_cfg):
+    result = json.loads((trial_dir / "result.json").read_text())
+    assert set(result) >= RESULT_KEYS
+    assert result["config"] == tiny_cfg.to_dict()
+    assert result["teacher"]["key"] == tiny_cfg.teacher_key() and result["teacher"]["depth"] == 4
+    assert len(result["partition"]["phase_bounds"]) == 2
+    assert np.array(result["similarity"]["cosine"]).shape == (4, 4)
+    timings = result["timings"]
+    stage_sums = [sum(r["seconds"] for r in result["history"] if r["stage"] == stage) for stage in (1, 2)]
+    assert [timings["stage1_s"], timings["stage2_s"]] == stage_sums and min(stage_sums) > 0
+    assert timings["total_s"] > timings["distill_s"] >= sum(stage_sums) and timings["evaluate_s"] > 0
+    metrics = result["metrics"]
+    for name in ("r2.final", "r2.mean", "r2.final.cls", "r2.final.patch", "acc.ratio", "acc.agreement",
+                 "phase.cosine.within_sim", "phase.cosine.contrast", "phase.cka.within_sim", "teacher.test_acc",
+                 "partition.cut_value"):
+        assert name in metrics, name
+        assert np.isfinite(metrics[name]), name
+    assert metrics["r2.final"] == pytest.approx(result["r2_per_layer"]["all"][-1])
+    assert metrics["r2.mean"] == pytest.approx(np.mean(result["r2_per_layer"]["all"]))
+    assert set(result["r2_per_layer"]) == {"all", "cls", "patch"}  # no registers in the tiny teacher
+    for values in result["r2_per_layer"].values():
+        assert len(values) == 4 and all(np.isfinite(v) and v <= 1.0 for v in values)
+    assert 0.0 <= metrics["acc.agreement"] <= 1.0 and metrics["acc.ratio"] >= 0.0
+    assert [(r["stage"], r["epoch"]) for r in result["history"]] == [(1, 0), (2, 0)]
+
+
+def test_parquet_tables_match_result_json(trial_dir):
+    result = json.loads((trial_dir / "result.json").read_text())
+    r2 = pd.read_parquet(trial_dir / "r2_per_layer.parquet")
+    assert list(r2.columns) == ["layer", "group", "r2"] and len(r2) == 3 * 4
+    final = r2[(r2.group == "all") & (r2.layer == 4)].r2.item()
+    assert final == pytest.approx(result["metrics"]["r2.final"])
+    history = pd.read_parquet(trial_dir / "history.parquet")
+    assert {"stage", "epoch", "loss", "lambda_tf", "val_r2"} <= set(history.columns) and len(history) == 2
+
+
+def test_saved_raptor_reloads_and_reproduces_the_fidelity(trial_dir, prepared, cpu):
+    saved = torch.load(trial_dir / "raptor.pt", weights_only=False)
+    raptor = Raptor(prepared.teacher.model, saved["phase_bounds"])
+    raptor.load_state_dict(saved["state_dict"])
+    r2, _ = evaluate_fidelity(raptor, prepared.states["test"], 0, cpu, amp=False)
+    result = json.loads((trial_dir / "result.json").read_text())
+    assert float(r2["all"][-1]) == pytest.approx(result["metrics"]["r2.final"], abs=1e-9)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_trial_resumes_from_its_distill_state(prepared, tmp_path, make_cfg, session_cache):
+    cfg = make_cfg(session_cache, {"distill.stage2.epochs": 2})
+    seen = []
+
+    def crash_in_stage2(record):
+        seen.append((record["stage"], record["epoch"]))
+        if (record["stage"], record["epoch"]) == (2, 0):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_trial(cfg, tmp_path, on_epoch=crash_in_stage2)
+    assert (tmp_path / "distill_state.pt").is_file()
+    again = []
+    result = run_trial(cfg, tmp_path, on_epoch=lambda record: again.append((record["stage"], record["epoch"])))
+    assert again == [(2, 1)], "finished epochs are not rerun"
+    assert [(r["stage"], r["epoch"]) for r in result["history"]] == [(1, 0), (2, 0), (2, 1)]
+    assert not (tmp_path / "distill_state.pt").exists()
+
+    uninterrupted = run_trial(cfg, tmp_path / "clean")
+    assert result["metrics"]["r2.final"] == pytest.approx(uninterrupted["metrics"]["r2.final"], abs=1e-6)
