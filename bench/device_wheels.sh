@@ -4,7 +4,7 @@
 # repo root. It writes `.whl/site.tar.xz` (git-ignored; ~34 MB): the wheels unpacked into one
 # site folder and xz-compressed (a third smaller than the wheels). On the GPU machine:
 #   mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD
-# Stripped: Ray's Java jar, RLlib, Serve, LLM, the dashboard's web client; MLflow's web UI.
+# Stripped: Ray's Java jar, RLlib, Serve, LLM, the dashboard's web client, debug symbols; MLflow's web UI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.whl; rm -rf "$out"; mkdir -p "$out"
@@ -31,7 +31,18 @@ for whl in pathlib.Path(sys.argv[1]).glob("*.whl"):
     tmp.replace(whl)
 PY
 site=$(mktemp -d)
-python3 -c "import sys, zipfile, pathlib; [zipfile.ZipFile(w).extractall(sys.argv[2]) for w in pathlib.Path(sys.argv[1]).glob('*.whl')]" "$out" "$site"
+python3 - "$out" "$site" <<'PY'
+import os, sys, zipfile, pathlib
+for whl in pathlib.Path(sys.argv[1]).glob("*.whl"):  # extract, keeping each file's mode (executables)
+    with zipfile.ZipFile(whl) as z:
+        for info in z.infolist():
+            path = z.extract(info, sys.argv[2])
+            mode = info.external_attr >> 16
+            if mode and not info.is_dir():
+                os.chmod(path, mode & 0o777)
+PY
+# debug symbols are a quarter of Ray's binaries
+find "$site/ray" -type f \( -name "*.so" -o -path "*/core/src/*" \) -exec strip --strip-unneeded {} + 2>/dev/null || true
 tar -C "$site" -cf - . | xz -T0 -9 > "$out/site.tar.xz"
 rm -rf "$site" "$out"/*.whl
 du -sh "$out/site.tar.xz"
