@@ -181,7 +181,10 @@ class TrialConfig(_Strict):
 
     def teacher_key(self) -> str:
         """Cache key of the teacher: hash of exactly what determines its weights (data + teacher)."""
-        return stable_hash({"data": self.data.model_dump(mode="json"), "teacher": self.teacher.model_dump(mode="json")})
+        payload = {"data": self.data.model_dump(mode="json"), "teacher": self.teacher.model_dump(mode="json")}
+        if self.data.max_samples is not None:  # capped splits became stratified random draws (docs/science.md §5)
+            payload["subsets"] = "stratified"
+        return stable_hash(payload)
 
 
 def check_k_fits(k: int, depth: int) -> None:

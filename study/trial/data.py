@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from study.config import ConfigError, DataConfig
+from study.science.sampling import stratified_subset
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,15 @@ def _train_val_indices(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]
     return np.sort(np.concatenate([idx["train"], idx["test"]])), idx["val"]
 
 
-def _cap(indices: np.ndarray, max_samples: int | None) -> np.ndarray:
-    return indices if max_samples is None else indices[:max_samples]
+def _cap(indices: np.ndarray, cfg: DataConfig, labels: np.ndarray | None, split: str) -> np.ndarray:
+    """`data.max_samples` of a split's indices: a seeded random draw stratified by class (docs/science.md §5),
+    never the first ones (on a class-ordered dataset those hold only the first classes)."""
+    if cfg.max_samples is None or cfg.max_samples >= len(indices):
+        return indices
+    seed = cfg.split_seed * 1_000 + SPLIT_NAMES.index(split)  # each split its own draw
+    chosen = stratified_subset(None if labels is None else labels[indices], cfg.max_samples, seed,
+                               num_items=len(indices))
+    return indices[chosen]
 
 
 def _tensor_transform(images: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
@@ -102,7 +110,7 @@ def _load_digits(cfg: DataConfig, spec: ImageSpec) -> Splits:
     images = _tensor_transform(images, spec)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     idx = split_indices(len(labels), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    parts = {name: _cap(idx[name], cfg.max_samples) for name in SPLIT_NAMES}
+    parts = {name: _cap(idx[name], cfg, bunch.target, name) for name in SPLIT_NAMES}
     return Splits(*(TensorDataset(images[parts[n]], labels[parts[n]]) for n in SPLIT_NAMES), num_classes=10)
 
 
@@ -138,10 +146,11 @@ def _load_cifar(cfg: DataConfig, spec: ImageSpec) -> Splits:
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
         raise ConfigError(f"data.path: no {cfg.name} batches under {root} ({err})") from None
     train_idx, val_idx = _train_val_indices(len(train_full), cfg)
+    train_labels, test_labels = np.asarray(train_full.targets), np.asarray(test.targets)
     return Splits(
-        Subset(train_full, _cap(train_idx, cfg.max_samples).tolist()),
-        Subset(train_full, _cap(val_idx, cfg.max_samples).tolist()),
-        Subset(test, list(range(min(len(test), cfg.max_samples or len(test))))),
+        Subset(train_full, _cap(train_idx, cfg, train_labels, "train").tolist()),
+        Subset(train_full, _cap(val_idx, cfg, train_labels, "val").tolist()),
+        Subset(test, _cap(np.arange(len(test)), cfg, test_labels, "test").tolist()),
         num_classes=num_classes,
     )
 
@@ -161,7 +170,8 @@ def _load_imagefolder(cfg: DataConfig, spec: ImageSpec) -> Splits:
         idx = split_indices(len(full), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         parts = {name: (full, idx[name]) for name in SPLIT_NAMES}
     num_classes = len(parts["train"][0].classes)
-    return Splits(*(Subset(ds, _cap(ix, cfg.max_samples).tolist()) for ds, ix in (parts[n] for n in SPLIT_NAMES)), num_classes=num_classes)
+    capped = [Subset(ds, _cap(ix, cfg, np.asarray(ds.targets), n).tolist()) for n, (ds, ix) in parts.items()]
+    return Splits(*(capped[list(parts).index(n)] for n in SPLIT_NAMES), num_classes=num_classes)
 
 
 def load_splits(cfg: DataConfig, spec: ImageSpec | None = None) -> Splits:
