@@ -104,14 +104,59 @@ class StageConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    """Two-stage distillation (docs/science.md §4)."""
+    """Two-stage distillation (docs/science.md §4).
+
+    Each stage's lambda weights are renormalised to sum to 1 over the token groups the teacher has (registers
+    only when it has some), so a searched lambda_cls changes the mix of the loss, not its scale."""
 
     stage1: StageConfig = StageConfig()
     stage2: StageConfig = StageConfig(lambda_cls=0.45, lambda_reg=0.10, lambda_patch=0.45)
-    anneal: float = Field(0.25, ge=0.0, le=1.0, description="fraction of stage-1 steps over which lambda_tf goes tf_start -> 0")
-    tf_start: float = Field(0.5, ge=0.0, le=1.0, description="initial teacher-forcing weight lambda_tf")
+    tf_mode: Literal["input_mix", "loss_mix"] = Field(
+        "input_mix", description="teacher forcing in stage 1: 'input_mix' mixes the step inputs, lambda tf_start -> 0; "
+                                 "'loss_mix' (the reference's) mixes losses, lambda * L_tf + (1 - lambda) * L_ar, "
+                                 "lambda 1 -> 0")
+    arm: Literal["full", "ar_anneal", "tf_only", "ar_only"] = Field(
+        "full", description="ablation arm (docs/science.md §4): 'full' = annealed stage 1 + stage 2; 'ar_anneal' = "
+                            "annealed stage 1, no stage 2; 'tf_only' = lambda fixed at 1, no stage 2; 'ar_only' = "
+                            "lambda fixed at 0, no stage 2")
+    anneal: float = Field(0.25, ge=0.0, le=1.0, description="fraction of stage-1 steps over which lambda anneals to 0")
+    tf_start: float = Field(0.5, ge=0.0, le=1.0, description="initial lambda of tf_mode 'input_mix' ('loss_mix' starts at 1)")
+    grad_clip: float = Field(1.0, ge=0.0, le=1e6, description="max global gradient norm per step (0: off); "
+                                                               "the reference clips at 1.0")
     noise_sigma: float = Field(0.0, ge=0.0, le=10.0, description="input noise, in units of each token's RMS")
     batch_size: int = Field(64, ge=1, le=65_536)
+
+    @model_validator(mode="after")
+    def _weights_positive(self) -> "DistillConfig":
+        for name in ("stage1", "stage2"):
+            stage = getattr(self, name)
+            if stage.lambda_cls + stage.lambda_reg + stage.lambda_patch <= 0:
+                raise ValueError(f"distill.{name}: lambda_cls + lambda_reg + lambda_patch must be > 0 (each in [0, 1])")
+        return self
+
+    @property
+    def stage2_runs(self) -> bool:
+        """Stage 2 runs in arm 'full' only (and when enabled with epochs > 0)."""
+        return self.arm == "full" and self.stage2.enabled and self.stage2.epochs > 0
+
+
+class PartitionConfig(_Strict):
+    """How layers are split into k phases (docs/science.md §2); DP and bisection cuts are logged whatever is used."""
+
+    method: Literal["dp", "bisection", "fixed"] = Field(
+        "dp", description="'dp': exact contiguous max-cut; 'bisection': the reference's recursive two-way split; "
+                          "'fixed': explicit boundaries")
+    boundaries: list[int] | None = Field(
+        None, description="method 'fixed': last teacher layer (1-based) of every phase but the last, increasing, k - 1 "
+                          "values in [1, L - 1]; e.g. the reference's DINOv2 ViT-B [7], [7, 10], [4, 7, 10] for k=2, 3, 4")
+
+    @model_validator(mode="after")
+    def _boundaries_with_fixed(self) -> "PartitionConfig":
+        if self.method == "fixed" and self.boundaries is None:
+            raise ValueError("partition.boundaries: required when partition.method is 'fixed' (k - 1 increasing layers)")
+        if self.method != "fixed" and self.boundaries is not None:
+            raise ValueError(f"partition.boundaries: only used with partition.method 'fixed', got method '{self.method}'")
+        return self
 
 
 class SimilarityConfig(_Strict):
@@ -162,6 +207,7 @@ class TrialConfig(_Strict):
     raptor: RaptorConfig = RaptorConfig()
     distill: DistillConfig = DistillConfig()
     similarity: SimilarityConfig = SimilarityConfig()
+    partition: PartitionConfig = PartitionConfig()
     dynamics: DynamicsConfig = DynamicsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
@@ -169,6 +215,9 @@ class TrialConfig(_Strict):
     def _k_fits_depth(self) -> "TrialConfig":
         if self.teacher.source == "scratch":
             check_k_fits(self.raptor.k, self.teacher.depth)
+            check_boundaries(self.partition.boundaries, self.raptor.k, self.teacher.depth)
+        else:
+            check_boundaries(self.partition.boundaries, self.raptor.k, None)
         return self
 
     # --- serialisation -------------------------------------------------------
@@ -191,6 +240,18 @@ def check_k_fits(k: int, depth: int) -> None:
     """k must lie in [1, depth]; checked again once a pretrained teacher's depth is known."""
     if not 1 <= k <= depth:
         raise ConfigError(f"raptor.k: must be in [1, {depth}] (the teacher's depth), got {k}")
+
+
+def check_boundaries(boundaries: list[int] | None, k: int, depth: int | None) -> None:
+    """`partition.boundaries` must hold k - 1 strictly increasing layers in [1, depth - 1] (depth None: not yet known)."""
+    if boundaries is None:
+        return
+    top = f"{depth - 1}" if depth is not None else "L - 1"
+    if len(boundaries) != k - 1:
+        raise ConfigError(f"partition.boundaries: needs k - 1 = {k - 1} values (raptor.k={k}), got {boundaries}")
+    if any(b >= a for b, a in zip(boundaries, boundaries[1:])) or (boundaries and boundaries[0] < 1) or (
+            depth is not None and boundaries and boundaries[-1] > depth - 1):
+        raise ConfigError(f"partition.boundaries: must be strictly increasing layers in [1, {top}], got {boundaries}")
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
