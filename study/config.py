@@ -120,7 +120,8 @@ class DistillConfig(_Strict):
                             "annealed stage 1, no stage 2; 'tf_only' = lambda fixed at 1, no stage 2; 'ar_only' = "
                             "lambda fixed at 0, no stage 2")
     anneal: float = Field(0.25, ge=0.0, le=1.0, description="fraction of stage-1 steps over which lambda anneals to 0")
-    tf_start: float = Field(0.5, ge=0.0, le=1.0, description="initial lambda of tf_mode 'input_mix' ('loss_mix' starts at 1)")
+    tf_start: float = Field(0.5, ge=0.0, le=1.0,
+                            description="initial lambda of tf_mode 'input_mix' ('loss_mix' starts at 1)")
     grad_clip: float = Field(1.0, ge=0.0, le=1e6, description="max global gradient norm per step (0: off); "
                                                                "the reference clips at 1.0")
     noise_sigma: float = Field(0.0, ge=0.0, le=10.0, description="input noise, in units of each token's RMS")
@@ -148,14 +149,17 @@ class PartitionConfig(_Strict):
                           "'fixed': explicit boundaries")
     boundaries: list[int] | None = Field(
         None, description="method 'fixed': last teacher layer (1-based) of every phase but the last, increasing, k - 1 "
-                          "values in [1, L - 1]; e.g. the reference's DINOv2 ViT-B [7], [7, 10], [4, 7, 10] for k=2, 3, 4")
+                          "values in [1, L - 1]; e.g. the reference's DINOv2 ViT-B [7], [7, 10], [4, 7, 10] for "
+                          "k=2, 3, 4")
 
     @model_validator(mode="after")
     def _boundaries_with_fixed(self) -> "PartitionConfig":
         if self.method == "fixed" and self.boundaries is None:
-            raise ValueError("partition.boundaries: required when partition.method is 'fixed' (k - 1 increasing layers)")
+            raise ValueError("partition.boundaries: required when partition.method is 'fixed' "
+                             "(k - 1 increasing layers)")
         if self.method != "fixed" and self.boundaries is not None:
-            raise ValueError(f"partition.boundaries: only used with partition.method 'fixed', got method '{self.method}'")
+            raise ValueError(f"partition.boundaries: only used with partition.method 'fixed', "
+                             f"got method '{self.method}'")
         return self
 
 
@@ -243,7 +247,7 @@ def check_k_fits(k: int, depth: int) -> None:
 
 
 def check_boundaries(boundaries: list[int] | None, k: int, depth: int | None) -> None:
-    """`partition.boundaries` must hold k - 1 strictly increasing layers in [1, depth - 1] (depth None: not yet known)."""
+    """`partition.boundaries` must hold k - 1 strictly increasing layers in [1, depth - 1] (depth None: unknown yet)."""
     if boundaries is None:
         return
     top = f"{depth - 1}" if depth is not None else "L - 1"

@@ -178,7 +178,8 @@ class Stage1Objective(_Objective):
             shared = shared + term
             for layer in range(first + 1, last + 1):
                 if need_tf:
-                    _, term = self._layer(_noisy(states[:, layer - 1], self.noise_sigma), layer, scales, states[:, layer])
+                    teacher_in = _noisy(states[:, layer - 1], self.noise_sigma)
+                    _, term = self._layer(teacher_in, layer, scales, states[:, layer])
                     tf = tf + term
                 if need_ar:
                     own, term = self._layer(_noisy(own, self.noise_sigma), layer, scales, states[:, layer])
@@ -283,7 +284,8 @@ def evaluate_fidelity(raptor: Raptor, states: np.ndarray, num_registers: int, de
 
 
 @torch.no_grad()
-def rollout_features(raptor: Raptor, states: Any, device: torch.device, amp: bool, batch_size: int = 256) -> torch.Tensor:
+def rollout_features(raptor: Raptor, states: Any, device: torch.device, amp: bool,
+                     batch_size: int = 256) -> torch.Tensor:
     """The Raptor's probe features [N, 2D] after a rollout from each sample's x_0 (states [N, L+1, T, D])."""
     raptor.eval()
     feats = []

@@ -205,5 +205,6 @@ def choose_partition(dissimilarity: np.ndarray, k: int, method: str = "dp",
         raise ValueError(f"partition.method: must be 'dp', 'bisection' or 'fixed', got {method!r}")
     comparison = {"cut_dp": dp.cut_value, "cut_bisection": bis.cut_value,
                   "dp_differs": float(dp.phase_bounds != bis.phase_bounds),
-                  "bounds_dp": [list(b) for b in dp.phase_bounds], "bounds_bisection": [list(b) for b in bis.phase_bounds]}
+                  "bounds_dp": [list(b) for b in dp.phase_bounds],
+                  "bounds_bisection": [list(b) for b in bis.phase_bounds]}
     return chosen, comparison

@@ -126,7 +126,9 @@ class Raptor(nn.Module):
         return int(getattr(self.stem, "num_reg_tokens", 0) or 0)
 
     def probe_features(self, x_last: torch.Tensor) -> torch.Tensor:
-        """The paper's probe features (docs/science.md §3): final-norm cls ++ final-norm mean patch. [B, T, D] -> [B, 2D]."""
+        """The paper's probe features (docs/science.md §3): final-norm cls ++ final-norm mean patch.
+
+        [B, T, D] -> [B, 2D]."""
         return probe_features(self.stem.norm, x_last, self.num_registers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

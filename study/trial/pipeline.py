@@ -279,7 +279,8 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
         teacher = prepared.teacher
         subset = prepared.subsets["dynamics"]
         dyn_metrics, prepared.dynamics = trial_dynamics(
-            teacher.model, raptor, take_rows(prepared.states["test"], subset), np.asarray(prepared.labels["test"])[subset],
+            teacher.model, raptor, take_rows(prepared.states["test"], subset),
+            np.asarray(prepared.labels["test"])[subset],
             swap_readout(teacher.model, probe),
             prepared.partition.phase_bounds, teacher.num_registers, cfg.dynamics, seed=cfg.seed, device=prepared.device)
         metrics.update(dyn_metrics)
@@ -312,7 +313,8 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
         result["dynamics"] = prepared.dynamics
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     pooled = prepared.r2_pooled or {}
-    rows = [{"layer": layer, "group": group, "r2": value, "r2_pooled": pooled.get(group, [np.nan] * len(values))[layer - 1]}
+    rows = [{"layer": layer, "group": group, "r2": value,
+             "r2_pooled": pooled.get(group, [np.nan] * len(values))[layer - 1]}
             for group, values in r2_per_layer.items() for layer, value in enumerate(values, start=1)]
     pd.DataFrame(rows).to_parquet(out_dir / "r2_per_layer.parquet", index=False)
     pd.DataFrame(history).to_parquet(out_dir / "history.parquet", index=False)

@@ -71,7 +71,8 @@ def test_group_weights_of_stage_config_are_renormalised_to_sum_one():
     # without registers the register weight drops out and cls + patch sum to 1
     no_reg = GroupWeights.of(cfg.distill.stage1, num_registers=0)
     assert (no_reg.cls, no_reg.reg, no_reg.patch) == pytest.approx((0.34 / 0.67, 0.0, 0.33 / 0.67))
-    only_reg = load_trial_config(None, {"distill.stage1.lambda_cls": 0, "distill.stage1.lambda_patch": 0}).distill.stage1
+    only_reg = load_trial_config(None, {"distill.stage1.lambda_cls": 0,
+                                        "distill.stage1.lambda_patch": 0}).distill.stage1
     with pytest.raises(ConfigError, match="distill.stage1"):
         GroupWeights.of(only_reg, 0, "stage1")
 

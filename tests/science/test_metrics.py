@@ -89,7 +89,8 @@ def test_probe_ratio_and_agreement_on_separable_data():
 
 
 # --- pooled R^2 and the paper's probe (docs/science.md §5) ---------------------------------
-from study.science.fidelity import PROBE_C, PROBE_MAX_ITER, own_probe_accuracy, probe_features, probe_recovery  # noqa: E402
+from study.science.fidelity import (PROBE_C, PROBE_MAX_ITER, own_probe_accuracy, probe_features,  # noqa: E402
+                                    probe_recovery)
 
 
 def test_pooled_r2_counts_the_spread_of_feature_means_and_is_never_below_strict():
@@ -112,7 +113,8 @@ def test_pooled_r2_counts_the_spread_of_feature_means_and_is_never_below_strict(
         assert strict["patch"][layer] == pytest.approx(r2_score(p[:, 1:], t[:, 1:]), abs=1e-9)
     rng = np.random.default_rng(1)
     for _ in range(5):
-        target = torch.as_tensor(rng.normal(size=(20, 1, 4, 5)) * rng.uniform(0.1, 3, size=(1, 1, 4, 5)) + rng.normal(size=5))
+        scale = rng.uniform(0.1, 3, size=(1, 1, 4, 5))
+        target = torch.as_tensor(rng.normal(size=(20, 1, 4, 5)) * scale + rng.normal(size=5))
         noisy = target + torch.as_tensor(rng.normal(size=target.shape))
         acc = FidelityAccumulator(1, 0)
         acc.update(noisy, target)
