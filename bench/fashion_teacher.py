@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--sd-rate", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cache", default=".raptor_cache_bench")
+    parser.add_argument("--cache", default=".raptor_cache")
     args = parser.parse_args()
     spec = load_sweep(args.spec, {"data.max_samples": args.max_samples, "teacher.epochs": args.epochs,
                                   "teacher.warmup_epochs": min(1, args.epochs), "runtime.device": args.device,
