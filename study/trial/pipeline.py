@@ -40,6 +40,7 @@ from study.science.sampling import class_counts, class_share_range, stratified_s
 from study.science.raptor import Raptor
 from study.runtime import seed_everything, setup
 from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
+from study.trial.onnx_vit import check_teacher_source
 from study.trial.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def teacher_and_states(cfg: TrialConfig, device: torch.device, splits: tuple[str
 def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
     """Teacher, states of every split, similarity and the k-phase partition (all cached)."""
     check_data_source(cfg.data)
+    check_teacher_source(cfg)
     device = device or setup(cfg.runtime)
     t0 = time.perf_counter()
     teacher, states, labels = teacher_and_states(cfg, device)
