@@ -23,7 +23,7 @@ TINY = {"data.max_samples": 200, "distill.stage1.epochs": 2, "distill.stage2.epo
         "similarity.num_samples": 200, "dynamics.num_samples": 64, "runtime.device": "cpu", "runtime.num_threads": 1,
         "runtime.activation_dtype": "float32"}
 KEYS = ("teacher.test_acc", "phase.cosine.within_sim", "partition.cut_value", "r2.final", "r2.mean", "r2.final.cls",
-        "r2.final.patch", "acc.teacher_probe", "acc.raptor_probe", "acc.ratio", "acc.agreement", "val_r2")
+        "r2.final.patch", "r2_pooled.final", "acc.teacher", "acc.raptor", "acc.ratio", "acc.floor", "acc.recovered", "acc.transfer_ratio", "acc.agreement", "val_r2")
 
 
 def timed(fn):

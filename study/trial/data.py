@@ -184,8 +184,8 @@ def _load_fashion_mnist(cfg: DataConfig, spec: ImageSpec) -> Splits:
     train_full, test = fashion_datasets(cfg, lambda pixels: _tensor_transform(pixels, spec))
     train_idx, val_idx = _train_val_indices(len(train_full), cfg)
     test_idx = np.arange(len(test))
-    return Splits(*(subset(ds, _cap(ix, cfg.max_samples)) for ds, ix in
-                    ((train_full, train_idx), (train_full, val_idx), (test, test_idx))), num_classes=10)
+    parts = (("train", train_full, train_idx), ("val", train_full, val_idx), ("test", test, test_idx))
+    return Splits(*(subset(ds, _cap(ix, cfg, ds.labels, name)) for name, ds, ix in parts), num_classes=10)
 
 
 def load_splits(cfg: DataConfig, spec: ImageSpec | None = None) -> Splits:

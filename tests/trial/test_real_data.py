@@ -163,7 +163,9 @@ def _run_spec_trial(spec_file: str, overrides: dict, params: dict, out: Path) ->
     assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(result))
     assert result["config"] == cfg.to_dict() and len(result["partition"]["phase_bounds"]) == cfg.raptor.k
     assert result["teacher"]["depth"] == 12
-    for name in ("r2.final", "r2.mean", "acc.teacher_probe", "acc.raptor_probe", "acc.ratio", "phase.cosine.within_sim"):
+    # (acc.recovered is NaN when a 1-epoch teacher on random pixels does not beat the random-Raptor floor)
+    for name in ("r2.final", "r2.mean", "acc.teacher", "acc.raptor", "acc.ratio", "r2_pooled.final",
+                 "phase.cosine.within_sim"):
         assert np.isfinite(result["metrics"][name]), name
     return result
 
