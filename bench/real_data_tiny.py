@@ -50,7 +50,8 @@ def main() -> None:
             "pretrained_vit_s14.yaml": ({"data.image_size": 28}, {"raptor.k": 2, "seed": 0})}
     for spec_file, (extra, params) in runs.items():
         spec = load_sweep(Path("search_spaces") / spec_file, {**TINY, **extra, "runtime.cache_dir": str(out / "cache")})
-        result, seconds = timed(lambda: run_trial(spec.trial_config(params, name="tiny"), out / spec.name))
+        cfg = spec.trial_config(params, name="tiny")
+        result, seconds = timed(lambda cfg=cfg, folder=out / spec.name: run_trial(cfg, folder))
         report[spec.name] = {"params": params, "overrides": {**TINY, **extra}, "wall_s": seconds,
                              "timings": {k: round(v, 1) for k, v in result["timings"].items()},
                              "phase_bounds": result["partition"]["phase_bounds"],
