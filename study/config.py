@@ -41,6 +41,10 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     image_size: int | None = Field(None, ge=4, le=1024, description="resize side in px (None: native)")
     max_samples: int | None = Field(None, ge=10, description="cap on images used per split")
+    raptor_samples: int | None = Field(None, ge=10, description="cap per split on the images whose teacher states "
+                                                                "feed the Raptor (distillation, fidelity, probes, "
+                                                                "similarity): a seeded draw stratified by class; the "
+                                                                "teacher still trains on the whole (capped) train split")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
@@ -251,7 +255,8 @@ class TrialConfig(_Strict):
 
     def teacher_key(self) -> str:
         """Cache key of the teacher: hash of exactly what determines its weights (data + teacher)."""
-        payload = {"data": self.data.model_dump(mode="json"), "teacher": self.teacher.model_dump(mode="json")}
+        data = self.data.model_dump(mode="json", exclude={"raptor_samples"})  # the teacher never sees that cap
+        payload = {"data": data, "teacher": self.teacher.model_dump(mode="json")}
         if self.data.max_samples is not None:  # capped splits became stratified random draws (docs/science.md §5)
             payload["subsets"] = "stratified"
         return stable_hash(payload)

@@ -63,11 +63,14 @@ def _write_labels(dataset: Dataset, tmp: Path, seen: list) -> None:
 
 def cached_states(cfg: TrialConfig, model: VisionTransformer, teacher_key: str, dataset: Dataset, split: str,
                   device: torch.device, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(states [N, L+1, T, D] memmap, labels [N]) for one split, extracting them once."""
+    """(states [N, L+1, T, D] memmap, labels [N]) for one split, extracting them once.
+
+    With `data.raptor_samples`, `dataset` is that stratified subset of the split and the files say so."""
     folder = Path(cfg.runtime.cache_dir) / "activations" / teacher_key
     dtype = cfg.runtime.activation_dtype
-    states_path = folder / f"{split}.{dtype}.npy"
-    labels_path = folder / f"{split}.labels.npy"
+    tag = "" if cfg.data.raptor_samples is None else f".n{cfg.data.raptor_samples}"
+    states_path = folder / f"{split}{tag}.{dtype}.npy"
+    labels_path = folder / f"{split}{tag}.labels.npy"
     seen_labels: list[torch.Tensor] = []
     cache.get_or_create(
         states_path,

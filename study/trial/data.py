@@ -208,3 +208,15 @@ def check_data_source(cfg: DataConfig) -> None:
         check_fashion_mnist(cfg)
     elif cfg.name != "digits":
         _require_dir(cfg.path, cfg.name)
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """The labels [N] of a split's dataset, read without loading its images where the dataset allows it."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    for name in ("labels", "targets"):
+        if hasattr(dataset, name):
+            return np.asarray(getattr(dataset, name))
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])

@@ -31,7 +31,7 @@ from study.contract import CLASS_SHARE_SUBSETS, PHASE_KINDS, class_share_metric
 import study.trial.cache as cache
 from study.trial.activations import cached_states
 from study.config import TrialConfig, check_boundaries, check_k_fits
-from study.trial.data import ImageSpec, SPLIT_NAMES, check_data_source, load_splits
+from study.trial.data import SPLIT_NAMES, ImageSpec, check_data_source, dataset_labels, load_splits
 from study.science.distill import evaluate_fidelity, rollout_features, run_distillation
 from study.trial.dynamics import swap_readout, trial_dynamics
 from study.science.fidelity import fit_linear_probe, own_probe_accuracy, probe_features, probe_recovery, task_fidelity
@@ -88,8 +88,18 @@ def teacher_and_states(cfg: TrialConfig, device: torch.device, splits: tuple[str
     teacher = load_teacher(cfg, device, splits_for)
     check_k_fits(cfg.raptor.k, teacher.depth)
     states, labels = {}, {}
+
+    def raptor_subset(split: str) -> torch.utils.data.Dataset:
+        """The split, or its `data.raptor_samples` stratified subset (the images whose states the Raptor sees)."""
+        dataset, cap = splits_for(teacher.spec)[split], cfg.data.raptor_samples
+        if cap is None or cap >= len(dataset):
+            return dataset
+        seed = cfg.data.split_seed * 1_000 + 100 + SPLIT_NAMES.index(split)
+        chosen = stratified_subset(dataset_labels(dataset), cap, seed, num_items=len(dataset))
+        return torch.utils.data.Subset(dataset, chosen.tolist())
+
     for split in splits:
-        lazy = _LazySplit(lambda s=split: splits_for(teacher.spec)[s])
+        lazy = _LazySplit(lambda s=split: raptor_subset(s))
         states[split], labels[split] = cached_states(cfg, teacher.model, teacher.key, lazy, split, device)
     return teacher, states, labels
 
