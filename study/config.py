@@ -168,20 +168,32 @@ class PartitionConfig(_Strict):
     method: Literal["dp", "bisection", "fixed"] = Field(
         "dp", description="'dp': exact contiguous max-cut; 'bisection': the reference's recursive two-way split; "
                           "'fixed': explicit boundaries")
-    boundaries: list[int] | None = Field(
+    boundaries: list[int] | dict[int, list[int]] | None = Field(
         None, description="method 'fixed': last teacher layer (1-based) of every phase but the last, increasing, k - 1 "
                           "values in [1, L - 1]; e.g. the reference's DINOv2 ViT-B [7], [7, 10], [4, 7, 10] for "
-                          "k=2, 3, 4")
+                          "k=2, 3, 4; or one list per k, {2: [7], 3: [7, 10], 4: [4, 7, 10]}, so that k and the "
+                          "method can both be searched (a per-k mapping is ignored by the other methods)")
 
     @model_validator(mode="after")
     def _boundaries_with_fixed(self) -> "PartitionConfig":
         if self.method == "fixed" and self.boundaries is None:
             raise ValueError("partition.boundaries: required when partition.method is 'fixed' "
                              "(k - 1 increasing layers)")
-        if self.method != "fixed" and self.boundaries is not None:
+        if self.method != "fixed" and isinstance(self.boundaries, list):
             raise ValueError(f"partition.boundaries: only used with partition.method 'fixed', "
                              f"got method '{self.method}'")
         return self
+
+    def boundaries_for(self, k: int) -> list[int] | None:
+        """The fixed boundaries for k phases (None unless the method is 'fixed')."""
+        if self.method != "fixed":
+            return None
+        if isinstance(self.boundaries, dict):
+            if k not in self.boundaries:
+                raise ConfigError(f"partition.boundaries: no boundaries for raptor.k={k} "
+                                  f"(given for k in {sorted(self.boundaries)})")
+            return self.boundaries[k]
+        return self.boundaries
 
 
 class SimilarityConfig(_Strict):
@@ -240,9 +252,9 @@ class TrialConfig(_Strict):
     def _k_fits_depth(self) -> "TrialConfig":
         if self.teacher.source == "scratch":
             check_k_fits(self.raptor.k, self.teacher.depth)
-            check_boundaries(self.partition.boundaries, self.raptor.k, self.teacher.depth)
+            check_boundaries(self.partition.boundaries_for(self.raptor.k), self.raptor.k, self.teacher.depth)
         else:
-            check_boundaries(self.partition.boundaries, self.raptor.k, None)
+            check_boundaries(self.partition.boundaries_for(self.raptor.k), self.raptor.k, None)
         return self
 
     # --- serialisation -------------------------------------------------------

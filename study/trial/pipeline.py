@@ -112,14 +112,14 @@ def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
     t0 = time.perf_counter()
     teacher, states, labels = teacher_and_states(cfg, device)
     timings = {"teacher_and_states_s": time.perf_counter() - t0}
-    check_boundaries(cfg.partition.boundaries, cfg.raptor.k, teacher.depth)
+    check_boundaries(cfg.partition.boundaries_for(cfg.raptor.k), cfg.raptor.k, teacher.depth)
     t0 = time.perf_counter()
     # subsets are seeded by the data split seed, so every trial of one teacher shares them (docs/science.md §5, §7)
     subsets = {"similarity": stratified_subset(labels["train"], cfg.similarity.num_samples, cfg.data.split_seed + 11),
                "dynamics": stratified_subset(labels["test"], cfg.dynamics.num_samples, cfg.data.split_seed + 12)}
     similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers)
     partition, info = choose_partition(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k,
-                                       cfg.partition.method, cfg.partition.boundaries)
+                                       cfg.partition.method, cfg.partition.boundaries_for(cfg.raptor.k))
     timings["similarity_s"] = time.perf_counter() - t0
     return Prepared(cfg, device, teacher, states, labels, similarity, partition, info, subsets, timings)
 
