@@ -3,7 +3,7 @@
 # On the GPU machine, in the repo root (with .whl/site.tar.xz and .data/fashion-mnist carried, see
 # bench/device_wheels.sh and bench/pack_fashion.sh; for `pretrained` also .teacher/, see
 # docs/results/pretrained_vit_s14/README.md):
-#   bash bench/gpu_study.sh sd_a|sd_b|pretrained|ablation [SECONDS]
+#   bash bench/gpu_study.sh sd_even|sd_odd|pretrained|ablation [SECONDS]
 # Each chunk is a sweep of its own teachers into the same store (runs_gpu/, kept while the machine is);
 # a chunk cut off by SECONDS is continued by running it again (`resume`). What comes back under $OUT:
 # the MLflow store, every trial's result.json, the sweep's console log and GPU utilisation samples.
@@ -16,8 +16,8 @@ runs=$PWD/runs_gpu
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 1 > "$out/$chunk.gpu.csv" &
 sampler=$!
 case $chunk in
-  sd_a) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_a --set "space.teacher.sd_rate={choice: [0.0, 0.1, 0.2, 0.3]}") ;;
-  sd_b) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_b --set "space.teacher.sd_rate={choice: [0.4, 0.5, 0.6]}") ;;
+  sd_even) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_even --set "space.teacher.sd_rate={choice: [0.0, 0.2, 0.4, 0.6]}") ;;
+  sd_odd) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_odd --set "space.teacher.sd_rate={choice: [0.1, 0.3, 0.5]}") ;;
   pretrained) spec=search_spaces/pretrained_vit_s14.yaml
     sets=(--set teacher.source=checkpoint --set teacher.preset=null --set teacher.timm_name=vit_small_patch14_dinov2
           --set teacher.checkpoint="$PWD/.teacher/vit_s14_focus_112_fp16.pt" --set data.image_size=112) ;;
