@@ -222,7 +222,7 @@ def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
         unfinished = "pruned" if spec.scheduler.type == "asha" else "stopped"  # ASHA's stop, or an interrupt
         status = "failed" if result.error else ("finished" if "r2.final" in metrics else unfinished)
         row = {"trial_id": metrics.get("trial_id", Path(result.path).name), "status": status}
-        row.update({key: result.config.get(key) for key in spec.space})
+        row.update({key: (result.config or {}).get(key) for key in spec.space})  # no config: never started
         for key in dict.fromkeys((spec.search.metric, "r2.final", "acc.ratio")):
             row[key] = metrics.get(key)
         rows.append(row)
