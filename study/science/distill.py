@@ -114,6 +114,12 @@ def compiled_layer_loss() -> Callable:
     return _COMPILED["layer_loss"]
 
 
+def reset_compiled_layer_loss() -> None:
+    """Forget the compiled `layer_loss`, so that the next `compiled_layer_loss()` compiles afresh
+    (e.g. after torch._dynamo.reset() or a change of inductor or SDPA settings, as the GPU bench does)."""
+    _COMPILED.clear()
+
+
 def _noisy(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Add Gaussian noise of `sigma` times each token's RMS."""
     if sigma <= 0:

@@ -2,6 +2,8 @@
 
 - `digits` (default): scikit-learn's bundled 8x8 digits, 1797 images, 10 classes;
   needs no network and no files, split deterministically by `split_seed`.
+- `fashion_mnist`: the original IDX files of the Debian package `dataset-fashion-mnist`
+  (or `data.path`), parsed by `study.trial.idx`; its own test file is the test split.
 - `cifar10` / `cifar100`: a local torchvision-format folder (never downloaded).
 - `imagefolder`: an ImageNet-layout folder (`train/` and `val/` class folders),
   or a single folder of class folders that is split by seed.
@@ -53,12 +55,14 @@ SPLIT_NAMES = ("train", "val", "test")
 # Native specs of the bundled / standard datasets (used by teachers trained from scratch).
 DIGITS_SPEC = ImageSpec(in_chans=1, size=8, mean=(0.30,), std=(0.38,))
 CIFAR_SPEC = ImageSpec(in_chans=3, size=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+FASHION_SPEC = ImageSpec(in_chans=1, size=28, mean=(0.2860,), std=(0.3530,))  # train-file pixel mean / std
 IMAGEFOLDER_SPEC = ImageSpec(in_chans=3, size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875)
 
 
 def native_spec(cfg: DataConfig) -> ImageSpec:
     """The spec a from-scratch teacher uses for this dataset (honouring data.image_size)."""
-    base = {"digits": DIGITS_SPEC, "cifar10": CIFAR_SPEC, "cifar100": CIFAR_SPEC, "imagefolder": IMAGEFOLDER_SPEC}[cfg.name]
+    base = {"digits": DIGITS_SPEC, "fashion_mnist": FASHION_SPEC, "cifar10": CIFAR_SPEC, "cifar100": CIFAR_SPEC,
+            "imagefolder": IMAGEFOLDER_SPEC}[cfg.name]
     if cfg.image_size is None:
         return base
     return ImageSpec(base.in_chans, cfg.image_size, base.mean, base.std, base.interpolation, base.crop_pct)
@@ -174,11 +178,23 @@ def _load_imagefolder(cfg: DataConfig, spec: ImageSpec) -> Splits:
     return Splits(*(capped[list(parts).index(n)] for n in SPLIT_NAMES), num_classes=num_classes)
 
 
+def _load_fashion_mnist(cfg: DataConfig, spec: ImageSpec) -> Splits:
+    from study.trial.idx import fashion_datasets, subset
+
+    train_full, test = fashion_datasets(cfg, lambda pixels: _tensor_transform(pixels, spec))
+    train_idx, val_idx = _train_val_indices(len(train_full), cfg)
+    test_idx = np.arange(len(test))
+    parts = (("train", train_full, train_idx), ("val", train_full, val_idx), ("test", test, test_idx))
+    return Splits(*(subset(ds, _cap(ix, cfg, ds.labels, name)) for name, ds, ix in parts), num_classes=10)
+
+
 def load_splits(cfg: DataConfig, spec: ImageSpec | None = None) -> Splits:
     """Load the configured dataset as train / val / test for a teacher consuming `spec`."""
     spec = spec or native_spec(cfg)
     if cfg.name == "digits":
         return _load_digits(cfg, spec)
+    if cfg.name == "fashion_mnist":
+        return _load_fashion_mnist(cfg, spec)
     if cfg.name in ("cifar10", "cifar100"):
         return _load_cifar(cfg, spec)
     return _load_imagefolder(cfg, spec)
@@ -186,5 +202,21 @@ def load_splits(cfg: DataConfig, spec: ImageSpec | None = None) -> Splits:
 
 def check_data_source(cfg: DataConfig) -> None:
     """Fail fast (before any work) when a configured local dataset folder is missing."""
-    if cfg.name != "digits":
+    if cfg.name == "fashion_mnist":
+        from study.trial.idx import check_fashion_mnist
+
+        check_fashion_mnist(cfg)
+    elif cfg.name != "digits":
         _require_dir(cfg.path, cfg.name)
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """The labels [N] of a split's dataset, read without loading its images where the dataset allows it."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    for name in ("labels", "targets"):
+        if hasattr(dataset, name):
+            return np.asarray(getattr(dataset, name))
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])

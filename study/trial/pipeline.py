@@ -31,7 +31,7 @@ from study.contract import CLASS_SHARE_SUBSETS, PHASE_KINDS, class_share_metric
 import study.trial.cache as cache
 from study.trial.activations import cached_states
 from study.config import TrialConfig, check_boundaries, check_k_fits
-from study.trial.data import ImageSpec, SPLIT_NAMES, check_data_source, load_splits
+from study.trial.data import SPLIT_NAMES, ImageSpec, check_data_source, dataset_labels, load_splits
 from study.science.distill import evaluate_fidelity, rollout_features, run_distillation
 from study.trial.dynamics import swap_readout, trial_dynamics
 from study.science.fidelity import fit_linear_probe, own_probe_accuracy, probe_features, probe_recovery, task_fidelity
@@ -40,6 +40,7 @@ from study.science.sampling import class_counts, class_share_range, stratified_s
 from study.science.raptor import Raptor
 from study.runtime import seed_everything, setup
 from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
+from study.trial.onnx_vit import check_teacher_source
 from study.trial.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,18 @@ def teacher_and_states(cfg: TrialConfig, device: torch.device, splits: tuple[str
     teacher = load_teacher(cfg, device, splits_for)
     check_k_fits(cfg.raptor.k, teacher.depth)
     states, labels = {}, {}
+
+    def raptor_subset(split: str) -> torch.utils.data.Dataset:
+        """The split, or its `data.raptor_samples` stratified subset (the images whose states the Raptor sees)."""
+        dataset, cap = splits_for(teacher.spec)[split], cfg.data.raptor_samples
+        if cap is None or cap >= len(dataset):
+            return dataset
+        seed = cfg.data.split_seed * 1_000 + 100 + SPLIT_NAMES.index(split)
+        chosen = stratified_subset(dataset_labels(dataset), cap, seed, num_items=len(dataset))
+        return torch.utils.data.Subset(dataset, chosen.tolist())
+
     for split in splits:
-        lazy = _LazySplit(lambda s=split: splits_for(teacher.spec)[s])
+        lazy = _LazySplit(lambda s=split: raptor_subset(s))
         states[split], labels[split] = cached_states(cfg, teacher.model, teacher.key, lazy, split, device)
     return teacher, states, labels
 
@@ -96,18 +107,19 @@ def teacher_and_states(cfg: TrialConfig, device: torch.device, splits: tuple[str
 def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
     """Teacher, states of every split, similarity and the k-phase partition (all cached)."""
     check_data_source(cfg.data)
+    check_teacher_source(cfg)
     device = device or setup(cfg.runtime)
     t0 = time.perf_counter()
     teacher, states, labels = teacher_and_states(cfg, device)
     timings = {"teacher_and_states_s": time.perf_counter() - t0}
-    check_boundaries(cfg.partition.boundaries, cfg.raptor.k, teacher.depth)
+    check_boundaries(cfg.partition.boundaries_for(cfg.raptor.k), cfg.raptor.k, teacher.depth)
     t0 = time.perf_counter()
     # subsets are seeded by the data split seed, so every trial of one teacher shares them (docs/science.md §5, §7)
     subsets = {"similarity": stratified_subset(labels["train"], cfg.similarity.num_samples, cfg.data.split_seed + 11),
                "dynamics": stratified_subset(labels["test"], cfg.dynamics.num_samples, cfg.data.split_seed + 12)}
     similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers)
     partition, info = choose_partition(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k,
-                                       cfg.partition.method, cfg.partition.boundaries)
+                                       cfg.partition.method, cfg.partition.boundaries_for(cfg.raptor.k))
     timings["similarity_s"] = time.perf_counter() - t0
     return Prepared(cfg, device, teacher, states, labels, similarity, partition, info, subsets, timings)
 

@@ -74,10 +74,13 @@ def test_bad_space_fails_at_load_naming_the_field(tmp_path, tree, field):
     assert field in message and "\n" not in message
 
 
-def test_grid_needs_choices(tmp_path):
+def test_grid_crosses_the_choices_and_draws_the_rest(tmp_path):
+    from ray.tune.search.sample import Float
+
     spec = load_sweep(write(tmp_path, minimal(search={"sampler": "grid"})))
-    with pytest.raises(ConfigError, match="grid"):
-        spec.tune_space()
+    space = spec.tune_space()
+    assert space["raptor.k"] == {"grid_search": [2, 3]}
+    assert isinstance(space["teacher.sd_rate"], Float)  # drawn per grid point, not gridded
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

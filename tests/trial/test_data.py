@@ -144,3 +144,17 @@ def test_capped_imagefolder_splits_hold_every_class_in_proportion(tmp_path):
         assert again[name].indices == capped[name].indices  # same seed -> same subset
     other = load_splits(DataConfig(name="imagefolder", path=str(root), max_samples=60, split_seed=1), spec)
     assert other.train.indices != capped.train.indices
+
+
+def test_raptor_samples_caps_the_states_not_the_teacher(tmp_path, make_cfg):
+    """`data.raptor_samples`: the Raptor sees a stratified subset of each split; the teacher (and its cache key)
+    is the one trained on the whole capped split."""
+    from study.trial.pipeline import teacher_and_states
+
+    full = make_cfg(tmp_path / "cache")
+    capped = make_cfg(tmp_path / "cache", {"data.raptor_samples": 50})
+    assert capped.teacher_key() == full.teacher_key()
+    _, states, labels = teacher_and_states(capped, torch.device("cpu"))
+    assert {len(states[s]) for s in states} == {50}
+    counts = np.bincount(labels["train"], minlength=10)
+    assert counts.sum() == 50 and counts.min() >= 4  # stratified: every digit kept
