@@ -28,15 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.config import load_trial_config  # noqa: E402
 from study.trial.pipeline import run_trial  # noqa: E402
+from study.contract import ACC_RATIO, R2_FINAL, TEACHER_TEST_ACC, group_metric, phase_metric  # noqa: E402
 from trial_time import markdown  # noqa: E402  (the same pipe-table writer)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = {  # column -> metric name in result.json
-    "within_sim": "phase.cosine.within_sim",
-    "contrast": "phase.cosine.contrast",
-    "r2.final": "r2.final",
-    "r2.final.cls": "r2.final.cls",
-    "acc.ratio": "acc.ratio",
+    "within_sim": phase_metric("cosine", "within_sim"),
+    "contrast": phase_metric("cosine", "contrast"),
+    R2_FINAL: R2_FINAL,
+    group_metric(R2_FINAL, "cls"): group_metric(R2_FINAL, "cls"),
+    ACC_RATIO: ACC_RATIO,
 }
 
 
@@ -65,7 +66,7 @@ def main() -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             result = run_trial(cfg, out_root / name)
             m = result["metrics"]
-            row = {"sd": sd, "seed": seed, "teacher_test_acc": m.get("teacher.test_acc"),
+            row = {"sd": sd, "seed": seed, "teacher_test_acc": m.get(TEACHER_TEST_ACC),
                    **{col: m[key] for col, key in METRICS.items()},
                    "phase_bounds": str(result["partition"]["phase_bounds"]), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
             rows.append(row)

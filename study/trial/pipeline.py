@@ -13,6 +13,7 @@ split, the search objective on the validation split), `write_outputs`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -26,7 +27,8 @@ import torch
 import yaml
 
 from analysis import figures
-from study.contract import PHASE_KINDS
+from study.contract import (ACC_AGREEMENT, ACC_RAPTOR_PROBE, ACC_RATIO, ACC_TEACHER_PROBE, CUT_VALUE, DATA_KEY, PHASE_KINDS,
+                            R2_FINAL, R2_MEAN, TEACHER_TEST_ACC, VAL_R2, group_metric, phase_metric)
 
 import study.trial.cache as cache
 from study.trial.activations import cached_states
@@ -185,20 +187,19 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
     task = task_fidelity(probe, teacher_features(prepared, "test").numpy(), raptor_feats.numpy(), prepared.labels["test"])
     metrics: dict[str, float] = {}
     if prepared.teacher.test_acc is not None:
-        metrics["teacher.test_acc"] = prepared.teacher.test_acc
+        metrics[TEACHER_TEST_ACC] = prepared.teacher.test_acc
     for kind in PHASE_KINDS:  # kinds whose phase metrics are logged (mse drives partitions only)
         for name, value in phase_metrics(prepared.similarity[kind], prepared.partition.phase_bounds).items():
-            metrics[f"phase.{kind}.{name}"] = value
-    metrics["partition.cut_value"] = prepared.partition.cut_value
-    metrics["r2.final"], metrics["r2.mean"] = float(r2["all"][-1]), float(np.mean(r2["all"]))
+            metrics[phase_metric(kind, name)] = value
+    metrics[CUT_VALUE] = prepared.partition.cut_value
     for group in r2:
-        if group != "all":
-            metrics[f"r2.final.{group}"], metrics[f"r2.mean.{group}"] = float(r2[group][-1]), float(np.mean(r2[group]))
-    metrics.update({"acc.teacher_probe": task["acc_teacher"], "acc.raptor_probe": task["acc_raptor"],
-                    "acc.ratio": task["acc_ratio"], "acc.agreement": task["agreement"]})
+        metrics[group_metric(R2_FINAL, group)] = float(r2[group][-1])
+        metrics[group_metric(R2_MEAN, group)] = float(np.mean(r2[group]))
+    metrics.update({ACC_TEACHER_PROBE: task["acc_teacher"], ACC_RAPTOR_PROBE: task["acc_raptor"],
+                    ACC_RATIO: task["acc_ratio"], ACC_AGREEMENT: task["agreement"]})
     val_r2, _ = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device,
                                   cfg.runtime.amp)
-    metrics["val_r2"] = float(val_r2["all"][-1])  # the search objective, on the validation split
+    metrics[VAL_R2] = float(val_r2["all"][-1])  # the search objective, on the validation split
     prepared.dynamics = None
     if cfg.dynamics.enabled:
         t0 = time.perf_counter()
@@ -209,6 +210,17 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
         metrics.update(dyn_metrics)
         prepared.timings["dynamics_s"] = time.perf_counter() - t0
     return metrics, {group: [float(v) for v in values] for group, values in r2.items()}
+
+
+def dataset_record(prepared: Prepared) -> dict:
+    """The trial's dataset for MLflow's dataset inputs: name, split sizes, and a digest of the data config and
+    every split's labels (equal digests: the same images in the same splits, as far as labels can tell)."""
+    data = prepared.cfg.data.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
+    for split in sorted(prepared.labels):
+        digest.update(split.encode() + np.ascontiguousarray(prepared.labels[split]).tobytes())
+    return {"name": data["name"], "splits": {split: int(len(labels)) for split, labels in prepared.labels.items()},
+            "digest": digest.hexdigest()[:16], "source": data}
 
 
 def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float], r2_per_layer: dict[str, list[float]],
@@ -226,6 +238,7 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
         "metrics": metrics,
         "history": history,
         "timings": dict(prepared.timings),
+        DATA_KEY: dataset_record(prepared),
     }
     for stage in sorted({record["stage"] for record in history}):
         result["timings"][f"stage{stage}_s"] = sum(r.get("seconds", 0.0) for r in history if r["stage"] == stage)
