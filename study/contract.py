@@ -175,9 +175,11 @@ def trial_index(trial_id: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def trial_run_name(params: dict, trial_id: str) -> str:
+def trial_run_name(params: dict, trial_id: str, index: int | None = None) -> str:
     """Short, sortable run name for the UI, e.g. ``sd0.3-s1-k2-0007`` (SD rate, teacher seed, k, trial index).
 
-    `params` is the trial's flat config (dotted keys)."""
+    `params` is the trial's flat config (dotted keys); `index` the trial's position in the sweep
+    (default: the counter at the end of `trial_id`)."""
+    index = trial_index(trial_id) if index is None else index
     return (f"sd{float(params.get(SD_PARAM, 0.0)):g}-s{params.get(TEACHER_SEED_PARAM, 0)}-k{params.get(K_PARAM, 0)}"
-            f"-{trial_index(trial_id):04d}")
+            f"-{index:04d}")

@@ -305,6 +305,7 @@ class MlflowTrialCallback(Callback):
         self.run_ids: dict[str, str] = {}  # trial_id -> run id
         self.logged_steps: dict[str, dict[str, int]] = {}  # trial_id -> metric -> last step logged
         self.monitors: dict[str, Any] = {}  # trial_id -> MLflow system-metrics monitor
+        self.indices: dict[str, int] = {}  # trial_id -> 1-based position among the sweep's trials (run names)
 
     _STATE = ("tracking_uri", "experiment_id", "parent_run_id", "spec", "sweep", "sweep_id", "system_metrics")
 
@@ -343,7 +344,8 @@ class MlflowTrialCallback(Callback):
         else:
             run_id = create_trial_run(client, self.experiment_id, sweep=self.sweep, sweep_id=self.sweep_id,
                                       trial_id=trial_id, parent_run_id=self.parent_run_id,
-                                      run_name=trial_run_name(self._params(trial), trial_id),
+                                      run_name=trial_run_name(self._params(trial), trial_id,
+                                                              self.indices.get(trial_id)),
                                       teacher_key=self._config(trial).teacher_key())
         self.run_ids[trial_id] = run_id
         return run_id
@@ -354,6 +356,8 @@ class MlflowTrialCallback(Callback):
 
     # -- Tune hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial in trials:  # Tune keeps its trials in creation order, across resume too
+            self.indices[trial.trial_id] = trials.index(trial) + 1
         params = self._params(trial)
         self._write(trial, lambda c, run_id: log_params(c, run_id, params, c.get_run(run_id).data.params))
         if self.system_metrics:
