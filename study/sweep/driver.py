@@ -409,7 +409,7 @@ def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
         unfinished = PRUNED if spec.scheduler.type == "asha" else "stopped"  # ASHA's stop, or an interrupt
         status = FAILED if result.error else (FINISHED if R2_FINAL in metrics else unfinished)
         row = {"trial_id": metrics.get("trial_id", Path(result.path).name), "status": status}
-        row.update({key: result.config.get(key) for key in spec.space})
+        row.update({key: (result.config or {}).get(key) for key in spec.space})  # None: never started
         for key in dict.fromkeys((spec.search.metric, R2_FINAL, ACC_RATIO)):
             row[key] = metrics.get(key)
         rows.append(row)
