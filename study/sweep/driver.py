@@ -378,7 +378,7 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
     finish_parent(client, parent_run_id, summary)
     show_table(table, spec, paths, tracking_uri)
     if not spec.search.storage and spec.search.sampler != "grid":
-        console.print(f"Optuna study: optuna-dashboard {paths.optuna_journal(spec.name)}")
+        console.print(f"Optuna study: optuna-dashboard {paths.optuna_journal(spec.name)}", soft_wrap=True)
     return table
 
 
@@ -424,4 +424,5 @@ def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking
         view.add_row(*("" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     console.print(view)
     console.print(f"trial outputs: {paths.trials(spec.name)}")
-    console.print(f"MLflow: {redact(tracking_uri)}  (browse: raptor-study ui {spec.name} --out {paths.root})")
+    console.print(f"MLflow: {redact(tracking_uri)}  (browse: raptor-study ui {spec.name} --out {paths.root})",
+                  soft_wrap=True)
