@@ -25,9 +25,9 @@ from mlflow.tracking import MlflowClient
 from study.config import build_trial_config
 from study.contract import (
     ACC_AGREEMENT,
-    ACC_RAPTOR_PROBE,
+    ACC_RAPTOR,
     ACC_RATIO,
-    ACC_TEACHER_PROBE,
+    ACC_TEACHER,
     DATA_KEY,
     DYNAMICS_KEY,
     FAILED,
@@ -227,8 +227,8 @@ def _finished_trial(
         group_metric(R2_FINAL, "patch"): r2_final + 0.01,
         group_metric(R2_MEAN, "cls"): float(r2_layer.mean()) - 0.02,
         group_metric(R2_MEAN, "patch"): float(r2_layer.mean()) + 0.01,
-        ACC_TEACHER_PROBE: 0.9,
-        ACC_RAPTOR_PROBE: 0.9 * ratio,
+        ACC_TEACHER: 0.9,
+        ACC_RAPTOR: 0.9 * ratio,
         ACC_RATIO: ratio,
         ACC_AGREEMENT: min(1.0, ratio + 0.02),
         layer_metric("all"): list(r2_layer),

@@ -78,10 +78,52 @@ R2_FINAL = "r2.final"
 R2_MEAN = "r2.mean"
 VAL_R2 = "val_r2"
 """Final-layer R^2 on the validation split: the search objective (per epoch in Tune, final in MLflow)."""
-ACC_TEACHER_PROBE = "acc.teacher_probe"
-ACC_RAPTOR_PROBE = "acc.raptor_probe"
+R2_KINDS = ("r2", "r2_pooled")
+"""Strict R^2 (SST around per-feature means) and the reference code's pooled R^2 (SST around one scalar mean)."""
+
+
+def r2_metric(kind: str, stat: str, group: str = "all") -> str:
+    """``{kind}.{stat}[.{group}]``, e.g. ``r2_pooled.final.cls``; stat is ``final`` or ``mean``."""
+    return group_metric(f"{kind}.{stat}", group)
+
+
+R2_POOLED_FINAL = "r2_pooled.final"
+R2_POOLED_MEAN = "r2_pooled.mean"
+ACC_TEACHER = "acc.teacher"
+ACC_RAPTOR = "acc.raptor"
 ACC_RATIO = "acc.ratio"
+ACC_FLOOR = "acc.floor"
+ACC_RECOVERED = "acc.recovered"
+ACC_TRANSFER_TEACHER = "acc.transfer_teacher"
+ACC_TRANSFER = "acc.transfer"
+ACC_TRANSFER_RATIO = "acc.transfer_ratio"
 ACC_AGREEMENT = "acc.agreement"
+PROBE_METRICS = (ACC_TEACHER, ACC_RAPTOR, ACC_RATIO, ACC_FLOOR, ACC_RECOVERED, ACC_TRANSFER_TEACHER, ACC_TRANSFER,
+                 ACC_TRANSFER_RATIO, ACC_AGREEMENT)
+"""Probe accuracies of a trial (docs/science.md §5)."""
+PAPER_ACC_METRIC = ACC_RATIO
+"""The accuracy metric held against the paper's k=2/3/4 probe ratios."""
+PAPER_R2_METRIC = R2_POOLED_FINAL
+"""The R^2 closest to the reference code's (pooled SST)."""
+
+
+def partition_metric(name: str) -> str:
+    return f"partition.{name}"
+
+
+PARTITION_METRICS = tuple(partition_metric(n) for n in ("cut_value", "cut_dp", "cut_bisection", "dp_differs"))
+"""Cut of the partition used, of the exact DP and of the reference's bisection, and whether DP and bisection differ."""
+
+CLASS_SHARE_SUBSETS = ("train", "val", "test", "similarity", "dynamics")
+"""Splits and subsets whose class balance is logged (``dynamics`` is also the layer-swap subset)."""
+
+
+def class_share_metric(subset: str, bound: str) -> str:
+    """Name of the min / max class share of a split or subset, e.g. ``data.train.class_share_min``."""
+    return f"data.{subset}.class_share_{bound}"
+
+
+CLASS_SHARE_METRICS = tuple(class_share_metric(s, b) for s in CLASS_SHARE_SUBSETS for b in ("min", "max"))
 
 PHASE_KINDS = ("cosine", "cka")
 PHASE_NAMES = ("within_sim", "between_sim", "contrast", "cut_norm", "adjacent_sim", "mean_sim")
@@ -96,8 +138,10 @@ def phase_metric(kind: str, name: str) -> str:
 PHASE_METRICS = tuple(phase_metric(kind, name) for kind in PHASE_KINDS for name in PHASE_NAMES)
 """Phase-structure metrics: the x-axis of the similarity-fidelity correlation."""
 
-FIDELITY_METRICS = (R2_FINAL, R2_MEAN, ACC_RATIO)
-"""Fidelity metrics: the y-axis."""
+FIDELITY_METRICS = (R2_FINAL, R2_MEAN, R2_POOLED_FINAL, R2_POOLED_MEAN, ACC_RATIO, ACC_RECOVERED, ACC_TRANSFER_RATIO)
+"""Fidelity metrics: the y-axis (docs/science.md §5). ``r2.*`` is the strict R^2, ``r2_pooled.*`` the reference
+code's; ``acc.ratio`` is the paper's probe protocol (each model's own probe) and the only one compared with the
+paper; ``acc.transfer_ratio`` applies the teacher's probe to the Raptor."""
 
 
 def group_metric(name: str, group: str) -> str:
@@ -107,10 +151,14 @@ def group_metric(name: str, group: str) -> str:
 
 LAYER_METRIC_PREFIX = "r2.layer"
 """Metrics with this prefix are per-layer histories (step = teacher layer 1..L), one per token group."""
+LAYER_METRIC_PREFIXES = ("r2.layer", "r2_pooled.layer")
+"""Per-layer histories of the strict and the pooled R^2 (``<prefix>`` for all tokens, ``<prefix>.<group>``)."""
+LAYER_RESULT_KEYS = {"r2_per_layer": "r2.layer", "r2_pooled_per_layer": "r2_pooled.layer"}
+"""result.json entry -> per-layer metric prefix."""
 
 
-def layer_metric(group: str) -> str:
-    return group_metric(LAYER_METRIC_PREFIX, group)
+def layer_metric(group: str, prefix: str = LAYER_METRIC_PREFIX) -> str:
+    return group_metric(prefix, group)
 
 
 EPOCH_KEYS = ("loss", VAL_R2, "lambda_tf", "seconds")
@@ -164,8 +212,8 @@ DATA_KEY = "data"
 MODEL_ARTIFACT = "model"
 """Artifact path of the Raptor as an MLflow PyTorch model (``record.log_model``)."""
 
-METRIC_PREFIXES = ("r2.", "acc.", PHASE_PREFIX, DYNAMICS_PREFIX, "stage1.", "stage2.", *SUMMARY_PREFIXES)
-METRIC_NAMES = frozenset({TEACHER_TEST_ACC, CUT_VALUE, VAL_R2})
+METRIC_PREFIXES = ("r2.", "r2_pooled.", "acc.", PHASE_PREFIX, DYNAMICS_PREFIX, "stage1.", "stage2.", *SUMMARY_PREFIXES)
+METRIC_NAMES = frozenset({TEACHER_TEST_ACC, VAL_R2, *PARTITION_METRICS, *CLASS_SHARE_METRICS})
 """What a metric name looks like: the names above or a name under these prefixes (used by the literal grep test)."""
 
 

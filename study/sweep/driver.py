@@ -69,6 +69,7 @@ from study.sweep.tracking import (
 )
 from study.trial.cache import atomic_write
 from study.trial.data import check_data_source
+from study.trial.onnx_vit import check_teacher_source
 from study.trial.pipeline import run_trial
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,7 @@ def run_sweep(spec: SweepSpec | dict[str, Any] | str | Path, out_root: str | Pat
     digest = spec_hash(loaded)
     spec = resolve_spec(loaded, paths)
     check_data_source(spec.trial_config({}).data)  # a missing dataset folder fails here, not in every trial
+    check_teacher_source(spec.trial_config({}))  # so does a missing ONNX teacher file / package
     address = address or os.environ.get("RAY_ADDRESS") or None
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(paths.root)
     lock = launch_lock(paths, spec.name)

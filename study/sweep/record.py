@@ -26,6 +26,7 @@ from study.contract import (
     DATA_KEY,
     EPOCH_KEYS,
     FAILURE_TAG,
+    LAYER_RESULT_KEYS,
     MLFLOW_END_STATUS,
     PARENT_TAG,
     PHASE_BOUNDS_TAG,
@@ -97,8 +98,9 @@ def log_epochs(client: MlflowClient, run_id: str, records: Iterable[Mapping[str,
 def result_values(result: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     """A result.json's final metrics (step 0) and per-layer R^2 of each token group (step = layer 1..L)."""
     values = [(key, value, 0) for key, value in result["metrics"].items() if value is not None]
-    for group, per_layer in result.get("r2_per_layer", {}).items():
-        values += [(layer_metric(group), value, layer) for layer, value in enumerate(per_layer, start=1)]
+    for entry, prefix in LAYER_RESULT_KEYS.items():  # strict and pooled R^2 per layer
+        for group, per_layer in (result.get(entry) or {}).items():
+            values += [(layer_metric(group, prefix), value, layer) for layer, value in enumerate(per_layer, start=1)]
     return values
 
 
@@ -124,7 +126,7 @@ def log_result(client: MlflowClient, run_id: str, result: Mapping[str, Any], *, 
         tags.append(RunTag(PHASE_BOUNDS_TAG, json.dumps(result["partition"]["phase_bounds"])))
     if tags:
         client.log_batch(run_id, tags=tags)
-    if result.get(DATA_KEY):
+    if "digest" in (result.get(DATA_KEY) or {}):
         client.log_inputs(run_id, datasets=dataset_inputs(result[DATA_KEY]))
     if out_dir is not None:
         client.log_artifacts(run_id, str(out_dir))
