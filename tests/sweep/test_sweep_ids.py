@@ -55,3 +55,17 @@ def test_a_failed_trial_is_tagged_with_its_reason_and_oom_is_preferred():
                          "Tried to allocate 2.00 GiB\n(pid=123) see the log")
     assert error_reason(SimpleNamespace(get_error=lambda: error)).startswith("torch.OutOfMemoryError: CUDA out of memory")
     assert error_reason(SimpleNamespace(get_error=lambda: ValueError("bad\nlast line"))) == "last line"
+
+
+def test_a_second_launch_from_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    from study.sweep.driver import SweepPaths, launch_lock
+
+    paths = SweepPaths(tmp_path)
+    first = launch_lock(paths, "smoke")
+    try:
+        with pytest.raises(ConfigError, match="'smoke' is already running from"):
+            launch_lock(paths, "smoke")
+        launch_lock(paths, "other").release()  # another sweep in the same folder is fine
+    finally:
+        first.release()
+    launch_lock(paths, "smoke").release()  # free again once the first has ended
