@@ -262,7 +262,7 @@ class Interrupts:
             console.print("[red]second Ctrl-C[/red]: exiting now", highlight=False)
             os._exit(130)
         console.print("[yellow]Ctrl-C[/yellow]: stopping the sweep (no new trials; running trials keep their last "
-                      "checkpoint; MLflow is flushed). Ctrl-C again to quit at once.", highlight=False)
+                      "checkpoint; MLflow is flushed). Ctrl-C again to quit at once.", highlight=False, soft_wrap=True)
         if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
             raise KeyboardInterrupt  # Tune's loop is not running yet
         os.kill(os.getpid(), signal.SIGUSR1)

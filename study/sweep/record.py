@@ -105,9 +105,12 @@ def result_values(result: Mapping[str, Any]) -> list[tuple[str, float, int]]:
 
 
 def dataset_inputs(data: Mapping[str, Any]) -> list[DatasetInput]:
-    """One MLflow dataset input per split (context tag = split) from a result.json ``data`` entry."""
+    """One MLflow dataset input per split from a result.json ``data`` entry: named ``{dataset}-{split}``, with
+    the split's digest (MLflow keeps one input per name and digest), its size as profile and the split as context."""
     source = json.dumps(data.get("source", {}), sort_keys=True)
-    return [DatasetInput(Dataset(name=data["name"], digest=data["digest"], source_type="local", source=source,
+    digests = data.get("digests", {})
+    return [DatasetInput(Dataset(name=f"{data['name']}-{split}", digest=digests.get(split, data["digest"]),
+                                 source_type="local", source=source,
                                  profile=json.dumps({"num_rows": int(size), "splits": data["splits"]})),
                          tags=[InputTag("mlflow.data.context", split)])
             for split, size in data["splits"].items()]

@@ -295,13 +295,14 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
 
 def dataset_record(prepared: Prepared) -> dict:
     """The trial's dataset for MLflow's dataset inputs: name, split sizes, and a digest of the data config and
-    every split's labels (equal digests: the same images in the same splits, as far as labels can tell)."""
+    every split's labels, per split and overall (equal digests: the same splits, as far as labels can tell)."""
     data = prepared.cfg.data.model_dump(mode="json")
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
-    for split in sorted(prepared.labels):
-        digest.update(split.encode() + np.ascontiguousarray(prepared.labels[split]).tobytes())
+    config = json.dumps(data, sort_keys=True).encode()
+    digests = {split: hashlib.sha256(config + split.encode() + np.ascontiguousarray(labels).tobytes()).hexdigest()[:16]
+               for split, labels in sorted(prepared.labels.items())}
     return {"name": data["name"], "splits": {split: int(len(labels)) for split, labels in prepared.labels.items()},
-            "digest": digest.hexdigest()[:16], "source": data}
+            "digest": hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:16], "digests": digests,
+            "source": data}
 
 
 def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float], r2_per_layer: dict[str, list[float]],

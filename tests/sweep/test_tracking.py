@@ -134,7 +134,8 @@ def test_sweep_callback_buffers_a_whole_trial_while_the_server_is_down(tmp_path)
         assert run.data.tags["teacher.key"] == "abc"  # the result's key (tagged from the config at the start)
         inputs = run.inputs.dataset_inputs
         assert sorted(i.tags[0].value for i in inputs) == ["test", "train", "val"]
-        assert {i.dataset.name for i in inputs} == {"digits"} and {i.dataset.digest for i in inputs} == {"d1g3st"}
+        assert {i.dataset.name for i in inputs} == {"digits-train", "digits-val", "digits-test"}
+        assert {i.dataset.digest for i in inputs} == {"d1g3st"}
         assert [m.step for m in client.get_metric_history(run.info.run_id, "stage2.loss")] == [0, 1]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "r2.layer")] == [1, 2]
         pooled = client.get_metric_history(run.info.run_id, "r2_pooled.layer.cls")
