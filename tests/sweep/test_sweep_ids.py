@@ -69,3 +69,25 @@ def test_a_second_launch_from_the_same_out_is_refused_while_the_first_runs(tmp_p
     finally:
         first.release()
     launch_lock(paths, "smoke").release()  # free again once the first has ended
+
+
+def test_the_callback_tags_a_failed_trial_with_its_reason_and_prints_one_line(tmp_path, capsys):
+    from study.sweep.tracking import MlflowTrialCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, "smoke", tmp_path / "art")
+    spec = load_sweep(SMOKE)
+    parent = create_parent_run(client, experiment_id, spec, sweep_id="s1", spec_hash="h", spec_text="", provenance={})
+    callback = MlflowTrialCallback(uri, experiment_id, parent, spec, "s1")
+    error = RuntimeError("worker died\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    trial = SimpleNamespace(trial_id="t_00001", config={"raptor.k": 2}, get_error=lambda: error)
+    callback.on_trial_start(0, [trial], trial)
+    callback.on_trial_error(0, [trial], trial)
+    assert callback.flush(patience_s=60)
+    (run,) = client.search_runs([experiment_id], "tags.`raptor.role` = 'trial'")
+    assert run.info.status == "FAILED" and run.data.tags["raptor.status"] == "failed"
+    assert run.data.tags["raptor.failure"].startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert run.data.tags["raptor.sweep_id"] == "s1" and run.info.run_name == "sd0-s0-k2-0001"
+    printed = [line for line in capsys.readouterr().out.splitlines() if "t_00001 failed" in line]
+    assert len(printed) == 1 and "out of memory" in printed[0]
