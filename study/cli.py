@@ -55,7 +55,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
         table.add_row(name, f"{value:.4f}")
     table.add_row("total seconds", f"{result['timings']['total_s']:.1f}")
     console.print(table)
-    console.print(f"results: {out_dir / 'result.json'}  figures: {out_dir / 'similarity.png'}, {out_dir / 'r2_per_layer.png'}")
+    console.print(f"results: {out_dir / 'result.json'}  figures: {out_dir / 'similarity.png'}, "
+                  f"{out_dir / 'r2_per_layer.png'}")
     return 0
 
 
@@ -64,7 +65,8 @@ def enable_ray_token_auth(address: str | None) -> None:
     authentication. When a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
     ~/.ray/auth_token) and RAY_AUTH_MODE is unset, switch token mode on. Ray reads this when it
     is imported, so this runs before the first `import ray`."""
-    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file()
+    has_token = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                 or (Path.home() / ".ray" / "auth_token").is_file())
     if address and address != "local" and "RAY_AUTH_MODE" not in os.environ and has_token:
         os.environ["RAY_AUTH_MODE"] = "token"
 
