@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     trial = sub.add_parser("trial", help="run one trial in this process (no Ray)")
     trial.add_argument("--config", help="trial config YAML (defaults: digits, 8-block teacher, k=2)")
-    trial.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. raptor.k=3")
+    trial.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. raptor.k=3")
     trial.add_argument("--out", default="runs/trials", help="output folder (a subfolder per trial name)")
     trial.set_defaults(func=cmd_trial)
 
@@ -256,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except ConfigError as err:
