@@ -14,6 +14,19 @@ import time
 from pathlib import Path
 
 from study.config import DataConfig, load_trial_config
+from study.contract import (
+    ACC_AGREEMENT,
+    ACC_RAPTOR,
+    ACC_RATIO,
+    ACC_TEACHER,
+    CUT_VALUE,
+    R2_FINAL,
+    R2_MEAN,
+    TEACHER_TEST_ACC,
+    VAL_R2,
+    group_metric,
+    phase_metric,
+)
 from study.sweep.space import load_sweep
 from study.trial.idx import load_fashion_arrays
 from study.trial.onnx_vit import build_onnx_model, convert_onnx_vit, preset_path
