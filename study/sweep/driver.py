@@ -36,6 +36,7 @@ from study.trial.data import check_data_source
 from study.sweep.space import SweepSpec, check_same_spec, load_sweep
 from study.sweep.tracking import (MlflowTrialCallback, default_tracking_uri, ensure_experiment, ensure_parent_run, finish_parent,
                        mark_orphans, trial_name)
+from study.sweep.monitor import SweepMonitor, TimedCallback
 from study.sweep.raytrain import RayTrainWorkers
 from study.trial.pipeline import run_trial
 
@@ -64,6 +65,12 @@ class SweepPaths:
 
     def trials(self, sweep: str) -> Path:
         return self.root / "trials" / sweep
+
+    def events(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "events.json"
+
+    def sweep_timings(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "sweep_timings.json"
 
     @property
     def cache(self) -> Path:
@@ -134,7 +141,7 @@ def make_trainable(spec: SweepSpec, paths: SweepPaths):
                                {"CPU": spec.resources.driver_cpu, "GPU": spec.resources.driver_gpu})
 
 
-def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallback, max_concurrent: int) -> tune.Tuner:
+def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurrent: int) -> tune.Tuner:
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -154,7 +161,7 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallbac
         param_space=spec.tune_space(),
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=s.num_samples,
                                     metric=s.metric, mode=s.mode, max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=[callback],
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=1),
     )
 
@@ -171,6 +178,7 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
     """Launch (or resume) the sweep in `spec_path` with `--set` overrides; returns one row per trial."""
     from mlflow.tracking import MlflowClient
 
+    t_start = time.perf_counter()
     paths = SweepPaths(out_root.resolve())
     spec = resolve_spec(load_sweep(spec_path, overrides), paths)
     check_data_source(spec.trial_config({}).data)  # a missing dataset folder fails here, not in every trial
@@ -190,7 +198,10 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
     except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
         raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} ({str(err).splitlines()[0]})") from None
     parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
+    clock = {"setup_s": time.perf_counter() - t_start}
+    t0 = time.perf_counter()
     connect_ray(address)
+    clock["ray_init_s"] = time.perf_counter() - t0
     if not resume:
         atomic_write(launched, lambda tmp: tmp.write_text(json.dumps(spec.model_dump(mode="json"), indent=1)))
     max_concurrent = concurrency_that_fits(spec)
@@ -198,8 +209,15 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(spec, paths),
                                    resume_unfinished=True, restart_errored=True)
     else:
-        tuner = build_tuner(spec, paths, MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec), max_concurrent)
+        mlflow_callback = TimedCallback(MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec))
+        total = spec.search.num_samples * _grid_size(spec)
+        monitor = SweepMonitor(spec.name, total, max_concurrent, spec.search.metric, spec.search.mode,
+                               paths.events(spec.name), live=False, mlflow=mlflow_callback, console=console)
+        tuner = build_tuner(spec, paths, [mlflow_callback, monitor], max_concurrent)
+    t0 = time.perf_counter()
     grid = tuner.fit()
+    clock["fit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     table = results_table(grid, spec)
     orphans = mark_orphans(client, experiment_id, spec.name, keep=set())
     counts = table["status"].value_counts().to_dict() if len(table) else {}
@@ -208,8 +226,20 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
         summary[f"best.{spec.search.metric}"] = (table[spec.search.metric].max() if spec.search.mode == "max"
                                                  else table[spec.search.metric].min())
     finish_parent(client, parent_run_id, summary)
+    clock["finish_s"] = time.perf_counter() - t0
+    clock["total_s"] = time.perf_counter() - t_start
+    atomic_write(paths.sweep_timings(spec.name), lambda tmp: tmp.write_text(json.dumps(clock, indent=1)))
     show_table(table, spec, paths, tracking_uri)
     return table
+
+
+def _grid_size(spec: SweepSpec) -> int:
+    """Trials per sample: the product of the choice lists for a grid search, else 1."""
+    size = 1
+    if spec.search.sampler == "grid":
+        for dist in spec.space.values():
+            size *= len(dist.choice or [None])
+    return size
 
 
 def results_table(grid, spec: SweepSpec) -> pd.DataFrame:

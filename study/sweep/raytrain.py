@@ -9,7 +9,9 @@ so schedulers such as ASHA can stop a trial early.
 """
 from __future__ import annotations
 
+import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,12 @@ STATE_FILE = "state.pt"
 
 def worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: both distillation stages on its shard, a checkpoint per epoch (rank 0)."""
+    timings = {"worker_entry_unix": time.time(), "report_s": 0.0, "checkpoint_s": 0.0}
     cfg = build_trial_config(config["trial"])
     setup(cfg.runtime)
     device = ray.train.torch.get_device()
     teacher, states, _ = teacher_and_states(cfg, device, splits=("train", "val"))
+    timings["worker_setup_s"] = time.time() - timings["worker_entry_unix"]
     raptor = build_raptor(cfg, teacher, config["phase_bounds"])
     checkpoint = ray.train.get_checkpoint()
     resume = None
@@ -44,15 +48,21 @@ def worker_loop(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
 
     def report(record: dict, state_fn) -> None:
+        t0 = time.perf_counter()
         if rank != 0:
             ray.train.report(record)
+            timings["report_s"] += time.perf_counter() - t0
             return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state_fn(), Path(folder) / STATE_FILE)
             ray.train.report(record, checkpoint=Checkpoint.from_directory(folder))
+        timings["checkpoint_s"] += time.perf_counter() - t0
 
     run_distillation(raptor, states["train"], states["val"], cfg.distill, cfg.runtime, device, teacher.num_registers,
                      cfg.seed, resume=resume, on_epoch=report)
+    timings["worker_exit_unix"] = time.time()
+    if rank == 0 and config.get("timings_file"):  # what the driver cannot see: the worker's own stages
+        Path(config["timings_file"]).write_text(json.dumps(timings))
 
 
 class RayTrainWorkers:
@@ -67,9 +77,12 @@ class RayTrainWorkers:
 
     def distill(self, prepared: Prepared, out_dir: Path, on_epoch: OnEpoch | None = None) -> tuple[Raptor, list[dict]]:
         cfg = prepared.cfg
+        timings_file = out_dir / "train_timings.json"
+        fit_unix = time.time()
         trainer = TorchTrainer(
             worker_loop,
-            train_loop_config={"trial": cfg.to_dict(), "phase_bounds": prepared.partition.phase_bounds},
+            train_loop_config={"trial": cfg.to_dict(), "phase_bounds": prepared.partition.phase_bounds,
+                               "timings_file": str(timings_file)},
             scaling_config=ScalingConfig(num_workers=self.workers, use_gpu=self.worker_gpu > 0,
                                          resources_per_worker={"CPU": self.worker_cpu, "GPU": self.worker_gpu}),
             run_config=TrainRunConfig(name=self.name, storage_path=str(self.storage_path),
@@ -78,6 +91,7 @@ class RayTrainWorkers:
                                       callbacks=[TuneReportCallback()] if self.report_to_tune else []),
         )
         result = trainer.fit()
+        _merge_worker_timings(prepared.timings, timings_file, fit_unix)
         raptor = build_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds).to(prepared.device)
         history: list[dict] = []
         if result.checkpoint:
@@ -90,3 +104,16 @@ class RayTrainWorkers:
                 on_epoch(record)
         return raptor, history
 
+
+
+def _merge_worker_timings(timings: dict[str, float], path: Path, fit_unix: float) -> None:
+    """Add the rank-0 worker's stage times to the trial's: Train group start (fit() to the worker's first line),
+    worker setup (teacher + states), per-epoch reports and checkpoints, and group teardown (last line to fit() return)."""
+    if not path.is_file():
+        return
+    worker = json.loads(path.read_text())
+    path.unlink()
+    timings["train_start_s"] = worker["worker_entry_unix"] - fit_unix
+    timings["train_end_s"] = time.time() - worker["worker_exit_unix"]
+    for key in ("worker_setup_s", "report_s", "checkpoint_s"):
+        timings[key] = timings.get(key, 0.0) + worker[key]

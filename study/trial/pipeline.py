@@ -152,8 +152,10 @@ class InProcess:
         resume = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
 
         def checkpoint(record: dict, state_fn) -> None:
+            t0 = time.perf_counter()
             state = state_fn()
             cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+            prepared.timings["checkpoint_s"] = prepared.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
             if on_epoch:
                 on_epoch(record)
 
@@ -231,6 +233,7 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
         result["timings"][f"stage{stage}_s"] = sum(r.get("seconds", 0.0) for r in history if r["stage"] == stage)
     if prepared.dynamics is not None:
         result["dynamics"] = prepared.dynamics
+    t0 = time.perf_counter()
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     rows = [{"layer": layer, "group": group, "r2": value}
             for group, values in r2_per_layer.items() for layer, value in enumerate(values, start=1)]
@@ -245,6 +248,8 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
             figures.save(figures.layer_swaps_figure(prepared.dynamics["swap"]), out_dir / "layer_swaps.png")
     torch.save({"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
                out_dir / "raptor.pt")
+    result["timings"]["write_s"] = time.perf_counter() - t0
+    result["timings"]["written_unix"] = time.time()  # wall clock: a sweep lines trials up against Tune's events
     # written last and atomically: its presence marks the trial folder complete
     cache.atomic_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     return result
@@ -254,9 +259,10 @@ def run_trial(cfg: TrialConfig, out_dir: Path, runner: DistillRunner | None = No
               on_epoch: OnEpoch | None = None) -> dict:
     """Run every stage of one trial and write its folder; `runner` picks where distillation runs."""
     runner = runner or InProcess()
-    t_start = time.perf_counter()
+    t_start, started_unix = time.perf_counter(), time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(cfg)
+    prepared.timings["started_unix"] = started_unix
     t0 = time.perf_counter()
     raptor, history = runner.distill(prepared, out_dir, on_epoch)
     prepared.timings["distill_s"] = time.perf_counter() - t0
