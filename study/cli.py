@@ -74,7 +74,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     out_root = check_writable(Path(args.out), "--out")
     table = run_sweep(args.spec, out_root, address=args.address, tracking_uri=args.tracking_uri, resume=args.command == "resume",
-                      overrides=parse_overrides(args.set))
+                      overrides=parse_overrides(args.set), verbose=args.verbose)
     return 0 if len(table) and (table["status"] != "failed").all() else 1
 
 
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         sweep = sub.add_parser(name, help=text)
         sweep.add_argument("spec", help="search space YAML, e.g. search_spaces/smoke.yaml")
         sweep.add_argument("--out", default="runs", help="output root: MLflow store, Ray state, trial folders, cache")
+        sweep.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="show Ray's and Tune's own output instead of the progress view")
         sweep.add_argument("--address", help="join a running Ray cluster (host:port or 'auto'); default: start a local Ray")
         sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store under --out)")
         sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

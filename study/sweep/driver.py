@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ class SweepPaths:
     def trials(self, sweep: str) -> Path:
         return self.root / "trials" / sweep
 
+    def logs(self, sweep: str) -> Path:
+        return self.root / "logs" / sweep
+
     def events(self, sweep: str) -> Path:
         return self.experiment(sweep) / "events.json"
 
@@ -89,13 +93,34 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
     cfg = spec.trial_config(params, name=trial_name(spec.name, trial_id))
     res = spec.resources
     runner = RayTrainWorkers(trial_id, paths.train(spec.name), workers=res.workers, worker_cpu=res.worker_cpu,
-                             worker_gpu=res.worker_gpu, report_to_tune=True)
+                             worker_gpu=res.worker_gpu, report_to_tune=True, local=res.local_train)
     result = run_trial(cfg, out_dir, runner=runner)
     tune.report({**result["metrics"], "out_dir": str(out_dir)})
 
 
 # ----------------------------------------------------------------------------- sweep
-def connect_ray(address: str | None) -> None:
+QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "mlflow", "alembic", "optuna")
+
+
+def quiet_console(verbose: bool) -> None:
+    """Default console: the sweep's progress view only. Ray workers' output stays in Ray's log files
+    (`log_to_driver=False`), Tune prints no status tables (`verbose=0`), and the driver's Ray, MLflow and Optuna
+    loggers show warnings only. `verbose` keeps all of it."""
+    if verbose:
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:
+        pass
+
+
+def connect_ray(address: str | None, verbose: bool = True, logs_link: Path | None = None) -> None:
     """Start a new local Ray (default; never silently joins another sweep's cluster) or join the
     cluster at `address` ('auto': the one `ray start` made on this machine), failing fast with one line.
 
@@ -108,11 +133,20 @@ def connect_ray(address: str | None) -> None:
         except (OSError, ValueError) as err:
             raise ConfigError(f"--address: cannot reach a Ray cluster at {address!r} ({err})") from None
     try:
-        ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
-                 log_to_driver=True, configure_logging=False)
+        context = ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
+                           log_to_driver=verbose, configure_logging=False,
+                           logging_level=logging.INFO if verbose else logging.WARNING)
     except ConnectionError as err:
         raise ConfigError(f"--address: could not join the Ray cluster at {address!r} ({err}); if it uses token "
                           "authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
+    session = (getattr(context, "address_info", None) or {}).get("session_dir")
+    if logs_link is not None and session:  # Ray's log files, reachable from the run folder
+        logs_link.parent.mkdir(parents=True, exist_ok=True)
+        logs_link.unlink(missing_ok=True)
+        try:
+            logs_link.symlink_to(Path(session) / "logs", target_is_directory=True)
+        except OSError as err:
+            log.warning("could not link Ray's logs at %s (%s); they are in %s/logs", logs_link, err, session)
 
 
 def concurrency_that_fits(spec: SweepSpec) -> int:
@@ -136,12 +170,21 @@ def concurrency_that_fits(spec: SweepSpec) -> int:
     return fits
 
 
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What Tune reserves for a trial's process: the driver's share, plus its worker's in Ray Train local mode
+    (the worker then runs in that process)."""
+    res = spec.resources
+    if res.local_train:
+        return {"CPU": res.driver_cpu + res.worker_cpu, "GPU": res.driver_gpu + res.worker_gpu}
+    return {"CPU": res.driver_cpu, "GPU": res.driver_gpu}
+
+
 def make_trainable(spec: SweepSpec, paths: SweepPaths):
-    return tune.with_resources(tune.with_parameters(trial_driver, spec=spec, paths=paths),
-                               {"CPU": spec.resources.driver_cpu, "GPU": spec.resources.driver_gpu})
+    return tune.with_resources(tune.with_parameters(trial_driver, spec=spec, paths=paths), trial_resources(spec))
 
 
-def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurrent: int) -> tune.Tuner:
+def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurrent: int,
+                verbose: bool = True) -> tune.Tuner:
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -160,9 +203,10 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurr
         make_trainable(spec, paths),
         param_space=spec.tune_space(),
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=s.num_samples,
-                                    metric=s.metric, mode=s.mode, max_concurrent_trials=max_concurrent),
+                                    metric=s.metric, mode=s.mode, max_concurrent_trials=max_concurrent,
+                                    reuse_actors=spec.resources.reuse_actors),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1),
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1 if verbose else 0),
     )
 
 
@@ -174,8 +218,14 @@ def resolve_spec(spec: SweepSpec, paths: SweepPaths) -> SweepSpec:
 
 
 def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = None, tracking_uri: str | None = None,
-              resume: bool = False, overrides: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Launch (or resume) the sweep in `spec_path` with `--set` overrides; returns one row per trial."""
+              resume: bool = False, overrides: dict[str, Any] | None = None, verbose: bool = False) -> pd.DataFrame:
+    """Launch (or resume) the sweep in `spec_path` with `--set` overrides; returns one row per trial.
+
+    By default the console shows one live progress view; `verbose` shows Ray's and Tune's own output instead
+    (Ray's log files are linked at OUT/logs/<sweep>/ray either way)."""
+    quiet_console(verbose)
+    # MLflow records every result; Tune's own CSV/JSON/TensorBoard files per result would only add writes
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from mlflow.tracking import MlflowClient
 
     t_start = time.perf_counter()
@@ -200,7 +250,7 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
     parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
     clock = {"setup_s": time.perf_counter() - t_start}
     t0 = time.perf_counter()
-    connect_ray(address)
+    connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
     clock["ray_init_s"] = time.perf_counter() - t0
     if not resume:
         atomic_write(launched, lambda tmp: tmp.write_text(json.dumps(spec.model_dump(mode="json"), indent=1)))
@@ -212,8 +262,8 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
         mlflow_callback = TimedCallback(MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec))
         total = spec.search.num_samples * _grid_size(spec)
         monitor = SweepMonitor(spec.name, total, max_concurrent, spec.search.metric, spec.search.mode,
-                               paths.events(spec.name), live=False, mlflow=mlflow_callback, console=console)
-        tuner = build_tuner(spec, paths, [mlflow_callback, monitor], max_concurrent)
+                               paths.events(spec.name), live=not verbose, mlflow=mlflow_callback, console=console)
+        tuner = build_tuner(spec, paths, [mlflow_callback, monitor], max_concurrent, verbose)
     t0 = time.perf_counter()
     grid = tuner.fit()
     clock["fit_s"] = time.perf_counter() - t0

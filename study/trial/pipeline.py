@@ -37,7 +37,7 @@ from study.trial.dynamics import swap_readout, trial_dynamics
 from study.science.fidelity import fit_linear_probe, task_fidelity
 from study.science.partition import Partition, contiguous_maxcut
 from study.science.raptor import Raptor
-from study.runtime import seed_everything, setup
+from study.runtime import CheckpointPolicy, seed_everything, setup
 from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
 from study.trial.teacher import Teacher, load_teacher
 
@@ -59,12 +59,15 @@ class Prepared:
     dynamics: dict | None = None  # curves of the last `evaluate` (cfg.dynamics.enabled), written by `write_outputs`
 
 
-def similarity_matrices(states: np.ndarray, num_registers: int) -> dict[str, np.ndarray]:
-    """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity."""
+def similarity_matrices(states: np.ndarray, num_registers: int, device: torch.device | None = None
+                        ) -> dict[str, np.ndarray]:
+    """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity. On a GPU `device`
+    the sums are batched matmuls there (the states stream to it chunk by chunk)."""
+    device = device if device is not None and device.type == "cuda" else None
     return {
-        "cosine": 1.0 - cosine_dissimilarity(states, num_registers),
-        "cka": linear_cka(states, num_registers),
-        "mse": 1.0 - mse_dissimilarity(states, num_registers),
+        "cosine": 1.0 - cosine_dissimilarity(states, num_registers, device=device),
+        "cka": linear_cka(states, num_registers, device=device),
+        "mse": 1.0 - mse_dissimilarity(states, num_registers, device=device),
     }
 
 
@@ -98,7 +101,7 @@ def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
     timings = {"teacher_and_states_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     sample = states["train"][: cfg.similarity.num_samples]
-    similarity = similarity_matrices(sample, teacher.num_registers)
+    similarity = similarity_matrices(sample, teacher.num_registers, device)
     partition = contiguous_maxcut(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k)
     timings["similarity_s"] = time.perf_counter() - t0
     return Prepared(cfg, device, teacher, states, labels, similarity, partition, timings)
@@ -141,7 +144,7 @@ class DistillRunner(Protocol):
 
 
 class InProcess:
-    """Distil in this process; resumable from `out_dir/distill_state.pt`, written after every epoch."""
+    """Distil in this process; resumable from `out_dir/distill_state.pt`, written as `runtime.checkpoint_*` say."""
 
     STATE_FILE = "distill_state.pt"
 
@@ -151,11 +154,14 @@ class InProcess:
         state_path = out_dir / self.STATE_FILE
         resume = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
 
+        policy = CheckpointPolicy(cfg.runtime, cfg.distill)
+
         def checkpoint(record: dict, state_fn) -> None:
-            t0 = time.perf_counter()
-            state = state_fn()
-            cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-            prepared.timings["checkpoint_s"] = prepared.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
+            if policy.due(record):
+                t0 = time.perf_counter()
+                state = state_fn()
+                cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+                prepared.timings["checkpoint_s"] = prepared.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
             if on_epoch:
                 on_epoch(record)
 
