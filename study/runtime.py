@@ -38,6 +38,11 @@ def setup(cfg: RuntimeConfig) -> torch.device:
         os.environ.setdefault(key, value)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+        # and the BLAS / OpenMP pools numpy, scipy and scikit-learn use (the linear probe): unlimited, they
+        # oversubscribe a shared machine (Ray caps its workers at OMP_NUM_THREADS=1; a plain process has no cap)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(cfg.num_threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return resolve_device(cfg)

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ def quiet_console(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new engine prints its tables even at verbose=0
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -242,16 +244,33 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
     if resume and launched.is_file():
         check_same_spec(json.loads(launched.read_text()), spec)
     tracking_uri = tracking_uri or default_tracking_uri(paths.root)
-    client = MlflowClient(tracking_uri)
-    try:
-        experiment_id = ensure_experiment(client, spec.name, paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None)
-    except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
-        raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} ({str(err).splitlines()[0]})") from None
-    parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
     clock = {"setup_s": time.perf_counter() - t_start}
-    t0 = time.perf_counter()
-    connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
-    clock["ray_init_s"] = time.perf_counter() - t0
+
+    def setup_tracking() -> tuple[MlflowClient, str, str]:
+        t0 = time.perf_counter()
+        client = MlflowClient(tracking_uri)
+        try:
+            experiment_id = ensure_experiment(client, spec.name, paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None)
+        except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
+            raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} ({str(err).splitlines()[0]})") from None
+        parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
+        clock["mlflow_setup_s"] = time.perf_counter() - t0
+        return client, experiment_id, parent_run_id
+
+    # the tracking store's setup (a new SQLite store creates its schema: seconds) runs while Ray starts
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-setup") as pool:
+        tracking = pool.submit(setup_tracking)
+        t0 = time.perf_counter()
+        connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
+        clock["ray_init_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            client, experiment_id, parent_run_id = tracking.result()
+        except ConfigError:
+            if not address:
+                ray.shutdown()  # the local Ray this call started
+            raise
+        clock["setup_s"] += time.perf_counter() - t0  # waiting for the store after Ray was up
     if not resume:
         atomic_write(launched, lambda tmp: tmp.write_text(json.dumps(spec.model_dump(mode="json"), indent=1)))
     max_concurrent = concurrency_that_fits(spec)
