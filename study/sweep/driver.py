@@ -205,7 +205,8 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurr
         make_trainable(spec, paths),
         param_space=spec.tune_space(),
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=s.num_samples,
-                                    metric=s.metric, mode=s.mode, max_concurrent_trials=max_concurrent,
+                                    metric=s.metric, mode=s.mode,
+                                    max_concurrent_trials=None if search_alg else max_concurrent,  # the limiter caps it
                                     reuse_actors=spec.resources.reuse_actors),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=1 if verbose else 0),
@@ -226,8 +227,6 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
     By default the console shows one live progress view; `verbose` shows Ray's and Tune's own output instead
     (Ray's log files are linked at OUT/logs/<sweep>/ray either way)."""
     quiet_console(verbose)
-    # MLflow records every result; Tune's own CSV/JSON/TensorBoard files per result would only add writes
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from mlflow.tracking import MlflowClient
 
     t_start = time.perf_counter()
