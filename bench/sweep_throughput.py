@@ -113,7 +113,7 @@ class GpuSampler:
             self.samples.append(util)
             self.memory_mib.append(mem)
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         if self._read is not None:
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
@@ -295,7 +295,8 @@ def render(report: dict) -> str:
     for key in keys:
         a, b = loop["stages"].get(key), sweep["stages"].get(key)
         lines.append(f"{key:<{width}}{'' if a is None else f'{a:10.2f}'}{'' if b is None else f'{b:10.2f}':>10}")
-    lines.append(f"{'of which MLflow writes blocking Tune':<{width}}{'':>10}{sweep['mlflow_blocking_per_trial_s']:10.2f}")
+    mlflow_s = sweep["mlflow_blocking_per_trial_s"]
+    lines.append(f"{'of which MLflow writes blocking Tune':<{width}}{'':>10}{mlflow_s:10.2f}")
     lines.append(f"{'wall per trial':<{width}}{loop['per_trial_s']:10.2f}{sweep['per_trial_s']:10.2f}")
     per_hour = report["trials_per_gpu_hour"]
     unit = "GPU-hour" if report["device"] == "cuda" else "hour"

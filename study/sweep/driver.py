@@ -35,6 +35,7 @@ from rich.table import Table
 from study.trial.cache import atomic_write
 from study.config import ConfigError, deep_merge
 from study.trial.data import check_data_source
+from study.trial.onnx_vit import check_teacher_source
 from study.sweep.space import SweepSpec, check_same_spec, load_sweep
 from study.sweep.tracking import (MlflowTrialCallback, default_tracking_uri, ensure_experiment, ensure_parent_run, finish_parent,
                        mark_orphans, trial_name)
@@ -233,6 +234,7 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
     paths = SweepPaths(out_root.resolve())
     spec = resolve_spec(load_sweep(spec_path, overrides), paths)
     check_data_source(spec.trial_config({}).data)  # a missing dataset folder fails here, not in every trial
+    check_teacher_source(spec.trial_config({}))  # so does a missing ONNX teacher file / package
     experiment_dir = paths.experiment(spec.name)
     can_restore = tune.Tuner.can_restore(str(experiment_dir))
     if resume and not can_restore:
@@ -249,9 +251,11 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
         t0 = time.perf_counter()
         client = MlflowClient(tracking_uri)
         try:
-            experiment_id = ensure_experiment(client, spec.name, paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None)
+            artifacts = paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None
+            experiment_id = ensure_experiment(client, spec.name, artifacts)
         except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
-            raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} "
+                              f"({str(err).splitlines()[0]})") from None
         parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
         clock["mlflow_setup_s"] = time.perf_counter() - t0
         return client, experiment_id, parent_run_id

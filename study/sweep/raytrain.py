@@ -88,7 +88,8 @@ class RayTrainWorkers:
         if local and workers != 1:
             raise ValueError(f"RayTrainWorkers: local mode runs one worker, got workers={workers}")
         self.name, self.storage_path, self.report_to_tune, self.local = name, storage_path, report_to_tune, local
-        self.workers, self.worker_cpu, self.worker_gpu, self.max_failures = workers, worker_cpu, worker_gpu, max_failures
+        self.workers, self.worker_cpu, self.worker_gpu = workers, worker_cpu, worker_gpu
+        self.max_failures = max_failures
 
     def distill(self, prepared: Prepared, out_dir: Path, on_epoch: OnEpoch | None = None) -> tuple[Raptor, list[dict]]:
         if self.local:
@@ -167,8 +168,9 @@ class RayTrainWorkers:
 
 
 def _merge_worker_timings(timings: dict[str, float], path: Path, fit_unix: float) -> None:
-    """Add the rank-0 worker's stage times to the trial's: Train group start (fit() to the worker's first line),
-    worker setup (teacher + states), per-epoch reports and checkpoints, and group teardown (last line to fit() return)."""
+    """Add the rank-0 worker's stage times to the trial's: Train group start (fit() to the worker's first
+    line), worker setup (teacher + states), per-epoch reports and checkpoints, and group teardown (its last
+    line to fit() returning)."""
     if not path.is_file():
         return
     worker = json.loads(path.read_text())

@@ -23,7 +23,8 @@ def test_cpus_and_the_cap_bound_small_trials():
     assert pack_trials(peak_bytes=GIB, gpu_bytes=140 * GIB, gpus=1, cpus=16).per_gpu == 8  # the cap
     assert pack_trials(peak_bytes=GIB, gpu_bytes=140 * GIB, gpus=2, cpus=6).per_gpu == 3  # 6 CPUs over 2 GPUs
     plan = pack_trials(peak_bytes=GIB, gpu_bytes=140 * GIB, gpus=2, cpus=64)
-    assert plan.max_concurrent == 16 and plan.per_gpu * (plan.resources["driver_gpu"] + plan.resources["worker_gpu"]) <= 1
+    share = plan.resources["driver_gpu"] + plan.resources["worker_gpu"]
+    assert plan.max_concurrent == 16 and plan.per_gpu * share <= 1
 
 
 def test_a_trial_bigger_than_the_gpu_still_gets_a_whole_gpu_and_bad_input_is_one_line():
