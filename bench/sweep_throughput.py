@@ -18,9 +18,11 @@ data/activation load, compile, epochs, similarity, dynamics, checkpoints, MLflow
 The last line is `overhead +X% (sweep A s/trial, loop B s/trial, gpu busy C%)`.
 
 Trial shapes: `--device cpu` the tiny digits trial of the CPU overhead measurements (6 blocks,
-width 48); `--device cuda` the Fashion-MNIST teacher study trial (12 blocks, width 192, patch 4,
-28 px). `--data` picks the dataset (`fashion_mnist` needs the data engineer's loader;
-`digits` is upscaled to the trial's image size). `--set KEY=VALUE` overrides base fields.
+width 48); `--device cuda` the Fashion-MNIST teacher study trial (the base of
+search_spaces/fashion_sd_study.yaml: 12 blocks, width 192, patch 4, 28 px). `--data` picks the
+dataset (`digits` is upscaled to 28 px on cuda); `--set KEY=VALUE` overrides base fields, and
+`--resources KEY=VALUE` the sweep's resources (e.g. `train_mode=workers reuse_actors=false` for
+the levers-off column).
 """
 from __future__ import annotations
 
@@ -53,14 +55,22 @@ CPU_BASE: dict[str, Any] = {
     "distill": {"batch_size": 128, "stage1": {"epochs": 3}, "stage2": {"epochs": 3}},
     "runtime": {"device": "cpu", "num_threads": 1, "progress": False},
 }
-# The Fashion-MNIST teacher study trial: 12 blocks, width 192, patch 4 at 28 px (49 patches + cls).
-CUDA_BASE: dict[str, Any] = {
-    "data": {"name": "fashion_mnist", "image_size": 28},
-    "teacher": {"depth": 12, "width": 192, "heads": 3, "mlp_ratio": 4.0, "patch_size": 4, "epochs": 10,
-                "batch_size": 256},
-    "distill": {"batch_size": 256, "stage1": {"epochs": 6}, "stage2": {"epochs": 6}},
-    "runtime": {"device": "cuda", "progress": False},
+# The Fashion-MNIST teacher study trial: the base of search_spaces/fashion_sd_study.yaml (12 blocks, width 192,
+# patch 4 at 28 px, its image caps and epochs), on the GPU; every bench trial shares its one teacher.
+STUDY_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "fashion_sd_study.yaml"
+CUDA_FALLBACK: dict[str, Any] = {
+    "data": {"name": "fashion_mnist", "max_samples": 15000, "raptor_samples": 1500},
+    "teacher": {"depth": 12, "width": 192, "heads": 3, "patch_size": 4, "mlp_ratio": 2.0, "epochs": 8,
+                "warmup_epochs": 1, "batch_size": 256, "lr": 2.0e-3},
+    "distill": {"batch_size": 128, "stage1": {"epochs": 5}, "stage2": {"epochs": 2}},
+    "similarity": {"num_samples": 1500}, "dynamics": {"num_samples": 128},
+    "runtime": {"activation_dtype": "float16", "progress": False},
 }
+
+
+def cuda_base() -> dict[str, Any]:
+    base = yaml.safe_load(STUDY_SPEC.read_text())["base"] if STUDY_SPEC.is_file() else CUDA_FALLBACK
+    return deep_merge(base, {"runtime": {"device": "cuda", "progress": False}})
 
 
 # ----------------------------------------------------------------------------- GPU utilisation
@@ -332,11 +342,12 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out or tempfile.mkdtemp(prefix="sweep_throughput_")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    base = json.loads(json.dumps(CPU_BASE if args.device == "cpu" else CUDA_BASE))
+    base = json.loads(json.dumps(CPU_BASE if args.device == "cpu" else cuda_base()))
     if args.data:
         base["data"]["name"] = args.data
     if args.device == "cuda" and base["data"]["name"] == "digits":
         base["data"]["image_size"] = 28  # 8x8 digits upscaled to the study trial's 28 px
+        base["data"].pop("max_samples", None)
     base = deep_merge(base, unflatten(parse_overrides(args.set)))
     base = deep_merge(base, {"runtime": {"cache_dir": str(out / "cache")}})
     seeds = list(range(args.trials))
