@@ -31,6 +31,15 @@ PHASE_METRICS = tuple(f"phase.{kind}.{name}" for kind in PHASE_KINDS for name in
 FIDELITY_METRICS = ("r2.final", "r2.mean", "acc.ratio")
 """Fidelity metrics: the y-axis."""
 
+PRIMARY_PREDICTOR = "phase.cosine.within_sim"
+PRIMARY_TARGET = "r2_pooled.final"
+"""The default pre-registered relation of a sweep (docs/science.md §7): similarity -> pooled final-layer R^2."""
+ANALYSIS_TARGETS = tuple(dict.fromkeys((*FIDELITY_METRICS, "r2_pooled.final", "r2_pooled.mean", "acc.teacher",
+                                        "acc.raptor", "acc.floor", "acc.recovered")))
+"""Metric names a sweep spec may declare as the target of its primary relation (docs/science.md §5)."""
+ANALYSIS_PREDICTORS = PHASE_METRICS
+"""Metric names a sweep spec may declare as the predictor of its primary relation."""
+
 LAYER_METRIC_PREFIX = "r2.layer"
 """Metrics with this prefix are per-layer histories (step = teacher layer 1..L)."""
 
