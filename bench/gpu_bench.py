@@ -68,7 +68,8 @@ import timm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from study.trial.activations import _write_states, bytes_per_sample, teacher_states  # noqa: E402
+from study.science.states import teacher_states  # noqa: E402
+from study.trial.activations import _write_states, bytes_per_sample  # noqa: E402
 from study.config import RuntimeConfig, load_trial_config  # noqa: E402
 from study.trial.data import ImageSpec  # noqa: E402
 from study.science.distill import GroupWeights, Stage1Objective, Stage2Objective, StateBatches, make_train_step  # noqa: E402

@@ -18,7 +18,7 @@ from torch import nn
 from timm.layers import LayerScale
 from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
 
-from study.trial.activations import embed
+from study.science.states import embed
 
 
 class DepthConditioner(nn.Module):

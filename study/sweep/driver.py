@@ -82,7 +82,7 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
     cfg = spec.trial_config(params, name=trial_name(spec.name, trial_id))
     res = spec.resources
     runner = RayTrainWorkers(trial_id, paths.train(spec.name), workers=res.workers, worker_cpu=res.worker_cpu,
-                             worker_gpu=res.worker_gpu)
+                             worker_gpu=res.worker_gpu, report_to_tune=True)
     result = run_trial(cfg, out_dir, runner=runner)
     tune.report({**result["metrics"], "out_dir": str(out_dir)})
 

@@ -56,11 +56,13 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 
 class RayTrainWorkers:
-    """Distil on `workers` Ray Train workers, each holding `worker_cpu` CPUs and `worker_gpu` GPUs."""
+    """Distil on `workers` Ray Train workers, each holding `worker_cpu` CPUs and `worker_gpu` GPUs.
+
+    With `report_to_tune` (inside a Tune trial) every epoch's record also reaches Tune."""
 
     def __init__(self, name: str, storage_path: Path, workers: int = 1, worker_cpu: float = 1.0,
-                 worker_gpu: float = 0.0, max_failures: int = 3):
-        self.name, self.storage_path = name, storage_path
+                 worker_gpu: float = 0.0, max_failures: int = 3, report_to_tune: bool = False):
+        self.name, self.storage_path, self.report_to_tune = name, storage_path, report_to_tune
         self.workers, self.worker_cpu, self.worker_gpu, self.max_failures = workers, worker_cpu, worker_gpu, max_failures
 
     def distill(self, prepared: Prepared, out_dir: Path, on_epoch: OnEpoch | None = None) -> tuple[Raptor, list[dict]]:
@@ -73,7 +75,7 @@ class RayTrainWorkers:
             run_config=TrainRunConfig(name=self.name, storage_path=str(self.storage_path),
                                       failure_config=FailureConfig(max_failures=self.max_failures),
                                       checkpoint_config=CheckpointConfig(num_to_keep=1),
-                                      callbacks=[TuneReportCallback()] if _in_tune() else []),
+                                      callbacks=[TuneReportCallback()] if self.report_to_tune else []),
         )
         result = trainer.fit()
         raptor = build_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds).to(prepared.device)
@@ -88,12 +90,3 @@ class RayTrainWorkers:
                 on_epoch(record)
         return raptor, history
 
-
-def _in_tune() -> bool:
-    """Whether this process runs a Ray Tune trial (then per-epoch reports go to Tune)."""
-    try:
-        from ray import tune
-
-        return tune.get_context().get_trial_id() is not None
-    except Exception:  # noqa: BLE001 - outside Tune the context raises or returns nothing
-        return False

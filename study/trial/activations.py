@@ -17,25 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 import study.trial.cache as cache
 from study.config import TrialConfig
 from study.runtime import autocast, progress_bar
-
-
-def embed(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """Images [B, C, H, W] -> x_0 [B, T, D] (patch + pos embed, cls/register tokens, norm_pre)."""
-    x = model.patch_embed(images)
-    x = model._pos_embed(x)
-    x = model.patch_drop(x)
-    return model.norm_pre(x)
-
-
-@torch.no_grad()
-def teacher_states(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """Images [B, C, H, W] -> all token states [B, L+1, T, D]."""
-    x = embed(model, images)
-    states = [x]
-    for block in model.blocks:
-        x = block(x)
-        states.append(x)
-    return torch.stack(states, dim=1)
+from study.science.states import teacher_states
 
 
 def bytes_per_sample(num_layers: int, num_tokens: int, width: int, dtype: str) -> int:

@@ -69,7 +69,7 @@ def test_group_weights_of_stage_config():
 # --- objectives ------------------------------------------------------------------
 def test_objectives_are_zero_on_teacher_states_for_k_equal_depth(prepared, teacher_model):
     """With k == L, teacher init and identity conditioning the Raptor IS the teacher."""
-    from study.trial.activations import teacher_states
+    from study.science.states import teacher_states
     from study.trial.data import load_splits
 
     raptor = Raptor(teacher_model, ONE_BLOCK_PER_LAYER, init="teacher")

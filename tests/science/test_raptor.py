@@ -25,7 +25,7 @@ def test_depth_conditioner_starts_at_all_ones():
 
 def test_teacher_init_with_one_block_per_layer_reproduces_the_teacher(prepared, teacher_model):
     """Identity conditioning (all scales 1) + k == L teacher blocks = the teacher, bit for bit."""
-    from study.trial.activations import teacher_states
+    from study.science.states import teacher_states
     from study.trial.data import load_splits
 
     raptor = Raptor(teacher_model, ONE_BLOCK_PER_LAYER, init="teacher").eval()

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import study.trial.activations as act
-from study.trial.activations import bytes_per_sample, cached_states, embed, teacher_states
+from study.science.states import embed, teacher_states
+from study.trial.activations import bytes_per_sample, cached_states
 from study.trial.data import load_splits
 
 

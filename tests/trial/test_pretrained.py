@@ -17,7 +17,7 @@ from timm.layers import GluMlp, SwiGLUPacked
 from timm.models import register_model
 from timm.models.vision_transformer import _create_vision_transformer
 
-from study.trial.activations import embed, teacher_states
+from study.science.states import embed, teacher_states
 from study.config import ConfigError, load_trial_config
 from study.science.raptor import Raptor
 from study.trial.teacher import load_teacher
