@@ -385,18 +385,26 @@ def write_clustered_sweep(
     within_sd: float = 0.001,
     depth: int = 8,
     artifact_location: str | None = None,
+    spec: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> SyntheticSweep:
     """`simulate_clustered` written to MLflow as the study's trials write theirs: a sweep parent run, one child
     run per trial with the full config as params (``teacher.key`` a hash of the teacher's config), final metrics
-    and result.json. ``truth`` holds the simulated rows (with each teacher's planted ``teacher.effect``)."""
+    and result.json. The parent run comes from the sweep driver's own `ensure_parent_run`, holding ``spec`` (a
+    ``SweepSpec.model_dump``) as sweep_spec.json when given. ``truth`` holds the simulated rows (with each
+    teacher's planted ``teacher.effect``)."""
     rng = np.random.default_rng(seed)
     frame = simulate_clustered(n_teachers, trials_per_teacher, teacher_slope=teacher_slope, between_sd=between_sd,
                                within_sd=within_sd, rng=rng, depth=depth)  # fmt: skip
     client = MlflowClient(tracking_uri)
     experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
-    parent = client.create_run(experiment_id, tags={ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment}, run_name=experiment)
-    parent_id = parent.info.run_id
+    if spec is not None:
+        from study.sweep.tracking import ensure_parent_run  # imports Ray: only when a spec is to be logged
+
+        parent_id = ensure_parent_run(client, experiment_id, experiment, spec)
+    else:
+        tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment}
+        parent_id = client.create_run(experiment_id, tags=tags, run_name=experiment).info.run_id
     truth = []
     metric_names = [c for c in frame if c.startswith(("phase.", "r2"))]
     for index, row in enumerate(frame.itertuples(index=False, name=None)):

@@ -20,6 +20,8 @@ from analysis.cluster import (
     searched_covariates,
 )
 from analysis.load import load_trials
+from analysis.report import write_report
+from study.sweep.space import SweepSpec
 from analysis.synthetic import simulate_clustered, write_clustered_sweep
 
 X, Y = "phase.cosine.within_sim", "r2_pooled.final"
@@ -33,8 +35,10 @@ def null_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pd.DataFr
     """6 teachers x 8 trials through the study's MLflow writer: no teacher-level slope, tiny within-teacher noise."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    spec = SweepSpec(name="null").model_dump(mode="json")  # the defaults: correlation, within_sim -> r2_pooled.final
     write_clustered_sweep(uri, "null", n_teachers=6, trials_per_teacher=8, teacher_slope=0.0, between_sd=0.02,
-                          within_sd=0.001, seed=NULL_SEED, artifact_location=(root / "art").as_uri())  # fmt: skip
+                          within_sd=0.001, seed=NULL_SEED, artifact_location=(root / "art").as_uri(),
+                          spec=spec)  # fmt: skip
     return uri, load_trials(["null"], uri)
 
 
@@ -156,3 +160,44 @@ def test_exploratory_ranking_is_holm_adjusted():
     assert (defined["p_holm"] <= 1).all()
     r2 = table["r2"].dropna().to_numpy()
     assert (np.diff(r2) <= 1e-12).all()
+
+
+def test_report_summary_json_of_the_null_store(null_store, tmp_path):
+    """The report's summary.json: the spec's primary relation with the teacher as the unit, naive numbers apart."""
+    uri, _ = null_store
+    write_report(["null"], uri, tmp_path, n_resamples=499)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["reading"] == {"predictor": X, "target": Y, "purpose": "correlation", "scheduler": "none",
+                                  "source": "spec"}  # fmt: skip
+    primary = summary["primary"]
+    assert {"predictor", "target", "method", "n_trials", "n_teachers", "slope", "slope_ci", "r2", "r2_ci", "p"} <= set(
+        primary
+    )
+    assert (primary["predictor"], primary["target"], primary["n_trials"], primary["n_teachers"]) == (X, Y, 48, 6)
+    assert primary["method"].startswith("cluster_bootstrap+")
+    assert primary["slope_ci"][0] < 0 < primary["slope_ci"][1]
+    naive = summary["naive"]
+    assert naive["method"] == "naive trial-level OLS" and naive["n_trials"] == 48
+    assert not naive["slope_ci"][0] < 0 < naive["slope_ci"][1] and naive["p"] < 0.001
+    assert [row["sd"] for row in summary["per_sd"]] == [0.0, 0.2, 0.4, 0.6]
+    assert all(row["r2"] is None and row["note"].startswith("too few teachers") for row in summary["per_sd"])
+    assert [row["k"] for row in summary["per_k"]] == [2, 3, 4] and summary["per_k"][0]["paper"] == 0.96
+    assert summary["power"]["statement"].startswith("With 6 teachers")
+    assert {row["predictor"] for row in summary["exploratory"]} >= {X} and "p_holm" in summary["exploratory"][0]
+    page = (tmp_path / "report.md").read_text()
+    assert "Primary relation (pre-registered, spec)" in page and "naive (trials as independent)" in page
+
+
+def test_tuning_sweep_report_warns_and_small_sweep_reads_as_demo(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = SweepSpec(name="tune", purpose="tuning", scheduler={"type": "asha"}).model_dump(mode="json")
+    write_clustered_sweep(uri, "tune", n_teachers=3, trials_per_teacher=3, teacher_slope=0.5, spec=spec,
+                          artifact_location=(tmp_path / "art").as_uri())  # fmt: skip
+    write_report(["tune"], uri, tmp_path / "report", n_resamples=99)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["reading"]["purpose"] == "tuning"
+    assert any("conditional on surviving" in note or "survived it" in note for note in summary["notes"])
+    assert summary["primary"]["note"] == "too few teachers (n = 3)" and summary["primary"]["r2"] is None
+    assert summary["naive"] is None
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "Demo, not a finding" in page and "Tuning sweep (scheduler asha)" in page
