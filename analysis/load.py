@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study.contract import (
-    LAYER_METRIC_PREFIX,
+    LAYER_METRIC_PREFIXES,
     MLFLOW_STATUS,
     PARENT_TAG,
     RESULT_ARTIFACT,
@@ -74,12 +74,12 @@ def load_trials(experiments: Sequence[str], tracking_uri: str | None = None) -> 
                 {TEACHER_KEY_PARAM: run.data.tags[TEACHER_KEY_PARAM]} if TEACHER_KEY_PARAM in run.data.tags else {}
             )
             params.append({**tagged_key, **run.data.params})
-            metrics.append({k: v for k, v in run.data.metrics.items() if not k.startswith(LAYER_METRIC_PREFIX)})
+            metrics.append({k: v for k, v in run.data.metrics.items() if not k.startswith(LAYER_METRIC_PREFIXES)})
             layers.append(
                 {
                     k: _layer_history(client, run.info.run_id, k)
                     for k in run.data.metrics
-                    if k.startswith(LAYER_METRIC_PREFIX)
+                    if k.startswith(LAYER_METRIC_PREFIXES)
                 }
             )
     identity = pd.DataFrame(rows, columns=list(IDENTITY_COLUMNS))

@@ -9,7 +9,7 @@ similarity + partition, distillation on the Ray Train worker (stage 1 and stage 
 summed), evaluation (fidelity, probes, dynamics).
 
 Not part of CI (a ViT-B at 224 px wants a GPU). Usage:
-    python bench/dinov2_sweep.py --out /tmp/dinov2_runs [--results docs/results/dinov2_gpu.md] [--set KEY=VALUE]
+    python -m bench.dinov2_sweep --out /tmp/dinov2_runs [--results docs/results/dinov2_gpu.md] [--set KEY=VALUE]
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import RESULTS, ROOT
+
 SHORT_RUN = {
     "teacher.pretrained": "false",
     "data.max_samples": "256",
@@ -34,7 +34,8 @@ SHORT_RUN = {
     "distill.stage2.epochs": "2",
     "scheduler.type": "none",  # ASHA's grace period (5 epochs) is the whole of this short run
 }
-STAGES = ["teacher_and_states_s", "similarity_s", "distill_s", "stage1_s", "stage2_s", "evaluate_s", "dynamics_s", "total_s"]
+STAGES = ["teacher_and_states_s", "similarity_s", "distill_s", "stage1_s", "stage2_s", "evaluate_s", "dynamics_s",
+          "total_s"]
 
 
 def synthetic_imagefolder(root: Path, classes: int, per_class: int, size: int = 64, seed: int = 0) -> Path:
@@ -55,7 +56,7 @@ def synthetic_imagefolder(root: Path, classes: int, per_class: int, size: int = 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/dinov2_runs", help="sweep output root (also holds the images)")
-    parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "dinov2_gpu.md"))
+    parser.add_argument("--results", default=str(RESULTS / "dinov2_gpu.md"))
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=80)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more sweep overrides")
@@ -64,7 +65,8 @@ def main() -> int:
     out = Path(args.out)
     images = synthetic_imagefolder(out / "images", args.classes, args.per_class)
     overrides = {"data.path": str(images), **SHORT_RUN, **dict(pair.split("=", 1) for pair in args.set)}
-    command = [sys.executable, "-m", "study.cli", "sweep", str(ROOT / "search_spaces" / "dinov2.yaml"), "--out", str(out)]
+    spec_path = ROOT / "search_spaces" / "dinov2.yaml"
+    command = [sys.executable, "-m", "study.cli", "sweep", str(spec_path), "--out", str(out)]
     for key, value in overrides.items():
         command += ["--set", f"{key}={value}"]
     print(" ".join(command), flush=True)
@@ -79,15 +81,17 @@ def main() -> int:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     results = [json.loads(p.read_text()) for p in sorted((out / "trials" / "dinov2").glob("*/result.json"))]
-    spec = load_sweep(ROOT / "search_spaces" / "dinov2.yaml", parse_overrides([f"{k}={v}" for k, v in overrides.items()]))
+    spec = load_sweep(spec_path, parse_overrides([f"{k}={v}" for k, v in overrides.items()]))
     res = spec.resources
     lines = [f"# dinov2.yaml end to end on a randomly initialised {spec.base['teacher']['timm_name']} ({device})", "",
              f"torch {torch.__version__}; sweep exit code {rc}; wall {wall:.1f} s for {len(results)} finished trials "
-             f"({spec.search.max_concurrent} at once; per trial driver {res.driver_cpu:g} CPU + {res.driver_gpu:g} GPU, "
+             f"({spec.search.max_concurrent} at once; per trial driver {res.driver_cpu:g} CPU + "
+             f"{res.driver_gpu:g} GPU, "
              f"{res.workers} worker(s) of {res.worker_cpu:g} CPU + {res.worker_gpu:g} GPU).", "",
              "Command: `raptor-study sweep search_spaces/dinov2.yaml` with "
              + " ".join(f"`--set {k}={v}`" for k, v in overrides.items() if k != "data.path")
-             + f" and `--set data.path=` a synthetic ImageFolder ({args.classes} classes x {args.per_class} images, 64 px,"
+             + f" and `--set data.path=` a synthetic ImageFolder ({args.classes} classes x {args.per_class} images,"
+             " 64 px,"
              f" resized to the teacher's {spec.base['data']['image_size']} px).", ""]
     if results:
         first = results[0]

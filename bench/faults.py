@@ -1,7 +1,7 @@
 """Fault injection on this machine (loopback only), printing the fault table:
 fault, what the system did, trials lost, runs duplicated, time to recover.
 
-    python bench/faults.py [--out /tmp/faults]
+    python -m bench.faults [--out /tmp/faults]
 
 Scenarios (tiny digits trials, real Ray / Ray Train / MLflow):
   worker-kill   SIGKILL a Ray Train worker mid-stage; FailureConfig restarts it from its checkpoint
@@ -14,14 +14,13 @@ import argparse
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_sweep_e2e import cli, finish, tiny_spec, train_worker_pids, trial_runs  # noqa: E402  (shared scenario helpers)
+from bench import RESULTS
+from tests.sweep.test_sweep_e2e import cli, finish, tiny_spec, train_worker_pids, trial_runs  # shared scenario helpers
 
 
 def wait_for(predicate, timeout: float = 600, every: float = 0.5):
@@ -35,7 +34,8 @@ def wait_for(predicate, timeout: float = 600, every: float = 0.5):
 
 
 def epoch_times(client: MlflowClient, run_id: str) -> list[float]:
-    stamps = [m.timestamp / 1000 for key in ("stage1.loss", "stage2.loss") for m in client.get_metric_history(run_id, key)]
+    stamps = [m.timestamp / 1000 for key in ("stage1.loss", "stage2.loss")
+              for m in client.get_metric_history(run_id, key)]
     return sorted(stamps)
 
 
@@ -58,7 +58,9 @@ def worker_kill(out: Path) -> dict:
     lost, dup = summary(client, "f-worker", 1)
     run = trial_runs(client, "f-worker")[0]
     after = [t for t in epoch_times(client, run.info.run_id) if t > killed]
-    return {"fault": "Ray Train worker SIGKILL mid-stage", "action": "FailureConfig restarted the worker group from the last per-epoch checkpoint; the trial finished in the same MLflow run",
+    return {"fault": "Ray Train worker SIGKILL mid-stage",
+            "action": "FailureConfig restarted the worker group from the last per-epoch checkpoint; "
+                      "the trial finished in the same MLflow run",
             "trials_lost": lost, "runs_duplicated": dup, "recovery_s": round(after[0] - killed, 1) if after else None}
 
 
@@ -77,7 +79,9 @@ def driver_kill(out: Path) -> dict:
     firsts = [min(epoch_times(client, r.info.run_id) or [float("inf")]) for r in trial_runs(client, "f-driver")]
     resumed = [t for t in firsts if t > t0]
     running = [r for r in trial_runs(client, "f-driver") if r.info.status == "RUNNING"]
-    return {"fault": "sweep driver SIGKILL mid-sweep (local Ray dies with it)", "action": "`raptor-study resume` restored the Tune experiment, reran only unfinished trials, reused their MLflow runs; no run left RUNNING" if not running else f"{len(running)} runs left RUNNING",
+    return {"fault": "sweep driver SIGKILL mid-sweep (local Ray dies with it)",
+            "action": "`raptor-study resume` restored the Tune experiment, reran only unfinished trials, reused "
+                      "their MLflow runs; no run left RUNNING" if not running else f"{len(running)} runs left RUNNING",
             "trials_lost": lost, "runs_duplicated": dup, "recovery_s": round(min(resumed) - t0, 1) if resumed else None}
 
 
@@ -85,7 +89,8 @@ def cache_corrupt(out: Path) -> dict:
     from study.config import load_trial_config
     from study.trial.pipeline import prepare
 
-    overrides = {"teacher.depth": 3, "teacher.width": 16, "teacher.heads": 2, "teacher.epochs": 2, "data.max_samples": 300,
+    overrides = {"teacher.depth": 3, "teacher.width": 16, "teacher.heads": 2, "teacher.epochs": 2,
+                 "data.max_samples": 300,
                  "runtime.cache_dir": str(out / "cache"), "runtime.progress": False, "runtime.num_threads": 1}
     cfg = load_trial_config(None, overrides)
     prepare(cfg)
@@ -97,7 +102,9 @@ def cache_corrupt(out: Path) -> dict:
     prepare(cfg)
     from study.trial.cache import is_valid
 
-    return {"fault": "cached teacher corrupted (one byte flipped)", "action": "SHA-256 mismatch detected, entry deleted and rebuilt under the lock, never loaded" if is_valid(teacher) else "NOT rebuilt",
+    return {"fault": "cached teacher corrupted (one byte flipped)",
+            "action": "SHA-256 mismatch detected, entry deleted and rebuilt under the lock, never loaded"
+                      if is_valid(teacher) else "NOT rebuilt",
             "trials_lost": 0, "runs_duplicated": 0, "recovery_s": round(time.time() - t0, 1)}
 
 
@@ -108,13 +115,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [cache_corrupt(out), worker_kill(out), driver_kill(out)]
-    lines = ["| fault | what the system did | trials lost | runs duplicated | time to recover (s) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['fault']} | {r['action']} | {r['trials_lost']} | {r['runs_duplicated']} | {r['recovery_s']} |" for r in rows]
+    lines = ["| fault | what the system did | trials lost | runs duplicated | time to recover (s) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['fault']} | {r['action']} | {r['trials_lost']} | {r['runs_duplicated']} | {r['recovery_s']} |"
+              for r in rows]
     print("\n".join(lines))
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    (results / "faults.md").write_text("\n".join(lines) + "\n")
-    (results / "faults.json").write_text(json.dumps(rows, indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "faults.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "faults.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Render a report.html to PNG with headless Chromium, to check by eye that the figures show.
 
-    python bench/render_report.py path/to/report.html --png report.png
-    python bench/render_report.py --synthetic --out /tmp/report-demo   # build a synthetic sweep + report first
+    python -m bench.render_report path/to/report.html --png report.png
+    python -m bench.render_report --synthetic --out /tmp/report-demo   # build a synthetic sweep + report first
 
 Needs a Chromium binary (`apt-get install -y chromium` on Debian); exits with
 status 2 and says so when none is found. The screenshot is one tall page of
@@ -16,8 +16,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -3,41 +3,81 @@
 Trains teachers at SD 0.0 and 0.5 with 3 seeds each (teacher.seed 0, 1, 2; the
 default trial otherwise: digits, 8 blocks, width 64, patch 2, k=2), runs one trial
 per teacher and prints, per SD, mean +- std over seeds of: mean within-phase cosine
-similarity, phase contrast (within - between), final-layer R^2 (all tokens and cls)
-and the accuracy ratio. The paper (small ViTs on CIFAR-100) expects higher SD ->
-higher layer-layer similarity and higher Raptor fidelity. Writes the per-run rows and
-the summary as CSV and Markdown under docs/results/.
+similarity, phase contrast (within - between), final-layer R^2 strict and pooled (all
+tokens and cls), the paper's probe ratio (acc.ratio: each model's own probe), the
+transfer ratio (acc.transfer_ratio: the teacher's probe on Raptor features, the study's
+acc.ratio before docs/science.md §5 took the paper's protocol), the floor-normalised
+recovery, and whether the DP and the reference's bisection partitions differ. The paper
+(small ViTs on CIFAR-100) expects higher SD -> higher layer-layer similarity and higher
+Raptor fidelity. Writes the per-run rows and the summary as CSV and Markdown under
+docs/results/.
 
 Not part of CI. Usage:
-    nice python bench/sd_sanity.py [--cache-dir /tmp/fresh] [--out /tmp/runs] [--sds 0.0 0.5] [--seeds 0 1 2]
+    nice python -m bench.sd_sanity [--cache-dir /tmp/fresh] [--out /tmp/runs] [--sds 0.0 0.5] [--seeds 0 1 2]
+                                   [--set teacher.epochs=20 ...]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.trial_time import markdown
+from study.config import load_trial_config
+from study.trial.pipeline import run_trial
 
-from study.config import load_trial_config  # noqa: E402
-from study.trial.pipeline import run_trial  # noqa: E402
-from trial_time import markdown  # noqa: E402  (the same pipe-table writer)
-
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 METRICS = {  # column -> metric name in result.json
     "within_sim": "phase.cosine.within_sim",
     "contrast": "phase.cosine.contrast",
     "r2.final": "r2.final",
+    "r2_pooled.final": "r2_pooled.final",
     "r2.final.cls": "r2.final.cls",
+    "r2_pooled.final.cls": "r2_pooled.final.cls",
+    "acc.teacher": "acc.teacher",
+    "acc.raptor": "acc.raptor",
+    "acc.floor": "acc.floor",
     "acc.ratio": "acc.ratio",
+    "acc.recovered": "acc.recovered",
+    "acc.transfer_ratio": "acc.transfer_ratio",
+    "dp_differs": "partition.dp_differs",
 }
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs (values parsed as YAML scalars) -> dotted overrides."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def summarise(runs: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+    """Mean +- sample std (ddof=1) of `columns` per group of `by`."""
+    rows = []
+    for key, group in runs.groupby(by, sort=True):
+        entry = dict(zip(by, key if isinstance(key, tuple) else (key,)), n=len(group))
+        for col in columns:
+            std = group[col].std(ddof=1) if len(group) > 1 else float("nan")
+            entry[col] = f"{group[col].mean():.4f} +- {std:.4f}"
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
+def machine_line(t_start: float) -> str:
+    return (f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, threads "
+            f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+            f"total {time.perf_counter() - t_start:.0f} s, load avg at end {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -48,12 +88,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="runtime.num_threads (default: torch's)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra trial override KEY=VALUE")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
 
     cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="raptor_sd_cache_"))
     out_root = Path(args.out or tempfile.mkdtemp(prefix="raptor_sd_runs_"))
-    base = {"runtime.cache_dir": str(cache_dir), "runtime.progress": False, "raptor.k": args.k}
+    base = {"runtime.cache_dir": str(cache_dir), "runtime.progress": False, "raptor.k": args.k, **parse_sets(args.sets)}
     if args.threads:
         base["runtime.num_threads"] = args.threads
 
@@ -67,31 +108,24 @@ def main() -> None:
             m = result["metrics"]
             row = {"sd": sd, "seed": seed, "teacher_test_acc": m.get("teacher.test_acc"),
                    **{col: m[key] for col, key in METRICS.items()},
-                   "phase_bounds": str(result["partition"]["phase_bounds"]), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+                   "phase_bounds": str(result["partition"]["phase_bounds"]), "wall_s": time.perf_counter() - t0,
+                   "cpu_s": time.process_time() - c0}
             rows.append(row)
             print(f"[{name}] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in row.items() if k not in ("sd", "seed")), flush=True)
 
     runs = pd.DataFrame(rows)
-    columns = ["teacher_test_acc", *METRICS]
-    summary_rows = []
-    for sd, group in runs.groupby("sd", sort=True):
-        entry = {"sd": sd, "n": len(group)}
-        for col in columns:
-            entry[col] = f"{group[col].mean():.4f} +- {group[col].std(ddof=1) if len(group) > 1 else float('nan'):.4f}"
-        entry["phase_bounds"] = ", ".join(sorted(set(group["phase_bounds"])))
-        summary_rows.append(entry)
-    summary = pd.DataFrame(summary_rows)
-
-    machine = (f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, threads "
-               f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-               f"total {time.perf_counter() - t_start:.0f} s, load avg at end {os.getloadavg()[0]:.1f}")
+    summary = summarise(runs, ["sd"], ["teacher_test_acc", *METRICS])
+    summary["phase_bounds"] = [", ".join(sorted(set(g["phase_bounds"]))) for _, g in runs.groupby("sd", sort=True)]
+    machine = machine_line(t_start)
     cfg = load_trial_config(None, base)
     header = (f"default trial (digits, teacher depth {cfg.teacher.depth} width {cfg.teacher.width} patch "
               f"{cfg.teacher.patch_size} epochs {cfg.teacher.epochs}, k={cfg.raptor.k}, stage epochs "
-              f"{cfg.distill.stage1.epochs}+{cfg.distill.stage2.epochs}); teacher.sd_rate in {args.sds}, "
-              f"teacher.seed in {args.seeds}; mean +- sample std (ddof=1) over seeds; within_sim and contrast "
-              f"are phase.cosine.* of the k={cfg.raptor.k} partition")
+              f"{cfg.distill.stage1.epochs}+{cfg.distill.stage2.epochs}, tf_mode {cfg.distill.tf_mode}, grad_clip "
+              f"{cfg.distill.grad_clip}); teacher.sd_rate in {args.sds}, teacher.seed in {args.seeds}; extra overrides "
+              f"{parse_sets(args.sets) or 'none'}; mean +- sample std (ddof=1) over seeds; within_sim and contrast are "
+              f"phase.cosine.* of the k={cfg.raptor.k} partition; dp_differs: share of runs whose DP and bisection "
+              f"partitions differ")
     print(header)
     print(machine)
     print(summary.to_string(index=False))
@@ -102,7 +136,7 @@ def main() -> None:
     runs.to_csv(results / "sd_sanity_runs.csv", index=False)
     summary.to_csv(results / "sd_sanity_summary.csv", index=False)
     (results / "sd_sanity.md").write_text(
-        f"# bench/sd_sanity.py\n\n{header}\n\n{machine}\n\n## per SD\n\n{markdown(summary)}\n\n"
+        f"# python -m bench.sd_sanity\n\n{header}\n\n{machine}\n\n## per SD\n\n{markdown(summary)}\n\n"
         f"## per run\n\n{markdown(runs)}\n")
     print(f"wrote {results}/sd_sanity_runs.csv, sd_sanity_summary.csv, sd_sanity.md")
 

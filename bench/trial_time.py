@@ -8,7 +8,7 @@ and finally both stages again on the warm cache, so the two distillation variant
 are compared on equal footing. Prints one table and writes it to docs/results/.
 
 Not part of CI. Usage:
-    nice python bench/trial_time.py [--cache-dir /tmp/fresh] [--out /tmp/bench_runs] [--threads N]
+    nice python -m bench.trial_time [--cache-dir /tmp/fresh] [--out /tmp/bench_runs] [--threads N]
 """
 from __future__ import annotations
 
@@ -23,12 +23,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from study.config import load_trial_config  # noqa: E402
-from study.trial.pipeline import run_trial  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import RESULTS
+from study.config import load_trial_config
+from study.trial.pipeline import run_trial
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -94,7 +91,7 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     table.to_csv(results / "trial_time.csv", index=False)
     (results / "trial_time.md").write_text(
-        f"# bench/trial_time.py\n\n{header}\n\n{machine}\n\n" + markdown(table) + "\n")
+        f"# python -m bench.trial_time\n\n{header}\n\n{machine}\n\n" + markdown(table) + "\n")
     print(f"wrote {results / 'trial_time.csv'} and {results / 'trial_time.md'}")
 
 

@@ -1,7 +1,7 @@
 """Orchestration overhead: the same trials through Ray Tune (+ Ray Train, Optuna-free grid, MLflow)
 vs a plain sequential loop of the trial function, on this machine.
 
-    python bench/tune_overhead.py [--trials 4] [--out /tmp/tune_overhead]
+    python -m bench.tune_overhead [--trials 4] [--out /tmp/tune_overhead]
 
 Both paths share one warm teacher/activation cache, so the difference is orchestration:
 Ray start, trial actors, the Ray Train worker group, checkpoints and MLflow logging.
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from bench import RESULTS
 from study.config import load_trial_config
-from study.sweep.space import load_sweep
 from study.sweep.driver import run_sweep
+from study.sweep.space import load_sweep
 from study.trial.pipeline import run_trial
 
 BASE = {
@@ -46,7 +47,8 @@ def main() -> None:
         "resources": {"driver_cpu": 0.5, "workers": 1, "worker_cpu": 0.5},
     }))
     spec = load_sweep(spec_path)
-    configs = [spec.trial_config({"raptor.k": k}, name=f"seq-{i}-k{k}") for i in range(args.trials // len(ks)) for k in ks]
+    configs = [spec.trial_config({"raptor.k": k}, name=f"seq-{i}-k{k}")
+               for i in range(args.trials // len(ks)) for k in ks]
 
     run_trial(load_trial_config(None, {**{f"teacher.{k}": v for k, v in BASE["teacher"].items()},
                                        "runtime.cache_dir": str(cache), "runtime.progress": False,
@@ -65,9 +67,8 @@ def main() -> None:
               "per_trial_tune_s": per_trial_tune, "overhead_per_trial_s": per_trial_tune - per_trial_seq,
               "overhead_pct": 100 * (per_trial_tune - per_trial_seq) / per_trial_seq}
     print(json.dumps(result, indent=2))
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    (results / "tune_overhead.json").write_text(json.dumps(result, indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "tune_overhead.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

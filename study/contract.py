@@ -28,8 +28,21 @@ PHASE_NAMES = ("within_sim", "between_sim", "contrast", "cut_norm", "adjacent_si
 PHASE_METRICS = tuple(f"phase.{kind}.{name}" for kind in PHASE_KINDS for name in PHASE_NAMES)
 """Phase-structure metrics: the x-axis of the similarity-fidelity correlation."""
 
-FIDELITY_METRICS = ("r2.final", "r2.mean", "acc.ratio")
-"""Fidelity metrics: the y-axis."""
+FIDELITY_METRICS = ("r2.final", "r2.mean", "r2_pooled.final", "r2_pooled.mean", "acc.ratio", "acc.recovered",
+                    "acc.transfer_ratio")
+"""Fidelity metrics: the y-axis (docs/science.md §5). ``r2.*`` is the strict R^2 (SST around per-feature means),
+``r2_pooled.*`` the reference code's (SST around one scalar mean); ``acc.ratio`` is the paper's probe protocol (each
+model's own probe) and the only one compared with the paper; ``acc.transfer_ratio`` applies the teacher's probe to
+the Raptor (the study's acc.ratio before the paper's protocol)."""
+PAPER_ACC_METRIC = "acc.ratio"
+"""The accuracy metric held against the paper's k=2/3/4 probe ratios."""
+PAPER_R2_METRIC = "r2_pooled.final"
+"""The R^2 closest to the reference code's (pooled SST)."""
+PROBE_METRICS = ("acc.teacher", "acc.raptor", "acc.ratio", "acc.floor", "acc.recovered", "acc.transfer_teacher",
+                 "acc.transfer", "acc.transfer_ratio", "acc.agreement")
+"""Probe accuracies of a trial (docs/science.md §5)."""
+PARTITION_METRICS = ("partition.cut_value", "partition.cut_dp", "partition.cut_bisection", "partition.dp_differs")
+"""Cut of the partition used, of the exact DP and of the reference's bisection, and whether DP and bisection differ."""
 
 PRIMARY_PREDICTOR = "phase.cosine.within_sim"
 PRIMARY_TARGET = "r2_pooled.final"
@@ -42,6 +55,19 @@ ANALYSIS_PREDICTORS = PHASE_METRICS
 
 LAYER_METRIC_PREFIX = "r2.layer"
 """Metrics with this prefix are per-layer histories (step = teacher layer 1..L)."""
+LAYER_METRIC_PREFIXES = ("r2.layer", "r2_pooled.layer")
+"""Per-layer histories of the strict and the pooled R^2 (``<prefix>`` for all tokens, ``<prefix>.<group>``)."""
+
+CLASS_SHARE_SUBSETS = ("train", "val", "test", "similarity", "dynamics")
+"""Splits and subsets whose class balance is logged (``dynamics`` is also the layer-swap subset)."""
+
+
+def class_share_metric(subset: str, bound: str) -> str:
+    """Name of the min / max class share of a split or subset, e.g. ``data.train.class_share_min``."""
+    return f"data.{subset}.class_share_{bound}"
+
+
+CLASS_SHARE_METRICS = tuple(class_share_metric(s, b) for s in CLASS_SHARE_SUBSETS for b in ("min", "max"))
 
 DYNAMICS_PREFIX = "dyn."
 """Summary metrics of `study.dynamics_report` (``dyn.teacher.*``, ``dyn.raptor.*``, ``dyn.swap.*``)."""

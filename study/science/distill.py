@@ -1,12 +1,21 @@
 """Two-stage distillation of a Raptor from cached teacher states (docs/science.md §4).
 
-Stage 1 (per block): each phase starts from the teacher's state at its input;
-the input to step l is lambda_tf * x_{l-1} + (1 - lambda_tf) * xhat_{l-1}
-(teacher forcing mixed with the block's own rollout), lambda_tf annealed
-linearly from `tf_start` to 0 over the first `anneal` fraction of stage-1
-steps. Phases start from teacher states, so the stage-1 loss is a sum of
-independent per-block terms and all blocks are trained in one pass.
+Stage 1 (per block): each phase starts from the teacher's state at its input. Two
+teacher-forcing (TF) formulations, `distill.tf_mode`:
+- 'input_mix': the input to step l is lambda * x_{l-1} + (1 - lambda) * xhat_{l-1}
+  (teacher state mixed with the block's own rollout), lambda annealed linearly from
+  `tf_start` to 0 over the first `anneal` fraction of stage-1 steps;
+- 'loss_mix' (the reference code's): loss = lambda * L_tf + (1 - lambda) * L_ar, with L_tf
+  the one-step losses from teacher inputs x_{l-1} and L_ar the losses of the phase's own
+  autoregressive rollout; lambda annealed linearly 1 -> 0 over `anneal` of stage-1 steps.
+Phases start from teacher states, so the stage-1 loss is a sum of independent per-block
+terms and all blocks are trained in one pass.
 Stage 2 (whole chain): pure autoregressive rollout from x_0 over all L layers.
+Ablation arms (`distill.arm`): 'full' (annealed stage 1, then stage 2), 'ar_anneal'
+(annealed stage 1 only), 'tf_only' (lambda fixed at 1, no stage 2), 'ar_only' (lambda
+fixed at 0, no stage 2).
+Every step clips the global gradient norm at `distill.grad_clip` (0: off; 1.0 in the
+reference); each stage's token-group weights are renormalised to sum to 1.
 
 The loop is data-parallel ready: inside an initialised torch.distributed
 process group (Ray Train workers) each rank takes a shard of every epoch and
@@ -17,14 +26,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from study.config import DistillConfig, RuntimeConfig, StageConfig
+from study.config import ConfigError, DistillConfig, RuntimeConfig, StageConfig
 from study.science.fidelity import FidelityAccumulator
 from study.science.raptor import Raptor, conditioned_block
 from study.runtime import (CudaGraphStep, adamw, autocast, progress_bar, set_fused_attn, step_flops, use_compile, use_graphs,
@@ -39,6 +48,16 @@ def teacher_forcing_weight(step: int, total_steps: int, anneal: float, start: fl
     return start * max(0.0, 1.0 - step / horizon)
 
 
+def stage1_lambda(step: int, total_steps: int, cfg: DistillConfig) -> float:
+    """lambda of stage-1 step `step` for the configured arm and TF mode (module docstring)."""
+    if cfg.arm == "tf_only":
+        return 1.0
+    if cfg.arm == "ar_only":
+        return 0.0
+    start = 1.0 if cfg.tf_mode == "loss_mix" else cfg.tf_start
+    return teacher_forcing_weight(step, total_steps, cfg.anneal, start)
+
+
 @dataclass(frozen=True)
 class GroupWeights:
     """Loss weights of the token groups: cls (index 0), registers (1..R), patches (rest)."""
@@ -49,8 +68,13 @@ class GroupWeights:
     num_registers: int
 
     @classmethod
-    def of(cls, stage: StageConfig, num_registers: int) -> "GroupWeights":
-        return cls(stage.lambda_cls, stage.lambda_reg, stage.lambda_patch, num_registers)
+    def of(cls, stage: StageConfig, num_registers: int, name: str = "stage") -> "GroupWeights":
+        """The stage's weights renormalised to sum to 1 over the groups present (registers only if R > 0)."""
+        reg = stage.lambda_reg if num_registers else 0.0
+        total = stage.lambda_cls + reg + stage.lambda_patch
+        if total <= 0:
+            raise ConfigError(f"distill.{name}: lambda_cls + lambda_patch must be > 0 for a teacher without registers")
+        return cls(stage.lambda_cls / total, reg / total, stage.lambda_patch / total, num_registers)
 
     def mse(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Weighted per-group MSE of [B, T, D] tensors -> scalar:
@@ -90,6 +114,12 @@ def compiled_layer_loss() -> Callable:
     return _COMPILED["layer_loss"]
 
 
+def reset_compiled_layer_loss() -> None:
+    """Forget the compiled `layer_loss`, so that the next `compiled_layer_loss()` compiles afresh
+    (e.g. after torch._dynamo.reset() or a change of inductor or SDPA settings, as the GPU bench does)."""
+    _COMPILED.clear()
+
+
 def _noisy(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Add Gaussian noise of `sigma` times each token's RMS."""
     if sigma <= 0:
@@ -114,11 +144,22 @@ class _Objective(nn.Module):
 
 
 class Stage1Objective(_Objective):
-    """Per-phase rollouts with teacher-forcing mixture; forward(states [B, L+1, T, D], lambda_tf) -> loss.
+    """Per-phase rollouts with teacher forcing; forward(states [B, L+1, T, D], lambda_tf) -> loss.
 
-    `compile=True` runs each step + loss through the compiled region (see `compiled_layer_loss`)."""
+    `mode` 'input_mix' mixes inputs, 'loss_mix' mixes the TF and AR losses (module docstring); lambda may be a
+    float or a 0-d tensor (a replayed CUDA graph). `compile=True` runs each step + loss through the compiled
+    region (see `compiled_layer_loss`)."""
 
-    def forward(self, states: torch.Tensor, lambda_tf: float) -> torch.Tensor:
+    def __init__(self, raptor: Raptor, weights: GroupWeights, noise_sigma: float, compile: bool = False,
+                 mode: str = "input_mix"):
+        super().__init__(raptor, weights, noise_sigma, compile)
+        if mode not in ("input_mix", "loss_mix"):
+            raise ValueError(f"distill.tf_mode: must be 'input_mix' or 'loss_mix', got {mode!r}")
+        self.mode = mode
+
+    def forward(self, states: torch.Tensor, lambda_tf) -> torch.Tensor:
+        if self.mode == "loss_mix":
+            return self._loss_mix(states, lambda_tf)
         scales = self.raptor.cond()
         loss = states.new_zeros((), dtype=torch.float32)
         for first, last in self.raptor.phase_bounds:
@@ -128,6 +169,28 @@ class Stage1Objective(_Objective):
                 mixed = teacher_in if layer == first else lambda_tf * teacher_in + (1.0 - lambda_tf) * own
                 own, term = self._layer(_noisy(mixed, self.noise_sigma), layer, scales, states[:, layer])
                 loss = loss + term
+        return loss / self.raptor.num_layers
+
+    def _loss_mix(self, states: torch.Tensor, lam) -> torch.Tensor:
+        """lam * L_tf + (1 - lam) * L_ar; a term whose weight is a float 0 is not computed. A phase's first step
+        has the teacher's input in both, so it is computed once and counts fully."""
+        scales = self.raptor.cond()
+        need_tf = not (isinstance(lam, float) and lam == 0.0)
+        need_ar = not (isinstance(lam, float) and lam == 1.0)
+        zero = states.new_zeros((), dtype=torch.float32)
+        shared, tf, ar = zero, zero, zero
+        for first, last in self.raptor.phase_bounds:
+            own, term = self._layer(_noisy(states[:, first - 1], self.noise_sigma), first, scales, states[:, first])
+            shared = shared + term
+            for layer in range(first + 1, last + 1):
+                if need_tf:
+                    teacher_in = _noisy(states[:, layer - 1], self.noise_sigma)
+                    _, term = self._layer(teacher_in, layer, scales, states[:, layer])
+                    tf = tf + term
+                if need_ar:
+                    own, term = self._layer(_noisy(own, self.noise_sigma), layer, scales, states[:, layer])
+                    ar = ar + term
+        loss = shared + (lam * tf if need_tf else 0.0) + ((1.0 - lam) * ar if need_ar else 0.0)
         return loss / self.raptor.num_layers
 
 
@@ -201,10 +264,19 @@ def _default_budget(device: torch.device) -> int:
     return 8 << 30  # host RAM: load up to 8 GiB, else stream from the memmap
 
 
+class Evaluation(NamedTuple):
+    """A rollout's fidelity on held-out states: strict and pooled R^2 per group [L], probe features [N, 2D]."""
+
+    r2: dict[str, np.ndarray]
+    r2_pooled: dict[str, np.ndarray]
+    features: torch.Tensor
+
+
 @torch.no_grad()
 def evaluate_fidelity(raptor: Raptor, states: np.ndarray, num_registers: int, device: torch.device, amp: bool,
-                      batch_size: int = 256) -> tuple[dict[str, np.ndarray], torch.Tensor]:
-    """Rollout from x_0 on held-out states -> (R^2 per group [L], Raptor readout features [N, D])."""
+                      batch_size: int = 256) -> Evaluation:
+    """Rollout from x_0 on held-out states -> R^2 (strict and pooled, docs/science.md §5) per group [L] and the
+    Raptor's probe features (final-norm cls ++ mean patch) [N, 2D]."""
     raptor.eval()
     acc = FidelityAccumulator(raptor.num_layers, num_registers)
     feats = []
@@ -213,27 +285,46 @@ def evaluate_fidelity(raptor: Raptor, states: np.ndarray, num_registers: int, de
         with autocast(device, amp):
             pred = raptor.rollout(batch[:, 0])
         acc.update(pred.float(), batch[:, 1:])
-        feats.append(raptor.features(pred[:, -1].float()).cpu())
-    return acc.compute(), torch.cat(feats)
+        feats.append(raptor.probe_features(pred[:, -1].float()).cpu())
+    return Evaluation(acc.compute(), acc.compute(pooled=True), torch.cat(feats))
+
+
+@torch.no_grad()
+def rollout_features(raptor: Raptor, states: Any, device: torch.device, amp: bool,
+                     batch_size: int = 256) -> torch.Tensor:
+    """The Raptor's probe features [N, 2D] after a rollout from each sample's x_0 (states [N, L+1, T, D])."""
+    raptor.eval()
+    feats = []
+    for start in range(0, len(states), batch_size):
+        x0 = torch.from_numpy(np.array(states[start:start + batch_size][:, 0])).to(device).float()
+        with autocast(device, amp):
+            pred = raptor.rollout(x0)
+        feats.append(raptor.probe_features(pred[:, -1].float()).cpu())
+    return torch.cat(feats)
 
 
 def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, lambda_tf: float,
-               device: torch.device, amp: bool) -> torch.Tensor:
-    """One optimisation step on a batch of states; returns the detached loss (no host sync)."""
+               device: torch.device, amp: bool, grad_clip: float = 0.0) -> torch.Tensor:
+    """One optimisation step on a batch of states, the global gradient norm clipped at `grad_clip` (0: off);
+    returns the detached loss (no host sync)."""
     with autocast(device, amp):
         loss = objective(batch.float() if batch.dtype == torch.float16 else batch, lambda_tf)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return loss.detach()
 
 
 def make_train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                    runtime: RuntimeConfig, stage_id: int, distributed: bool = False) -> Callable[[torch.Tensor, float], torch.Tensor]:
+                    runtime: RuntimeConfig, stage_id: int, distributed: bool = False,
+                    grad_clip: float = 0.0) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """(batch, lambda_tf) -> detached loss: `train_step`, replayed as a CUDA graph when `runtime.cuda_graphs`
     applies (GPU, fused AdamW, one process). Stage 2 ignores lambda_tf, so its graph takes the batch alone."""
     def step(batch: torch.Tensor, lambda_tf) -> torch.Tensor:
-        return train_step(objective, optimizer, batch, lambda_tf, device, runtime.amp)
+        return train_step(objective, optimizer, batch, lambda_tf, device, runtime.amp, grad_clip)
 
     if distributed or not use_graphs(runtime, device):
         return step
@@ -273,16 +364,19 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
     stages = [(1, cfg.stage1, Stage1Objective), (2, cfg.stage2, Stage2Objective)]
     with progress_bar(runtime.progress and rank == 0) as bar:
         for stage_id, stage, objective_cls in stages:
-            if not stage.enabled or stage.epochs == 0:
+            if not stage.enabled or stage.epochs == 0 or (stage_id == 2 and not cfg.stage2_runs):
                 continue
-            objective: nn.Module = objective_cls(raptor, GroupWeights.of(stage, num_registers), cfg.noise_sigma, compile=compiled)
+            weights = GroupWeights.of(stage, num_registers, f"stage{stage_id}")
+            extra = {"mode": cfg.tf_mode} if stage_id == 1 else {}
+            objective: nn.Module = objective_cls(raptor, weights, cfg.noise_sigma, compile=compiled, **extra)
             if world > 1:
                 objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
             params = [p for p in raptor.parameters() if p.requires_grad]
             optimizer = adamw(params, stage.lr, stage.weight_decay, device, runtime.fused_adamw)
             total = stage.epochs * len(batches)
             scheduler = warmup_cosine(optimizer, total, int(stage.warmup_fraction * total))
-            step_fn = make_train_step(objective, optimizer, device, runtime, stage_id, distributed=world > 1)
+            step_fn = make_train_step(objective, optimizer, device, runtime, stage_id, distributed=world > 1,
+                                      grad_clip=cfg.grad_clip)
             first_epoch = 0
             if resume and resume.get("stage") == stage_id:
                 raptor.load_state_dict(resume["raptor"])
@@ -300,13 +394,13 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
                 lam = 0.0
                 for i, batch in enumerate(batches.epoch(epoch, seed + stage_id)):
                     step = epoch * len(batches) + i
-                    lam = teacher_forcing_weight(step, total, cfg.anneal, cfg.tf_start) if stage_id == 1 else 0.0
+                    lam = stage1_lambda(step, total, cfg) if stage_id == 1 else 0.0
                     loss_sum += step_fn(batch, lam)
                     scheduler.step()
                 if world > 1:
                     dist.all_reduce(loss_sum)
                     loss_sum /= world
-                r2, _ = evaluate_fidelity(raptor, val_states, num_registers, device, runtime.amp)
+                r2 = evaluate_fidelity(raptor, val_states, num_registers, device, runtime.amp).r2
                 record = {"stage": stage_id, "epoch": epoch, "loss": float(loss_sum) / len(batches),
                           "lambda_tf": lam, "val_r2": float(r2["all"][-1]), "seconds": time.perf_counter() - epoch_start}
                 history.append(record)

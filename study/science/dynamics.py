@@ -87,19 +87,27 @@ def update_stable_rank(states: Any, chunk: int = 256) -> np.ndarray:
     return (total / len(states)).cpu().numpy()
 
 
+def _token_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle (radians) between the directions of matching tokens of a and b [..., D] -> [...]:
+    2 atan2(|u - v|, |u + v|) on unit vectors, = arccos(cos) but accurate near 0 and pi."""
+    u, v = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    return 2.0 * torch.atan2((u - v).norm(dim=-1), (u + v).norm(dim=-1))
+
+
 @torch.no_grad()
-def perturbation_recovery(run_layers: RunLayers, states: Any, layer: int, eps: float, seed: int,
-                          chunk: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
-    """Growth of a small perturbation of x_layer as the trajectory rolls on to x_L.
+def perturbation_angles(run_layers: RunLayers, states: Any, layer: int, eps: float, seed: int,
+                        chunk: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
+    """Angular distance between perturbed and clean trajectories after perturbing x_layer (docs/science.md §6).
 
     `run_layers(x, start, stop)` maps a state x_start [B, T, D] to the list of states
     x_{start+1}, ..., x_stop. Each token of x_layer (0 <= layer < L) gets Gaussian noise
     of norm eps * |token|; both the clean and the perturbed state are rolled with
-    `run_layers` (so only the perturbation differs). Returns [L - layer], entry m-layer-1
-    for layer m = layer+1..L: the mean over samples of
-        ||x'_m - x_m||_F / ||x'_layer - x_layer||_F   (norms over all tokens).
-    A ratio < 1 means the trajectory bends back toward the unperturbed one; noise draws
-    come from a CPU generator seeded with `seed`.
+    `run_layers` (so only the perturbation differs). Returns [L - layer + 1], entry 0 for
+    x_layer itself (the injected angle) and entry m - layer for layer m = layer+1..L: the
+    mean over samples and tokens of the angle between the normalised perturbed and clean
+    token states. Angles ignore the stream's norm, so a map that only rescales the stream
+    leaves them unchanged (a Euclidean distance would grow with the norm). Noise draws come
+    from a CPU generator seeded with `seed`.
     """
     num_layers = states.shape[1] - 1
     if not 0 <= layer < num_layers:
@@ -110,11 +118,19 @@ def perturbation_recovery(run_layers: RunLayers, states: Any, layer: int, eps: f
         x = x.to(device)
         noise = torch.randn(x.shape, generator=generator).to(device)
         noise = noise * (eps * x.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True))
-        clean = torch.stack(list(run_layers(x, layer, num_layers)), dim=1)  # [B, L-layer, T, D]
-        perturbed = torch.stack(list(run_layers(x + noise, layer, num_layers)), dim=1)
-        ratio = (perturbed - clean).flatten(2).norm(dim=-1) / noise.flatten(1).norm(dim=-1)[:, None]
-        total = total + ratio.double().sum(dim=0)
+        clean = torch.stack([x, *run_layers(x, layer, num_layers)], dim=1)  # [B, L-layer+1, T, D]
+        perturbed = torch.stack([x + noise, *run_layers(x + noise, layer, num_layers)], dim=1)
+        total = total + _token_angle(perturbed, clean).double().mean(dim=2).sum(dim=0)
     return (total / len(states)).cpu().numpy()
+
+
+def perturbation_recovery(run_layers: RunLayers, states: Any, layer: int, eps: float, seed: int,
+                          chunk: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
+    """Angular recovery after perturbing x_layer: [L - layer], entry for layer m = layer+1..L is
+    angle_m / angle_layer (`perturbation_angles`). < 1: the trajectory bends back toward the clean
+    one; 1: neither (e.g. a map that only rescales the stream); > 1: the perturbation grows."""
+    angles = perturbation_angles(run_layers, states, layer, eps, seed, chunk, device)
+    return angles[1:] / angles[0] if angles[0] > 0 else np.full(len(angles) - 1, np.nan)
 
 
 @torch.no_grad()

@@ -6,7 +6,17 @@ a layer's state; over N held-out samples,
                           SST = sum_n sum_f (target - mean_n target)^2,
 where mean_n is the per-feature mean over samples. Sums run over every feature of the
 token group, so high-variance features weigh more. R^2 is 1 for a perfect prediction,
-0 for predicting the per-feature mean, and NaN when SST is 0.
+0 for predicting the per-feature mean, and NaN when SST is 0. This is the strict `r2`.
+
+The pooled `r2_pooled` (the reference code's, docs/science.md §5) centres SST on ONE
+scalar mean mu of all entries (samples x features) of the token group at that layer:
+    SST_pooled = sum_n sum_f (target - mu)^2 = SST + N * sum_f (mean_n target_f - mu)^2,
+so it also counts the spread of the per-feature means and r2_pooled >= r2 always.
+
+Linear probe (docs/science.md §5, the paper's protocol): features = final-norm cls token
+concatenated with the final-norm mean patch token (`probe_features`); StandardScaler;
+multinomial logistic regression (lbfgs) with C = PROBE_C and at most PROBE_MAX_ITER
+iterations, fit on the train split and scored on the test split.
 """
 from __future__ import annotations
 
@@ -63,20 +73,29 @@ class FidelityAccumulator:
             self.sse[layer] += (pred[:, layer].double() - t).square().sum(dim=0)
         self.count = total
 
-    def compute(self) -> dict[str, np.ndarray]:
-        """R^2 per layer [L] for groups 'all', 'cls', 'patch' and 'reg' (if R > 0)."""
+    def compute(self, pooled: bool = False) -> dict[str, np.ndarray]:
+        """R^2 per layer [L] for groups 'all', 'cls', 'patch' and 'reg' (if R > 0).
+
+        `pooled`: the reference's R^2, SST around one scalar mean per (layer, group) (module docstring)."""
         if self.m2 is None:
             raise ValueError("no batches were added")
         groups = {"all": slice(None), **token_groups(self.num_registers)}
-        return {name: _r2(self.sse[:, tokens].sum(dim=(1, 2)), self.m2[:, tokens].sum(dim=(1, 2)))
-                for name, tokens in groups.items()}
+        out = {}
+        for name, tokens in groups.items():
+            sst = self.m2[:, tokens].sum(dim=(1, 2))
+            if pooled:
+                means = self.mean[:, tokens].flatten(1)  # [L, F] per-feature means
+                sst = sst + self.count * (means - means.mean(dim=1, keepdim=True)).square().sum(dim=1)
+            out[name] = _r2(self.sse[:, tokens].sum(dim=(1, 2)), sst)
+        return out
 
 
-def r2_score(pred: Any, target: Any) -> float:
-    """R^2 of pred against target, arrays [N, ...] (features = all trailing axes)."""
+def r2_score(pred: Any, target: Any, pooled: bool = False) -> float:
+    """R^2 of pred against target, arrays [N, ...] (features = all trailing axes); `pooled`: SST around
+    the scalar mean of all entries instead of the per-feature means."""
     pred, target = torch.as_tensor(pred).double(), torch.as_tensor(target).double()
     sse = (pred - target).square().sum()
-    sst = (target - target.mean(dim=0)).square().sum()
+    sst = (target - (target.mean() if pooled else target.mean(dim=0))).square().sum()
     return float(_r2(sse.reshape(1), sst.reshape(1))[0])
 
 
@@ -85,10 +104,39 @@ def _r2(sse: torch.Tensor, sst: torch.Tensor) -> np.ndarray:
     return 1.0 - np.divide(sse, sst, out=np.full_like(sst, np.nan), where=sst > 0)
 
 
+PROBE_C = 1.0
+"""Inverse L2 strength of the probe's logistic regression: fixed (sklearn's default), not tuned per model, so
+teacher, Raptor and floor probes are the same recipe."""
+PROBE_MAX_ITER = 1000
+"""Iteration budget of the probe's lbfgs solver."""
+
+
+def probe_features(norm: Any, x_last: torch.Tensor, num_registers: int) -> torch.Tensor:
+    """The paper's probe features: final-norm cls ++ final-norm mean patch token. x_last [B, T, D] -> [B, 2D].
+
+    `norm` is the teacher's final norm; the first D columns are the cls readout alone."""
+    normed = norm(x_last)
+    return torch.cat([normed[:, 0], normed[:, 1 + num_registers:].mean(dim=1)], dim=-1)
+
+
 def fit_linear_probe(features: Any, labels: Any, seed: int = 0) -> Pipeline:
-    """Standardise then multinomial logistic regression; features [N, D], labels [N]."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    """Standardise then multinomial logistic regression (C = PROBE_C, PROBE_MAX_ITER); features [N, D], labels [N]."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER, random_state=seed))
     return probe.fit(_numpy(features), _numpy(labels))
+
+
+def own_probe_accuracy(train_feats: Any, train_labels: Any, test_feats: Any, test_labels: Any, seed: int = 0) -> float:
+    """Test accuracy of the probe fit on a model's OWN train features (the paper's protocol)."""
+    probe = fit_linear_probe(train_feats, train_labels, seed=seed)
+    return float(np.mean(probe.predict(_numpy(test_feats)) == _numpy(test_labels)))
+
+
+def probe_recovery(acc_teacher: float, acc_raptor: float, acc_floor: float) -> dict[str, float]:
+    """acc.ratio = raptor / teacher and acc.recovered = (raptor - floor) / (teacher - floor) (docs/science.md §5);
+    NaN where the denominator is not positive."""
+    gap = acc_teacher - acc_floor
+    return {"ratio": acc_raptor / acc_teacher if acc_teacher > 0 else float("nan"),
+            "recovered": (acc_raptor - acc_floor) / gap if gap > 0 else float("nan")}
 
 
 def task_fidelity(probe: Pipeline, teacher_feats: Any, raptor_feats: Any, labels: Any) -> dict[str, float]:

@@ -3,7 +3,11 @@
 The partition maximises the dissimilarity across phase boundaries (a max-cut restricted
 to contiguous cuts). The total over all pairs is fixed, so this equals minimising the
 within-phase cost sum_m sum_{i<j in phase m} D[i, j], which an exact dynamic programme
-over 2-D prefix sums solves in O(k L^2).
+over 2-D prefix sums solves in O(k L^2) (`contiguous_maxcut`, partition.method 'dp').
+
+Also offered (docs/science.md §2): the reference's recursive bisection (`bisection`,
+'bisection') and explicit boundaries (`fixed_partition`, 'fixed'). `bisection` is greedy
+and never beats the DP's cut; trials log both cuts so a report can say how often it loses.
 """
 from __future__ import annotations
 
@@ -124,3 +128,83 @@ def contiguous_maxcut(dissimilarity: np.ndarray, k: int) -> Partition:
         cut_value=float(upper[across].sum()),
         within_cost=float(upper[~across].sum()),
     )
+
+
+def _check_dissimilarity(dissimilarity: np.ndarray) -> np.ndarray:
+    d = np.asarray(dissimilarity, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] != d.shape[1]:
+        raise ValueError(f"dissimilarity must be a square matrix, got shape {d.shape}")
+    if not np.isfinite(d).all():
+        raise ValueError("dissimilarity has non-finite entries")
+    if not np.allclose(d, d.T, rtol=1e-6, atol=1e-9):
+        raise ValueError("dissimilarity is not symmetric")
+    return d
+
+
+def partition_of(dissimilarity: np.ndarray, phase_bounds: Sequence[tuple[int, int]]) -> Partition:
+    """The `Partition` (cut and within-phase cost under `dissimilarity`) of given phase bounds."""
+    upper = np.triu(_check_dissimilarity(dissimilarity), k=1)
+    labels = phase_labels(phase_bounds)
+    if len(labels) != upper.shape[0]:
+        raise ValueError(f"phase_bounds {tuple(phase_bounds)} do not cover layers 1..{upper.shape[0]}")
+    across = labels[:, None] != labels[None, :]
+    bounds = tuple((int(a), int(b)) for a, b in phase_bounds)
+    return Partition(bounds, cut_value=float(upper[across].sum()), within_cost=float(upper[~across].sum()))
+
+
+def fixed_partition(dissimilarity: np.ndarray, boundaries: Sequence[int]) -> Partition:
+    """Phases ending at the given layers: `boundaries` = last layer (1-based) of every phase but the last,
+    e.g. [7] on 12 layers -> (1..7), (8..12) (the reference's DINOv2 ViT-B k=2 threshold)."""
+    num_layers = np.asarray(dissimilarity).shape[0]
+    ends = [int(b) for b in boundaries] + [num_layers]
+    starts = [1] + [end + 1 for end in ends[:-1]]
+    return partition_of(dissimilarity, tuple(zip(starts, ends)))
+
+
+def bisection(dissimilarity: np.ndarray, k: int) -> Partition:
+    """The reference's recursive two-way split, on contiguous segments (docs/science.md §2).
+
+    Exact rule: start from one segment 1..L. While there are fewer than k segments, find for
+    every segment of >= 2 layers its best contiguous two-way cut (the split point s giving
+    the largest cross weight sum_{i in left, j in right} D[i, j]; ties: earliest s), and
+    split the segment whose best cut adds the most to the total cut (ties: earliest
+    segment). Greedy, so its cut value is at most the DP's; equal for k <= 2.
+    """
+    d = _check_dissimilarity(dissimilarity)
+    num_layers = d.shape[0]
+    check_k_fits(k, num_layers)
+    segments = [(0, num_layers)]  # 0-based half-open [a, b)
+    while len(segments) < k:
+        best = None  # (gain, segment index, split point)
+        for index, (a, b) in enumerate(segments):
+            for split in range(a + 1, b):
+                gain = float(d[a:split, split:b].sum())
+                if best is None or gain > best[0] + 1e-12 * (1.0 + abs(gain)):
+                    best = (gain, index, split)
+        _, index, split = best
+        a, b = segments[index]
+        segments[index:index + 1] = [(a, split), (split, b)]
+    return partition_of(d, tuple((a + 1, b) for a, b in segments))
+
+
+def choose_partition(dissimilarity: np.ndarray, k: int, method: str = "dp",
+                     boundaries: Sequence[int] | None = None) -> tuple[Partition, dict[str, Any]]:
+    """The partition used by a trial (`method` dp | bisection | fixed) and the DP-vs-bisection comparison logged with
+    every trial: {'cut_dp', 'cut_bisection', 'dp_differs' (1.0 if their bounds differ), 'bounds_dp',
+    'bounds_bisection'}."""
+    dp, bis = contiguous_maxcut(dissimilarity, k), bisection(dissimilarity, k)
+    if method == "dp":
+        chosen = dp
+    elif method == "bisection":
+        chosen = bis
+    elif method == "fixed":
+        if boundaries is None:
+            raise ValueError("partition.boundaries: required when partition.method is 'fixed'")
+        chosen = fixed_partition(dissimilarity, boundaries)
+    else:
+        raise ValueError(f"partition.method: must be 'dp', 'bisection' or 'fixed', got {method!r}")
+    comparison = {"cut_dp": dp.cut_value, "cut_bisection": bis.cut_value,
+                  "dp_differs": float(dp.phase_bounds != bis.phase_bounds),
+                  "bounds_dp": [list(b) for b in dp.phase_bounds],
+                  "bounds_bisection": [list(b) for b in bis.phase_bounds]}
+    return chosen, comparison

@@ -18,6 +18,7 @@ from torch import nn
 from timm.layers import LayerScale
 from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
 
+from study.science.fidelity import probe_features
 from study.science.states import embed
 
 
@@ -119,6 +120,16 @@ class Raptor(nn.Module):
     def features(self, x_last: torch.Tensor) -> torch.Tensor:
         """Readout features: the teacher's final norm on the cls token. [B, T, D] -> [B, D]."""
         return self.stem.norm(x_last)[:, 0]
+
+    @property
+    def num_registers(self) -> int:
+        return int(getattr(self.stem, "num_reg_tokens", 0) or 0)
+
+    def probe_features(self, x_last: torch.Tensor) -> torch.Tensor:
+        """The paper's probe features (docs/science.md §3): final-norm cls ++ final-norm mean patch.
+
+        [B, T, D] -> [B, 2D]."""
+        return probe_features(self.stem.norm, x_last, self.num_registers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> the teacher head's logits on the Raptor's final state (a drop-in model)."""

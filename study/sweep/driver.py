@@ -33,6 +33,7 @@ from rich.table import Table
 from study.trial.cache import atomic_write
 from study.config import ConfigError, deep_merge
 from study.trial.data import check_data_source
+from study.trial.onnx_vit import check_teacher_source
 from study.sweep.space import SweepSpec, check_same_spec, load_sweep
 from study.sweep.tracking import (MlflowTrialCallback, default_tracking_uri, ensure_experiment, ensure_parent_run, finish_parent,
                        mark_orphans, trial_name)
@@ -174,6 +175,7 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
     paths = SweepPaths(out_root.resolve())
     spec = resolve_spec(load_sweep(spec_path, overrides), paths)
     check_data_source(spec.trial_config({}).data)  # a missing dataset folder fails here, not in every trial
+    check_teacher_source(spec.trial_config({}))  # so does a missing ONNX teacher file / package
     experiment_dir = paths.experiment(spec.name)
     can_restore = tune.Tuner.can_restore(str(experiment_dir))
     if resume and not can_restore:

@@ -85,10 +85,8 @@ class Distribution(_Strict):
     def to_tune(self, grid: bool = False):
         from ray import tune
 
-        if grid:
-            if self.choice is None:
-                raise ConfigError("search.sampler: 'grid' needs every space entry to be a choice list")
-            return tune.grid_search(list(self.choice))
+        if grid and self.choice is not None:  # grid: every combination of the choice lists, each once per
+            return tune.grid_search(list(self.choice))  # num_samples, with the other entries drawn at random
         if self.choice is not None:
             return tune.choice(list(self.choice))
         if self.randint:
@@ -99,7 +97,9 @@ class Distribution(_Strict):
 
 
 class SearchConfig(_Strict):
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    sampler: Literal["tpe", "random", "grid"] = Field(
+        "tpe", description="grid: every combination of the `choice` entries (x num_samples), continuous entries "
+                           "drawn at random (Tune's basic variant generator)")
     metric: Literal["val_r2", "loss"] = Field("val_r2", description="reported every epoch: val final-layer R^2 or train loss")
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1, le=100_000, description="trials (per grid point for 'grid')")

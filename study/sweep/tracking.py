@@ -227,10 +227,11 @@ class MlflowTrialCallback(Callback):
         out_dir = Path(result["out_dir"])
         saved = json.loads((out_dir / "result.json").read_text())
         self._log_metrics(trial.trial_id, saved["metrics"], 0)
-        for group, values in saved["r2_per_layer"].items():
-            suffix = "" if group == "all" else f".{group}"
-            for layer, value in enumerate(values, start=1):
-                self._log_metrics(trial.trial_id, {f"r2.layer{suffix}": value}, layer)
+        for key, prefix in (("r2_per_layer", "r2.layer"), ("r2_pooled_per_layer", "r2_pooled.layer")):
+            for group, values in (saved.get(key) or {}).items():
+                suffix = "" if group == "all" else f".{group}"
+                for layer, value in enumerate(values, start=1):
+                    self._log_metrics(trial.trial_id, {f"{prefix}{suffix}": value}, layer)
         tags = [RunTag("teacher.key", saved["teacher"]["key"]),
                 RunTag("partition.phase_bounds", json.dumps(saved["partition"]["phase_bounds"]))]
         self._write(trial.trial_id, lambda c, run_id: c.log_batch(run_id, tags=tags))

@@ -25,8 +25,13 @@ def bytes_per_sample(num_layers: int, num_tokens: int, width: int, dtype: str) -
     return (num_layers + 1) * num_tokens * width * np.dtype(dtype).itemsize
 
 
-def _write_states(model: VisionTransformer, dataset: Dataset, device: torch.device, dtype: str, amp: bool,
-                  batch_size: int, tmp: Path, progress: bool, label: str, labels_out: list) -> None:
+def write_states(model: VisionTransformer, dataset: Dataset, device: torch.device, dtype: str, amp: bool,
+                 batch_size: int, tmp: Path, progress: bool, label: str, labels_out: list) -> None:
+    """Write x_0..x_L of every image of `dataset` to a new `.npy` memmap at `tmp` ([N, L+1, T, D], `dtype`).
+
+    Batches of `batch_size` go through the teacher on `device` (bf16 autocast when `amp`); each batch's
+    labels are appended to `labels_out`. `label` names the progress bar. Used by `cached_states`, and
+    timed on its own by the GPU bench (bench/gpu/steps.py)."""
     n = len(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda")
     images0, _ = dataset[0]
@@ -58,15 +63,18 @@ def _write_labels(dataset: Dataset, tmp: Path, seen: list) -> None:
 
 def cached_states(cfg: TrialConfig, model: VisionTransformer, teacher_key: str, dataset: Dataset, split: str,
                   device: torch.device, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(states [N, L+1, T, D] memmap, labels [N]) for one split, extracting them once."""
+    """(states [N, L+1, T, D] memmap, labels [N]) for one split, extracting them once.
+
+    With `data.raptor_samples`, `dataset` is that stratified subset of the split and the files say so."""
     folder = Path(cfg.runtime.cache_dir) / "activations" / teacher_key
     dtype = cfg.runtime.activation_dtype
-    states_path = folder / f"{split}.{dtype}.npy"
-    labels_path = folder / f"{split}.labels.npy"
+    tag = "" if cfg.data.raptor_samples is None else f".n{cfg.data.raptor_samples}"
+    states_path = folder / f"{split}{tag}.{dtype}.npy"
+    labels_path = folder / f"{split}{tag}.labels.npy"
     seen_labels: list[torch.Tensor] = []
     cache.get_or_create(
         states_path,
-        lambda tmp: _write_states(model, dataset, device, dtype, cfg.runtime.amp, batch_size, tmp, cfg.runtime.progress, split, seen_labels),
+        lambda tmp: write_states(model, dataset, device, dtype, cfg.runtime.amp, batch_size, tmp, cfg.runtime.progress, split, seen_labels),
         what="activation cache",
     )
     cache.get_or_create(labels_path, lambda tmp: _write_labels(dataset, tmp, seen_labels), what="label cache")

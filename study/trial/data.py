@@ -2,6 +2,8 @@
 
 - `digits` (default): scikit-learn's bundled 8x8 digits, 1797 images, 10 classes;
   needs no network and no files, split deterministically by `split_seed`.
+- `fashion_mnist`: the original IDX files of the Debian package `dataset-fashion-mnist`
+  (or `data.path`), parsed by `study.trial.idx`; its own test file is the test split.
 - `cifar10` / `cifar100`: a local torchvision-format folder (never downloaded).
 - `imagefolder`: an ImageNet-layout folder (`train/` and `val/` class folders),
   or a single folder of class folders that is split by seed.
@@ -20,6 +22,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from study.config import ConfigError, DataConfig
+from study.science.sampling import stratified_subset
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,14 @@ SPLIT_NAMES = ("train", "val", "test")
 # Native specs of the bundled / standard datasets (used by teachers trained from scratch).
 DIGITS_SPEC = ImageSpec(in_chans=1, size=8, mean=(0.30,), std=(0.38,))
 CIFAR_SPEC = ImageSpec(in_chans=3, size=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+FASHION_SPEC = ImageSpec(in_chans=1, size=28, mean=(0.2860,), std=(0.3530,))  # train-file pixel mean / std
 IMAGEFOLDER_SPEC = ImageSpec(in_chans=3, size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875)
 
 
 def native_spec(cfg: DataConfig) -> ImageSpec:
     """The spec a from-scratch teacher uses for this dataset (honouring data.image_size)."""
-    base = {"digits": DIGITS_SPEC, "cifar10": CIFAR_SPEC, "cifar100": CIFAR_SPEC, "imagefolder": IMAGEFOLDER_SPEC}[cfg.name]
+    base = {"digits": DIGITS_SPEC, "fashion_mnist": FASHION_SPEC, "cifar10": CIFAR_SPEC, "cifar100": CIFAR_SPEC,
+            "imagefolder": IMAGEFOLDER_SPEC}[cfg.name]
     if cfg.image_size is None:
         return base
     return ImageSpec(base.in_chans, cfg.image_size, base.mean, base.std, base.interpolation, base.crop_pct)
@@ -77,8 +82,15 @@ def _train_val_indices(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]
     return np.sort(np.concatenate([idx["train"], idx["test"]])), idx["val"]
 
 
-def _cap(indices: np.ndarray, max_samples: int | None) -> np.ndarray:
-    return indices if max_samples is None else indices[:max_samples]
+def _cap(indices: np.ndarray, cfg: DataConfig, labels: np.ndarray | None, split: str) -> np.ndarray:
+    """`data.max_samples` of a split's indices: a seeded random draw stratified by class (docs/science.md §5),
+    never the first ones (on a class-ordered dataset those hold only the first classes)."""
+    if cfg.max_samples is None or cfg.max_samples >= len(indices):
+        return indices
+    seed = cfg.split_seed * 1_000 + SPLIT_NAMES.index(split)  # each split its own draw
+    chosen = stratified_subset(None if labels is None else labels[indices], cfg.max_samples, seed,
+                               num_items=len(indices))
+    return indices[chosen]
 
 
 def _tensor_transform(images: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
@@ -102,7 +114,7 @@ def _load_digits(cfg: DataConfig, spec: ImageSpec) -> Splits:
     images = _tensor_transform(images, spec)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     idx = split_indices(len(labels), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    parts = {name: _cap(idx[name], cfg.max_samples) for name in SPLIT_NAMES}
+    parts = {name: _cap(idx[name], cfg, bunch.target, name) for name in SPLIT_NAMES}
     return Splits(*(TensorDataset(images[parts[n]], labels[parts[n]]) for n in SPLIT_NAMES), num_classes=10)
 
 
@@ -138,10 +150,11 @@ def _load_cifar(cfg: DataConfig, spec: ImageSpec) -> Splits:
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
         raise ConfigError(f"data.path: no {cfg.name} batches under {root} ({err})") from None
     train_idx, val_idx = _train_val_indices(len(train_full), cfg)
+    train_labels, test_labels = np.asarray(train_full.targets), np.asarray(test.targets)
     return Splits(
-        Subset(train_full, _cap(train_idx, cfg.max_samples).tolist()),
-        Subset(train_full, _cap(val_idx, cfg.max_samples).tolist()),
-        Subset(test, list(range(min(len(test), cfg.max_samples or len(test))))),
+        Subset(train_full, _cap(train_idx, cfg, train_labels, "train").tolist()),
+        Subset(train_full, _cap(val_idx, cfg, train_labels, "val").tolist()),
+        Subset(test, _cap(np.arange(len(test)), cfg, test_labels, "test").tolist()),
         num_classes=num_classes,
     )
 
@@ -161,7 +174,18 @@ def _load_imagefolder(cfg: DataConfig, spec: ImageSpec) -> Splits:
         idx = split_indices(len(full), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         parts = {name: (full, idx[name]) for name in SPLIT_NAMES}
     num_classes = len(parts["train"][0].classes)
-    return Splits(*(Subset(ds, _cap(ix, cfg.max_samples).tolist()) for ds, ix in (parts[n] for n in SPLIT_NAMES)), num_classes=num_classes)
+    capped = [Subset(ds, _cap(ix, cfg, np.asarray(ds.targets), n).tolist()) for n, (ds, ix) in parts.items()]
+    return Splits(*(capped[list(parts).index(n)] for n in SPLIT_NAMES), num_classes=num_classes)
+
+
+def _load_fashion_mnist(cfg: DataConfig, spec: ImageSpec) -> Splits:
+    from study.trial.idx import fashion_datasets, subset
+
+    train_full, test = fashion_datasets(cfg, lambda pixels: _tensor_transform(pixels, spec))
+    train_idx, val_idx = _train_val_indices(len(train_full), cfg)
+    test_idx = np.arange(len(test))
+    parts = (("train", train_full, train_idx), ("val", train_full, val_idx), ("test", test, test_idx))
+    return Splits(*(subset(ds, _cap(ix, cfg, ds.labels, name)) for name, ds, ix in parts), num_classes=10)
 
 
 def load_splits(cfg: DataConfig, spec: ImageSpec | None = None) -> Splits:
@@ -169,6 +193,8 @@ def load_splits(cfg: DataConfig, spec: ImageSpec | None = None) -> Splits:
     spec = spec or native_spec(cfg)
     if cfg.name == "digits":
         return _load_digits(cfg, spec)
+    if cfg.name == "fashion_mnist":
+        return _load_fashion_mnist(cfg, spec)
     if cfg.name in ("cifar10", "cifar100"):
         return _load_cifar(cfg, spec)
     return _load_imagefolder(cfg, spec)
@@ -176,5 +202,21 @@ def load_splits(cfg: DataConfig, spec: ImageSpec | None = None) -> Splits:
 
 def check_data_source(cfg: DataConfig) -> None:
     """Fail fast (before any work) when a configured local dataset folder is missing."""
-    if cfg.name != "digits":
+    if cfg.name == "fashion_mnist":
+        from study.trial.idx import check_fashion_mnist
+
+        check_fashion_mnist(cfg)
+    elif cfg.name != "digits":
         _require_dir(cfg.path, cfg.name)
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """The labels [N] of a split's dataset, read without loading its images where the dataset allows it."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    for name in ("labels", "targets"):
+        if hasattr(dataset, name):
+            return np.asarray(getattr(dataset, name))
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])

@@ -15,8 +15,8 @@ m in {teacher, raptor} and L the depth:
                                                  the first L//2 (> 1: late reorientation; L >= 2)
     dyn.m.coherence_final                        patch coherence at x_L
     dyn.m.srank_first, dyn.m.srank_last          stable rank of U_1 = x_1 - x_0 and U_L
-    dyn.m.recovery_last                          |x'_L - x_L| / |x'_l - x_l| after perturbing x_l
-                                                 (< 1: the trajectory bends back)
+    dyn.m.recovery_last                          angle(x'_L, x_L) / angle(x'_l, x_l) after perturbing x_l
+                                                 (angular, docs/science.md §6; < 1: it bends back)
     dyn.swap.baseline_acc                        teacher accuracy, unswapped (same subsample)
     dyn.swap.intra_acc_mean, dyn.swap.inter_acc_mean
                                                  mean accuracy over adjacent swaps inside a

@@ -26,19 +26,21 @@ import torch
 import yaml
 
 from analysis import figures
-from study.contract import PHASE_KINDS
+from study.contract import CLASS_SHARE_SUBSETS, PHASE_KINDS, class_share_metric
 
 import study.trial.cache as cache
 from study.trial.activations import cached_states
-from study.config import TrialConfig, check_k_fits
-from study.trial.data import ImageSpec, SPLIT_NAMES, check_data_source, load_splits
-from study.science.distill import evaluate_fidelity, run_distillation
+from study.config import TrialConfig, check_boundaries, check_k_fits
+from study.trial.data import SPLIT_NAMES, ImageSpec, check_data_source, dataset_labels, load_splits
+from study.science.distill import evaluate_fidelity, rollout_features, run_distillation
 from study.trial.dynamics import swap_readout, trial_dynamics
-from study.science.fidelity import fit_linear_probe, task_fidelity
-from study.science.partition import Partition, contiguous_maxcut
+from study.science.fidelity import fit_linear_probe, own_probe_accuracy, probe_features, probe_recovery, task_fidelity
+from study.science.partition import Partition, choose_partition
+from study.science.sampling import class_counts, class_share_range, stratified_subset, take_rows
 from study.science.raptor import Raptor
 from study.runtime import seed_everything, setup
 from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
+from study.trial.onnx_vit import check_teacher_source
 from study.trial.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,11 @@ class Prepared:
     labels: dict[str, np.ndarray]  # split -> [N]
     similarity: dict[str, np.ndarray]  # kind -> S [L, L] (1 - dissimilarity for cosine / mse)
     partition: Partition
+    partition_info: dict = field(default_factory=dict)  # DP vs bisection cuts (`choose_partition`)
+    subsets: dict[str, np.ndarray] = field(default_factory=dict)  # subset name -> indices into its split
     timings: dict[str, float] = field(default_factory=dict)
     dynamics: dict | None = None  # curves of the last `evaluate` (cfg.dynamics.enabled), written by `write_outputs`
+    r2_pooled: dict[str, list[float]] | None = None  # pooled R^2 per layer of the last `evaluate`
 
 
 def similarity_matrices(states: np.ndarray, num_registers: int) -> dict[str, np.ndarray]:
@@ -83,8 +88,18 @@ def teacher_and_states(cfg: TrialConfig, device: torch.device, splits: tuple[str
     teacher = load_teacher(cfg, device, splits_for)
     check_k_fits(cfg.raptor.k, teacher.depth)
     states, labels = {}, {}
+
+    def raptor_subset(split: str) -> torch.utils.data.Dataset:
+        """The split, or its `data.raptor_samples` stratified subset (the images whose states the Raptor sees)."""
+        dataset, cap = splits_for(teacher.spec)[split], cfg.data.raptor_samples
+        if cap is None or cap >= len(dataset):
+            return dataset
+        seed = cfg.data.split_seed * 1_000 + 100 + SPLIT_NAMES.index(split)
+        chosen = stratified_subset(dataset_labels(dataset), cap, seed, num_items=len(dataset))
+        return torch.utils.data.Subset(dataset, chosen.tolist())
+
     for split in splits:
-        lazy = _LazySplit(lambda s=split: splits_for(teacher.spec)[s])
+        lazy = _LazySplit(lambda s=split: raptor_subset(s))
         states[split], labels[split] = cached_states(cfg, teacher.model, teacher.key, lazy, split, device)
     return teacher, states, labels
 
@@ -92,16 +107,21 @@ def teacher_and_states(cfg: TrialConfig, device: torch.device, splits: tuple[str
 def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
     """Teacher, states of every split, similarity and the k-phase partition (all cached)."""
     check_data_source(cfg.data)
+    check_teacher_source(cfg)
     device = device or setup(cfg.runtime)
     t0 = time.perf_counter()
     teacher, states, labels = teacher_and_states(cfg, device)
     timings = {"teacher_and_states_s": time.perf_counter() - t0}
+    check_boundaries(cfg.partition.boundaries_for(cfg.raptor.k), cfg.raptor.k, teacher.depth)
     t0 = time.perf_counter()
-    sample = states["train"][: cfg.similarity.num_samples]
-    similarity = similarity_matrices(sample, teacher.num_registers)
-    partition = contiguous_maxcut(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k)
+    # subsets are seeded by the data split seed, so every trial of one teacher shares them (docs/science.md §5, §7)
+    subsets = {"similarity": stratified_subset(labels["train"], cfg.similarity.num_samples, cfg.data.split_seed + 11),
+               "dynamics": stratified_subset(labels["test"], cfg.dynamics.num_samples, cfg.data.split_seed + 12)}
+    similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers)
+    partition, info = choose_partition(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k,
+                                       cfg.partition.method, cfg.partition.boundaries_for(cfg.raptor.k))
     timings["similarity_s"] = time.perf_counter() - t0
-    return Prepared(cfg, device, teacher, states, labels, similarity, partition, timings)
+    return Prepared(cfg, device, teacher, states, labels, similarity, partition, info, subsets, timings)
 
 
 class _LazySplit(torch.utils.data.Dataset):
@@ -167,22 +187,84 @@ class InProcess:
 
 
 @torch.no_grad()
-def teacher_features(prepared: Prepared, split: str, batch_size: int = 512) -> torch.Tensor:
-    """The teacher's readout features (final norm on cls of x_L) for a split: [N, D]."""
+def teacher_probe_features(prepared: Prepared, split: str, batch_size: int = 512) -> torch.Tensor:
+    """The teacher's probe features (final-norm cls ++ final-norm mean patch of x_L, docs/science.md §5): [N, 2D]."""
     states = prepared.states[split]
-    norm = prepared.teacher.model.norm
-    out = [norm(torch.from_numpy(np.array(states[i:i + batch_size, -1])).float().to(prepared.device))[:, 0].cpu()
+    norm, registers = prepared.teacher.model.norm, prepared.teacher.num_registers
+    out = [probe_features(norm, torch.from_numpy(np.array(states[i:i + batch_size, -1])).float().to(prepared.device),
+                          registers).cpu()
            for i in range(0, len(states), batch_size)]
     return torch.cat(out)
+
+
+def teacher_features(prepared: Prepared, split: str, batch_size: int = 512) -> torch.Tensor:
+    """The teacher's readout features (final norm on cls of x_L) for a split: [N, D]."""
+    return teacher_probe_features(prepared, split, batch_size)[:, :prepared.teacher.width]
+
+
+def floor_raptor(cfg: TrialConfig, teacher: Teacher, phase_bounds) -> Raptor:
+    """A randomly initialised Raptor of the trial's shape (the probe floor, docs/science.md §5), seeded by `cfg.seed`
+    without touching the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return Raptor(teacher.model, phase_bounds, init="random", layerscale_init=cfg.raptor.layerscale_init,
+                      cond_hidden=cfg.raptor.cond_hidden)
+
+
+def probe_metrics(prepared: Prepared, raptor: Raptor, raptor_test: torch.Tensor) -> tuple[dict[str, float], object]:
+    """Task fidelity (docs/science.md §5): the paper's probe on each model's OWN features (acc.teacher, acc.raptor,
+    acc.ratio, acc.floor, acc.recovered) and the transfer of the teacher's cls probe to the Raptor (acc.transfer*,
+    acc.agreement). Returns (metrics, the teacher's cls probe)."""
+    cfg, device, amp = prepared.cfg, prepared.device, prepared.cfg.runtime.amp
+    y_train, y_test = prepared.labels["train"], prepared.labels["test"]
+    width = prepared.teacher.width
+    teacher_train, teacher_test = teacher_probe_features(prepared, "train"), teacher_probe_features(prepared, "test")
+    raptor_train = rollout_features(raptor, prepared.states["train"], device, amp)
+    floor = floor_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds).to(device)
+    floor_train = rollout_features(floor, prepared.states["train"], device, amp)
+    floor_test = rollout_features(floor, prepared.states["test"], device, amp)
+    acc = {name: own_probe_accuracy(train, y_train, test, y_test, seed=cfg.seed)
+           for name, (train, test) in {"teacher": (teacher_train, teacher_test), "raptor": (raptor_train, raptor_test),
+                                       "floor": (floor_train, floor_test)}.items()}
+    recovery = probe_recovery(acc["teacher"], acc["raptor"], acc["floor"])
+    # the transfer measure (the study's acc.ratio before docs/science.md §5 took the paper's protocol): the teacher's
+    # probe on its cls readout, applied to the Raptor's cls readout
+    cls_probe = fit_linear_probe(teacher_train[:, :width].numpy(), y_train, seed=cfg.seed)
+    transfer = task_fidelity(cls_probe, teacher_test[:, :width].numpy(), raptor_test[:, :width].numpy(), y_test)
+    metrics = {"acc.teacher": acc["teacher"], "acc.raptor": acc["raptor"], "acc.ratio": recovery["ratio"],
+               "acc.floor": acc["floor"], "acc.recovered": recovery["recovered"],
+               "acc.transfer_teacher": transfer["acc_teacher"], "acc.transfer": transfer["acc_raptor"],
+               "acc.transfer_ratio": transfer["acc_ratio"], "acc.agreement": transfer["agreement"]}
+    return metrics, cls_probe
+
+
+def subset_labels(prepared: Prepared) -> dict[str, np.ndarray]:
+    """Labels of every split and subset a trial uses (the probe uses the whole train and test splits)."""
+    out = {split: np.asarray(prepared.labels[split]) for split in SPLIT_NAMES}
+    out["similarity"] = out["train"][prepared.subsets["similarity"]]
+    if prepared.cfg.dynamics.enabled:
+        out["dynamics"] = out["test"][prepared.subsets["dynamics"]]  # also the layer-swap subset
+    return out
+
+
+def class_share_metrics(prepared: Prepared) -> dict[str, float]:
+    """Min / max class share of every split and subset (a class absent from a subset has share 0)."""
+    labels = subset_labels(prepared)
+    classes = np.unique(np.concatenate([labels[split] for split in SPLIT_NAMES]))
+    metrics = {}
+    for subset in CLASS_SHARE_SUBSETS:
+        if subset in labels:
+            low, high = class_share_range(labels[subset], classes)
+            metrics[class_share_metric(subset, "min")], metrics[class_share_metric(subset, "max")] = low, high
+    return metrics
 
 
 def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Fidelity on the test split -> (flat metrics, R^2 per layer by token group)."""
     cfg = prepared.cfg
-    r2, raptor_feats = evaluate_fidelity(raptor, prepared.states["test"], prepared.teacher.num_registers,
-                                         prepared.device, cfg.runtime.amp)
-    probe = fit_linear_probe(teacher_features(prepared, "train").numpy(), prepared.labels["train"], seed=cfg.seed)
-    task = task_fidelity(probe, teacher_features(prepared, "test").numpy(), raptor_feats.numpy(), prepared.labels["test"])
+    r2, r2_pooled, raptor_feats = evaluate_fidelity(raptor, prepared.states["test"], prepared.teacher.num_registers,
+                                                    prepared.device, cfg.runtime.amp)
+    task, probe = probe_metrics(prepared, raptor, raptor_feats)
     metrics: dict[str, float] = {}
     if prepared.teacher.test_acc is not None:
         metrics["teacher.test_acc"] = prepared.teacher.test_acc
@@ -190,24 +272,32 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
         for name, value in phase_metrics(prepared.similarity[kind], prepared.partition.phase_bounds).items():
             metrics[f"phase.{kind}.{name}"] = value
     metrics["partition.cut_value"] = prepared.partition.cut_value
-    metrics["r2.final"], metrics["r2.mean"] = float(r2["all"][-1]), float(np.mean(r2["all"]))
-    for group in r2:
-        if group != "all":
-            metrics[f"r2.final.{group}"], metrics[f"r2.mean.{group}"] = float(r2[group][-1]), float(np.mean(r2[group]))
-    metrics.update({"acc.teacher_probe": task["acc_teacher"], "acc.raptor_probe": task["acc_raptor"],
-                    "acc.ratio": task["acc_ratio"], "acc.agreement": task["agreement"]})
-    val_r2, _ = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device,
-                                  cfg.runtime.amp)
+    for name in ("cut_dp", "cut_bisection", "dp_differs"):
+        metrics[f"partition.{name}"] = float(prepared.partition_info[name])
+    for prefix, values in (("r2", r2), ("r2_pooled", r2_pooled)):  # strict and pooled R^2 (docs/science.md §5)
+        metrics[f"{prefix}.final"], metrics[f"{prefix}.mean"] = float(values["all"][-1]), float(np.mean(values["all"]))
+        for group in values:
+            if group != "all":
+                metrics[f"{prefix}.final.{group}"] = float(values[group][-1])
+                metrics[f"{prefix}.mean.{group}"] = float(np.mean(values[group]))
+    metrics.update(task)
+    metrics.update(class_share_metrics(prepared))
+    val_r2 = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device,
+                               cfg.runtime.amp).r2
     metrics["val_r2"] = float(val_r2["all"][-1])  # the search objective, on the validation split
     prepared.dynamics = None
     if cfg.dynamics.enabled:
         t0 = time.perf_counter()
         teacher = prepared.teacher
+        subset = prepared.subsets["dynamics"]
         dyn_metrics, prepared.dynamics = trial_dynamics(
-            teacher.model, raptor, prepared.states["test"], prepared.labels["test"], swap_readout(teacher.model, probe),
+            teacher.model, raptor, take_rows(prepared.states["test"], subset),
+            np.asarray(prepared.labels["test"])[subset],
+            swap_readout(teacher.model, probe),
             prepared.partition.phase_bounds, teacher.num_registers, cfg.dynamics, seed=cfg.seed, device=prepared.device)
         metrics.update(dyn_metrics)
         prepared.timings["dynamics_s"] = time.perf_counter() - t0
+    prepared.r2_pooled = {group: [float(v) for v in values] for group, values in r2_pooled.items()}
     return metrics, {group: [float(v) for v in values] for group, values in r2.items()}
 
 
@@ -221,8 +311,10 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
         "teacher": {"key": teacher.key, "depth": teacher.depth, "width": teacher.width,
                     "num_registers": teacher.num_registers, "test_acc": teacher.test_acc},
         "similarity": {kind: matrix.tolist() for kind, matrix in prepared.similarity.items()},
-        "partition": prepared.partition.to_dict(),
+        "partition": {**prepared.partition.to_dict(), "method": cfg.partition.method, **prepared.partition_info},
+        "data": {"class_counts": {name: class_counts(labels) for name, labels in subset_labels(prepared).items()}},
         "r2_per_layer": r2_per_layer,
+        "r2_pooled_per_layer": prepared.r2_pooled,
         "metrics": metrics,
         "history": history,
         "timings": dict(prepared.timings),
@@ -232,7 +324,9 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
     if prepared.dynamics is not None:
         result["dynamics"] = prepared.dynamics
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    rows = [{"layer": layer, "group": group, "r2": value}
+    pooled = prepared.r2_pooled or {}
+    rows = [{"layer": layer, "group": group, "r2": value,
+             "r2_pooled": pooled.get(group, [np.nan] * len(values))[layer - 1]}
             for group, values in r2_per_layer.items() for layer, value in enumerate(values, start=1)]
     pd.DataFrame(rows).to_parquet(out_dir / "r2_per_layer.parquet", index=False)
     pd.DataFrame(history).to_parquet(out_dir / "history.parquet", index=False)

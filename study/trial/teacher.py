@@ -1,7 +1,7 @@
 """Teacher ViTs: built from a typed config (timm VisionTransformer), trained with
 AdamW + warmup-cosine, checkpointed per epoch (resumable) and cached by the
 hash of what determines their weights, or loaded pretrained (timm name,
-local checkpoint file or HF-style folder)."""
+local checkpoint file or HF-style folder, or an ONNX file converted by study/trial/onnx_vit.py)."""
 from __future__ import annotations
 
 import logging
@@ -193,6 +193,12 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[I
     when the teacher has to be trained or its test accuracy measured.
     """
     key = cfg.teacher_key()
+    if cfg.teacher.source == "onnx":  # a converted ONNX ViT (study/trial/onnx_vit.py)
+        from study.trial.onnx_vit import build_onnx_model, onnx_teacher_key
+
+        model = build_onnx_model(cfg)
+        set_fused_attn(model, cfg.runtime.fused_attn)
+        return Teacher(_freeze(model).to(device), pretrained_spec(model), onnx_teacher_key(cfg), None)
     if cfg.teacher.source != "scratch":
         model = build_pretrained_model(cfg)
         set_fused_attn(model, cfg.runtime.fused_attn)

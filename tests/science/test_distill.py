@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import load_trial_config
+from study.config import ConfigError, load_trial_config
 from study.science.distill import (GroupWeights, Stage1Objective, Stage2Objective, StateBatches, evaluate_fidelity,
-                           run_distillation, teacher_forcing_weight)
+                           run_distillation, stage1_lambda, teacher_forcing_weight, train_step)
 from study.science.raptor import Raptor
 from study.runtime import seed_everything
 
@@ -60,10 +60,31 @@ def test_group_weights_mse_without_registers_ignores_lambda_reg():
         assert GroupWeights(0.2, reg, 0.5, 0).mse(pred, target).item() == pytest.approx(0.2 * 1 + 0.5 * 9, rel=1e-5)
 
 
-def test_group_weights_of_stage_config():
+def test_group_weights_of_stage_config_are_renormalised_to_sum_one():
     cfg = load_trial_config()
     weights = GroupWeights.of(cfg.distill.stage2, num_registers=4)
-    assert (weights.cls, weights.reg, weights.patch, weights.num_registers) == (0.45, 0.10, 0.45, 4)
+    assert (weights.cls, weights.reg, weights.patch, weights.num_registers) == pytest.approx((0.45, 0.10, 0.45, 4))
+    doubled = load_trial_config(None, {"distill.stage2.lambda_cls": 0.9, "distill.stage2.lambda_reg": 0.2,
+                                       "distill.stage2.lambda_patch": 0.9}).distill.stage2
+    scaled = GroupWeights.of(doubled, 4)
+    assert (scaled.cls, scaled.reg, scaled.patch) == pytest.approx((weights.cls, weights.reg, weights.patch))
+    # without registers the register weight drops out and cls + patch sum to 1
+    no_reg = GroupWeights.of(cfg.distill.stage1, num_registers=0)
+    assert (no_reg.cls, no_reg.reg, no_reg.patch) == pytest.approx((0.34 / 0.67, 0.0, 0.33 / 0.67))
+    only_reg = load_trial_config(None, {"distill.stage1.lambda_cls": 0,
+                                        "distill.stage1.lambda_patch": 0}).distill.stage1
+    with pytest.raises(ConfigError, match="distill.stage1"):
+        GroupWeights.of(only_reg, 0, "stage1")
+
+
+@pytest.mark.parametrize("arm, mode, expected", [
+    ("tf_only", "loss_mix", [1.0, 1.0, 1.0]), ("ar_only", "loss_mix", [0.0, 0.0, 0.0]),
+    ("full", "loss_mix", [1.0, 0.5, 0.0]), ("ar_anneal", "loss_mix", [1.0, 0.5, 0.0]),
+    ("full", "input_mix", [0.5, 0.25, 0.0])])
+def test_stage1_lambda_per_arm_and_mode(arm, mode, expected):
+    cfg = load_trial_config(None, {"distill.arm": arm, "distill.tf_mode": mode, "distill.anneal": 0.5}).distill
+    assert [stage1_lambda(step, 100, cfg) for step in (0, 25, 50)] == pytest.approx(expected)
+    assert cfg.stage2_runs == (arm == "full")
 
 
 # --- objectives ------------------------------------------------------------------
@@ -98,6 +119,38 @@ def test_stage1_teacher_forcing_feeds_teacher_states(prepared, teacher_model):
         free = Stage1Objective(raptor, weights, 0.0)(states, lambda_tf=0.0)
     torch.testing.assert_close(forced, one_step)
     assert not torch.isclose(free, forced)
+    # loss_mix: lambda 1 is the same one-step loss; lambda 0 the free rollout; in between their mix
+    with torch.no_grad():
+        mix = Stage1Objective(raptor, weights, 0.0, mode="loss_mix")
+        torch.testing.assert_close(mix(states, 1.0), one_step)
+        torch.testing.assert_close(mix(states, 0.0), free)
+        torch.testing.assert_close(mix(states, 0.3), 0.3 * one_step + 0.7 * free)
+        torch.testing.assert_close(mix(states, torch.tensor(0.3)), 0.3 * one_step + 0.7 * free)  # graph-replay form
+
+
+def test_gradient_clipping_bounds_the_update_norm():
+    """train_step clips the global gradient norm at grad_clip before the optimiser step (plain SGD shows it)."""
+    layer = torch.nn.Linear(4, 1, bias=False)
+    objective = lambda batch, lam: (1e3 * layer(batch)).sum()  # noqa: E731  (a huge gradient)
+    batch = torch.ones(2, 4)
+    for clip, expected in ((1.0, 1.0), (0.0, None)):
+        torch.nn.init.zeros_(layer.weight)
+        opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+        train_step(objective, opt, batch, 0.0, torch.device("cpu"), False, grad_clip=clip)
+        moved = layer.weight.detach().norm().item()
+        if expected is None:
+            assert moved == pytest.approx(2e3 * 2.0)  # unclipped: |grad| = 1e3 * 2 * sqrt(4)
+        else:
+            assert moved == pytest.approx(expected, rel=1e-5)
+
+
+def test_arms_skip_stage2(prepared, teacher_model):
+    for arm, stages in (("tf_only", {1}), ("full", {1, 2})):
+        cfg = distill_cfg(prepared, {"distill.arm": arm, "distill.tf_mode": "loss_mix"})
+        history = _run(prepared, cfg, Raptor(teacher_model, TWO_PHASES, init="teacher"))
+        assert {r["stage"] for r in history} == stages
+        if arm == "tf_only":
+            assert all(r["lambda_tf"] == 1.0 for r in history)
 
 
 # --- batches -----------------------------------------------------------------------

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from study.science.dynamics import (angular_speed, directional_convergence, layer_swap_accuracy, patch_coherence,
-                            perturbation_recovery, swap_pairs, update_stable_rank)
+                            perturbation_angles, perturbation_recovery, swap_pairs, update_stable_rank)
 
 
 def constant_states(n=5, layers=4, tokens=7, dim=6):
@@ -86,22 +86,33 @@ def scaling_run_layers(factor, centre=0.0):
 
 
 @pytest.mark.parametrize("factor", [0.5, 2.0])
-def test_perturbation_ratio_of_linear_maps(factor):
+def test_a_map_that_only_rescales_the_stream_shows_zero_angular_divergence(factor):
     states = torch.randn(6, 5, 3, 4, generator=torch.Generator().manual_seed(4))
-    ratios = perturbation_recovery(scaling_run_layers(factor, centre=1.5), states, layer=1, eps=0.1, seed=0, chunk=4)
-    np.testing.assert_allclose(ratios, factor ** np.arange(1, 4), rtol=1e-5)
+    angles = perturbation_angles(scaling_run_layers(factor), states, layer=1, eps=0.1, seed=0, chunk=4)
+    assert angles.shape == (4,) and angles[0] > 0
+    np.testing.assert_allclose(angles - angles[0], 0.0, atol=1e-6)  # no angular divergence at any layer
+    ratios = perturbation_recovery(scaling_run_layers(factor), states, layer=1, eps=0.1, seed=0, chunk=4)
+    np.testing.assert_allclose(ratios, np.ones(3), rtol=1e-5)
+
+
+def test_perturbation_angles_at_the_perturbed_layer_match_eps():
+    """A perturbation of relative norm eps orthogonal-ish in high dimension turns each token by about atan(eps)."""
+    states = torch.randn(8, 3, 5, 256, generator=torch.Generator().manual_seed(3))
+    angles = perturbation_angles(scaling_run_layers(1.0), states, layer=0, eps=0.05, seed=1)
+    assert angles[0] == pytest.approx(np.arctan(0.05), rel=0.1)
 
 
 def test_perturbation_contracting_nonlinear_map_bends_back():
-    def tanh_layers(x, start, stop):
+    def toward_a_fixed_direction(x, start, stop):
         out = []
+        target = torch.ones(x.shape[-1])
         for _ in range(start, stop):
-            x = torch.tanh(x)
+            x = 0.5 * x + 0.5 * target * x.norm(dim=-1, keepdim=True)  # pulls every token toward one direction
             out.append(x)
         return out
 
     states = 3.0 * torch.randn(5, 4, 3, 4, generator=torch.Generator().manual_seed(5))
-    ratios = perturbation_recovery(tanh_layers, states, layer=0, eps=0.01, seed=0)
+    ratios = perturbation_recovery(toward_a_fixed_direction, states, layer=0, eps=0.01, seed=0)
     assert ratios.shape == (3,) and np.all(ratios < 1) and np.all(np.diff(ratios) < 0)
 
 
@@ -117,7 +128,7 @@ def test_perturbation_noise_has_relative_norm_eps_per_token_and_is_seeded():
     clean, perturbed = seen
     torch.testing.assert_close(clean, states[:, 1])
     torch.testing.assert_close((perturbed - clean).norm(dim=-1), 0.05 * clean.norm(dim=-1))
-    np.testing.assert_allclose(first, [1.0], rtol=1e-6)
+    np.testing.assert_allclose(first, [1.0], rtol=1e-5)
     perturbation_recovery(spy, states, layer=1, eps=0.05, seed=7)
     torch.testing.assert_close(seen[3], perturbed)
     with pytest.raises(ValueError):

@@ -88,3 +88,57 @@ def test_phase_labels_reject_non_tiling_bounds(bounds):
         phase_labels(bounds)
     with pytest.raises(ValueError):
         Partition(bounds, 0.0, 0.0)
+
+
+# --- bisection and fixed boundaries (docs/science.md §2) ------------------------------
+from study.science.partition import bisection, choose_partition, fixed_partition, partition_of  # noqa: E402
+
+
+def refines(fine, coarse):
+    """Every phase of `fine` lies inside one phase of `coarse`."""
+    return all(any(a >= c0 and b <= c1 for c0, c1 in coarse) for a, b in fine)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bisection_is_nested_greedy_and_never_beats_the_dp(seed):
+    for num_layers in range(2, 11):
+        d = random_dissimilarity(num_layers, seed=77 * seed + num_layers)
+        previous = None
+        for k in range(1, min(5, num_layers) + 1):
+            greedy, exact = bisection(d, k), contiguous_maxcut(d, k)
+            assert greedy.k == k and greedy.num_layers == num_layers
+            assert greedy.cut_value <= exact.cut_value + 1e-9
+            assert greedy.cut_value == pytest.approx(d[np.triu_indices(num_layers, 1)].sum() - greedy.within_cost)
+            if k <= 2:
+                assert greedy.cut_value == pytest.approx(exact.cut_value)
+            if previous is not None:  # each step splits one segment of the previous partition
+                assert refines(greedy.phase_bounds, previous.phase_bounds)
+            previous = greedy
+
+
+def test_bisection_can_lose_to_the_dp():
+    """On random 7-layer matrices the greedy split sometimes misses the best k=3 partition; the log shows it."""
+    found = 0
+    for seed in range(200):
+        d = random_dissimilarity(7, seed)
+        partition, info = choose_partition(d, 3, "dp")
+        if info["dp_differs"]:
+            found += 1
+            assert info["cut_bisection"] < info["cut_dp"] - 1e-12
+            assert partition.cut_value == info["cut_dp"]
+            assert bisection(d, 3).phase_bounds == tuple(tuple(b) for b in info["bounds_bisection"])
+    assert found > 0  # the greedy heuristic is suboptimal on some matrices
+
+
+def test_fixed_boundaries_and_choose_partition():
+    d = random_dissimilarity(12, seed=5)
+    fixed = fixed_partition(d, [4, 7, 10])  # the reference's DINOv2 ViT-B thresholds for k=4
+    assert fixed.phase_bounds == ((1, 4), (5, 7), (8, 10), (11, 12))
+    assert fixed.within_cost == pytest.approx(within_cost(d, fixed.phase_bounds))
+    chosen, info = choose_partition(d, 2, "fixed", [7])
+    assert chosen.phase_bounds == ((1, 7), (8, 12)) and chosen == partition_of(d, ((1, 7), (8, 12)))
+    assert info["cut_dp"] == pytest.approx(contiguous_maxcut(d, 2).cut_value)
+    assert info["cut_bisection"] == pytest.approx(bisection(d, 2).cut_value) and info["dp_differs"] == 0.0
+    assert choose_partition(d, 3, "bisection")[0] == bisection(d, 3)
+    with pytest.raises(ValueError, match="partition.method"):
+        choose_partition(d, 2, "greedy")

@@ -24,7 +24,7 @@ def minimal(**overrides) -> dict:
     return tree
 
 
-@pytest.mark.parametrize("name", ["smoke", "sd_study", "dinov2"])
+@pytest.mark.parametrize("name", ["smoke", "sd_study", "dinov2", "ablation", "reference"])
 def test_shipped_spaces_load(name):
     spec = load_sweep(SPACES / f"{name}.yaml")
     assert spec.name == name and spec.space
@@ -74,10 +74,13 @@ def test_bad_space_fails_at_load_naming_the_field(tmp_path, tree, field):
     assert field in message and "\n" not in message
 
 
-def test_grid_needs_choices(tmp_path):
+def test_grid_crosses_the_choices_and_draws_the_rest(tmp_path):
+    from ray.tune.search.sample import Float
+
     spec = load_sweep(write(tmp_path, minimal(search={"sampler": "grid"})))
-    with pytest.raises(ConfigError, match="grid"):
-        spec.tune_space()
+    space = spec.tune_space()
+    assert space["raptor.k"] == {"grid_search": [2, 3]}
+    assert isinstance(space["teacher.sd_rate"], Float)  # drawn per grid point, not gridded
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):
@@ -126,3 +129,15 @@ def test_resume_refuses_a_changed_spec_naming_the_field(tmp_path):
         check_same_spec(launched, load_sweep(path))
     with pytest.raises(ConfigError, match=r"^resume: space.raptor.k.choice differs"):
         check_same_spec(launched, load_sweep(path, {"search.num_samples": 2, "space.raptor.k": {"choice": [2]}}))
+
+
+def test_ablation_runs_every_arm_at_k_2_3_4_with_3_seeds_and_reference_is_the_reference_recipe():
+    spec = load_sweep(SPACES / "ablation.yaml")
+    assert spec.search.sampler == "grid"
+    assert set(spec.space["distill.arm"].choice) == {"tf_only", "ar_anneal", "full", "ar_only"}
+    assert spec.space["raptor.k"].choice == [2, 3, 4] and len(spec.space["seed"].choice) >= 3
+    assert spec.trial_config({}).distill.tf_mode == "loss_mix"
+    reference = load_sweep(SPACES / "reference.yaml").trial_config({})
+    assert (reference.raptor.init, reference.partition.method, reference.distill.tf_mode) == ("random", "bisection",
+                                                                                             "loss_mix")
+    assert (reference.distill.grad_clip, reference.distill.batch_size, reference.distill.stage1.lr) == (1.0, 64, 3e-4)

@@ -102,6 +102,7 @@ def test_sweep_callback_buffers_a_whole_trial_while_the_server_is_down(tmp_path)
     out_dir.mkdir()
     (out_dir / "result.json").write_text(json.dumps({
         "metrics": {"r2.final": 0.9, "acc.ratio": 0.8}, "r2_per_layer": {"all": [0.99, 0.95]},
+        "r2_pooled_per_layer": {"all": [0.995, 0.97], "cls": [0.9, 0.8]},
         "teacher": {"key": "abc"}, "partition": {"phase_bounds": [[1, 1], [2, 2]]}}))
     params = {"teacher.sd_rate": 0.3, "raptor.k": 2, "distill.stage2.lambda_cls": 0.4, "distill.anneal": 0.2}
     trial = SimpleNamespace(trial_id="t0001", config=params, last_result=None)
@@ -123,6 +124,8 @@ def test_sweep_callback_buffers_a_whole_trial_while_the_server_is_down(tmp_path)
         assert run.info.status == "FINISHED" and run.data.params["raptor.k"] == "2"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "stage2.loss")] == [0, 1]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "r2.layer")] == [1, 2]
+        pooled = client.get_metric_history(run.info.run_id, "r2_pooled.layer.cls")
+        assert [(m.step, m.value) for m in pooled] == [(1, 0.9), (2, 0.8)]
         assert "result.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     finally:
         stop_server(server)

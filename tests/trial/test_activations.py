@@ -48,7 +48,7 @@ def test_cached_states_are_memmaps_matching_the_teacher(prepared, teacher_model)
 
 
 def test_second_call_is_a_cache_hit(prepared, teacher_model, monkeypatch, cpu):
-    monkeypatch.setattr(act, "_write_states", lambda *a, **k: pytest.fail("recomputed cached states"))
+    monkeypatch.setattr(act, "write_states", lambda *a, **k: pytest.fail("recomputed cached states"))
     monkeypatch.setattr(act, "_write_labels", lambda *a, **k: pytest.fail("recomputed cached labels"))
 
     class NoData(torch.utils.data.Dataset):

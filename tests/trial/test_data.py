@@ -112,3 +112,49 @@ def test_imagefolder_train_val_layout(tmp_path):
     assert len(splits.test) == 3  # the val/ folder is the held-out test split
     assert len(splits.train) + len(splits.val) == 10 and len(splits.val) == 2
     assert splits.test[2][0].shape == (3, 8, 8) and int(splits.test[2][1]) == 1
+
+
+def class_sorted_imagefolder(root, classes=10, per_class=40):
+    """An ImageFolder whose files sort by class (class_0/..., class_1/...), tiny 4x4 images."""
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((4, 4, 3), (c * 20 + i) % 255, dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def test_capped_imagefolder_splits_hold_every_class_in_proportion(tmp_path):
+    root = class_sorted_imagefolder(tmp_path / "sorted")
+    spec = ImageSpec(in_chans=3, size=4, mean=(0.5,) * 3, std=(0.5,) * 3)
+    full = load_splits(DataConfig(name="imagefolder", path=str(root)), spec)
+    cfg = DataConfig(name="imagefolder", path=str(root), max_samples=60)
+    capped = load_splits(cfg, spec)
+    for name in ("train", "test"):  # val holds 40 images: under the cap
+        uncapped = np.bincount([full[name].dataset.targets[i] for i in full[name].indices], minlength=10)
+        labels = [capped[name].dataset.targets[i] for i in capped[name].indices]
+        counts = np.bincount(labels, minlength=10)
+        assert len(labels) == 60
+        share = 60 * uncapped / uncapped.sum()
+        assert np.all(np.abs(counts - share) <= 1.0), (name, counts, share)
+        assert np.all(counts > 0), (name, counts)  # every class present (a prefix cap kept 2 of 10)
+        assert set(capped[name].indices) <= set(full[name].indices)
+    again = load_splits(cfg, spec)
+    for name in ("train", "val", "test"):
+        assert again[name].indices == capped[name].indices  # same seed -> same subset
+    other = load_splits(DataConfig(name="imagefolder", path=str(root), max_samples=60, split_seed=1), spec)
+    assert other.train.indices != capped.train.indices
+
+
+def test_raptor_samples_caps_the_states_not_the_teacher(tmp_path, make_cfg):
+    """`data.raptor_samples`: the Raptor sees a stratified subset of each split; the teacher (and its cache key)
+    is the one trained on the whole capped split."""
+    from study.trial.pipeline import teacher_and_states
+
+    full = make_cfg(tmp_path / "cache")
+    capped = make_cfg(tmp_path / "cache", {"data.raptor_samples": 50})
+    assert capped.teacher_key() == full.teacher_key()
+    _, states, labels = teacher_and_states(capped, torch.device("cpu"))
+    assert {len(states[s]) for s in states} == {50}
+    counts = np.bincount(labels["train"], minlength=10)
+    assert counts.sum() == 50 and counts.min() >= 4  # stratified: every digit kept

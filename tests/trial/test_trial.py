@@ -10,7 +10,8 @@ from study.science.distill import evaluate_fidelity
 from study.science.raptor import Raptor
 from study.trial.pipeline import run_trial
 
-RESULT_KEYS = {"config", "teacher", "similarity", "partition", "r2_per_layer", "metrics", "history", "timings"}
+RESULT_KEYS = {"config", "teacher", "similarity", "partition", "data", "r2_per_layer", "r2_pooled_per_layer", "metrics",
+               "history", "timings"}
 FILES = ["result.json", "config.yaml", "r2_per_layer.parquet", "history.parquet", "similarity.png", "r2_per_layer.png",
          "raptor.pt"]
 
@@ -67,10 +68,46 @@ def test_result_json_content(trial_dir, tiny_cfg):
     assert [(r["stage"], r["epoch"]) for r in result["history"]] == [(1, 0), (2, 0)]
 
 
+def test_result_json_has_the_paper_probe_pooled_r2_class_counts_and_both_cuts(trial_dir, prepared):
+    """docs/science.md §2 and §5: the paper's probe next to the transfer, pooled R^2, subsets, DP vs bisection."""
+    result = json.loads((trial_dir / "result.json").read_text())
+    metrics = result["metrics"]
+    for name in ("acc.teacher", "acc.raptor", "acc.ratio", "acc.floor", "acc.recovered", "acc.transfer",
+                 "acc.transfer_ratio", "acc.agreement", "r2_pooled.final", "r2_pooled.mean", "r2_pooled.final.cls",
+                 "partition.cut_dp", "partition.cut_bisection", "partition.dp_differs"):
+        assert name in metrics and np.isfinite(metrics[name]), name
+    for name in ("acc.teacher", "acc.raptor", "acc.floor", "acc.transfer"):
+        assert 0.0 <= metrics[name] <= 1.0, name
+    assert metrics["acc.ratio"] == pytest.approx(metrics["acc.raptor"] / metrics["acc.teacher"])
+    assert metrics["acc.recovered"] == pytest.approx(
+        (metrics["acc.raptor"] - metrics["acc.floor"]) / (metrics["acc.teacher"] - metrics["acc.floor"]))
+    assert metrics["acc.transfer_ratio"] == pytest.approx(metrics["acc.transfer"] / metrics["acc.transfer_teacher"])
+    assert metrics["acc.teacher"] > 0.3  # the tiny 2-epoch teacher's own probe: well above chance (0.1, 10 classes)
+    # pooled R^2 is never below the strict one, per layer and group
+    for group, strict in result["r2_per_layer"].items():
+        pooled = result["r2_pooled_per_layer"][group]
+        assert all(p >= s - 1e-12 for p, s in zip(pooled, strict)), group
+    assert metrics["r2_pooled.final"] == pytest.approx(result["r2_pooled_per_layer"]["all"][-1])
+    # k = 2: bisection's single best cut is the DP's
+    assert metrics["partition.cut_dp"] == pytest.approx(metrics["partition.cut_bisection"])
+    assert metrics["partition.dp_differs"] == 0.0 and result["partition"]["method"] == "dp"
+    assert metrics["partition.cut_value"] == pytest.approx(metrics["partition.cut_dp"])
+    # class counts of every split and subset, matching the cached labels; stratified subsets hold every class
+    counts = result["data"]["class_counts"]
+    assert set(counts) == {"train", "val", "test", "similarity", "dynamics"}
+    for split in ("train", "val", "test"):
+        assert sum(counts[split].values()) == len(prepared.labels[split])
+    assert len(counts["train"]) == 10 and len(counts["dynamics"]) == 10
+    for subset in ("train", "test", "similarity"):
+        low, high = metrics[f"data.{subset}.class_share_min"], metrics[f"data.{subset}.class_share_max"]
+        share = np.array(list(counts[subset].values())) / sum(counts[subset].values())
+        assert (low, high) == (pytest.approx(share.min()), pytest.approx(share.max()))
+
+
 def test_parquet_tables_match_result_json(trial_dir):
     result = json.loads((trial_dir / "result.json").read_text())
     r2 = pd.read_parquet(trial_dir / "r2_per_layer.parquet")
-    assert list(r2.columns) == ["layer", "group", "r2"] and len(r2) == 3 * 4
+    assert list(r2.columns) == ["layer", "group", "r2", "r2_pooled"] and len(r2) == 3 * 4
     final = r2[(r2.group == "all") & (r2.layer == 4)].r2.item()
     assert final == pytest.approx(result["metrics"]["r2.final"])
     history = pd.read_parquet(trial_dir / "history.parquet")
@@ -81,7 +118,7 @@ def test_saved_raptor_reloads_and_reproduces_the_fidelity(trial_dir, prepared, c
     saved = torch.load(trial_dir / "raptor.pt", weights_only=False)
     raptor = Raptor(prepared.teacher.model, saved["phase_bounds"])
     raptor.load_state_dict(saved["state_dict"])
-    r2, _ = evaluate_fidelity(raptor, prepared.states["test"], 0, cpu, amp=False)
+    r2 = evaluate_fidelity(raptor, prepared.states["test"], 0, cpu, amp=False).r2
     result = json.loads((trial_dir / "result.json").read_text())
     assert float(r2["all"][-1]) == pytest.approx(result["metrics"]["r2.final"], abs=1e-9)
 
