@@ -35,6 +35,7 @@ from analysis.fit import (
 )
 from analysis.importance import Importances, param_importances
 from study.contract import (
+    PAPER_ACC_METRIC,
     PRIMARY_PREDICTOR,
     PRIMARY_TARGET,
     DYNAMICS_PREFIX,
@@ -47,8 +48,6 @@ from study.contract import (
 )
 
 DYNAMICS_COLUMNS = ["metric", "sd", "mean", "std", "n"]
-PAPER_ACC_METRIC = "acc.ratio"
-"""The probe ratio of the paper's protocol (docs/science.md §5), compared per k with the paper's figures."""
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,7 @@ PARTITION_METRICS = ("partition.cut_value", "partition.cut_dp", "partition.cut_b
 PRIMARY_PREDICTOR = "phase.cosine.within_sim"
 PRIMARY_TARGET = "r2_pooled.final"
 """The default pre-registered relation of a sweep (docs/science.md §7): similarity -> pooled final-layer R^2."""
-ANALYSIS_TARGETS = tuple(dict.fromkeys((*FIDELITY_METRICS, "r2_pooled.final", "r2_pooled.mean", "acc.teacher",
-                                        "acc.raptor", "acc.floor", "acc.recovered")))
+ANALYSIS_TARGETS = tuple(dict.fromkeys((*FIDELITY_METRICS, *PROBE_METRICS)))
 """Metric names a sweep spec may declare as the target of its primary relation (docs/science.md §5)."""
 ANALYSIS_PREDICTORS = PHASE_METRICS
 """Metric names a sweep spec may declare as the predictor of its primary relation."""
