@@ -282,7 +282,7 @@ def cluster_mean(
     seed: int = DEFAULT_SEED,
     min_teachers: int = MIN_TEACHERS,
 ) -> dict:
-    """Mean of ``values`` over trials with a cluster-bootstrap CI over ``units``: {mean, ci, n_trials, n_teachers, note}."""
+    """Mean of ``values`` over trials, cluster-bootstrap CI over ``units``: {mean, ci, n_trials, n_teachers, note}."""
     frame = pd.DataFrame({"v": pd.to_numeric(values, errors="coerce"), "u": units}).dropna()
     n_teachers = int(frame["u"].nunique())
     out = {"mean": math.nan, "ci": Interval(), "n_trials": len(frame), "n_teachers": n_teachers, "note": ""}

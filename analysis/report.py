@@ -315,7 +315,8 @@ def _fit_row(label: str, fit) -> dict:
 def _naive_row(fit) -> dict:
     naive = fit.naive
     return {"fit": "naive (trials as independent)", "method": naive.method, "n_trials": naive.n_trials,
-            "n_teachers": fit.n_teachers, "slope": naive.slope, "slope 95% CI": _ci(naive.slope_ci.lo, naive.slope_ci.hi),
+            "n_teachers": fit.n_teachers, "slope": naive.slope,
+            "slope 95% CI": _ci(naive.slope_ci.lo, naive.slope_ci.hi),
             "R²": naive.r2, "R² 95% CI": _ci(naive.r2_ci.lo, naive.r2_ci.hi), "p": naive.p,
             "note": "pseudo-replicated: CI and p too narrow"}  # fmt: skip
 
@@ -445,7 +446,8 @@ def _fidelity_section(analysis: SweepAnalysis) -> Section:
     blocks: list = [
         "Naive and exploratory: each fidelity metric regressed (OLS) on each phase-structure metric over the "
         "finished trials as if they were independent (they are not: trials share teachers), predictors ranked by "
-        "R² after seeing the data. Not evidence for a relation; see the primary relation. CI (OLS): t-interval; CI (boot): BCa bootstrap interval over resampled trials; slope_p_adj: the slope's "
+        "R² after seeing the data. Not evidence for a relation; see the primary relation. CI (OLS): t-interval; "
+        "CI (boot): BCa bootstrap interval over resampled trials; slope_p_adj: the slope's "
         "p-value, Benjamini-Hochberg adjusted over this table."
     ]
     best = analysis.ranking[(analysis.ranking["rank"] == 1) & analysis.ranking["r2"].notna()]
@@ -459,9 +461,12 @@ def _fidelity_section(analysis: SweepAnalysis) -> Section:
         blocks.append(Note("No fit is defined (too few trials or constant metrics); see the notes in the table."))
     top = analysis.ranking[analysis.ranking["rank"] <= 3]
     blocks.append(
-        Table("Naive: best predictors of each fidelity metric (by trial-level R²)", _shown(top, ["rank", *FIT_COLUMNS_SHOWN]))
+        Table("Naive: best predictors of each fidelity metric (by trial-level R²)",
+              _shown(top, ["rank", *FIT_COLUMNS_SHOWN]))
     )
-    blocks.append(Table("Naive: all trial-level fits (pooled over the sweep)", _shown(analysis.fits, FIT_COLUMNS_SHOWN)))
+    blocks.append(
+        Table("Naive: all trial-level fits (pooled over the sweep)", _shown(analysis.fits, FIT_COLUMNS_SHOWN))
+    )
     return Section("Naive trial-level fits: fidelity vs phase structure (exploratory)", blocks)
 
 

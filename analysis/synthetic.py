@@ -327,7 +327,7 @@ def _log_trial(
 
 CLUSTER_INTERCEPT = 0.3
 K_EFFECT = 0.01
-"""Per extra phase: fidelity rises with k in the clustered simulation, as the partition's within-phase similarity does."""
+"""Per extra phase: fidelity rises with k in the clustered simulation, as within-phase similarity does."""
 
 
 def simulate_clustered(

@@ -1,4 +1,4 @@
-"""Pre-registration in the sweep spec (docs/science.md §7): purpose and primary relation, refused at load if unsound."""
+"""Pre-registration in the sweep spec (docs/science.md §7): purpose and primary relation, refused at load if wrong."""
 
 from __future__ import annotations
 
