@@ -225,8 +225,9 @@ def swap_accuracy(summary: pd.DataFrame) -> Figure:
     return figure
 
 
-def fidelity_scatter(trials: pd.DataFrame, fits: pd.DataFrame, color_by: str = SD_PARAM) -> Figure:
-    """One panel per fit row: y against x, OLS line with its 95% confidence band, points coloured by ``color_by``."""
+def fidelity_scatter(trials: pd.DataFrame, fits: pd.DataFrame, color_by: str = SD_PARAM, band: bool = True) -> Figure:
+    """One panel per fit row: y against x, points coloured by ``color_by``; with ``band`` the trial-level OLS line
+    and its 95% confidence band (naive: trials as independent), without it the numbers in the title only."""
     figure = Figure(figsize=(PANEL * len(fits), PANEL), layout="constrained")
     axes = figure.subplots(1, len(fits), squeeze=False).ravel()
     colour = pd.to_numeric(trials[color_by], errors="coerce") if color_by in trials else pd.Series(np.nan, trials.index)
@@ -242,10 +243,10 @@ def fidelity_scatter(trials: pd.DataFrame, fits: pd.DataFrame, color_by: str = S
             ec="k",
             lw=0.3,
         )
-        band = ols_band(trials[fit.x], trials[fit.y])
-        if band is not None:
-            ax.plot(band["x"], band["fit"], color="k", lw=1.2, label="OLS fit")
-            ax.fill_between(band["x"], band["lo"], band["hi"], color="k", alpha=0.15, label=f"{CONFIDENCE:.0%} CI")
+        line = ols_band(trials[fit.x], trials[fit.y]) if band else None
+        if line is not None:
+            ax.plot(line["x"], line["fit"], color="k", lw=1.2, label="OLS fit")
+            ax.fill_between(line["x"], line["lo"], line["hi"], color="k", alpha=0.15, label=f"{CONFIDENCE:.0%} CI")
             ax.legend(loc="lower right", fontsize=8)
         ax.set(xlabel=fit.x, ylabel=fit.y)
         ax.set_title(

@@ -1,11 +1,27 @@
-"""Every statistic of one sweep's trials, computed once: the numbers behind the report, without rendering."""
+"""Every statistic of one sweep's trials, computed once: the numbers behind the report, without rendering.
+
+Inference follows docs/science.md §7: the pre-registered primary relation (`Reading`) is fitted
+with the teacher as the unit (`analysis.cluster`), per SD rate and per k as well; trial-level
+fits (``fits``, ``by_sd``, ``by_k``, ``ranking``) are kept as naive, exploratory tables.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
+
+from analysis.cluster import (
+    ClusterFit,
+    Power,
+    cluster_fit,
+    cluster_mean,
+    exploratory_ranking,
+    power,
+    searched_covariates,
+)
 
 from analysis.fit import (
     DEFAULT_RESAMPLES,
@@ -19,6 +35,9 @@ from analysis.fit import (
 )
 from analysis.importance import Importances, param_importances
 from study.contract import (
+    PAPER_ACC_METRIC,
+    PRIMARY_PREDICTOR,
+    PRIMARY_TARGET,
     DYNAMICS_PREFIX,
     FIDELITY_METRICS,
     K_PARAM,
@@ -30,6 +49,53 @@ from study.contract import (
 )
 
 DYNAMICS_COLUMNS = ["metric", "sd", "mean", "std", "n"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a sweep is read, as its spec pre-registered it (docs/science.md §7).
+
+    ``source`` says where it came from: "spec" (the sweep's sweep_spec.json), "default" (a spec
+    launched before specs declared it), or "given" (passed by the caller, e.g. a re-analysis).
+    """
+
+    predictor: str = PRIMARY_PREDICTOR
+    target: str = PRIMARY_TARGET
+    purpose: str = "correlation"
+    scheduler: str = "none"
+    source: str = "default"
+
+    @classmethod
+    def from_spec(cls, spec: Mapping | None) -> "Reading":
+        """From a saved sweep spec (``SweepSpec.model_dump``); missing sections take the defaults."""
+        if not spec:
+            return cls()
+        primary = (spec.get("analysis") or {}).get("primary") or {}
+        declared = "purpose" in spec and bool(primary)
+        return cls(
+            predictor=primary.get("predictor", PRIMARY_PREDICTOR),
+            target=primary.get("target", PRIMARY_TARGET),
+            purpose=spec.get("purpose", "correlation"),
+            scheduler=(spec.get("scheduler") or {}).get("type", "none"),
+            source="spec" if declared else "default",
+        )
+
+    def warnings(self, counts: StatusCounts) -> list[str]:
+        notes = []
+        if self.purpose == "tuning":
+            notes.append(
+                f"Tuning sweep (scheduler {self.scheduler}): trials were chosen by a search"
+                + (" and stopped early by the scheduler" if self.scheduler != "none" else "")
+                + ", so any similarity-fidelity correlation here holds only among trials that survived it "
+                "(pruned trials are missing not at random); it is not an estimate of the relation."
+            )
+        elif counts.pruned:
+            notes.append(f"{counts.pruned} trials were pruned in a correlation sweep: the relation is conditional "
+                         "on the trials that finished.")  # fmt: skip
+        if self.source == "default":
+            notes.append(f"The sweep's spec declares no primary relation (launched before specs did): the default "
+                         f"{self.target} ~ {self.predictor} is used.")  # fmt: skip
+        return notes
 
 
 @dataclass(frozen=True)
@@ -52,6 +118,19 @@ class SweepAnalysis:
     importances: list[Importances]
     best: dict[str, str]
     dynamics: pd.DataFrame
+    reading: Reading = Reading()
+    covariates: tuple[str, ...] = ()
+    primary: ClusterFit | None = None
+    """The pre-registered relation, teacher as the unit, adjusted for `covariates`."""
+    primary_unadjusted: ClusterFit | None = None
+    """The same without covariates (to show what adjusting for k and the knobs changes)."""
+    per_sd: pd.DataFrame = field(default_factory=pd.DataFrame)
+    per_k: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sd_trends: list[ClusterFit] = field(default_factory=list)
+    """SD rate -> the primary predictor and target, teacher as the unit, k adjusted."""
+    power: Power | None = None
+    exploratory: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list[str] = field(default_factory=list)
 
 
 def analyse_sweep(
@@ -60,6 +139,7 @@ def analyse_sweep(
     *,
     fidelity: Sequence[str] = FIDELITY_METRICS,
     predictors: Sequence[str] | None = None,
+    reading: Reading | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
 ) -> SweepAnalysis:
@@ -67,9 +147,11 @@ def analyse_sweep(
 
     ``trials`` is `analysis.load.load_trials` output (all statuses); ``params``
     the config-param columns scored for importance; ``predictors`` defaults to
-    `PHASE_METRICS` plus any other ``phase.*`` metric the trials carry. Works on
-    zero trials too (empty tables).
+    `PHASE_METRICS` plus any other ``phase.*`` metric the trials carry; ``reading``
+    (default `Reading()`) names the primary relation fitted with the teacher as the unit.
+    Works on zero trials too (empty tables).
     """
+    reading = reading or Reading()
     if predictors is None:
         predictors = [*PHASE_METRICS, *sorted(c for c in trials if c.startswith(PHASE_PREFIX) and c not in PHASE_METRICS)]
     finished, counts = split_by_status(trials)
@@ -77,6 +159,7 @@ def analyse_sweep(
     fits = fit_table(finished, fidelity, predictors, **options)
     ranking = rank_predictors(fits)
     top = ranking[(ranking["rank"] == 1) & ranking["r2"].notna()]
+    clustered = _clustered(finished, params, predictors, reading, n_resamples, seed)
     return SweepAnalysis(
         trials=finished,
         counts=counts,
@@ -89,7 +172,68 @@ def analyse_sweep(
         importances=[param_importances(finished, target, params, seed=seed) for target in fidelity],
         best=dict(zip(top["y"], top["x"], strict=True)),
         dynamics=dynamics_by_sd(finished),
+        reading=reading,
+        notes=reading.warnings(counts) + clustered.pop("notes"),
+        **clustered,
     )
+
+
+def _clustered(
+    trials: pd.DataFrame,
+    params: Sequence[str],
+    predictors: Sequence[str],
+    reading: Reading,
+    n_resamples: int,
+    seed: int,
+) -> dict:
+    """The teacher-as-unit fields of `SweepAnalysis` (docs/science.md §7); empty ones when they cannot be fitted."""
+    x, y = reading.predictor, reading.target
+    missing = [c for c in (x, y, TEACHER_KEY_PARAM) if c not in trials]
+    if missing or trials.empty:
+        why = f"no {', '.join(missing)} in the finished trials" if missing else "no finished trials"
+        return {"notes": [f"Primary relation {y} ~ {x} not fitted: {why}."]}
+    options = {"n_resamples": n_resamples, "seed": seed}
+    covariates = tuple(searched_covariates(trials, params))
+    primary = cluster_fit(trials, x, y, covariates, **options)
+    per_sd = _per_level(trials, SD_PARAM, x, y, covariates, options)
+    per_k = _per_level(trials, K_PARAM, x, y, [c for c in covariates if c != K_PARAM], options)
+    if len(per_k) and PAPER_ACC_METRIC in trials:
+        accuracy = [cluster_mean(group[PAPER_ACC_METRIC], group[TEACHER_KEY_PARAM], **options)
+                    for _, group in trials.dropna(subset=[K_PARAM]).groupby(K_PARAM, sort=True)]  # fmt: skip
+        per_k = per_k.assign(
+            acc_ratio=[a["mean"] for a in accuracy],
+            acc_ratio_ci=[a["ci"].as_list() for a in accuracy],
+            acc_ratio_n_teachers=[a["n_teachers"] for a in accuracy],
+            acc_ratio_note=[a["note"] for a in accuracy],
+        )
+    trend_covariates = [K_PARAM] if K_PARAM in covariates else []
+    trends = [cluster_fit(trials, SD_PARAM, metric, trend_covariates, **options)
+              for metric in (x, y) if SD_PARAM in trials]  # fmt: skip
+    return {
+        "covariates": covariates,
+        "primary": primary,
+        "primary_unadjusted": cluster_fit(trials, x, y, (), **options) if covariates else primary,
+        "per_sd": per_sd,
+        "per_k": per_k,
+        "sd_trends": trends,
+        "power": power(primary, trials),
+        "exploratory": exploratory_ranking(trials, y, predictors, covariates, **options),
+        "notes": [],
+    }
+
+
+def _per_level(
+    trials: pd.DataFrame, by: str, x: str, y: str, covariates: Sequence[str], options: dict
+) -> pd.DataFrame:
+    """`cluster_fit` of y ~ x within each level of ``by``: one summary row per level (column ``level``)."""
+    if by not in trials or trials[by].isna().all():
+        return pd.DataFrame()
+    rows = []
+    for level, group in trials.dropna(subset=[by]).groupby(by, sort=True):
+        fit = cluster_fit(group, x, y, covariates, **options)
+        rows.append({"level": level.item() if hasattr(level, "item") else level, **fit.summary(),
+                     "naive_r2": fit.naive.r2 if fit.naive else math.nan})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def dynamics_by_sd(trials: pd.DataFrame) -> pd.DataFrame:

@@ -42,6 +42,7 @@ from study.contract import (
     ROLE_SWEEP,
     ROLE_TAG,
     SWAP_BASELINE,
+    SPEC_ARTIFACT,
     SWEEP_ID_TAG,
     SWEEP_TAG,
     TEACHER_KEY_PARAM,
@@ -360,3 +361,96 @@ def _log_trial(
                      parent_run_id=parent_id, run_name=trial_run_name(params, trial_id), teacher_key=teacher_key,
                      params=params,
                      history=records, result=result, status=status)
+
+
+
+CLUSTER_INTERCEPT = 0.3
+K_EFFECT = 0.01
+"""Per extra phase: fidelity rises with k in the clustered simulation, as within-phase similarity does."""
+
+
+def simulate_clustered(
+    n_teachers: int,
+    trials_per_teacher: int,
+    *,
+    teacher_slope: float,
+    between_sd: float,
+    within_sd: float,
+    rng: np.random.Generator,
+    sd_rates: Sequence[float] = (0.0, 0.2, 0.4, 0.6),
+    ks: Sequence[int] = (2, 3, 4),
+    lambda_range: tuple[float, float] = (0.2, 0.8),
+    depth: int = 8,
+) -> pd.DataFrame:
+    """Trials of a sweep where the teacher is the unit (docs/science.md §7), in memory: one row per trial.
+
+    Teacher g has an SD rate (cycled over ``sd_rates``), its own similarity decay length and a
+    random effect u_g ~ N(0, between_sd). A trial draws k and stage-2 lambda_cls; its phase
+    metrics come from the teacher's cosine matrix under an even k-phase partition, and
+    ``r2_pooled.final = CLUSTER_INTERCEPT + teacher_slope * within_sim + K_EFFECT * k + 0.05 (lambda - 0.5)
+    + u_g + N(0, within_sd)`` (``r2.final`` 0.02 below). So k drives both similarity and fidelity
+    (a confounder), and the teacher-level slope is ``teacher_slope`` once k is adjusted for.
+    """
+    rows = []
+    for g in range(n_teachers):
+        sd = float(sd_rates[g % len(sd_rates)])
+        length = 1.5 + 5.0 * sd + rng.uniform(0.0, 1.5)
+        layers = np.arange(depth)
+        cosine = np.exp(-np.abs(layers[:, None] - layers[None, :]) / length)
+        matrices = {"cosine": cosine, "cka": cosine**0.6}
+        effect = rng.normal(0.0, between_sd)
+        for _ in range(trials_per_teacher):
+            k = int(rng.choice(ks))
+            lam = float(rng.uniform(*lambda_range))
+            bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), k)]
+            metrics = {f"phase.{kind}.{name}": value for kind in PHASE_KINDS
+                       for name, value in phase_metrics(matrices[kind], bounds).items()}  # fmt: skip
+            fidelity = (CLUSTER_INTERCEPT + teacher_slope * metrics["phase.cosine.within_sim"] + K_EFFECT * k
+                        + 0.05 * (lam - 0.5) + effect + rng.normal(0.0, within_sd))  # fmt: skip
+            rows.append({"teacher.sd_rate": sd, "teacher.seed": g, "raptor.k": k, "distill.stage2.lambda_cls": lam,
+                         "teacher.key": f"teacher-{g:03d}", "teacher.effect": effect, "status": FINISHED,
+                         **metrics, "r2_pooled.final": fidelity, "r2.final": fidelity - 0.02})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_clustered_sweep(
+    tracking_uri: str | None,
+    experiment: str,
+    *,
+    n_teachers: int = 6,
+    trials_per_teacher: int = 8,
+    teacher_slope: float = 0.0,
+    between_sd: float = 0.02,
+    within_sd: float = 0.001,
+    depth: int = 8,
+    artifact_location: str | None = None,
+    spec: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> SyntheticSweep:
+    """`simulate_clustered` written to MLflow as the study's trials write theirs: a sweep parent run, one child
+    run per trial with the full config as params (``teacher.key`` a hash of the teacher's config), final metrics
+    and result.json. The parent run comes from the sweep driver's own `ensure_parent_run`, holding ``spec`` (a
+    ``SweepSpec.model_dump``) as sweep_spec.json when given. ``truth`` holds the simulated rows (with each
+    teacher's planted ``teacher.effect``)."""
+    rng = np.random.default_rng(seed)
+    frame = simulate_clustered(n_teachers, trials_per_teacher, teacher_slope=teacher_slope, between_sd=between_sd,
+                               within_sd=within_sd, rng=rng, depth=depth)  # fmt: skip
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+    parent_tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment, SWEEP_ID_TAG: SYNTHETIC_SWEEP_ID}
+    parent_id = client.create_run(experiment_id, tags=parent_tags, run_name=experiment).info.run_id
+    if spec is not None:  # the launched spec, where the sweep driver keeps it (the report reads its reading)
+        client.log_dict(parent_id, spec, SPEC_ARTIFACT)
+    truth = []
+    metric_names = [c for c in frame if c.startswith(("phase.", "r2"))]
+    for index, row in enumerate(frame.itertuples(index=False, name=None)):
+        values = dict(zip(frame.columns, row, strict=True))
+        config = _config(f"trial-{index:03d}", values["teacher.sd_rate"], int(values["teacher.seed"]),
+                         int(values["raptor.k"]), round(values["distill.stage2.lambda_cls"], 6), depth)  # fmt: skip
+        metrics = {name: float(values[name]) for name in metric_names}
+        bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), int(values["raptor.k"]))]
+        result = {"partition": {"phase_bounds": bounds}, "config": config}
+        run_id = _log_trial(client, experiment_id, parent_id, experiment, index, config, FINISHED, metrics, result)
+        truth.append({"run_id": run_id, **_flat(config), **metrics, "teacher.effect": values["teacher.effect"]})
+    client.set_terminated(parent_id, "FINISHED")
+    return SyntheticSweep(experiment, parent_id, pd.DataFrame(truth))

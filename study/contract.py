@@ -231,3 +231,14 @@ def trial_run_name(params: dict, trial_id: str, index: int | None = None) -> str
     index = trial_index(trial_id) if index is None else index
     return (f"sd{float(params.get(SD_PARAM, 0.0)):g}-s{params.get(TEACHER_SEED_PARAM, 0)}-k{params.get(K_PARAM, 0)}"
             f"-{index:04d}")
+
+
+# ----------------------------------------------------------------------------- the pre-registered relation
+PRIMARY_PREDICTOR = "phase.cosine.within_sim"
+PRIMARY_TARGET = "r2_pooled.final"
+"""The default pre-registered relation of a sweep (docs/science.md §7): similarity -> pooled final-layer R^2."""
+ANALYSIS_TARGETS = tuple(dict.fromkeys((*FIDELITY_METRICS, *PROBE_METRICS)))
+"""Metric names a sweep spec may declare as the target of its primary relation (docs/science.md §5)."""
+ANALYSIS_PREDICTORS = PHASE_METRICS
+"""Metric names a sweep spec may declare as the predictor of its primary relation."""
+

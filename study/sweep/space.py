@@ -12,6 +12,15 @@ A sweep file has these sections (all but `name` optional):
     search:     {sampler: tpe, metric: val_r2, mode: max, num_samples: 6, max_concurrent: 2, seed: 0}
     scheduler:  {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: none}
     resources:  {driver_cpu: 1, driver_gpu: 0, workers: 1, worker_cpu: 0, worker_gpu: 0}
+    purpose:    correlation                          # or tuning (default correlation)
+    analysis:   {primary: {predictor: phase.cosine.within_sim, target: r2_pooled.final}}   # the default
+
+`purpose` and `analysis` pre-register how the sweep is read (docs/science.md §7). A correlation
+sweep measures the similarity-fidelity relation, so it may not stop trials early: an early-stopping
+scheduler is refused at load (pruned trials are missing not at random). A tuning sweep may use one;
+its report warns that any correlation is conditional on surviving the scheduler. `analysis.primary`
+is the one relation the report's headline and paper comparison use; every other predictor is
+exploratory. Its metric names must be ones the trials log (study/contract.py).
 
 Validation happens at load: unknown keys, empty ranges and any corner of the
 space that would make an invalid TrialConfig (k > depth, lambda outside [0, 1],
@@ -42,7 +51,7 @@ from study.config import (
     stable_hash,
     unflatten,
 )
-from study.contract import VAL_R2
+from study.contract import ANALYSIS_PREDICTORS, ANALYSIS_TARGETS, PRIMARY_PREDICTOR, PRIMARY_TARGET, VAL_R2
 
 MAX_CORNER_CHECKS = 4096
 
@@ -150,6 +159,27 @@ class ResourcesConfig(_Strict):
         return self
 
 
+class PrimaryRelation(_Strict):
+    """The pre-registered relation target ~ predictor (docs/science.md §7); defaults in study/contract.py."""
+
+    predictor: str = PRIMARY_PREDICTOR
+    target: str = PRIMARY_TARGET
+
+    @model_validator(mode="after")
+    def _known(self) -> "PrimaryRelation":
+        if self.predictor not in ANALYSIS_PREDICTORS:
+            raise ValueError(f"analysis.primary.predictor: unknown metric {self.predictor!r} "
+                             f"(one of {', '.join(ANALYSIS_PREDICTORS)})")
+        if self.target not in ANALYSIS_TARGETS:
+            raise ValueError(f"analysis.primary.target: unknown metric {self.target!r} "
+                             f"(one of {', '.join(ANALYSIS_TARGETS)})")
+        return self
+
+
+class AnalysisConfig(_Strict):
+    primary: PrimaryRelation = PrimaryRelation()
+
+
 class SweepSpec(_Strict):
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -158,6 +188,18 @@ class SweepSpec(_Strict):
     search: SearchConfig = SearchConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    purpose: Literal["correlation", "tuning"] = Field(
+        "correlation", description="correlation: measure the similarity-fidelity relation (no early stopping); "
+        "tuning: find good settings (early stopping allowed, correlations conditional on survival)")
+    analysis: AnalysisConfig = AnalysisConfig()
+
+    @model_validator(mode="after")
+    def _no_early_stopping_in_correlation(self) -> "SweepSpec":
+        if self.purpose == "correlation" and self.scheduler.type != "none":
+            raise ValueError(f"scheduler.type: {self.scheduler.type!r} stops trials early, which a correlation sweep "
+                             "cannot use (pruned trials are missing not at random, docs/science.md §7); set "
+                             "scheduler.type: none, or purpose: tuning")
+        return self
 
     def trial_config(self, params: dict[str, Any], name: str | None = None) -> TrialConfig:
         """The full TrialConfig of one trial: base <- sampled params (dotted keys)."""
@@ -194,7 +236,7 @@ def _validate_space(spec: SweepSpec) -> None:
             raise ConfigError(f"space: {err} (at {where})") from None
 
 
-SPEC_SECTIONS = ("name", "description", "base", "space", "search", "scheduler", "resources")
+SPEC_SECTIONS = ("name", "description", "base", "space", "search", "scheduler", "resources", "purpose", "analysis")
 
 
 def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -270,12 +312,18 @@ def sweep_from_tree(tree: Any, path: str | Path, overrides: dict[str, Any] | Non
     return spec
 
 
+NEWER_SECTIONS = ("purpose", "analysis")
+"""Spec sections added after sweeps were already launched; `resume` of such a sweep takes their defaults."""
+
+
 def check_same_spec(launched: dict[str, Any], spec: SweepSpec) -> None:
     """`resume` must continue the sweep that was launched: the spec, with its --set overrides,
     may not have changed (the description excepted). `launched` is the saved `model_dump(mode='json')`."""
     before = flatten(launched)
     now = flatten(json.loads(json.dumps(spec.model_dump(mode="json"))))
     for key in sorted(before.keys() | now.keys()):
+        if key not in before and key.split(".")[0] in NEWER_SECTIONS:
+            continue  # launched before the spec had this section: its default applies
         if key != "description" and before.get(key) != now.get(key):
             raise ConfigError(f"resume: {key} differs from the launched sweep (launched {before.get(key)!r}, "
                               f"now {now.get(key)!r}); resume with the launch's spec file and --set values")

@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis.report import write_report
+from analysis.sweep import Reading
 from analysis.synthetic import PLANTED_SLOPE, SyntheticSweep, write_synthetic_sweep
 
 RESAMPLES = 200
@@ -37,7 +38,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, SyntheticSweep
 @pytest.fixture(scope="module")
 def report(store, tmp_path_factory: pytest.TempPathFactory) -> Path:
     uri, _ = store
-    return write_report(["rep"], uri, tmp_path_factory.mktemp("report"), log_to_mlflow=True, n_resamples=RESAMPLES)
+    reading = Reading(target="r2.final", source="given")  # the synthetic trials carry no r2_pooled.final
+    return write_report(["rep"], uri, tmp_path_factory.mktemp("report"), log_to_mlflow=True, reading=reading,
+                        n_resamples=RESAMPLES)  # fmt: skip
 
 
 def test_html_is_self_contained_with_embedded_figures(report: Path) -> None:
@@ -56,14 +59,19 @@ def test_report_content(report: Path) -> None:
     assert "20 trials: 16 finished, 2 failed, 2 pruned, 0 never finished" in page
     assert "the other 4 are excluded" in page
     assert "acc.ratio in 1" in page  # the finished trial without acc.ratio is reported, not silently dropped
-    for heading in ("Layer-layer similarity and phases", "Fidelity vs phase structure", "Fits per SD rate",
-                    "Fits per k", "Effect of SD rate", "R² per layer by k", "Accuracy recovery vs k",
+    for heading in ("Primary relation (pre-registered; teacher as the unit)", "Primary relation per SD rate and per k",
+                    "Exploratory: every phase metric", "Layer-layer similarity and phases",
+                    "Naive trial-level fits: fidelity vs phase structure", "Naive fits per SD rate",
+                    "Naive fits per k", "Effect of SD rate", "R² per layer by k", "Accuracy recovery vs k",
                     "Hyperparameter importances", "Comparison with the paper", "Methods"):  # fmt: skip
         assert heading in page
     comparison = page[page.index("Comparison with the paper") :]
     for figure in ("0.88", "~0.94", "0.960", "0.975", "0.985", "small ViTs, CIFAR-100", "DINOv2 ViT-B/14"):
         assert figure in comparison
-    assert "R² of r2.final ~ phase." in comparison
+    assert "R² of r2.final ~ phase.cosine.within_sim, SD 0" in comparison
+    # 4 teachers (2 SD rates x 2 seeds): a demo, no R², CI or p anywhere for the primary relation
+    assert "Demo, not a finding" in page and "too few teachers (n = 4)" in page
+    assert "too few teachers (n = 2)" in comparison
 
 
 def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
@@ -82,7 +90,7 @@ def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
 
 def test_dynamics_section(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
-    section = page[page.index("<h2>Dynamics</h2>") : page.index("<h2>Fidelity vs phase structure</h2>")]
+    section = page[page.index("<h2>Dynamics</h2>") : page.index("<h2>Naive trial-level fits")]
     alts = dict(re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]*)"', section))
     assert len(alts) == 2  # curves of the selected teachers, swap accuracies per SD
     for data in alts.values():
