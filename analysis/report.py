@@ -16,12 +16,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import figures
+from analysis.cluster import MIN_TEACHERS
 from analysis.document import Image, Note, Section, Table, format_cell, render_html, render_markdown, write_images
 from analysis.fit import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, MIN_EXACT_N, MIN_FIT_N, mean_ci
 from analysis.importance import MIN_TRIALS as MIN_IMPORTANCE_TRIALS
 from analysis.load import find_sweep_runs, load_results, load_trials
-from analysis.cluster import MIN_TEACHERS
 from analysis.paper import PAPER_ACC_RATIO, PAPER_FIT_R2, PAPER_FIT_UNIT, compare_with_paper, sweep_setting
+from analysis.sweep import Reading, SweepAnalysis, analyse_sweep
 from study.contract import (
     ACC_RATIO,
     DYNAMICS_KEY,
@@ -36,7 +37,6 @@ from study.contract import (
     TEACHER_DYNAMICS_PREFIXES,
     TEACHER_KEY_PARAM,
 )
-from analysis.sweep import Reading, SweepAnalysis, analyse_sweep
 
 log = logging.getLogger(__name__)
 

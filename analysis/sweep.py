@@ -22,7 +22,6 @@ from analysis.cluster import (
     power,
     searched_covariates,
 )
-
 from analysis.fit import (
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
@@ -35,14 +34,14 @@ from analysis.fit import (
 )
 from analysis.importance import Importances, param_importances
 from study.contract import (
-    PAPER_ACC_METRIC,
-    PRIMARY_PREDICTOR,
-    PRIMARY_TARGET,
     DYNAMICS_PREFIX,
     FIDELITY_METRICS,
     K_PARAM,
+    PAPER_ACC_METRIC,
     PHASE_METRICS,
     PHASE_PREFIX,
+    PRIMARY_PREDICTOR,
+    PRIMARY_TARGET,
     SD_PARAM,
     TEACHER_DYNAMICS_PREFIXES,
     TEACHER_KEY_PARAM,

@@ -36,13 +36,16 @@ from study.contract import (
     MLFLOW_END_STATUS,
     PHASE_KINDS,
     PHASE_METRICS,
+    PHASE_PREFIX,
+    PRIMARY_PREDICTOR,
     PRUNED,
     R2_FINAL,
     R2_MEAN,
+    R2_POOLED_FINAL,
     ROLE_SWEEP,
     ROLE_TAG,
-    SWAP_BASELINE,
     SPEC_ARTIFACT,
+    SWAP_BASELINE,
     SWEEP_ID_TAG,
     SWEEP_TAG,
     TEACHER_KEY_PARAM,
@@ -403,13 +406,13 @@ def simulate_clustered(
             k = int(rng.choice(ks))
             lam = float(rng.uniform(*lambda_range))
             bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), k)]
-            metrics = {f"phase.{kind}.{name}": value for kind in PHASE_KINDS
+            metrics = {phase_metric(kind, name): value for kind in PHASE_KINDS
                        for name, value in phase_metrics(matrices[kind], bounds).items()}  # fmt: skip
-            fidelity = (CLUSTER_INTERCEPT + teacher_slope * metrics["phase.cosine.within_sim"] + K_EFFECT * k
+            fidelity = (CLUSTER_INTERCEPT + teacher_slope * metrics[PRIMARY_PREDICTOR] + K_EFFECT * k
                         + 0.05 * (lam - 0.5) + effect + rng.normal(0.0, within_sd))  # fmt: skip
             rows.append({"teacher.sd_rate": sd, "teacher.seed": g, "raptor.k": k, "distill.stage2.lambda_cls": lam,
                          "teacher.key": f"teacher-{g:03d}", "teacher.effect": effect, "status": FINISHED,
-                         **metrics, "r2_pooled.final": fidelity, "r2.final": fidelity - 0.02})  # fmt: skip
+                         **metrics, R2_POOLED_FINAL: fidelity, R2_FINAL: fidelity - 0.02})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -442,7 +445,7 @@ def write_clustered_sweep(
     if spec is not None:  # the launched spec, where the sweep driver keeps it (the report reads its reading)
         client.log_dict(parent_id, spec, SPEC_ARTIFACT)
     truth = []
-    metric_names = [c for c in frame if c.startswith(("phase.", "r2"))]
+    metric_names = [c for c in frame if c.startswith((PHASE_PREFIX, "r2"))]
     for index, row in enumerate(frame.itertuples(index=False, name=None)):
         values = dict(zip(frame.columns, row, strict=True))
         config = _config(f"trial-{index:03d}", values["teacher.sd_rate"], int(values["teacher.seed"]),

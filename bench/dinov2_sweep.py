@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from bench import RESULTS, ROOT
-
 from study.contract import R2_FINAL, VAL_R2
+
 SHORT_RUN = {
     "teacher.pretrained": "false",
     "data.max_samples": "256",

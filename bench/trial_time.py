@@ -25,8 +25,8 @@ import torch
 
 from bench import RESULTS
 from study.config import load_trial_config
-from study.trial.pipeline import run_trial
 from study.contract import ACC_AGREEMENT, ACC_RATIO, R2_FINAL, R2_MEAN, TEACHER_TEST_ACC, group_metric
+from study.trial.pipeline import run_trial
 
 
 def markdown(table: pd.DataFrame) -> str:

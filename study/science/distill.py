@@ -34,10 +34,19 @@ import torch.distributed as dist
 from torch import nn
 
 from study.config import ConfigError, DistillConfig, RuntimeConfig, StageConfig
+from study.runtime import (
+    CudaGraphStep,
+    adamw,
+    autocast,
+    progress_bar,
+    set_fused_attn,
+    step_flops,
+    use_compile,
+    use_graphs,
+    warmup_cosine,
+)
 from study.science.fidelity import FidelityAccumulator
 from study.science.raptor import Raptor, conditioned_block
-from study.runtime import (CudaGraphStep, adamw, autocast, progress_bar, set_fused_attn, step_flops, use_compile, use_graphs,
-                      warmup_cosine)
 
 
 def teacher_forcing_weight(step: int, total_steps: int, anneal: float, start: float = 0.5) -> float:

@@ -14,9 +14,9 @@ import math
 from typing import Sequence
 
 import torch
-from torch import nn
 from timm.layers import LayerScale
 from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
+from torch import nn
 
 from study.science.fidelity import probe_features
 from study.science.states import embed

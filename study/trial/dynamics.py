@@ -34,8 +34,15 @@ from timm.models.vision_transformer import VisionTransformer
 
 from study.config import DynamicsConfig
 from study.contract import SWAP_BASELINE, dynamics_metric, swap_metric
-from study.science.dynamics import (angular_speed, directional_convergence, layer_swap_accuracy, patch_coherence,
-                       perturbation_recovery, swap_pairs, update_stable_rank)
+from study.science.dynamics import (
+    angular_speed,
+    directional_convergence,
+    layer_swap_accuracy,
+    patch_coherence,
+    perturbation_recovery,
+    swap_pairs,
+    update_stable_rank,
+)
 from study.science.raptor import Raptor
 
 Readout = Callable[[torch.Tensor], torch.Tensor]

@@ -26,24 +26,41 @@ import pandas as pd
 import torch
 import yaml
 
-from analysis import figures
-from study.contract import (ACC_AGREEMENT, ACC_FLOOR, ACC_RAPTOR, ACC_RATIO, ACC_RECOVERED, ACC_TEACHER, ACC_TRANSFER,
-                            ACC_TRANSFER_RATIO, ACC_TRANSFER_TEACHER, CLASS_SHARE_SUBSETS, CUT_VALUE, DATA_KEY,
-                            PHASE_KINDS, R2_KINDS, TEACHER_TEST_ACC, VAL_R2, class_share_metric, partition_metric,
-                            phase_metric, r2_metric)
-
 import study.trial.cache as cache
-from study.trial.activations import cached_states
+from analysis import figures
 from study.config import TrialConfig, check_boundaries, check_k_fits
-from study.trial.data import SPLIT_NAMES, ImageSpec, check_data_source, dataset_labels, load_splits
+from study.contract import (
+    ACC_AGREEMENT,
+    ACC_FLOOR,
+    ACC_RAPTOR,
+    ACC_RATIO,
+    ACC_RECOVERED,
+    ACC_TEACHER,
+    ACC_TRANSFER,
+    ACC_TRANSFER_RATIO,
+    ACC_TRANSFER_TEACHER,
+    CLASS_SHARE_SUBSETS,
+    CUT_VALUE,
+    DATA_KEY,
+    PHASE_KINDS,
+    R2_KINDS,
+    TEACHER_TEST_ACC,
+    VAL_R2,
+    class_share_metric,
+    partition_metric,
+    phase_metric,
+    r2_metric,
+)
+from study.runtime import CheckpointPolicy, seed_everything, setup
 from study.science.distill import evaluate_fidelity, rollout_features, run_distillation
-from study.trial.dynamics import swap_readout, trial_dynamics
 from study.science.fidelity import fit_linear_probe, own_probe_accuracy, probe_features, probe_recovery, task_fidelity
 from study.science.partition import Partition, choose_partition
-from study.science.sampling import class_counts, class_share_range, stratified_subset, take_rows
 from study.science.raptor import Raptor
-from study.runtime import CheckpointPolicy, seed_everything, setup
+from study.science.sampling import class_counts, class_share_range, stratified_subset, take_rows
 from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
+from study.trial.activations import cached_states
+from study.trial.data import SPLIT_NAMES, ImageSpec, check_data_source, dataset_labels, load_splits
+from study.trial.dynamics import swap_readout, trial_dynamics
 from study.trial.onnx_vit import check_teacher_source
 from study.trial.teacher import Teacher, load_teacher
 

@@ -5,9 +5,9 @@ local checkpoint file or HF-style folder, or an ONNX file converted by study/tri
 from __future__ import annotations
 
 import logging
-from typing import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import timm
 import torch
@@ -16,9 +16,19 @@ from torch.utils.data import DataLoader, Dataset
 
 import study.trial.cache as cache
 from study.config import ConfigError, TrialConfig
+from study.runtime import (
+    CudaGraphStep,
+    adamw,
+    autocast,
+    progress_bar,
+    seed_everything,
+    set_fused_attn,
+    step_flops,
+    use_compile,
+    use_graphs,
+    warmup_cosine,
+)
 from study.trial.data import ImageSpec, Splits, native_spec
-from study.runtime import (CudaGraphStep, adamw, autocast, progress_bar, seed_everything, set_fused_attn, step_flops,
-                      use_compile, use_graphs, warmup_cosine)
 
 log = logging.getLogger(__name__)
 
