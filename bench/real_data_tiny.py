@@ -17,15 +17,15 @@ from study.config import DataConfig, load_trial_config
 from study.contract import (
     ACC_AGREEMENT,
     ACC_FLOOR,
+    ACC_RECOVERED,
+    ACC_TRANSFER_RATIO,
+    R2_POOLED_FINAL,
     ACC_RAPTOR,
     ACC_RATIO,
-    ACC_RECOVERED,
     ACC_TEACHER,
-    ACC_TRANSFER_RATIO,
     CUT_VALUE,
     R2_FINAL,
     R2_MEAN,
-    R2_POOLED_FINAL,
     TEACHER_TEST_ACC,
     VAL_R2,
     group_metric,
@@ -39,9 +39,8 @@ from study.trial.pipeline import run_trial
 TINY = {"data.max_samples": 200, "distill.stage1.epochs": 2, "distill.stage2.epochs": 1, "distill.batch_size": 32,
         "similarity.num_samples": 200, "dynamics.num_samples": 64, "runtime.device": "cpu", "runtime.num_threads": 1,
         "runtime.activation_dtype": "float32"}
-KEYS = (TEACHER_TEST_ACC, phase_metric("cosine", "within_sim"), CUT_VALUE, R2_FINAL, R2_MEAN,
-        group_metric(R2_FINAL, "cls"), group_metric(R2_FINAL, "patch"), R2_POOLED_FINAL, ACC_TEACHER, ACC_RAPTOR,
-        ACC_RATIO, ACC_FLOOR, ACC_RECOVERED,
+KEYS = (TEACHER_TEST_ACC, phase_metric("cosine", "within_sim"), CUT_VALUE, R2_FINAL, R2_MEAN, group_metric(R2_FINAL, "cls"),
+        group_metric(R2_FINAL, "patch"), R2_POOLED_FINAL, ACC_TEACHER, ACC_RAPTOR, ACC_RATIO, ACC_FLOOR, ACC_RECOVERED,
         ACC_TRANSFER_RATIO, ACC_AGREEMENT, VAL_R2)
 
 

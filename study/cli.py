@@ -87,7 +87,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         table = run_sweep(args.spec, out_root, address=address, tracking_uri=tracking_uri_of(args, args.out),
                           resume=args.command == "resume", overrides=parse_overrides(args.set),
-                          new=getattr(args, "new", False))
+                          new=getattr(args, "new", False), verbose=args.verbose)
     except SweepInterrupted:
         return 130
     return 0 if len(table) and (table["status"] != "failed").all() else 1
@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         sweep = sub.add_parser(name, help=text)
         sweep.add_argument("spec", help="search space YAML, e.g. search_spaces/smoke.yaml")
         sweep.add_argument("--out", default="runs", help="output root: MLflow store, Ray state, trial folders, cache")
+        sweep.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="show Ray's and Tune's own output instead of the progress view")
         sweep.add_argument("--address", help="join a running Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, "
                                              "else start a local Ray")
         sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite "

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from study.contract import (
     best_metric,
     trials_count_metric,
 )
+from study.sweep.monitor import SweepMonitor, TimedCallback
 from study.sweep.raytrain import RayTrainWorkers
 from study.sweep.space import SweepSpec, as_sweep_spec, check_same_spec, spec_hash, spec_text
 from study.sweep.tracking import (
@@ -98,6 +100,15 @@ class SweepPaths:
     def trials(self, sweep: str) -> Path:
         return self.root / "trials" / sweep
 
+    def logs(self, sweep: str) -> Path:
+        return self.root / "logs" / sweep
+
+    def events(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "events.json"
+
+    def sweep_timings(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "sweep_timings.json"
+
     @property
     def cache(self) -> Path:
         return self.root / "cache"
@@ -124,7 +135,7 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
     cfg = spec.trial_config(params, name=trial_name(spec.name, trial_id))
     res = spec.resources
     runner = RayTrainWorkers(trial_id, paths.train(spec.name), workers=res.workers, worker_cpu=res.worker_cpu,
-                             worker_gpu=res.worker_gpu, report_to_tune=True)
+                             worker_gpu=res.worker_gpu, report_to_tune=True, local=res.local_train)
     try:
         result = run_trial(cfg, out_dir, runner=runner)
     except Exception as err:
@@ -135,13 +146,36 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
                     str(err).splitlines()[-1][:200], half)
         cfg = spec.trial_config({**params, "distill.batch_size": half}, name=cfg.name)
         runner = RayTrainWorkers(f"{trial_id}-oom", paths.train(spec.name), workers=res.workers,
-                                 worker_cpu=res.worker_cpu, worker_gpu=res.worker_gpu, report_to_tune=True)
+                                 worker_cpu=res.worker_cpu, worker_gpu=res.worker_gpu, report_to_tune=True,
+                                 local=res.local_train)
         result = run_trial(cfg, out_dir, runner=runner)
     tune.report({**result["metrics"], "out_dir": str(out_dir)})
 
 
 # ----------------------------------------------------------------------------- sweep
-def connect_ray(address: str | None) -> None:
+QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "mlflow", "alembic", "optuna")
+
+
+def quiet_console(verbose: bool) -> None:
+    """Default console: the sweep's progress view only. Ray workers' output stays in Ray's log files
+    (`log_to_driver=False`), Tune prints no status tables (`verbose=0`), and the driver's Ray, MLflow and Optuna
+    loggers show warnings only. `verbose` keeps all of it."""
+    if verbose:
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new engine prints its tables even at verbose=0
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:
+        pass
+
+
+def connect_ray(address: str | None, verbose: bool = True, logs_link: Path | None = None) -> None:
     """Start a new local Ray (default; never silently joins another sweep's cluster) or join the
     cluster at `address` ('auto': the one `ray start` made on this machine), failing fast with one line.
 
@@ -154,11 +188,20 @@ def connect_ray(address: str | None) -> None:
         except (OSError, ValueError) as err:
             raise ConfigError(f"--address: cannot reach a Ray cluster at {address!r} ({err})") from None
     try:
-        ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
-                 log_to_driver=True, configure_logging=False)
+        context = ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
+                           log_to_driver=verbose, configure_logging=False,
+                           logging_level=logging.INFO if verbose else logging.WARNING)
     except ConnectionError as err:
         raise ConfigError(f"--address: could not join the Ray cluster at {address!r} ({err}); if it uses token "
                           "authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
+    session = (getattr(context, "address_info", None) or {}).get("session_dir")
+    if logs_link is not None and session:  # Ray's log files, reachable from the run folder
+        logs_link.parent.mkdir(parents=True, exist_ok=True)
+        logs_link.unlink(missing_ok=True)
+        try:
+            logs_link.symlink_to(Path(session) / "logs", target_is_directory=True)
+        except OSError as err:
+            log.warning("could not link Ray's logs at %s (%s); they are in %s/logs", logs_link, err, session)
 
 
 def concurrency_that_fits(spec: SweepSpec) -> int:
@@ -182,9 +225,17 @@ def concurrency_that_fits(spec: SweepSpec) -> int:
     return fits
 
 
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What Tune reserves for a trial's process: the driver's share, plus its worker's in Ray Train local mode
+    (the worker then runs in that process)."""
+    res = spec.resources
+    if res.local_train:
+        return {"CPU": res.driver_cpu + res.worker_cpu, "GPU": res.driver_gpu + res.worker_gpu}
+    return {"CPU": res.driver_cpu, "GPU": res.driver_gpu}
+
+
 def make_trainable(spec: SweepSpec, paths: SweepPaths):
-    return tune.with_resources(tune.with_parameters(trial_driver, spec=spec, paths=paths),
-                               {"CPU": spec.resources.driver_cpu, "GPU": spec.resources.driver_gpu})
+    return tune.with_resources(tune.with_parameters(trial_driver, spec=spec, paths=paths), trial_resources(spec))
 
 
 def optuna_storage(spec: SweepSpec, paths: SweepPaths):
@@ -199,8 +250,8 @@ def optuna_storage(spec: SweepSpec, paths: SweepPaths):
     return JournalStorage(JournalFileBackend(str(paths.optuna_journal(spec.name))))
 
 
-def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallback, max_concurrent: int,
-                study_name: str) -> tune.Tuner:
+def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurrent: int,
+                study_name: str, verbose: bool = True) -> tune.Tuner:
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -220,9 +271,11 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallbac
         make_trainable(spec, paths),
         param_space=spec.tune_space(),
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=s.num_samples,
-                                    metric=s.metric, mode=s.mode, max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=[callback],
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1),
+                                    metric=s.metric, mode=s.mode,
+                                    max_concurrent_trials=None if search_alg else max_concurrent,  # the limiter caps it
+                                    reuse_actors=spec.resources.reuse_actors),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1 if verbose else 0),
     )
 
 
@@ -282,14 +335,18 @@ def launch_lock(paths: SweepPaths, sweep: str) -> FileLock:
 
 def run_sweep(spec: SweepSpec | dict[str, Any] | str | Path, out_root: str | Path = "runs", *,
               address: str | None = None, tracking_uri: str | None = None, resume: bool = False,
-              overrides: dict[str, Any] | None = None, new: bool = False) -> pd.DataFrame:
+              overrides: dict[str, Any] | None = None, new: bool = False, verbose: bool = False) -> pd.DataFrame:
     """Launch (or resume) a sweep; returns one row per trial.
 
     `spec` is a typed `SweepSpec`, a dict (the YAML's tree) or a path to a YAML file; `overrides` are
     `--set` values. `address` (else RAY_ADDRESS, else a new local Ray) and `tracking_uri` (else
     MLFLOW_TRACKING_URI, else a SQLite store under `out_root`). A launch whose sweep name already has a
     parent run with another spec hash in the experiment is refused unless `new`. Ctrl-C raises
-    `SweepInterrupted` after the graceful stop (the CLI exits 130)."""
+    `SweepInterrupted` after the graceful stop (the CLI exits 130). By default the console shows one live
+    progress view; `verbose` shows Ray's and Tune's own output instead (Ray's log files are linked at
+    OUT/logs/<sweep>/ray either way)."""
+    quiet_console(verbose)
+    t_start = time.perf_counter()
     paths = SweepPaths(Path(out_root).resolve())
     loaded = as_sweep_spec(spec, overrides)
     text = spec_text(loaded if overrides else spec)
@@ -301,13 +358,13 @@ def run_sweep(spec: SweepSpec | dict[str, Any] | str | Path, out_root: str | Pat
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(paths.root)
     lock = launch_lock(paths, spec.name)
     try:
-        return _run_locked(spec, paths, text, digest, address, tracking_uri, resume, new)
+        return _run_locked(spec, paths, text, digest, address, tracking_uri, resume, new, verbose, t_start)
     finally:
         lock.release()
 
 
 def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, address: str | None, tracking_uri: str,
-                resume: bool, new: bool) -> pd.DataFrame:
+                resume: bool, new: bool, verbose: bool, t_start: float) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
     experiment_dir = paths.experiment(spec.name)
@@ -344,25 +401,34 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
         sweep_id = uuid.uuid4().hex[:12]
         parent_run_id = create_parent_run(client, experiment_id, spec, sweep_id=sweep_id, spec_hash=digest,
                                           spec_text=text, provenance=source_provenance())
-    connect_ray(address)
+    clock = {"setup_s": time.perf_counter() - t_start}
+    t0 = time.perf_counter()
+    connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
+    clock["ray_init_s"] = time.perf_counter() - t0
     if not resume:
         atomic_write(launched, lambda tmp: tmp.write_text(json.dumps(spec.model_dump(mode="json"), indent=1)))
         atomic_write(paths.sweep_id_file(spec.name), lambda tmp: tmp.write_text(sweep_id))
     max_concurrent = concurrency_that_fits(spec)
     monitor = start_system_metrics(parent_run_id, tracking_uri)
-    if resume:  # the MLflow callback and the Optuna searcher (with its storage) come back with the experiment state
+    if resume:  # the callbacks and the Optuna searcher (with its storage) come back with the experiment state
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(spec, paths),
                                    resume_unfinished=True, restart_errored=True)
     else:
-        callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec, sweep_id,
-                                       system_metrics=monitor is not None)
-        tuner = build_tuner(spec, paths, callback, max_concurrent, study_name=f"{spec.name}-{sweep_id}")
+        callback = TimedCallback(MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec, sweep_id,
+                                                     system_metrics=monitor is not None))
+        progress = SweepMonitor(spec.name, spec.search.num_samples * _grid_size(spec), max_concurrent,
+                                spec.search.metric, spec.search.mode, paths.events(spec.name), live=not verbose,
+                                mlflow=callback, console=console)
+        tuner = build_tuner(spec, paths, [callback, progress], max_concurrent, study_name=f"{spec.name}-{sweep_id}",
+                            verbose=verbose)
+    t0 = time.perf_counter()
     try:
         with Interrupts() as interrupts:
             grid = tuner.fit()
     finally:
         if monitor is not None:
             monitor.finish()
+    clock["fit_s"] = time.perf_counter() - t0
     table = results_table(grid, spec)
     if interrupts.count:
         killed = mark_interrupted(client, experiment_id, sweep_id, parent_run_id)
@@ -378,6 +444,9 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
         summary[best_metric(spec.search.metric)] = (table[spec.search.metric].max() if spec.search.mode == "max"
                                                     else table[spec.search.metric].min())
     finish_parent(client, parent_run_id, summary)
+    clock["finish_s"] = time.perf_counter() - t0
+    clock["total_s"] = time.perf_counter() - t_start
+    atomic_write(paths.sweep_timings(spec.name), lambda tmp: tmp.write_text(json.dumps(clock, indent=1)))
     show_table(table, spec, paths, tracking_uri)
     if not spec.search.storage and spec.search.sampler != "grid":
         console.print(f"Optuna study: optuna-dashboard {paths.optuna_journal(spec.name)}", soft_wrap=True)
@@ -428,3 +497,12 @@ def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking
     console.print(f"trial outputs: {paths.trials(spec.name)}")
     console.print(f"MLflow: {redact(tracking_uri)}  (browse: raptor-study ui {spec.name} --out {paths.root})",
                   soft_wrap=True)
+
+
+def _grid_size(spec: SweepSpec) -> int:
+    """Trials per sample: the product of the choice lists for a grid search, else 1."""
+    size = 1
+    if spec.search.sampler == "grid":
+        for dist in spec.space.values():
+            size *= len(dist.choice or [None])
+    return size

@@ -128,6 +128,15 @@ class ResourcesConfig(_Strict):
     workers: int = Field(1, ge=1, le=1024)
     worker_cpu: float = Field(1.0, ge=0.0)
     worker_gpu: float = Field(0.0, ge=0.0)
+    train_mode: Literal["auto", "local", "workers"] = Field(
+        "auto", description="local: Ray Train's local mode (the one worker runs in the trial's process, which then "
+                            "holds the driver's and the worker's resources); workers: Train worker actors; auto: local "
+                            "when workers == 1")
+    reuse_actors: bool = Field(True, description="Tune reuses a finished trial's process for the next trial")
+
+    @property
+    def local_train(self) -> bool:
+        return self.train_mode == "local" or (self.train_mode == "auto" and self.workers == 1)
 
     @model_validator(mode="after")
     def _nonzero(self) -> ResourcesConfig:
@@ -135,6 +144,9 @@ class ResourcesConfig(_Strict):
             raise ValueError("resources.driver_cpu: the trial driver needs a resource (driver_cpu + driver_gpu > 0)")
         if self.worker_cpu + self.worker_gpu <= 0:
             raise ValueError("resources.worker_cpu: each worker needs a resource (worker_cpu + worker_gpu > 0)")
+        if self.train_mode == "local" and self.workers != 1:
+            raise ValueError(f"resources.train_mode: 'local' runs one worker, got workers={self.workers} "
+                             "(use 'workers' or 'auto')")
         return self
 
 

@@ -86,6 +86,7 @@ def raptor_states(raptor: Raptor, x0: np.ndarray, device: torch.device | str, ch
 
 def _curves(states: np.ndarray, run_layers, num_registers: int, perturb_layer: int, eps: float, seed: int,
             device: torch.device | str) -> dict[str, list[float]]:
+    states = torch.from_numpy(states).to(device)  # once: every read-out below runs where the models are
     gamma = directional_convergence(states, num_registers)
     speed = angular_speed(states, num_registers)
     curves = {"gamma_cls": gamma["cls"], "gamma_patch": gamma["patch"],

@@ -42,7 +42,7 @@ from study.science.fidelity import fit_linear_probe, own_probe_accuracy, probe_f
 from study.science.partition import Partition, choose_partition
 from study.science.sampling import class_counts, class_share_range, stratified_subset, take_rows
 from study.science.raptor import Raptor
-from study.runtime import seed_everything, setup
+from study.runtime import CheckpointPolicy, seed_everything, setup
 from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
 from study.trial.onnx_vit import check_teacher_source
 from study.trial.teacher import Teacher, load_teacher
@@ -68,12 +68,15 @@ class Prepared:
     r2_pooled: dict[str, list[float]] | None = None  # pooled R^2 per layer of the last `evaluate`
 
 
-def similarity_matrices(states: np.ndarray, num_registers: int) -> dict[str, np.ndarray]:
-    """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity."""
+def similarity_matrices(states: np.ndarray, num_registers: int, device: torch.device | None = None
+                        ) -> dict[str, np.ndarray]:
+    """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity. On a GPU `device`
+    the sums are batched matmuls there (the states stream to it chunk by chunk)."""
+    device = device if device is not None and device.type == "cuda" else None
     return {
-        "cosine": 1.0 - cosine_dissimilarity(states, num_registers),
-        "cka": linear_cka(states, num_registers),
-        "mse": 1.0 - mse_dissimilarity(states, num_registers),
+        "cosine": 1.0 - cosine_dissimilarity(states, num_registers, device=device),
+        "cka": linear_cka(states, num_registers, device=device),
+        "mse": 1.0 - mse_dissimilarity(states, num_registers, device=device),
     }
 
 
@@ -121,7 +124,8 @@ def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
     # subsets are seeded by the data split seed, so every trial of one teacher shares them (docs/science.md §5, §7)
     subsets = {"similarity": stratified_subset(labels["train"], cfg.similarity.num_samples, cfg.data.split_seed + 11),
                "dynamics": stratified_subset(labels["test"], cfg.dynamics.num_samples, cfg.data.split_seed + 12)}
-    similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers)
+    similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers,
+                                     device)
     partition, info = choose_partition(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k,
                                        cfg.partition.method, cfg.partition.boundaries_for(cfg.raptor.k))
     timings["similarity_s"] = time.perf_counter() - t0
@@ -165,7 +169,7 @@ class DistillRunner(Protocol):
 
 
 class InProcess:
-    """Distil in this process; resumable from `out_dir/distill_state.pt`, written after every epoch."""
+    """Distil in this process; resumable from `out_dir/distill_state.pt`, written as `runtime.checkpoint_*` say."""
 
     STATE_FILE = "distill_state.pt"
 
@@ -175,9 +179,14 @@ class InProcess:
         state_path = out_dir / self.STATE_FILE
         resume = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
 
+        policy = CheckpointPolicy(cfg.runtime, cfg.distill)
+
         def checkpoint(record: dict, state_fn) -> None:
-            state = state_fn()
-            cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+            if policy.due(record):
+                t0 = time.perf_counter()
+                state = state_fn()
+                cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+                prepared.timings["checkpoint_s"] = prepared.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
             if on_epoch:
                 on_epoch(record)
 
@@ -338,6 +347,7 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
         result["timings"][f"stage{stage}_s"] = sum(r.get("seconds", 0.0) for r in history if r["stage"] == stage)
     if prepared.dynamics is not None:
         result["dynamics"] = prepared.dynamics
+    t0 = time.perf_counter()
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     pooled = prepared.r2_pooled or {}
     rows = [{"layer": layer, "group": group, "r2": value,
@@ -354,6 +364,8 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
             figures.save(figures.layer_swaps_figure(prepared.dynamics["swap"]), out_dir / "layer_swaps.png")
     torch.save({"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
                out_dir / "raptor.pt")
+    result["timings"]["write_s"] = time.perf_counter() - t0
+    result["timings"]["written_unix"] = time.time()  # wall clock: a sweep lines trials up against Tune's events
     # written last and atomically: its presence marks the trial folder complete
     cache.atomic_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     return result
@@ -363,9 +375,10 @@ def run_trial(cfg: TrialConfig, out_dir: Path, runner: DistillRunner | None = No
               on_epoch: OnEpoch | None = None) -> dict:
     """Run every stage of one trial and write its folder; `runner` picks where distillation runs."""
     runner = runner or InProcess()
-    t_start = time.perf_counter()
+    t_start, started_unix = time.perf_counter(), time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(cfg)
+    prepared.timings["started_unix"] = started_unix
     t0 = time.perf_counter()
     raptor, history = runner.distill(prepared, out_dir, on_epoch)
     prepared.timings["distill_s"] = time.perf_counter() - t0

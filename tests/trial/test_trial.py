@@ -128,7 +128,7 @@ class Interrupted(Exception):
 
 
 def test_interrupted_trial_resumes_from_its_distill_state(prepared, tmp_path, make_cfg, session_cache):
-    cfg = make_cfg(session_cache, {"distill.stage2.epochs": 2})
+    cfg = make_cfg(session_cache, {"distill.stage2.epochs": 2, "runtime.checkpoint_epochs": 1})
     seen = []
 
     def crash_in_stage2(record):
