@@ -44,6 +44,7 @@ import yaml
 
 from study.cli import parse_overrides
 from study.config import deep_merge, unflatten
+from study.contract import VAL_R2
 from study.sweep.driver import run_sweep
 from study.sweep.packing import pack_trials
 from study.sweep.space import load_sweep
@@ -206,7 +207,7 @@ def run_loop(base: dict, seeds: list[int], out: Path, device: str) -> dict[str, 
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return {"wall_s": wall, "per_trial_s": wall / len(seeds), "trial_wall_s": walls, "stages": mean_stages(stages),
             "gpu": gpu.summary(), "peak_gpu_mem_bytes": peak,
-            "val_r2": [r["metrics"]["val_r2"] for r in results]}
+            VAL_R2: [r["metrics"][VAL_R2] for r in results]}
 
 
 def run_sweep_path(base: dict, seeds: list[int], out: Path, device: str, resources: dict, max_concurrent: int
@@ -225,7 +226,7 @@ def run_sweep_path(base: dict, seeds: list[int], out: Path, device: str, resourc
     rows, lifetimes, mlflow_s, val_r2 = [], [], [], []
     for trial_dir in sorted((root / "trials" / "throughput").iterdir()):
         result = json.loads((trial_dir / "result.json").read_text())
-        val_r2.append(result["metrics"]["val_r2"])
+        val_r2.append(result["metrics"][VAL_R2])
         row = trial_stages(result, _compiled(result))
         event = events.get(trial_dir.name, {})
         t = result["timings"]
@@ -247,7 +248,7 @@ def run_sweep_path(base: dict, seeds: list[int], out: Path, device: str, resourc
     return {"wall_s": wall, "per_trial_s": wall / n, "trials": n, "statuses": table["status"].value_counts().to_dict(),
             "max_concurrent": max_concurrent, "resources": resources, "sweep_timings": clock,
             "stages": {**sweep_level, **per_trial}, "mlflow_blocking_per_trial_s": statistics.fmean(mlflow_s or [0.0]),
-            "gpu": gpu.summary(), "val_r2": val_r2}
+            "gpu": gpu.summary(), VAL_R2: val_r2}
 
 
 def _compiled(result: dict) -> bool:
@@ -257,7 +258,7 @@ def _compiled(result: dict) -> bool:
 
 def _write_spec(path: Path, name: str, base: dict, seeds: list[int], search: dict, resources: dict | None) -> Path:
     spec = {"name": name, "base": base, "space": {"seed": {"choice": seeds}},
-            "search": {"sampler": "grid", "metric": "val_r2", "mode": "max", "num_samples": 1, **search},
+            "search": {"sampler": "grid", "metric": VAL_R2, "mode": "max", "num_samples": 1, **search},
             "scheduler": {"type": "none"}}
     if resources:
         spec["resources"] = resources

@@ -24,6 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from study.contract import R2_FINAL
 from study.trial.cache import atomic_write
 
 HOOKS = ("setup", "on_step_begin", "on_step_end", "on_trial_start", "on_trial_restore", "on_trial_save",
@@ -130,7 +131,7 @@ class SweepMonitor(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.events.setdefault(trial.trial_id, {})["end_unix"] = time.time()
-        finished = "r2.final" in (trial.last_result or {})
+        finished = R2_FINAL in (trial.last_result or {})
         self.status[trial.trial_id] = "finished" if finished else "stopped"
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
