@@ -228,6 +228,10 @@ def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = No
     By default the console shows one live progress view; `verbose` shows Ray's and Tune's own output instead
     (Ray's log files are linked at OUT/logs/<sweep>/ray either way)."""
     quiet_console(verbose)
+    # Tune saves its experiment state at most every 10 s by default ('auto'). A driver killed after a trial started
+    # but before that save resumes without the trial and runs a new one, leaving the first one's MLflow run orphaned;
+    # with trials that start 0.1 s apart (actor reuse) that window is hit. 1 s keeps it short for a small cost.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     from mlflow.tracking import MlflowClient
 
     t_start = time.perf_counter()
