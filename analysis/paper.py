@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import mean_ci
-from study.contract import K_PARAM, SD_PARAM
 from analysis.sweep import SweepAnalysis
+from study.contract import ACC_RATIO, K_PARAM, R2_FINAL, SD_PARAM
 
 PAPER_FIT_R2 = {0.0: "0.88", 0.6: "~0.94"}
 """Regression R^2 of fidelity on similarity by SD rate."""
@@ -20,7 +20,7 @@ SETTING_PARAMS = ("data.name", "teacher.source", "teacher.timm_name", "teacher.d
 COLUMNS = ["finding", "paper", "this sweep", "paper setting"]
 
 
-def compare_with_paper(analysis: SweepAnalysis, fidelity: str = "r2.final") -> pd.DataFrame:
+def compare_with_paper(analysis: SweepAnalysis, fidelity: str = R2_FINAL) -> pd.DataFrame:
     """One row per comparable finding: fit R^2 per SD rate and its trend, SD effects, accuracy recovery per k.
 
     The fit rows use the phase metric that best predicts ``fidelity`` in this
@@ -42,8 +42,8 @@ def compare_with_paper(analysis: SweepAnalysis, fidelity: str = "r2.final") -> p
     levels = sorted({*PAPER_ACC_RATIO, *trials.get(K_PARAM, pd.Series(dtype=float)).dropna().astype(int)})
     for k in levels:
         group = (
-            trials.loc[trials[K_PARAM] == k, "acc.ratio"]
-            if {K_PARAM, "acc.ratio"} <= set(trials)
+            trials.loc[trials[K_PARAM] == k, ACC_RATIO]
+            if {K_PARAM, ACC_RATIO} <= set(trials)
             else pd.Series(dtype=float)
         )
         mean, lo, hi, n = mean_ci(group)

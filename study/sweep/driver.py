@@ -19,28 +19,59 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import subprocess
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import ray
+from filelock import FileLock, Timeout
 from ray import tune
 from rich.console import Console
 from rich.table import Table
 
-from study.trial.cache import atomic_write
 from study.config import ConfigError, deep_merge
-from study.trial.data import check_data_source
-from study.trial.onnx_vit import check_teacher_source
-from study.sweep.space import SweepSpec, check_same_spec, load_sweep
-from study.sweep.tracking import (MlflowTrialCallback, default_tracking_uri, ensure_experiment, ensure_parent_run, finish_parent,
-                       mark_orphans, trial_name)
+from study.contract import (
+    ACC_RATIO,
+    FAILED,
+    FINISHED,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    PRUNED,
+    R2_FINAL,
+    VERSION_TAG,
+    best_metric,
+    trials_count_metric,
+)
 from study.sweep.monitor import SweepMonitor, TimedCallback
 from study.sweep.raytrain import RayTrainWorkers
+from study.sweep.space import SweepSpec, as_sweep_spec, check_same_spec, spec_hash, spec_text
+from study.sweep.tracking import (
+    MlflowTrialCallback,
+    check_no_collision,
+    create_parent_run,
+    default_tracking_uri,
+    ensure_experiment,
+    find_parent,
+    finish_parent,
+    is_oom_text,
+    mark_interrupted,
+    mark_orphans,
+    redact,
+    reopen_parent,
+    start_system_metrics,
+    sweep_parents,
+    trial_name,
+)
+from study.trial.cache import atomic_write
+from study.trial.data import check_data_source
+from study.trial.onnx_vit import check_teacher_source
 from study.trial.pipeline import run_trial
 
 log = logging.getLogger(__name__)
@@ -82,6 +113,15 @@ class SweepPaths:
     def cache(self) -> Path:
         return self.root / "cache"
 
+    def sweep_id_file(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "sweep_id"
+
+    def optuna_journal(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "optuna.journal"
+
+    def lock(self, sweep: str) -> Path:
+        return self.ray / f".{sweep}.lock"
+
 
 # ----------------------------------------------------------------------------- trial driver
 def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> None:
@@ -96,7 +136,19 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
     res = spec.resources
     runner = RayTrainWorkers(trial_id, paths.train(spec.name), workers=res.workers, worker_cpu=res.worker_cpu,
                              worker_gpu=res.worker_gpu, report_to_tune=True, local=res.local_train)
-    result = run_trial(cfg, out_dir, runner=runner)
+    try:
+        result = run_trial(cfg, out_dir, runner=runner)
+    except Exception as err:
+        if not (spec.search.oom_retry and is_oom_text(f"{type(err).__name__}: {err}")) or cfg.distill.batch_size < 2:
+            raise
+        half = cfg.distill.batch_size // 2  # search.oom_retry: once, with half the distillation batch
+        log.warning("trial %s ran out of memory (%s); retrying with distill.batch_size=%d", trial_id,
+                    str(err).splitlines()[-1][:200], half)
+        cfg = spec.trial_config({**params, "distill.batch_size": half}, name=cfg.name)
+        runner = RayTrainWorkers(f"{trial_id}-oom", paths.train(spec.name), workers=res.workers,
+                                 worker_cpu=res.worker_cpu, worker_gpu=res.worker_gpu, report_to_tune=True,
+                                 local=res.local_train)
+        result = run_trial(cfg, out_dir, runner=runner)
     tune.report({**result["metrics"], "out_dir": str(out_dir)})
 
 
@@ -186,8 +238,20 @@ def make_trainable(spec: SweepSpec, paths: SweepPaths):
     return tune.with_resources(tune.with_parameters(trial_driver, spec=spec, paths=paths), trial_resources(spec))
 
 
+def optuna_storage(spec: SweepSpec, paths: SweepPaths):
+    """The Optuna study's storage: the spec's RDB URL, else a JournalStorage file in the sweep's Ray folder
+    (`optuna-dashboard <that file>` opens it)."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if spec.search.storage:
+        return RDBStorage(spec.search.storage)
+    paths.optuna_journal(spec.name).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(paths.optuna_journal(spec.name))))
+
+
 def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurrent: int,
-                verbose: bool = True) -> tune.Tuner:
+                study_name: str, verbose: bool = True) -> tune.Tuner:
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -197,7 +261,8 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurr
     search_alg = None
     if s.sampler != "grid":
         sampler = TPESampler(seed=s.seed) if s.sampler == "tpe" else RandomSampler(seed=s.seed)
-        search_alg = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
+        searcher = OptunaSearch(sampler=sampler, storage=optuna_storage(spec, paths), study_name=study_name)
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     scheduler = None
     if spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.scheduler.grace_period,
@@ -221,92 +286,221 @@ def resolve_spec(spec: SweepSpec, paths: SweepPaths) -> SweepSpec:
     return spec.model_copy(update={"base": deep_merge(spec.base, {"runtime": {"cache_dir": cache_dir}})})
 
 
-def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = None, tracking_uri: str | None = None,
-              resume: bool = False, overrides: dict[str, Any] | None = None, verbose: bool = False) -> pd.DataFrame:
-    """Launch (or resume) the sweep in `spec_path` with `--set` overrides; returns one row per trial.
+class SweepInterrupted(Exception):
+    """The sweep was stopped by Ctrl-C (SIGINT); its state is saved and `resume` continues it."""
 
-    By default the console shows one live progress view; `verbose` shows Ray's and Tune's own output instead
-    (Ray's log files are linked at OUT/logs/<sweep>/ray either way)."""
+
+class Interrupts:
+    """Ctrl-C during `Tuner.fit`: the first stops scheduling through Tune's own graceful stop (SIGUSR1:
+    the experiment state is saved, running trials keep their last per-epoch checkpoint, callbacks end
+    and flush MLflow); a second exits at once with 130."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # this handler decides; Tune keeps its SIGUSR1 stop
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            console.print("[red]second Ctrl-C[/red]: exiting now", highlight=False)
+            os._exit(130)
+        console.print("[yellow]Ctrl-C[/yellow]: stopping the sweep (no new trials; running trials keep their last "
+                      "checkpoint; MLflow is flushed). Ctrl-C again to quit at once.", highlight=False, soft_wrap=True)
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            raise KeyboardInterrupt  # Tune's loop is not running yet
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def launch_lock(paths: SweepPaths, sweep: str) -> FileLock:
+    """Held while a sweep runs from this output root: a second launch (or resume) of it is refused."""
+    paths.ray.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(paths.lock(sweep)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(f"sweep: '{sweep}' is already running from {paths.root} (lock {paths.lock(sweep)}); "
+                          "wait for it, or use another --out") from None
+    return lock
+
+
+def run_sweep(spec: SweepSpec | dict[str, Any] | str | Path, out_root: str | Path = "runs", *,
+              address: str | None = None, tracking_uri: str | None = None, resume: bool = False,
+              overrides: dict[str, Any] | None = None, new: bool = False, verbose: bool = False) -> pd.DataFrame:
+    """Launch (or resume) a sweep; returns one row per trial.
+
+    `spec` is a typed `SweepSpec`, a dict (the YAML's tree) or a path to a YAML file; `overrides` are
+    `--set` values. `address` (else RAY_ADDRESS, else a new local Ray) and `tracking_uri` (else
+    MLFLOW_TRACKING_URI, else a SQLite store under `out_root`). A launch whose sweep name already has a
+    parent run with another spec hash in the experiment is refused unless `new`. Ctrl-C raises
+    `SweepInterrupted` after the graceful stop (the CLI exits 130). By default the console shows one live
+    progress view; `verbose` shows Ray's and Tune's own output instead (Ray's log files are linked at
+    OUT/logs/<sweep>/ray either way)."""
     quiet_console(verbose)
     # Tune saves its experiment state at most every 10 s by default ('auto'). A driver killed after a trial started
     # but before that save resumes without the trial and runs a new one, leaving the first one's MLflow run orphaned;
     # with trials that start 0.1 s apart (actor reuse) that window is hit. 1 s keeps it short for a small cost.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    from mlflow.tracking import MlflowClient
-
     t_start = time.perf_counter()
-    paths = SweepPaths(out_root.resolve())
-    spec = resolve_spec(load_sweep(spec_path, overrides), paths)
+    paths = SweepPaths(Path(out_root).resolve())
+    loaded = as_sweep_spec(spec, overrides)
+    text = spec_text(loaded if overrides else spec)
+    digest = spec_hash(loaded)
+    spec = resolve_spec(loaded, paths)
     check_data_source(spec.trial_config({}).data)  # a missing dataset folder fails here, not in every trial
     check_teacher_source(spec.trial_config({}))  # so does a missing ONNX teacher file / package
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(paths.root)
+    lock = launch_lock(paths, spec.name)
+    try:
+        return _run_locked(spec, paths, text, digest, address, tracking_uri, resume, new, verbose, t_start)
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, address: str | None, tracking_uri: str,
+                resume: bool, new: bool, verbose: bool, t_start: float) -> pd.DataFrame:
+    from mlflow.tracking import MlflowClient
+
     experiment_dir = paths.experiment(spec.name)
     can_restore = tune.Tuner.can_restore(str(experiment_dir))
     if resume and not can_restore:
         raise ConfigError(f"resume: no sweep '{spec.name}' to resume under {paths.ray}")
     if not resume and can_restore:
-        raise ConfigError(f"sweep: '{spec.name}' already exists under {paths.ray}; use `raptor-study resume` or another --out")
+        raise ConfigError(f"sweep: '{spec.name}' already exists under {paths.ray}; use `raptor-study resume` "
+                          "or another --out")
     launched = paths.launched_spec(spec.name)
     if resume and launched.is_file():
         check_same_spec(json.loads(launched.read_text()), spec)
-    tracking_uri = tracking_uri or default_tracking_uri(paths.root)
+    client = MlflowClient(tracking_uri)
+    artifact_root = paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None
+    try:
+        experiment_id = ensure_experiment(client, spec.name, artifact_root)
+    except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
+        raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {redact(tracking_uri)!r} "
+                          f"({str(err).splitlines()[0]})") from None
+    if resume:
+        id_file = paths.sweep_id_file(spec.name)
+        sweep_id = id_file.read_text().strip() if id_file.is_file() else ""
+        parent_run_id = find_parent(client, experiment_id, sweep_id) if sweep_id else None
+        if parent_run_id is None:  # a store written before sweep ids: the one parent of this name
+            parents = sweep_parents(client, experiment_id, spec.name)
+            if not parents:
+                raise ConfigError(f"resume: no parent run of sweep '{spec.name}' (sweep id {sweep_id or '?'}) in "
+                                  f"{redact(tracking_uri)}; was it launched with another --tracking-uri?")
+            parent_run_id = parents[0].info.run_id
+        reopen_parent(client, parent_run_id)
+    else:
+        if not new:
+            check_no_collision(client, experiment_id, spec, digest)
+        sweep_id = uuid.uuid4().hex[:12]
+        parent_run_id = create_parent_run(client, experiment_id, spec, sweep_id=sweep_id, spec_hash=digest,
+                                          spec_text=text, provenance=source_provenance())
     clock = {"setup_s": time.perf_counter() - t_start}
-
-    def setup_tracking() -> tuple[MlflowClient, str, str]:
-        t0 = time.perf_counter()
-        client = MlflowClient(tracking_uri)
-        try:
-            artifacts = paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None
-            experiment_id = ensure_experiment(client, spec.name, artifacts)
-        except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
-            raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} "
-                              f"({str(err).splitlines()[0]})") from None
-        parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
-        clock["mlflow_setup_s"] = time.perf_counter() - t0
-        return client, experiment_id, parent_run_id
-
-    # the tracking store's setup (a new SQLite store creates its schema: seconds) runs while Ray starts
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-setup") as pool:
-        tracking = pool.submit(setup_tracking)
-        t0 = time.perf_counter()
-        connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
-        clock["ray_init_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        try:
-            client, experiment_id, parent_run_id = tracking.result()
-        except ConfigError:
-            if not address:
-                ray.shutdown()  # the local Ray this call started
-            raise
-        clock["setup_s"] += time.perf_counter() - t0  # waiting for the store after Ray was up
+    t0 = time.perf_counter()
+    connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
+    clock["ray_init_s"] = time.perf_counter() - t0
     if not resume:
         atomic_write(launched, lambda tmp: tmp.write_text(json.dumps(spec.model_dump(mode="json"), indent=1)))
+        atomic_write(paths.sweep_id_file(spec.name), lambda tmp: tmp.write_text(sweep_id))
     max_concurrent = concurrency_that_fits(spec)
-    if resume:  # the MLflow callback comes back with the experiment state
+    monitor = start_system_metrics(parent_run_id, tracking_uri)
+    if resume:  # the callbacks and the Optuna searcher (with its storage) come back with the experiment state
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(spec, paths),
                                    resume_unfinished=True, restart_errored=True)
     else:
-        mlflow_callback = TimedCallback(MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec))
-        total = spec.search.num_samples * _grid_size(spec)
-        monitor = SweepMonitor(spec.name, total, max_concurrent, spec.search.metric, spec.search.mode,
-                               paths.events(spec.name), live=not verbose, mlflow=mlflow_callback, console=console)
-        tuner = build_tuner(spec, paths, [mlflow_callback, monitor], max_concurrent, verbose)
+        callback = TimedCallback(MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec, sweep_id,
+                                                     system_metrics=monitor is not None))
+        progress = SweepMonitor(spec.name, spec.search.num_samples * _grid_size(spec), max_concurrent,
+                                spec.search.metric, spec.search.mode, paths.events(spec.name), live=not verbose,
+                                mlflow=callback, console=console)
+        tuner = build_tuner(spec, paths, [callback, progress], max_concurrent, study_name=f"{spec.name}-{sweep_id}",
+                            verbose=verbose)
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    try:
+        with Interrupts() as interrupts:
+            grid = tuner.fit()
+    finally:
+        if monitor is not None:
+            monitor.finish()
     clock["fit_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     table = results_table(grid, spec)
-    orphans = mark_orphans(client, experiment_id, spec.name, keep=set())
+    if interrupts.count:
+        killed = mark_interrupted(client, experiment_id, sweep_id, parent_run_id)
+        done = int((table["status"] == FINISHED).sum()) if len(table) else 0
+        console.print(f"[yellow]interrupted[/yellow]: {done} trial(s) finished, {len(killed)} unfinished (KILLED in "
+                      f"MLflow, parent too). Continue with: raptor-study resume <spec> --out {paths.root}",
+                      highlight=False, soft_wrap=True)
+        raise SweepInterrupted(spec.name)
+    orphans = mark_orphans(client, experiment_id, sweep_id, keep=set())
     counts = table["status"].value_counts().to_dict() if len(table) else {}
-    summary = {f"trials.{k}": v for k, v in counts.items()} | {"trials.orphaned": len(orphans)}
+    summary = {trials_count_metric(k): v for k, v in counts.items()} | {trials_count_metric("orphaned"): len(orphans)}
     if len(table) and table[spec.search.metric].notna().any():
-        summary[f"best.{spec.search.metric}"] = (table[spec.search.metric].max() if spec.search.mode == "max"
-                                                 else table[spec.search.metric].min())
+        summary[best_metric(spec.search.metric)] = (table[spec.search.metric].max() if spec.search.mode == "max"
+                                                    else table[spec.search.metric].min())
     finish_parent(client, parent_run_id, summary)
     clock["finish_s"] = time.perf_counter() - t0
     clock["total_s"] = time.perf_counter() - t_start
     atomic_write(paths.sweep_timings(spec.name), lambda tmp: tmp.write_text(json.dumps(clock, indent=1)))
     show_table(table, spec, paths, tracking_uri)
+    if not spec.search.storage and spec.search.sampler != "grid":
+        console.print(f"Optuna study: optuna-dashboard {paths.optuna_journal(spec.name)}", soft_wrap=True)
     return table
+
+
+def source_provenance() -> dict[str, str]:
+    """Tags naming the code that ran: package version, git commit and dirty flag (when in a git checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tags = {VERSION_TAG: version("raptor-study")}
+    except PackageNotFoundError:
+        tags = {VERSION_TAG: "unknown"}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    return tags | {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(dirty)).lower()}
+
+
+def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
+    """One row per trial: id, status, searched params, objective and headline metrics."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        unfinished = PRUNED if spec.scheduler.type == "asha" else "stopped"  # ASHA's stop, or an interrupt
+        status = FAILED if result.error else (FINISHED if R2_FINAL in metrics else unfinished)
+        row = {"trial_id": metrics.get("trial_id", Path(result.path).name), "status": status}
+        row.update({key: (result.config or {}).get(key) for key in spec.space})  # None: never started
+        for key in dict.fromkeys((spec.search.metric, R2_FINAL, ACC_RATIO)):
+            row[key] = metrics.get(key)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking_uri: str) -> None:
+    view = Table(title=f"sweep {spec.name}: {len(table)} trials")
+    for column in table.columns:  # short headers: the last part of dotted names
+        view.add_column(column if column in (R2_FINAL, ACC_RATIO) else column.rsplit(".", 1)[-1], justify="right")
+    for _, row in table.iterrows():
+        view.add_row(*("" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(view)
+    console.print(f"trial outputs: {paths.trials(spec.name)}")
+    console.print(f"MLflow: {redact(tracking_uri)}  (browse: raptor-study ui {spec.name} --out {paths.root})",
+                  soft_wrap=True)
 
 
 def _grid_size(spec: SweepSpec) -> int:
@@ -316,29 +510,3 @@ def _grid_size(spec: SweepSpec) -> int:
         for dist in spec.space.values():
             size *= len(dist.choice or [None])
     return size
-
-
-def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
-    """One row per trial: id, status, searched params, objective and headline metrics."""
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        unfinished = "pruned" if spec.scheduler.type == "asha" else "stopped"  # ASHA's stop, or an interrupt
-        status = "failed" if result.error else ("finished" if "r2.final" in metrics else unfinished)
-        row = {"trial_id": metrics.get("trial_id", Path(result.path).name), "status": status}
-        row.update({key: result.config.get(key) for key in spec.space})
-        for key in dict.fromkeys((spec.search.metric, "r2.final", "acc.ratio")):
-            row[key] = metrics.get(key)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking_uri: str) -> None:
-    view = Table(title=f"sweep {spec.name}: {len(table)} trials")
-    for column in table.columns:  # short headers: the last part of dotted names
-        view.add_column(column if column in ("r2.final", "acc.ratio") else column.rsplit(".", 1)[-1], justify="right")
-    for _, row in table.iterrows():
-        view.add_row(*("" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    console.print(view)
-    console.print(f"trial outputs: {paths.trials(spec.name)}")
-    console.print(f"MLflow: {tracking_uri}  (browse: raptor-study ui --out {paths.root})")

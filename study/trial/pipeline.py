@@ -13,6 +13,7 @@ split, the search objective on the validation split), `write_outputs`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -26,7 +27,10 @@ import torch
 import yaml
 
 from analysis import figures
-from study.contract import CLASS_SHARE_SUBSETS, PHASE_KINDS, class_share_metric
+from study.contract import (ACC_AGREEMENT, ACC_FLOOR, ACC_RAPTOR, ACC_RATIO, ACC_RECOVERED, ACC_TEACHER, ACC_TRANSFER,
+                            ACC_TRANSFER_RATIO, ACC_TRANSFER_TEACHER, CLASS_SHARE_SUBSETS, CUT_VALUE, DATA_KEY,
+                            PHASE_KINDS, R2_KINDS, TEACHER_TEST_ACC, VAL_R2, class_share_metric, partition_metric,
+                            phase_metric, r2_metric)
 
 import study.trial.cache as cache
 from study.trial.activations import cached_states
@@ -240,10 +244,10 @@ def probe_metrics(prepared: Prepared, raptor: Raptor, raptor_test: torch.Tensor)
     # probe on its cls readout, applied to the Raptor's cls readout
     cls_probe = fit_linear_probe(teacher_train[:, :width].numpy(), y_train, seed=cfg.seed)
     transfer = task_fidelity(cls_probe, teacher_test[:, :width].numpy(), raptor_test[:, :width].numpy(), y_test)
-    metrics = {"acc.teacher": acc["teacher"], "acc.raptor": acc["raptor"], "acc.ratio": recovery["ratio"],
-               "acc.floor": acc["floor"], "acc.recovered": recovery["recovered"],
-               "acc.transfer_teacher": transfer["acc_teacher"], "acc.transfer": transfer["acc_raptor"],
-               "acc.transfer_ratio": transfer["acc_ratio"], "acc.agreement": transfer["agreement"]}
+    metrics = {ACC_TEACHER: acc["teacher"], ACC_RAPTOR: acc["raptor"], ACC_RATIO: recovery["ratio"],
+               ACC_FLOOR: acc["floor"], ACC_RECOVERED: recovery["recovered"],
+               ACC_TRANSFER_TEACHER: transfer["acc_teacher"], ACC_TRANSFER: transfer["acc_raptor"],
+               ACC_TRANSFER_RATIO: transfer["acc_ratio"], ACC_AGREEMENT: transfer["agreement"]}
     return metrics, cls_probe
 
 
@@ -276,24 +280,22 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
     task, probe = probe_metrics(prepared, raptor, raptor_feats)
     metrics: dict[str, float] = {}
     if prepared.teacher.test_acc is not None:
-        metrics["teacher.test_acc"] = prepared.teacher.test_acc
+        metrics[TEACHER_TEST_ACC] = prepared.teacher.test_acc
     for kind in PHASE_KINDS:  # kinds whose phase metrics are logged (mse drives partitions only)
         for name, value in phase_metrics(prepared.similarity[kind], prepared.partition.phase_bounds).items():
-            metrics[f"phase.{kind}.{name}"] = value
-    metrics["partition.cut_value"] = prepared.partition.cut_value
+            metrics[phase_metric(kind, name)] = value
+    metrics[CUT_VALUE] = prepared.partition.cut_value
     for name in ("cut_dp", "cut_bisection", "dp_differs"):
-        metrics[f"partition.{name}"] = float(prepared.partition_info[name])
-    for prefix, values in (("r2", r2), ("r2_pooled", r2_pooled)):  # strict and pooled R^2 (docs/science.md §5)
-        metrics[f"{prefix}.final"], metrics[f"{prefix}.mean"] = float(values["all"][-1]), float(np.mean(values["all"]))
+        metrics[partition_metric(name)] = float(prepared.partition_info[name])
+    for kind, values in zip(R2_KINDS, (r2, r2_pooled)):  # strict and pooled R^2 (docs/science.md §5)
         for group in values:
-            if group != "all":
-                metrics[f"{prefix}.final.{group}"] = float(values[group][-1])
-                metrics[f"{prefix}.mean.{group}"] = float(np.mean(values[group]))
+            metrics[r2_metric(kind, "final", group)] = float(values[group][-1])
+            metrics[r2_metric(kind, "mean", group)] = float(np.mean(values[group]))
     metrics.update(task)
     metrics.update(class_share_metrics(prepared))
     val_r2 = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device,
                                cfg.runtime.amp).r2
-    metrics["val_r2"] = float(val_r2["all"][-1])  # the search objective, on the validation split
+    metrics[VAL_R2] = float(val_r2["all"][-1])  # the search objective, on the validation split
     prepared.dynamics = None
     if cfg.dynamics.enabled:
         t0 = time.perf_counter()
@@ -310,6 +312,18 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
     return metrics, {group: [float(v) for v in values] for group, values in r2.items()}
 
 
+def dataset_record(prepared: Prepared) -> dict:
+    """The trial's dataset for MLflow's dataset inputs: name, split sizes, and a digest of the data config and
+    every split's labels, per split and overall (equal digests: the same splits, as far as labels can tell)."""
+    data = prepared.cfg.data.model_dump(mode="json")
+    config = json.dumps(data, sort_keys=True).encode()
+    digests = {split: hashlib.sha256(config + split.encode() + np.ascontiguousarray(labels).tobytes()).hexdigest()[:16]
+               for split, labels in sorted(prepared.labels.items())}
+    return {"name": data["name"], "splits": {split: int(len(labels)) for split, labels in prepared.labels.items()},
+            "digest": hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:16], "digests": digests,
+            "source": data}
+
+
 def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float], r2_per_layer: dict[str, list[float]],
                   history: list[dict], out_dir: Path) -> dict:
     """Write Parquet tables, figures, config, the Raptor weights and (last) result.json into `out_dir`."""
@@ -321,7 +335,8 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
                     "num_registers": teacher.num_registers, "test_acc": teacher.test_acc},
         "similarity": {kind: matrix.tolist() for kind, matrix in prepared.similarity.items()},
         "partition": {**prepared.partition.to_dict(), "method": cfg.partition.method, **prepared.partition_info},
-        "data": {"class_counts": {name: class_counts(labels) for name, labels in subset_labels(prepared).items()}},
+        DATA_KEY: {"class_counts": {name: class_counts(labels) for name, labels in subset_labels(prepared).items()},
+                   **dataset_record(prepared)},
         "r2_per_layer": r2_per_layer,
         "r2_pooled_per_layer": prepared.r2_pooled,
         "metrics": metrics,
