@@ -433,6 +433,7 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
         if monitor is not None:
             monitor.finish()
     clock["fit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()  # finish_s: the results table and MLflow's parent run, after fit
     table = results_table(grid, spec)
     if interrupts.count:
         killed = mark_interrupted(client, experiment_id, sweep_id, parent_run_id)
