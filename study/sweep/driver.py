@@ -346,6 +346,10 @@ def run_sweep(spec: SweepSpec | dict[str, Any] | str | Path, out_root: str | Pat
     progress view; `verbose` shows Ray's and Tune's own output instead (Ray's log files are linked at
     OUT/logs/<sweep>/ray either way)."""
     quiet_console(verbose)
+    # Tune saves its experiment state at most every 10 s by default ('auto'). A driver killed after a trial started
+    # but before that save resumes without the trial and runs a new one, leaving the first one's MLflow run orphaned;
+    # with trials that start 0.1 s apart (actor reuse) that window is hit. 1 s keeps it short for a small cost.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     t_start = time.perf_counter()
     paths = SweepPaths(Path(out_root).resolve())
     loaded = as_sweep_spec(spec, overrides)
@@ -429,6 +433,7 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
         if monitor is not None:
             monitor.finish()
     clock["fit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()  # finish_s: the results table and MLflow's parent run, after fit
     table = results_table(grid, spec)
     if interrupts.count:
         killed = mark_interrupted(client, experiment_id, sweep_id, parent_run_id)
