@@ -47,10 +47,10 @@ TABLE_DIR = "tables"
 N_TEACHERS_SHOWN = 3
 N_PARALLEL_PARAMS = 6
 SLOPE_CI, BOOT_SLOPE_CI, BOOT_R_CI = "slope CI (OLS)", "slope CI (boot)", "r CI (boot)"
-FIT_COLUMNS_SHOWN = ["y", "x", "n", "n_dropped", "r2", "slope", SLOPE_CI, BOOT_SLOPE_CI, "slope_p_adj", "pearson_r",
-                     BOOT_R_CI, "spearman_rho", "spearman_p", "note"]  # fmt: skip
-GROUP_COLUMNS_SHOWN = ["level", "y", "x", "n", "r2", "slope", SLOPE_CI, "pearson_r", BOOT_R_CI, "spearman_rho",
-                       "spearman_p", "note"]  # fmt: skip
+FIT_COLUMNS_SHOWN = ["y", "x", "n", "n_teachers", "n_dropped", "r2", "slope", SLOPE_CI, BOOT_SLOPE_CI, "slope_p_adj",
+                     "pearson_r", BOOT_R_CI, "spearman_rho", "spearman_p", "note"]  # fmt: skip
+GROUP_COLUMNS_SHOWN = ["level", "y", "x", "n", "n_teachers", "r2", "slope", SLOPE_CI, "pearson_r", BOOT_R_CI,
+                       "spearman_rho", "spearman_p", "note"]  # fmt: skip
 TREND_COLUMNS_SHOWN = ["y", "n", "n_trials", "n_levels", "slope", SLOPE_CI, "spearman_rho", "spearman_p", "kendall_tau",
                        "kendall_p", "note"]  # fmt: skip
 
