@@ -22,7 +22,7 @@ from scipy import stats
 
 from analysis.fit import CONFIDENCE, mean_ci, ols_band
 from analysis.importance import Importances
-from study.contract import K_PARAM, SD_PARAM, SWAP_METRICS
+from study.contract import ACC_RATIO, K_PARAM, SD_PARAM, SWAP_METRICS
 
 PANEL = 4.2
 """Side of one panel, inches."""
@@ -280,7 +280,7 @@ def layer_curves(trials: pd.DataFrame, columns: Sequence[str], by: str = K_PARAM
 
 
 def accuracy_vs_k(
-    trials: pd.DataFrame, paper: Mapping[int, float], metric: str = "acc.ratio", by: str = K_PARAM
+    trials: pd.DataFrame, paper: Mapping[int, float], metric: str = ACC_RATIO, by: str = K_PARAM
 ) -> Figure:
     """Accuracy recovery per k: trials (jittered), mean with 95% t-interval, and the paper's anchors."""
     figure = Figure(figsize=(PANEL * 1.4, PANEL), layout="constrained")

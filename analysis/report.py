@@ -22,26 +22,27 @@ from analysis.importance import MIN_TRIALS as MIN_IMPORTANCE_TRIALS
 from analysis.load import find_sweep_runs, load_results, load_trials
 from analysis.cluster import MIN_TEACHERS
 from analysis.paper import PAPER_ACC_RATIO, PAPER_FIT_R2, PAPER_FIT_UNIT, compare_with_paper, sweep_setting
+from analysis.sweep import Reading, SweepAnalysis, analyse_sweep
 from study.contract import (
+    ACC_RATIO,
     DYNAMICS_KEY,
     DYNAMICS_PREFIX,
     FIDELITY_METRICS,
     K_PARAM,
     PHASE_KINDS,
+    R2_FINAL,
     SD_PARAM,
+    SPEC_ARTIFACT,
     STATUSES,
     SWAP_METRICS,
     TEACHER_DYNAMICS_PREFIXES,
     TEACHER_KEY_PARAM,
 )
-from analysis.sweep import Reading, SweepAnalysis, analyse_sweep
 
 log = logging.getLogger(__name__)
 
 REPORT_ARTIFACT_DIR = "report"
 SUMMARY_FILE = "summary.json"
-SPEC_ARTIFACT = "sweep_spec.json"
-"""The launched spec, logged to the sweep parent run by study/sweep/tracking.py."""
 PARAM_SECTIONS = ("data.", "teacher.", "raptor.", "distill.", "similarity.", "dynamics.", "runtime.", "seed", "name")
 TABLE_DIR = "tables"
 N_TEACHERS_SHOWN = 3
@@ -506,11 +507,11 @@ def _layer_section(analysis: SweepAnalysis, layer_metrics: list[str]) -> Section
 
 def _accuracy_section(analysis: SweepAnalysis) -> Section:
     trials = analysis.trials
-    if not {K_PARAM, "acc.ratio"} <= set(trials):
+    if not {K_PARAM, ACC_RATIO} <= set(trials):
         return Section("Accuracy recovery vs k", [Note("No acc.ratio or raptor.k in the finished trials.")])
     rows = []
     for k, group in trials.dropna(subset=[K_PARAM]).groupby(K_PARAM, sort=True):
-        mean, lo, hi, n = mean_ci(group["acc.ratio"])
+        mean, lo, hi, n = mean_ci(group[ACC_RATIO])
         rows.append(
             {"k": k, "n": n, "mean": mean, "ci_lo": lo, "ci_hi": hi, "paper": PAPER_ACC_RATIO.get(int(k), np.nan)}
         )
@@ -617,7 +618,7 @@ def _pick_teachers(trials: pd.DataFrame, count: int) -> pd.DataFrame:
             "teacher": trials.get(TEACHER_KEY_PARAM, trials["run_id"]),
             "sd": trials.get(SD_PARAM, np.nan),
             "k": trials.get(K_PARAM, pd.NA),
-            "fidelity": trials.get("r2.final", np.nan),
+            "fidelity": trials.get(R2_FINAL, np.nan),
         }
     )
     per_teacher = frame.sort_values(["k", "fidelity"], ascending=False, na_position="last").groupby("teacher").head(1)

@@ -42,6 +42,7 @@ from study.contract import (
     FIDELITY_METRICS,
     K_PARAM,
     PHASE_METRICS,
+    PHASE_PREFIX,
     SD_PARAM,
     TEACHER_DYNAMICS_PREFIXES,
     TEACHER_KEY_PARAM,
@@ -152,7 +153,7 @@ def analyse_sweep(
     """
     reading = reading or Reading()
     if predictors is None:
-        predictors = [*PHASE_METRICS, *sorted(c for c in trials if c.startswith("phase.") and c not in PHASE_METRICS)]
+        predictors = [*PHASE_METRICS, *sorted(c for c in trials if c.startswith(PHASE_PREFIX) and c not in PHASE_METRICS)]
     finished, counts = split_by_status(trials)
     options = {"n_resamples": n_resamples, "seed": seed}
     fits = with_teacher_counts(fit_table(finished, fidelity, predictors, **options), finished)

@@ -13,9 +13,7 @@ shaped as `study.dynamics_report` writes them), except the first
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -23,23 +21,49 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from study.config import build_trial_config
 from study.contract import (
+    ACC_AGREEMENT,
+    ACC_RAPTOR,
+    ACC_RATIO,
+    ACC_TEACHER,
+    DATA_KEY,
     DYNAMICS_KEY,
     FAILED,
     FINISHED,
-    PARENT_TAG,
+    K_PARAM,
+    LAYER_METRIC_PREFIX,
+    MLFLOW_END_STATUS,
     PHASE_KINDS,
+    PHASE_METRICS,
+    PRIMARY_PREDICTOR,
     PRUNED,
-    RESULT_ARTIFACT,
+    R2_FINAL,
+    R2_MEAN,
+    R2_POOLED_FINAL,
     ROLE_SWEEP,
     ROLE_TAG,
-    ROLE_TRIAL,
-    STATUS_TAG,
+    SD_PARAM,
+    SWAP_BASELINE,
+    SWEEP_ID_TAG,
     SWEEP_TAG,
+    TEACHER_KEY_PARAM,
+    TEACHER_TEST_ACC,
+    VAL_R2,
+    dynamics_metric,
+    epoch_metric,
+    group_metric,
+    layer_metric,
+    phase_metric,
+    swap_metric,
+    trial_run_name,
 )
+from study.sweep.record import log_trial
+from study.sweep.space import SweepSpec
+
+SYNTHETIC_SWEEP_ID = "synthetic"
 
 PLANTED_SLOPE = 0.9
 """d r2.final / d phase.cosine.within_sim in every synthetic trial."""
@@ -83,7 +107,8 @@ def write_synthetic_sweep(
     rng = np.random.default_rng(seed)
     client = MlflowClient(tracking_uri)
     experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
-    parent = client.create_run(experiment_id, tags={ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment}, run_name=experiment)
+    parent_tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment, SWEEP_ID_TAG: SYNTHETIC_SWEEP_ID}
+    parent = client.create_run(experiment_id, tags=parent_tags, run_name=experiment)
     parent_id = parent.info.run_id
     matrices = {(sd, ts): _similarity(depth, sd, ts) for sd, ts in product(sd_rates, teacher_seeds)}
     grid = list(product(sd_rates, teacher_seeds, ks, lambda_cls))
@@ -92,22 +117,25 @@ def write_synthetic_sweep(
         config = _config(f"trial-{index:03d}", sd, ts, k, lam, depth)
         metrics, result = _finished_trial(matrices[sd, ts], sd, k, lam, config, noise, rng)
         if index == 0:
-            del metrics["acc.ratio"]
+            del metrics[ACC_RATIO]
         if index >= n_without_dynamics:
             bounds = result["partition"]["phase_bounds"]
             dynamics_rng = np.random.default_rng([seed, index])  # leaves the planted fidelity's stream as it was
-            dyn_metrics, result[DYNAMICS_KEY] = _dynamics(depth, sd + 0.05 * ts, bounds, metrics["r2.final"],
-                                                          metrics["teacher.test_acc"], dynamics_rng)  # fmt: skip
+            dyn_metrics, result[DYNAMICS_KEY] = _dynamics(depth, sd + 0.05 * ts, bounds, metrics[R2_FINAL],
+                                                          metrics[TEACHER_TEST_ACC], dynamics_rng)  # fmt: skip
             metrics |= dyn_metrics
-        run_id = _log_trial(client, experiment_id, parent_id, experiment, config, FINISHED, "FINISHED", metrics, result)
+        run_id = _log_trial(client, experiment_id, parent_id, experiment, index, config, FINISHED, metrics, result)
         truth.append({"run_id": run_id, "status": FINISHED, **_flat(config), **metrics})
     for index in range(n_failed + n_pruned):
         sd, ts, k, lam = grid[index % len(grid)]
         config = _config(f"trial-{len(grid) + index:03d}", sd, ts, k, lam, depth)
         failed = index < n_failed
         status, mlflow_status = (FAILED, "FAILED") if failed else (PRUNED, "KILLED" if index % 2 else "FINISHED")
-        curves = {} if failed else {"stage2.val_r2": list(np.linspace(0.1, 0.3, EPOCHS // 2))}
-        run_id = _log_trial(client, experiment_id, parent_id, experiment, config, status, mlflow_status, curves, None)
+        curves = {} if failed else {epoch_metric(2, VAL_R2): list(np.linspace(0.1, 0.3, EPOCHS // 2))}
+        run_id = _log_trial(client, experiment_id, parent_id, experiment, len(grid) + index, config, status, curves,
+                            None)
+        if mlflow_status != MLFLOW_END_STATUS[status]:  # a pruned trial whose run ended FINISHED (older stores)
+            client.update_run(run_id, status=mlflow_status)
         truth.append({"run_id": run_id, "status": status, **_flat(config)})
     client.set_terminated(parent_id, "FINISHED")
     return SyntheticSweep(experiment, parent_id, pd.DataFrame(truth))
@@ -172,8 +200,7 @@ def _config(name: str, sd: float, teacher_seed: int, k: int, lam: float, depth: 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:
     """Dotted keys as the study logs them, plus ``teacher.key``: a hash of what determines the teacher."""
     flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
-    teacher = json.dumps({"data": config["data"], "teacher": config["teacher"]}, sort_keys=True)
-    return {**flat, "teacher.key": hashlib.sha256(teacher.encode()).hexdigest()[:16]}
+    return {**flat, TEACHER_KEY_PARAM: build_trial_config(config).teacher_key()}
 
 
 def _finished_trial(
@@ -188,11 +215,11 @@ def _finished_trial(
     """Final metrics (with per-layer and per-epoch lists) and the result.json of one finished trial."""
     depth = len(matrices["cosine"])
     bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), k)]
-    metrics: dict[str, Any] = {"teacher.test_acc": 0.9 - 0.05 * sd}
+    metrics: dict[str, Any] = {TEACHER_TEST_ACC: 0.9 - 0.05 * sd}
     for kind in PHASE_KINDS:
         for name, value in phase_metrics(matrices[kind], bounds).items():
-            metrics[f"phase.{kind}.{name}"] = value
-    within = metrics["phase.cosine.within_sim"]
+            metrics[phase_metric(kind, name)] = value
+    within = metrics[PHASE_METRICS[0]]
     r2_final = (
         PLANTED_INTERCEPT + PLANTED_SLOPE * within + 0.05 * (lam - 0.4) + rng.normal(0.0, noise * (1.0 - 0.6 * sd))
     )
@@ -200,22 +227,22 @@ def _finished_trial(
     r2_layer = 1.0 - (1.0 - r2_final) * layer_fraction**1.5
     ratio = 1.0 - 0.2 * (1.0 - r2_final) + rng.normal(0.0, 0.006)
     metrics |= {
-        "r2.final": r2_final,
-        "r2.mean": float(r2_layer.mean()),
-        "r2.final.cls": r2_final - 0.02,
-        "r2.final.patch": r2_final + 0.01,
-        "r2.mean.cls": float(r2_layer.mean()) - 0.02,
-        "r2.mean.patch": float(r2_layer.mean()) + 0.01,
-        "acc.teacher_probe": 0.9,
-        "acc.raptor_probe": 0.9 * ratio,
-        "acc.ratio": ratio,
-        "acc.agreement": min(1.0, ratio + 0.02),
-        "r2.layer": list(r2_layer),
-        "r2.layer.cls": list(r2_layer - 0.02 * layer_fraction),
-        "r2.layer.patch": list(r2_layer + 0.01 * layer_fraction),
-        "stage1.loss": list(np.geomspace(1.0, 0.2, EPOCHS)),
-        "stage2.loss": list(np.geomspace(0.3, 0.1, EPOCHS)),
-        "stage2.val_r2": list(np.linspace(0.5, r2_final, EPOCHS)),
+        R2_FINAL: r2_final,
+        R2_MEAN: float(r2_layer.mean()),
+        group_metric(R2_FINAL, "cls"): r2_final - 0.02,
+        group_metric(R2_FINAL, "patch"): r2_final + 0.01,
+        group_metric(R2_MEAN, "cls"): float(r2_layer.mean()) - 0.02,
+        group_metric(R2_MEAN, "patch"): float(r2_layer.mean()) + 0.01,
+        ACC_TEACHER: 0.9,
+        ACC_RAPTOR: 0.9 * ratio,
+        ACC_RATIO: ratio,
+        ACC_AGREEMENT: min(1.0, ratio + 0.02),
+        layer_metric("all"): list(r2_layer),
+        layer_metric("cls"): list(r2_layer - 0.02 * layer_fraction),
+        layer_metric("patch"): list(r2_layer + 0.01 * layer_fraction),
+        epoch_metric(1, "loss"): list(np.geomspace(1.0, 0.2, EPOCHS)),
+        epoch_metric(2, "loss"): list(np.geomspace(0.3, 0.1, EPOCHS)),
+        epoch_metric(2, VAL_R2): list(np.linspace(0.5, r2_final, EPOCHS)),
     }
     dissimilarity = 1.0 - matrices["cosine"]
     phases = phase_metrics(matrices["cosine"], bounds)
@@ -226,7 +253,7 @@ def _finished_trial(
             "cut_value": float(phases["cut_norm"] * np.triu(dissimilarity, 1).sum()),
             "within_cost": float((1.0 - phases["cut_norm"]) * np.triu(dissimilarity, 1).sum()),
         },
-        "r2_per_layer": {group: metrics[f"r2.layer.{group}"] for group in ("cls", "patch")},
+        "r2_per_layer": {group: metrics[layer_metric(group)] for group in ("cls", "patch")},
         "config": config,
     }
     return metrics, result
@@ -270,22 +297,23 @@ def _dynamics(
         kind = "intra" if phase[left - 1] == phase[left] else "inter"
         cost = (0.01 + 0.02 * (1.0 - smoothness)) if kind == "intra" else (0.04 + 0.1 * (1.0 - smoothness))
         swaps[kind].append([left, left + 1, float(accuracy - cost * (1.0 + 0.2 * np.cos(left)))])
-    metrics = {"dyn.swap.baseline_acc": accuracy}
+    metrics = {SWAP_BASELINE: accuracy}
     for kind, pairs in swaps.items():
         if pairs:
-            metrics[f"dyn.swap.{kind}_acc_mean"] = float(np.mean([acc for _, _, acc in pairs]))
+            metrics[swap_metric(kind)] = float(np.mean([acc for _, _, acc in pairs]))
     for model, curves in (("teacher", teacher), ("raptor", raptor)):
-        metrics |= {
-            f"dyn.{model}.gamma_cls_mid": curves["gamma_cls"][half],
-            f"dyn.{model}.gamma_patch_mid": curves["gamma_patch"][half],
-            f"dyn.{model}.speed_cls_mean": curves["speed_cls"].mean(),
-            f"dyn.{model}.speed_patch_mean": curves["speed_patch"].mean(),
-            f"dyn.{model}.speed_cls_late_early": curves["speed_cls"][-half:].mean() / curves["speed_cls"][:half].mean(),
-            f"dyn.{model}.coherence_final": curves["coherence"][-1],
-            f"dyn.{model}.srank_first": curves["stable_rank"][0],
-            f"dyn.{model}.srank_last": curves["stable_rank"][-1],
-            f"dyn.{model}.recovery_last": curves["recovery"][-1],
+        summary = {
+            "gamma_cls_mid": curves["gamma_cls"][half],
+            "gamma_patch_mid": curves["gamma_patch"][half],
+            "speed_cls_mean": curves["speed_cls"].mean(),
+            "speed_patch_mean": curves["speed_patch"].mean(),
+            "speed_cls_late_early": curves["speed_cls"][-half:].mean() / curves["speed_cls"][:half].mean(),
+            "coherence_final": curves["coherence"][-1],
+            "srank_first": curves["stable_rank"][0],
+            "srank_last": curves["stable_rank"][-1],
+            "recovery_last": curves["recovery"][-1],
         }
+        metrics |= {dynamics_metric(model, name): value for name, value in summary.items()}
     result = {
         "num_samples": 256,
         "perturb_layer": perturb,
@@ -302,27 +330,42 @@ def _log_trial(
     experiment_id: str,
     parent_id: str,
     sweep: str,
+    index: int,
     config: dict[str, Any],
     status: str,
-    mlflow_status: str,
     metrics: dict[str, Any],
     result: dict[str, Any] | None,
 ) -> str:
-    """One child run: tags, params as strings, final metrics at step 0, list metrics as histories (step 1..)."""
-    tags = {ROLE_TAG: ROLE_TRIAL, SWEEP_TAG: sweep, STATUS_TAG: status, PARENT_TAG: parent_id}
-    run_id = client.create_run(experiment_id, tags=tags, run_name=config["name"]).info.run_id
-    now = int(time.time() * 1000)
-    entries = [
-        Metric(key, float(v), now, step)
-        for key, value in metrics.items()
-        for step, v in (enumerate(value, start=1) if isinstance(value, list) else [(0, value)])
-    ]
-    params = [Param(key, str(value)) for key, value in _flat(config).items()]
-    client.log_batch(run_id, metrics=entries, params=params)
+    """One child run through the study's own trial writer (`study.sweep.record.log_trial`).
+
+    List-valued ``metrics`` are split the way a real trial carries them: per-layer R^2 into
+    ``result["r2_per_layer"]``, training curves into history records (step = epoch)."""
+    params = build_trial_config(config).flat()
+    scalars = {key: value for key, value in metrics.items() if not isinstance(value, list)}
+    curves = {key: value for key, value in metrics.items() if isinstance(value, list)}
+    history: dict[tuple[int, int], dict[str, Any]] = {}
+    per_layer: dict[str, list[float]] = {}
+    for key, values in curves.items():
+        if key.startswith(LAYER_METRIC_PREFIX):
+            group = key.removeprefix(LAYER_METRIC_PREFIX).lstrip(".") or "all"
+            per_layer[group] = [float(v) for v in values]
+            continue
+        stage, field = key.split(".", 1)
+        for epoch, value in enumerate(values):
+            record = history.setdefault((int(stage.removeprefix("stage")), epoch), {})
+            record[field] = float(value)
+    records = [{"stage": stage, "epoch": epoch, **values} for (stage, epoch), values in sorted(history.items())]
+    teacher_key = build_trial_config(config).teacher_key()
     if result is not None:
-        client.log_text(run_id, json.dumps(result), RESULT_ARTIFACT)
-    client.set_terminated(run_id, mlflow_status)
-    return run_id
+        result = {**result, "metrics": scalars, "r2_per_layer": per_layer, "history": records,
+                  "teacher": {"key": teacher_key, "depth": config["teacher"]["depth"]},
+                  DATA_KEY: {"name": config["data"]["name"], "splits": {"train": 1000, "val": 125, "test": 250},
+                             "digest": teacher_key[:8], "source": config["data"]}}
+    trial_id = f"synthetic_{index:05d}"
+    return log_trial(client, experiment_id, sweep=sweep, sweep_id=SYNTHETIC_SWEEP_ID, trial_id=trial_id,
+                     parent_run_id=parent_id, run_name=trial_run_name(params, trial_id), teacher_key=teacher_key,
+                     params=params,
+                     history=records, result=result, status=status)
 
 
 CLUSTER_INTERCEPT = 0.3
@@ -364,13 +407,13 @@ def simulate_clustered(
             k = int(rng.choice(ks))
             lam = float(rng.uniform(*lambda_range))
             bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), k)]
-            metrics = {f"phase.{kind}.{name}": value for kind in PHASE_KINDS
+            metrics = {phase_metric(kind, name): value for kind in PHASE_KINDS
                        for name, value in phase_metrics(matrices[kind], bounds).items()}  # fmt: skip
-            fidelity = (CLUSTER_INTERCEPT + teacher_slope * metrics["phase.cosine.within_sim"] + K_EFFECT * k
+            fidelity = (CLUSTER_INTERCEPT + teacher_slope * metrics[PRIMARY_PREDICTOR] + K_EFFECT * k
                         + 0.05 * (lam - 0.5) + effect + rng.normal(0.0, within_sd))  # fmt: skip
-            rows.append({"teacher.sd_rate": sd, "teacher.seed": g, "raptor.k": k, "distill.stage2.lambda_cls": lam,
-                         "teacher.key": f"teacher-{g:03d}", "teacher.effect": effect, "status": FINISHED,
-                         **metrics, "r2_pooled.final": fidelity, "r2.final": fidelity - 0.02})  # fmt: skip
+            rows.append({SD_PARAM: sd, "teacher.seed": g, K_PARAM: k, "distill.stage2.lambda_cls": lam,
+                         TEACHER_KEY_PARAM: f"teacher-{g:03d}", "teacher.effect": effect, "status": FINISHED,
+                         **metrics, R2_POOLED_FINAL: fidelity, R2_FINAL: fidelity - 0.02})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -385,13 +428,13 @@ def write_clustered_sweep(
     within_sd: float = 0.001,
     depth: int = 8,
     artifact_location: str | None = None,
-    spec: dict[str, Any] | None = None,
+    spec: SweepSpec | None = None,
     seed: int = 0,
 ) -> SyntheticSweep:
     """`simulate_clustered` written to MLflow as the study's trials write theirs: a sweep parent run, one child
     run per trial with the full config as params (``teacher.key`` a hash of the teacher's config), final metrics
-    and result.json. The parent run comes from the sweep driver's own `ensure_parent_run`, holding ``spec`` (a
-    ``SweepSpec.model_dump``) as sweep_spec.json when given. ``truth`` holds the simulated rows (with each
+    and result.json, through the study's trial writer. With ``spec`` the parent run comes from the sweep driver's
+    own `create_parent_run` (tags and sweep_spec.json as a real launch writes them). ``truth`` holds the simulated rows (with each
     teacher's planted ``teacher.effect``)."""
     rng = np.random.default_rng(seed)
     frame = simulate_clustered(n_teachers, trials_per_teacher, teacher_slope=teacher_slope, between_sd=between_sd,
@@ -399,22 +442,23 @@ def write_clustered_sweep(
     client = MlflowClient(tracking_uri)
     experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
     if spec is not None:
-        from study.sweep.tracking import ensure_parent_run  # imports Ray: only when a spec is to be logged
+        from study.sweep.tracking import create_parent_run  # imports Ray: only when a spec is to be logged
 
-        parent_id = ensure_parent_run(client, experiment_id, experiment, spec)
+        parent_id = create_parent_run(client, experiment_id, spec, sweep_id=SYNTHETIC_SWEEP_ID, spec_hash="synthetic",
+                                      spec_text=json.dumps(spec.model_dump(mode="json")), provenance={})
     else:
-        tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment}
+        tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment, SWEEP_ID_TAG: SYNTHETIC_SWEEP_ID}
         parent_id = client.create_run(experiment_id, tags=tags, run_name=experiment).info.run_id
     truth = []
-    metric_names = [c for c in frame if c.startswith(("phase.", "r2"))]
+    metric_names = [*PHASE_METRICS, R2_POOLED_FINAL, R2_FINAL]
     for index, row in enumerate(frame.itertuples(index=False, name=None)):
         values = dict(zip(frame.columns, row, strict=True))
-        config = _config(f"trial-{index:03d}", values["teacher.sd_rate"], int(values["teacher.seed"]),
-                         int(values["raptor.k"]), round(values["distill.stage2.lambda_cls"], 6), depth)  # fmt: skip
+        config = _config(f"trial-{index:03d}", values[SD_PARAM], int(values["teacher.seed"]),
+                         int(values[K_PARAM]), round(values["distill.stage2.lambda_cls"], 6), depth)  # fmt: skip
         metrics = {name: float(values[name]) for name in metric_names}
-        bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), int(values["raptor.k"]))]
+        bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), int(values[K_PARAM]))]
         result = {"partition": {"phase_bounds": bounds}, "config": config}
-        run_id = _log_trial(client, experiment_id, parent_id, experiment, config, FINISHED, "FINISHED", metrics, result)
+        run_id = _log_trial(client, experiment_id, parent_id, experiment, index, config, FINISHED, metrics, result)
         truth.append({"run_id": run_id, **_flat(config), **metrics, "teacher.effect": values["teacher.effect"]})
     client.set_terminated(parent_id, "FINISHED")
     return SyntheticSweep(experiment, parent_id, pd.DataFrame(truth))

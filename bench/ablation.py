@@ -19,13 +19,25 @@ import pandas as pd
 
 from bench.sd_sanity import RESULTS, machine_line, parse_sets, summarise
 from bench.trial_time import markdown
+from study.contract import (
+    ACC_FLOOR,
+    ACC_RAPTOR,
+    ACC_RATIO,
+    ACC_RECOVERED,
+    ACC_TEACHER,
+    ACC_TRANSFER_RATIO,
+    R2_FINAL,
+    R2_POOLED_FINAL,
+    group_metric,
+    partition_metric,
+)
 from study.sweep.space import load_sweep
 from study.trial.pipeline import run_trial
 
 SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "ablation.yaml"
 ARMS = ("tf_only", "ar_only", "ar_anneal", "full")
-METRICS = ("acc.teacher", "acc.raptor", "acc.floor", "acc.ratio", "acc.recovered", "acc.transfer_ratio", "r2.final",
-           "r2_pooled.final", "r2.final.cls", "partition.dp_differs")
+METRICS = (ACC_TEACHER, ACC_RAPTOR, ACC_FLOOR, ACC_RATIO, ACC_RECOVERED, ACC_TRANSFER_RATIO, R2_FINAL, R2_POOLED_FINAL,
+           group_metric(R2_FINAL, "cls"), partition_metric("dp_differs"))
 PAPER = ("Paper (DINOv2 ViT-B/14, ImageNet linear probe, docs/science.md §4): TF only ~3% accuracy; adding the "
          "autoregressive term with annealing +68.8 points; adding stage 2 +5.7 points.")
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 from bench import RESULTS, ROOT
 
+from study.contract import R2_FINAL, VAL_R2
 SHORT_RUN = {
     "teacher.pretrained": "false",
     "data.max_samples": "256",
@@ -103,12 +104,12 @@ def main() -> int:
                   "split, or read them from the cache; distill: the Ray Train worker group from start to its last "
                   "checkpoint; stage1/stage2: the epochs' own time inside it; evaluate: fidelity, probes, dynamics "
                   "and figures):", ""]
-        header = ["trial", "k", "phase_bounds", "r2.final", "val_r2", *STAGES]
+        header = ["trial", "k", "phase_bounds", R2_FINAL, VAL_R2, *STAGES]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for path, r in zip(sorted((out / "trials" / "dinov2").glob("*/result.json")), results):
             m, t = r["metrics"], r["timings"]
             row = [path.parent.name, r["config"]["raptor"]["k"], r["partition"]["phase_bounds"],
-                   f"{m['r2.final']:.4f}", f"{m['val_r2']:.4f}", *(f"{t[s]:.1f}" if s in t else "-" for s in STAGES)]
+                   f"{m[R2_FINAL]:.4f}", f"{m[VAL_R2]:.4f}", *(f"{t[s]:.1f}" if s in t else "-" for s in STAGES)]
             lines.append("| " + " | ".join(map(str, row)) + " |")
         for stage in (1, 2):
             times = [[rec["seconds"] for rec in r["history"] if rec["stage"] == stage] for r in results]

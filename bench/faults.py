@@ -20,6 +20,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from bench import RESULTS
+from study.contract import epoch_metric
 from tests.sweep.test_sweep_e2e import cli, finish, tiny_spec, train_worker_pids, trial_runs  # shared scenario helpers
 
 
@@ -34,7 +35,7 @@ def wait_for(predicate, timeout: float = 600, every: float = 0.5):
 
 
 def epoch_times(client: MlflowClient, run_id: str) -> list[float]:
-    stamps = [m.timestamp / 1000 for key in ("stage1.loss", "stage2.loss")
+    stamps = [m.timestamp / 1000 for key in (epoch_metric(1, "loss"), epoch_metric(2, "loss"))
               for m in client.get_metric_history(run_id, key)]
     return sorted(stamps)
 

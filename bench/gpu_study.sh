@@ -18,7 +18,7 @@ sampler=$!
 case $chunk in
   sd_even) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_even --set "space.teacher.sd_rate={choice: [0.0, 0.2, 0.4, 0.6]}") ;;
   sd_odd) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_odd --set "space.teacher.sd_rate={choice: [0.1, 0.3, 0.5]}") ;;
-  sd_core) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_core --set "space.teacher.sd_rate={choice: [0.0, 0.3, 0.6]}") ;;
+  sd_core) spec=search_spaces/fashion_sd_study.yaml; sets=(--set data.path=$PWD/.data/fashion-mnist --set name=fashion_sd_core --set "space.teacher.sd_rate={choice: [0.0, 0.3, 0.6]}") ;;
   pretrained) spec=search_spaces/pretrained_vit_s14.yaml
     sets=(--set teacher.source=checkpoint --set teacher.preset=null --set teacher.timm_name=vit_small_patch14_dinov2
           --set teacher.checkpoint="$PWD/.teacher/vit_s14_focus_112_fp16.pt" --set data.image_size=112) ;;

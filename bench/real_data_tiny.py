@@ -14,6 +14,23 @@ import time
 from pathlib import Path
 
 from study.config import DataConfig, load_trial_config
+from study.contract import (
+    ACC_AGREEMENT,
+    ACC_FLOOR,
+    ACC_RECOVERED,
+    ACC_TRANSFER_RATIO,
+    R2_POOLED_FINAL,
+    ACC_RAPTOR,
+    ACC_RATIO,
+    ACC_TEACHER,
+    CUT_VALUE,
+    R2_FINAL,
+    R2_MEAN,
+    TEACHER_TEST_ACC,
+    VAL_R2,
+    group_metric,
+    phase_metric,
+)
 from study.sweep.space import load_sweep
 from study.trial.idx import load_fashion_arrays
 from study.trial.onnx_vit import build_onnx_model, convert_onnx_vit, preset_path
@@ -22,8 +39,9 @@ from study.trial.pipeline import run_trial
 TINY = {"data.max_samples": 200, "distill.stage1.epochs": 2, "distill.stage2.epochs": 1, "distill.batch_size": 32,
         "similarity.num_samples": 200, "dynamics.num_samples": 64, "runtime.device": "cpu", "runtime.num_threads": 1,
         "runtime.activation_dtype": "float32"}
-KEYS = ("teacher.test_acc", "phase.cosine.within_sim", "partition.cut_value", "r2.final", "r2.mean", "r2.final.cls",
-        "r2.final.patch", "r2_pooled.final", "acc.teacher", "acc.raptor", "acc.ratio", "acc.floor", "acc.recovered", "acc.transfer_ratio", "acc.agreement", "val_r2")
+KEYS = (TEACHER_TEST_ACC, phase_metric("cosine", "within_sim"), CUT_VALUE, R2_FINAL, R2_MEAN, group_metric(R2_FINAL, "cls"),
+        group_metric(R2_FINAL, "patch"), R2_POOLED_FINAL, ACC_TEACHER, ACC_RAPTOR, ACC_RATIO, ACC_FLOOR, ACC_RECOVERED,
+        ACC_TRANSFER_RATIO, ACC_AGREEMENT, VAL_R2)
 
 
 def timed(fn):

@@ -31,23 +31,30 @@ import yaml
 
 from bench.trial_time import markdown
 from study.config import load_trial_config
+from study.contract import (
+    ACC_FLOOR,
+    ACC_RAPTOR,
+    ACC_RATIO,
+    ACC_RECOVERED,
+    ACC_TEACHER,
+    ACC_TRANSFER_RATIO,
+    R2_FINAL,
+    R2_POOLED_FINAL,
+    TEACHER_TEST_ACC,
+    group_metric,
+    partition_metric,
+    phase_metric,
+)
 from study.trial.pipeline import run_trial
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
-METRICS = {  # column -> metric name in result.json
-    "within_sim": "phase.cosine.within_sim",
-    "contrast": "phase.cosine.contrast",
-    "r2.final": "r2.final",
-    "r2_pooled.final": "r2_pooled.final",
-    "r2.final.cls": "r2.final.cls",
-    "r2_pooled.final.cls": "r2_pooled.final.cls",
-    "acc.teacher": "acc.teacher",
-    "acc.raptor": "acc.raptor",
-    "acc.floor": "acc.floor",
-    "acc.ratio": "acc.ratio",
-    "acc.recovered": "acc.recovered",
-    "acc.transfer_ratio": "acc.transfer_ratio",
-    "dp_differs": "partition.dp_differs",
+METRICS = {  # column -> metric name in result.json (the column is the metric's name but for the first two and last)
+    "within_sim": phase_metric("cosine", "within_sim"),
+    "contrast": phase_metric("cosine", "contrast"),
+    **{name: name for name in (R2_FINAL, R2_POOLED_FINAL, group_metric(R2_FINAL, "cls"),
+                               group_metric(R2_POOLED_FINAL, "cls"), ACC_TEACHER, ACC_RAPTOR, ACC_FLOOR, ACC_RATIO,
+                               ACC_RECOVERED, ACC_TRANSFER_RATIO)},
+    "dp_differs": partition_metric("dp_differs"),
 }
 
 
@@ -106,7 +113,7 @@ def main() -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             result = run_trial(cfg, out_root / name)
             m = result["metrics"]
-            row = {"sd": sd, "seed": seed, "teacher_test_acc": m.get("teacher.test_acc"),
+            row = {"sd": sd, "seed": seed, "teacher_test_acc": m.get(TEACHER_TEST_ACC),
                    **{col: m[key] for col, key in METRICS.items()},
                    "phase_bounds": str(result["partition"]["phase_bounds"]), "wall_s": time.perf_counter() - t0,
                    "cpu_s": time.process_time() - c0}

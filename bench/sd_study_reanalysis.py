@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis.report import write_trials_report
 from analysis.sweep import Reading
-from study.contract import PRIMARY_PREDICTOR, TEACHER_KEY_PARAM, TEXT_PARAMS
+from study.contract import PRIMARY_PREDICTOR, R2_FINAL, TEACHER_KEY_PARAM, TEXT_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = ROOT / "docs/results/sd_study_report/tables/trials.csv"
@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=Path, default=TRIALS)
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--target", default="r2.final")
+    parser.add_argument("--target", default=R2_FINAL)
     parser.add_argument("--predictor", default=PRIMARY_PREDICTOR)
     parser.add_argument("--resamples", type=int, default=4999)
     args = parser.parse_args()

@@ -26,6 +26,7 @@ import torch
 from bench import RESULTS
 from study.config import load_trial_config
 from study.trial.pipeline import run_trial
+from study.contract import ACC_AGREEMENT, ACC_RATIO, R2_FINAL, R2_MEAN, TEACHER_TEST_ACC, group_metric
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -65,9 +66,9 @@ def main() -> None:
         result = run_trial(cfg, out_root / name)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         m, timings = result["metrics"], result["timings"]
-        row = {"run": label, "teacher_test_acc": m.get("teacher.test_acc"), "r2.final": m["r2.final"],
-               "r2.final.cls": m["r2.final.cls"], "r2.mean": m["r2.mean"], "acc.ratio": m["acc.ratio"],
-               "acc.agreement": m["acc.agreement"], "phase_bounds": str(result["partition"]["phase_bounds"]),
+        row = {"run": label, "teacher_test_acc": m.get(TEACHER_TEST_ACC),
+               **{key: m[key] for key in (R2_FINAL, group_metric(R2_FINAL, "cls"), R2_MEAN, ACC_RATIO, ACC_AGREEMENT)},
+               "phase_bounds": str(result["partition"]["phase_bounds"]),
                "distill_s": timings.get("distill_s"), "wall_s": wall, "cpu_s": cpu}
         # prepare() timing keys differ between revisions (teacher_s + activations_s, or teacher_and_states_s)
         row.update({f"t.{k}": v for k, v in timings.items() if k not in ("distill_s", "total_s")})

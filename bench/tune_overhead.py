@@ -18,6 +18,7 @@ import yaml
 
 from bench import RESULTS
 from study.config import load_trial_config
+from study.contract import VAL_R2
 from study.sweep.driver import run_sweep
 from study.sweep.space import load_sweep
 from study.trial.pipeline import run_trial
@@ -42,7 +43,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(yaml.safe_dump({
         "name": "overhead", "base": base, "space": {"raptor.k": {"choice": ks}},
-        "search": {"sampler": "grid", "metric": "val_r2", "mode": "max", "num_samples": args.trials // len(ks),
+        "search": {"sampler": "grid", "metric": VAL_R2, "mode": "max", "num_samples": args.trials // len(ks),
                    "max_concurrent": 1},
         "resources": {"driver_cpu": 0.5, "workers": 1, "worker_cpu": 0.5},
     }))

@@ -232,6 +232,10 @@ class RuntimeConfig(_Strict):
                                                 "on GPU; needs fused_adamw and one process (else ignored)")
     activation_dtype: Literal["float32", "float16"] = Field("float32", description="dtype of cached teacher states")
     progress: bool = True
+    checkpoint_epochs: int | None = Field(None, ge=1, le=10_000, description="resumable distillation state every N "
+                                          "epochs (None: by time only); the last epoch of each stage always")
+    checkpoint_seconds: float | None = Field(60.0, gt=0.0, le=86_400.0, description="resumable distillation state when "
+                                             "this many seconds passed since the last one (None: by epochs only)")
 
 
 class TrialConfig(_Strict):

@@ -1,83 +1,62 @@
-"""The MLflow contract between the study's trials and the analysis: names only.
+"""The MLflow contract between the study's trials and the analysis: every tag, param and metric name.
 
 One experiment per sweep; a parent run tagged ``raptor.role=sweep``; one child
-run per trial tagged ``raptor.role=trial``, ``raptor.sweep``, ``raptor.status``
-and ``mlflow.parentRunId``. Params are the flattened trial config (dotted keys,
-logged as strings); metrics and the ``result.json`` artifact are named below.
+run per trial tagged ``raptor.role=trial``, ``raptor.sweep``, ``raptor.sweep_id``,
+``raptor.status`` and ``mlflow.parentRunId``. Params are the flattened trial
+config (dotted keys, logged as strings, the spec's own names for the searched
+ones); metrics and the ``result.json`` artifact are named below. No other module
+spells a metric name (``tests/test_contract.py`` greps for literals); the one
+writer of these names is `study.sweep.record`, the one reader `analysis.load`.
+
+This module imports nothing beyond the standard library, so every layer may use it.
 """
 
 from __future__ import annotations
 
+# ----------------------------------------------------------------------------- tags
 ROLE_TAG = "raptor.role"
 SWEEP_TAG = "raptor.sweep"
+SWEEP_ID_TAG = "raptor.sweep_id"
+"""One id per launch of a sweep, on the parent and every child; `resume` finds its parent by it."""
+SPEC_HASH_TAG = "raptor.spec_hash"
+"""Hash of the launched spec (overrides applied, description excluded); a launch with another hash is refused."""
 STATUS_TAG = "raptor.status"
 TRIAL_ID_TAG = "raptor.trial_id"
+FAILURE_TAG = "raptor.failure"
+"""Why a trial failed or was killed (one line)."""
+VERSION_TAG = "raptor.version"
+GIT_DIRTY_TAG = "raptor.git_dirty"
+SEARCHED_TAG = "raptor.searched"
+"""On the parent: the spec's searched params (JSON list), the axes to compare in the UI."""
+PRIMARY_RELATION_TAG = "raptor.primary_relation"
+REPORT_TAG = "raptor.report"
+PHASE_BOUNDS_TAG = "partition.phase_bounds"
 PARENT_TAG = "mlflow.parentRunId"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+NOTE_TAG = "mlflow.note.content"
+"""MLflow's run (and experiment) description, rendered as Markdown in the UI."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+"""Experiment tag asking MLflow 3.x's UI to open the experiment on its runs table, not the GenAI overview."""
 ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"
 
 FINISHED, FAILED, PRUNED, RUNNING = "finished", "failed", "pruned", "running"
 STATUSES = (FINISHED, FAILED, PRUNED, RUNNING)
-"""Trial outcomes; ``running`` covers runs that never ended (e.g. a killed worker)."""
+"""Trial outcomes; ``running`` covers runs that never ended (a killed worker, or a sweep stopped by Ctrl-C
+whose `resume` will continue them: their MLflow status is KILLED meanwhile)."""
 
 MLFLOW_STATUS = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": PRUNED, "RUNNING": RUNNING, "SCHEDULED": RUNNING}
 """Fallback outcome from the MLflow run status when the ``raptor.status`` tag is absent."""
+MLFLOW_END_STATUS = {FINISHED: "FINISHED", FAILED: "FAILED", PRUNED: "KILLED", RUNNING: "KILLED"}
+"""MLflow run status written when a trial's run ends with each outcome (``running``: interrupted, to be resumed)."""
 
-PHASE_KINDS = ("cosine", "cka")
-PHASE_NAMES = ("within_sim", "between_sim", "contrast", "cut_norm", "adjacent_sim", "mean_sim")
-PHASE_METRICS = tuple(f"phase.{kind}.{name}" for kind in PHASE_KINDS for name in PHASE_NAMES)
-"""Phase-structure metrics: the x-axis of the similarity-fidelity correlation."""
-
-FIDELITY_METRICS = ("r2.final", "r2.mean", "r2_pooled.final", "r2_pooled.mean", "acc.ratio", "acc.recovered",
-                    "acc.transfer_ratio")
-"""Fidelity metrics: the y-axis (docs/science.md §5). ``r2.*`` is the strict R^2 (SST around per-feature means),
-``r2_pooled.*`` the reference code's (SST around one scalar mean); ``acc.ratio`` is the paper's probe protocol (each
-model's own probe) and the only one compared with the paper; ``acc.transfer_ratio`` applies the teacher's probe to
-the Raptor (the study's acc.ratio before the paper's protocol)."""
-PAPER_ACC_METRIC = "acc.ratio"
-"""The accuracy metric held against the paper's k=2/3/4 probe ratios."""
-PAPER_R2_METRIC = "r2_pooled.final"
-"""The R^2 closest to the reference code's (pooled SST)."""
-PROBE_METRICS = ("acc.teacher", "acc.raptor", "acc.ratio", "acc.floor", "acc.recovered", "acc.transfer_teacher",
-                 "acc.transfer", "acc.transfer_ratio", "acc.agreement")
-"""Probe accuracies of a trial (docs/science.md §5)."""
-PARTITION_METRICS = ("partition.cut_value", "partition.cut_dp", "partition.cut_bisection", "partition.dp_differs")
-"""Cut of the partition used, of the exact DP and of the reference's bisection, and whether DP and bisection differ."""
-
-PRIMARY_PREDICTOR = "phase.cosine.within_sim"
-PRIMARY_TARGET = "r2_pooled.final"
-"""The default pre-registered relation of a sweep (docs/science.md §7): similarity -> pooled final-layer R^2."""
-ANALYSIS_TARGETS = tuple(dict.fromkeys((*FIDELITY_METRICS, *PROBE_METRICS)))
-"""Metric names a sweep spec may declare as the target of its primary relation (docs/science.md §5)."""
-ANALYSIS_PREDICTORS = PHASE_METRICS
-"""Metric names a sweep spec may declare as the predictor of its primary relation."""
-
-LAYER_METRIC_PREFIX = "r2.layer"
-"""Metrics with this prefix are per-layer histories (step = teacher layer 1..L)."""
-LAYER_METRIC_PREFIXES = ("r2.layer", "r2_pooled.layer")
-"""Per-layer histories of the strict and the pooled R^2 (``<prefix>`` for all tokens, ``<prefix>.<group>``)."""
-
-CLASS_SHARE_SUBSETS = ("train", "val", "test", "similarity", "dynamics")
-"""Splits and subsets whose class balance is logged (``dynamics`` is also the layer-swap subset)."""
-
-
-def class_share_metric(subset: str, bound: str) -> str:
-    """Name of the min / max class share of a split or subset, e.g. ``data.train.class_share_min``."""
-    return f"data.{subset}.class_share_{bound}"
-
-
-CLASS_SHARE_METRICS = tuple(class_share_metric(s, b) for s in CLASS_SHARE_SUBSETS for b in ("min", "max"))
-
-DYNAMICS_PREFIX = "dyn."
-"""Summary metrics of `study.dynamics_report` (``dyn.teacher.*``, ``dyn.raptor.*``, ``dyn.swap.*``)."""
-TEACHER_DYNAMICS_PREFIXES = ("dyn.teacher.", "dyn.swap.")
-"""Dynamics metrics of the teacher alone: equal (up to the trial seed) across the trials of one teacher."""
-SWAP_METRICS = ("dyn.swap.baseline_acc", "dyn.swap.intra_acc_mean", "dyn.swap.inter_acc_mean")
-"""Teacher accuracy unswapped, and mean over adjacent-layer swaps inside a phase / across a boundary."""
-
+# ----------------------------------------------------------------------------- params
 SD_PARAM = "teacher.sd_rate"
 K_PARAM = "raptor.k"
+TEACHER_SEED_PARAM = "teacher.seed"
 TEACHER_KEY_PARAM = "teacher.key"
+"""Hash of what determines the teacher; a tag on trial runs (read as a column like the params)."""
 
 TEXT_PARAMS = frozenset(
     {
@@ -92,6 +71,171 @@ TEXT_PARAMS = frozenset(
 )
 """Params kept as text even when every value happens to look like a number (e.g. a hex hash)."""
 
+# ----------------------------------------------------------------------------- metrics
+TEACHER_TEST_ACC = "teacher.test_acc"
+CUT_VALUE = "partition.cut_value"
+R2_FINAL = "r2.final"
+R2_MEAN = "r2.mean"
+VAL_R2 = "val_r2"
+"""Final-layer R^2 on the validation split: the search objective (per epoch in Tune, final in MLflow)."""
+R2_KINDS = ("r2", "r2_pooled")
+"""Strict R^2 (SST around per-feature means) and the reference code's pooled R^2 (SST around one scalar mean)."""
+
+
+def r2_metric(kind: str, stat: str, group: str = "all") -> str:
+    """``{kind}.{stat}[.{group}]``, e.g. ``r2_pooled.final.cls``; stat is ``final`` or ``mean``."""
+    return group_metric(f"{kind}.{stat}", group)
+
+
+R2_POOLED_FINAL = "r2_pooled.final"
+R2_POOLED_MEAN = "r2_pooled.mean"
+ACC_TEACHER = "acc.teacher"
+ACC_RAPTOR = "acc.raptor"
+ACC_RATIO = "acc.ratio"
+ACC_FLOOR = "acc.floor"
+ACC_RECOVERED = "acc.recovered"
+ACC_TRANSFER_TEACHER = "acc.transfer_teacher"
+ACC_TRANSFER = "acc.transfer"
+ACC_TRANSFER_RATIO = "acc.transfer_ratio"
+ACC_AGREEMENT = "acc.agreement"
+PROBE_METRICS = (ACC_TEACHER, ACC_RAPTOR, ACC_RATIO, ACC_FLOOR, ACC_RECOVERED, ACC_TRANSFER_TEACHER, ACC_TRANSFER,
+                 ACC_TRANSFER_RATIO, ACC_AGREEMENT)
+"""Probe accuracies of a trial (docs/science.md §5)."""
+PAPER_ACC_METRIC = ACC_RATIO
+"""The accuracy metric held against the paper's k=2/3/4 probe ratios."""
+PAPER_R2_METRIC = R2_POOLED_FINAL
+"""The R^2 closest to the reference code's (pooled SST)."""
+
+
+def partition_metric(name: str) -> str:
+    return f"partition.{name}"
+
+
+PARTITION_METRICS = tuple(partition_metric(n) for n in ("cut_value", "cut_dp", "cut_bisection", "dp_differs"))
+"""Cut of the partition used, of the exact DP and of the reference's bisection, and whether DP and bisection differ."""
+
+CLASS_SHARE_SUBSETS = ("train", "val", "test", "similarity", "dynamics")
+"""Splits and subsets whose class balance is logged (``dynamics`` is also the layer-swap subset)."""
+
+
+def class_share_metric(subset: str, bound: str) -> str:
+    """Name of the min / max class share of a split or subset, e.g. ``data.train.class_share_min``."""
+    return f"data.{subset}.class_share_{bound}"
+
+
+CLASS_SHARE_METRICS = tuple(class_share_metric(s, b) for s in CLASS_SHARE_SUBSETS for b in ("min", "max"))
+
+PHASE_KINDS = ("cosine", "cka")
+PHASE_NAMES = ("within_sim", "between_sim", "contrast", "cut_norm", "adjacent_sim", "mean_sim")
+PHASE_PREFIX = "phase."
+
+
+def phase_metric(kind: str, name: str) -> str:
+    """``phase.{kind}.{name}``: a phase-structure metric of one similarity kind."""
+    return f"{PHASE_PREFIX}{kind}.{name}"
+
+
+PHASE_METRICS = tuple(phase_metric(kind, name) for kind in PHASE_KINDS for name in PHASE_NAMES)
+"""Phase-structure metrics: the x-axis of the similarity-fidelity correlation."""
+
+FIDELITY_METRICS = (R2_FINAL, R2_MEAN, R2_POOLED_FINAL, R2_POOLED_MEAN, ACC_RATIO, ACC_RECOVERED, ACC_TRANSFER_RATIO)
+"""Fidelity metrics: the y-axis (docs/science.md §5). ``r2.*`` is the strict R^2, ``r2_pooled.*`` the reference
+code's; ``acc.ratio`` is the paper's probe protocol (each model's own probe) and the only one compared with the
+paper; ``acc.transfer_ratio`` applies the teacher's probe to the Raptor."""
+
+PRIMARY_PREDICTOR = PHASE_METRICS[0]
+PRIMARY_TARGET = R2_POOLED_FINAL
+"""The default pre-registered relation of a sweep (docs/science.md §7): phase.cosine.within_sim -> r2_pooled.final."""
+ANALYSIS_TARGETS = tuple(dict.fromkeys((*FIDELITY_METRICS, *PROBE_METRICS)))
+"""Metric names a sweep spec may declare as the target of its primary relation (docs/science.md §5)."""
+ANALYSIS_PREDICTORS = PHASE_METRICS
+"""Metric names a sweep spec may declare as the predictor of its primary relation."""
+
+
+def group_metric(name: str, group: str) -> str:
+    """A fidelity metric of one token group: ``r2.final`` + ``cls`` -> ``r2.final.cls`` (``all``: the name itself)."""
+    return name if group == "all" else f"{name}.{group}"
+
+
+LAYER_METRIC_PREFIX = "r2.layer"
+"""Metrics with this prefix are per-layer histories (step = teacher layer 1..L), one per token group."""
+LAYER_METRIC_PREFIXES = ("r2.layer", "r2_pooled.layer")
+"""Per-layer histories of the strict and the pooled R^2 (``<prefix>`` for all tokens, ``<prefix>.<group>``)."""
+LAYER_RESULT_KEYS = {"r2_per_layer": "r2.layer", "r2_pooled_per_layer": "r2_pooled.layer"}
+"""result.json entry -> per-layer metric prefix."""
+
+
+def layer_metric(group: str, prefix: str = LAYER_METRIC_PREFIX) -> str:
+    return group_metric(prefix, group)
+
+
+EPOCH_KEYS = ("loss", VAL_R2, "lambda_tf", "seconds")
+"""Keys of a distillation history record logged per epoch, as ``stage{n}.{key}`` at step = epoch."""
+
+
+def epoch_metric(stage: int, key: str) -> str:
+    return f"stage{stage}.{key}"
+
+
+DYNAMICS_PREFIX = "dyn."
+"""Summary metrics of the dynamics read-outs (``dyn.teacher.*``, ``dyn.raptor.*``, ``dyn.swap.*``)."""
+
+
+def dynamics_metric(model: str, name: str) -> str:
+    """``dyn.{model}.{name}``; model is ``teacher``, ``raptor`` or ``swap``."""
+    return f"{DYNAMICS_PREFIX}{model}.{name}"
+
+
+TEACHER_DYNAMICS_PREFIXES = (dynamics_metric("teacher", ""), dynamics_metric("swap", ""))
+"""Dynamics metrics of the teacher alone: equal (up to the trial seed) across the trials of one teacher."""
+SWAP_BASELINE = dynamics_metric("swap", "baseline_acc")
+SWAP_METRICS = (SWAP_BASELINE, dynamics_metric("swap", "intra_acc_mean"), dynamics_metric("swap", "inter_acc_mean"))
+"""Teacher accuracy unswapped, and mean over adjacent-layer swaps inside a phase / across a boundary."""
+
+
+def swap_metric(kind: str) -> str:
+    """Mean accuracy over adjacent-layer swaps of one kind (``intra`` / ``inter`` phase)."""
+    return dynamics_metric("swap", f"{kind}_acc_mean")
+
+
+SUMMARY_PREFIXES = ("trials.", "best.")
+"""Parent-run metrics: ``trials.{status}`` counts, ``trials.orphaned``, ``best.{objective}``."""
+
+
+def trials_count_metric(status: str) -> str:
+    return f"trials.{status}"
+
+
+def best_metric(objective: str) -> str:
+    return f"best.{objective}"
+
+
+# ----------------------------------------------------------------------------- artifacts, inputs, names
 RESULT_ARTIFACT = "result.json"
+SPEC_ARTIFACT = "sweep_spec.json"
 DYNAMICS_KEY = "dynamics"
 """result.json entry with the dynamics curves; absent in older runs and with ``dynamics.enabled: false``."""
+DATA_KEY = "data"
+"""result.json entry naming the trial's dataset: name, split sizes, digest (logged with ``log_inputs``)."""
+MODEL_ARTIFACT = "model"
+"""Artifact path of the Raptor as an MLflow PyTorch model (``record.log_model``)."""
+
+METRIC_PREFIXES = ("r2.", "r2_pooled.", "acc.", PHASE_PREFIX, DYNAMICS_PREFIX, "stage1.", "stage2.", *SUMMARY_PREFIXES)
+METRIC_NAMES = frozenset({TEACHER_TEST_ACC, VAL_R2, *PARTITION_METRICS, *CLASS_SHARE_METRICS})
+"""What a metric name looks like: the names above or a name under these prefixes (used by the literal grep test)."""
+
+
+def trial_index(trial_id: str) -> int:
+    """Tune's trial ids end in a running counter (``a1b2c3d4_00007`` -> 7); other ids -> 0."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def trial_run_name(params: dict, trial_id: str, index: int | None = None) -> str:
+    """Short, sortable run name for the UI, e.g. ``sd0.3-s1-k2-0007`` (SD rate, teacher seed, k, trial index).
+
+    `params` is the trial's flat config (dotted keys); `index` the trial's position in the sweep
+    (default: the counter at the end of `trial_id`)."""
+    index = trial_index(trial_id) if index is None else index
+    return (f"sd{float(params.get(SD_PARAM, 0.0)):g}-s{params.get(TEACHER_SEED_PARAM, 0)}-k{params.get(K_PARAM, 0)}"
+            f"-{index:04d}")

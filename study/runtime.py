@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
+import time
 import warnings
 from typing import Callable
 
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from study.config import RuntimeConfig
+from study.config import DistillConfig, RuntimeConfig
 
 
 def resolve_device(cfg: RuntimeConfig) -> torch.device:
@@ -22,10 +24,25 @@ def resolve_device(cfg: RuntimeConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def compile_cache_env(cache_dir: str | os.PathLike) -> dict[str, str]:
+    """Inductor and Triton cache folders under the run cache: every process of a sweep (trial drivers, Train
+    workers, later sweeps on the same cache) reuses compiled kernels and FX graphs instead of compiling again."""
+    root = os.path.join(os.path.abspath(cache_dir), "compile")
+    return {"TORCHINDUCTOR_CACHE_DIR": os.path.join(root, "inductor"), "TRITON_CACHE_DIR": os.path.join(root, "triton")}
+
+
 def setup(cfg: RuntimeConfig) -> torch.device:
-    """Apply thread count and matmul precision; return the device to use."""
+    """Apply thread count, matmul precision and the shared compile cache (unless the environment names one);
+    return the device to use."""
+    for key, value in compile_cache_env(cfg.cache_dir).items():
+        os.environ.setdefault(key, value)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+        # and the BLAS / OpenMP pools numpy, scipy and scikit-learn use (the linear probe): unlimited, they
+        # oversubscribe a shared machine (Ray caps its workers at OMP_NUM_THREADS=1; a plain process has no cap)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(cfg.num_threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return resolve_device(cfg)
@@ -186,3 +203,26 @@ def progress_bar(enabled: bool) -> Progress:
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
         disable=not enabled, transient=False,
     )
+
+
+class CheckpointPolicy:
+    """When a distillation epoch writes its resumable state (`runtime.checkpoint_epochs` / `checkpoint_seconds`).
+
+    Saving a state every epoch costs more than short epochs (a Ray Train checkpoint is persisted and
+    registered), so a state is due after `checkpoint_epochs` epochs or `checkpoint_seconds` seconds since the
+    last one, whichever comes first, and always at the last epoch of a stage (the state the trial ends with)."""
+
+    def __init__(self, runtime: RuntimeConfig, distill: DistillConfig):
+        self.every_epochs, self.every_s = runtime.checkpoint_epochs, runtime.checkpoint_seconds
+        self.stage_epochs = {1: distill.stage1.epochs, 2: distill.stage2.epochs}
+        self.since, self.last = 0, time.monotonic()
+
+    def due(self, record: dict) -> bool:
+        self.since += 1
+        now = time.monotonic()
+        due = (record["epoch"] >= self.stage_epochs[record["stage"]] - 1
+               or (self.every_epochs is not None and self.since >= self.every_epochs)
+               or (self.every_s is not None and now - self.last >= self.every_s))
+        if due:
+            self.since, self.last = 0, now
+        return due

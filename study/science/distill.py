@@ -281,7 +281,8 @@ def evaluate_fidelity(raptor: Raptor, states: np.ndarray, num_registers: int, de
     acc = FidelityAccumulator(raptor.num_layers, num_registers)
     feats = []
     for start in range(0, len(states), batch_size):
-        batch = torch.from_numpy(np.array(states[start:start + batch_size])).to(device).float()
+        part = states[start:start + batch_size]  # a device-resident tensor (validation) or an array / memmap
+        batch = (part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))).to(device).float()
         with autocast(device, amp):
             pred = raptor.rollout(batch[:, 0])
         acc.update(pred.float(), batch[:, 1:])
@@ -357,6 +358,9 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
     raptor.to(device)
     set_fused_attn(raptor, runtime.fused_attn)
     batches = StateBatches(train_states, cfg.batch_size, device, rank, world)
+    if device.type == "cuda" and val_states.nbytes <= _default_budget(device):
+        # validated every epoch: moved to the GPU once instead of copied from host memory each time
+        val_states = torch.from_numpy(np.array(val_states)).to(device)
     block_params = sum(p.numel() for p in raptor.blocks[0].parameters())
     compiled = use_compile(runtime, device, step_flops(cfg.batch_size, train_states.shape[2], block_params * raptor.num_layers))
     history: list[dict] = list(resume["history"]) if resume else []

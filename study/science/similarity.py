@@ -6,7 +6,9 @@ Conventions shared by the study's analysis modules:
 - Tokens: index 0 is cls, 1..R the registers (R = `num_registers`, may be 0), the
   rest are patches.
 - Inputs are processed `chunk` samples at a time as float32 torch tensors, so a
-  memmap of many GB never has to fit in memory. Torch inputs stay on their device.
+  memmap of many GB never has to fit in memory. Torch inputs stay on their device;
+  numpy inputs go to `device` when one is given (a GPU: the matrices are batched
+  matmuls there), else stay on the CPU.
 - Layer-layer matrices are numpy float64 [L, L] over layers 1..L: matrix index i is
   teacher layer i+1.
 """
@@ -23,47 +25,52 @@ import torch.nn.functional as F
 from study.science.partition import phase_labels
 
 
-def iter_chunks(states: Any, chunk: int = 256) -> Iterator[torch.Tensor]:
+def iter_chunks(states: Any, chunk: int = 256, device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
     """Yield consecutive slices of `states` along axis 0 as float32 torch tensors.
 
-    Numpy arrays / memmaps are copied to CPU tensors slice by slice; torch tensors keep
-    their device.
+    Numpy arrays / memmaps are copied slice by slice to CPU tensors, or to `device` when
+    given; torch tensors keep their device.
     """
     for start in range(0, len(states), chunk):
         part = states[start:start + chunk]
         if isinstance(part, torch.Tensor):
             yield part.float()
         else:
-            yield torch.from_numpy(np.array(part, dtype=np.float32))
+            x = torch.from_numpy(np.array(part, dtype=np.float32))
+            yield x if device is None else x.to(device, non_blocking=True)
 
 
-def layer_summaries(states: Any, num_registers: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_summaries(states: Any, num_registers: int, chunk: int = 256,
+                    device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample summaries of every layer: the cls token and the mean patch token.
 
-    Returns (cls, mean_patch), each a CPU float32 tensor [N, L+1, D].
+    Returns (cls, mean_patch), each a float32 tensor [N, L+1, D] on `device` (None: the CPU).
     """
     cls, mean_patch = [], []
-    for x in iter_chunks(states, chunk):
-        cls.append(x[:, :, 0].cpu())
-        mean_patch.append(x[:, :, 1 + num_registers:].mean(dim=2).cpu())
+    keep = device if device is not None else "cpu"
+    for x in iter_chunks(states, chunk, device):
+        cls.append(x[:, :, 0].to(keep))
+        mean_patch.append(x[:, :, 1 + num_registers:].mean(dim=2).to(keep))
     return torch.cat(cls), torch.cat(mean_patch)
 
 
-def cosine_dissimilarity(states: Any, num_registers: int, chunk: int = 256) -> np.ndarray:
+def cosine_dissimilarity(states: Any, num_registers: int, chunk: int = 256,
+                         device: torch.device | str | None = None) -> np.ndarray:
     """D[i, j] = mean over {cls, mean-patch} of (1 - cos(x_i, x_j)), averaged over samples.
 
     Returns float64 [L, L] over layers 1..L, symmetric with a zero diagonal, values in
     [0, 2]. The matching similarity is S = 1 - D.
     """
     dissimilarity = 0.0
-    for summary in layer_summaries(states, num_registers, chunk):
+    for summary in layer_summaries(states, num_registers, chunk, device):
         u = F.normalize(summary[:, 1:].double(), dim=-1)  # [N, L, D]
         cos = torch.einsum("nid,njd->ij", u, u) / len(u)
         dissimilarity = dissimilarity + 0.5 * (1.0 - cos)
-    return _symmetric_zero_diagonal(dissimilarity.numpy())
+    return _symmetric_zero_diagonal(dissimilarity.cpu().numpy())
 
 
-def mse_dissimilarity(states: Any, num_registers: int, chunk: int = 256) -> np.ndarray:
+def mse_dissimilarity(states: Any, num_registers: int, chunk: int = 256,
+                      device: torch.device | str | None = None) -> np.ndarray:
     """Scale-free squared-distance dissimilarity between layers.
 
     For each summary a in {cls, mean-patch} (vectors a_i of layer i, per sample):
@@ -75,18 +82,18 @@ def mse_dissimilarity(states: Any, num_registers: int, chunk: int = 256) -> np.n
     A pair of all-zero layers gets 0. Returns float64 [L, L] over layers 1..L.
     """
     dissimilarity = 0.0
-    for summary in layer_summaries(states, num_registers, chunk):
+    for summary in layer_summaries(states, num_registers, chunk, device):
         a = summary[:, 1:].double()  # [N, L, D]
         gram = torch.einsum("nid,njd->ij", a, a) / len(a)  # E<a_i, a_j>
         sq = torch.diagonal(gram)
         norms = sq[:, None] + sq[None, :]
         distance = norms - 2.0 * gram
         dissimilarity = dissimilarity + 0.5 * torch.where(norms > 0, distance / norms, 0.0)
-    return _symmetric_zero_diagonal(dissimilarity.clamp_min(0.0).numpy())
+    return _symmetric_zero_diagonal(dissimilarity.clamp_min(0.0).cpu().numpy())
 
 
 def linear_cka(states: Any, num_registers: int, max_tokens: int = 8192, seed: int = 0,
-               chunk: int = 256) -> np.ndarray:
+               chunk: int = 256, device: torch.device | str | None = None) -> np.ndarray:
     """Linear CKA between layers 1..L over patch tokens.
 
     Rows are (sample, patch) pairs; when there are more than `max_tokens` of them a
@@ -104,7 +111,7 @@ def linear_cka(states: Any, num_registers: int, max_tokens: int = 8192, seed: in
     sample, patch = np.divmod(rows, num_patches)
 
     feats, start = [], 0
-    for x in iter_chunks(states, chunk):
+    for x in iter_chunks(states, chunk, device):
         lo, hi = np.searchsorted(sample, [start, start + len(x)])
         samples = torch.from_numpy(sample[lo:hi] - start).to(x.device)
         tokens = torch.from_numpy(patch[lo:hi] + 1 + num_registers).to(x.device)
@@ -114,10 +121,12 @@ def linear_cka(states: Any, num_registers: int, max_tokens: int = 8192, seed: in
     x = x - x.mean(dim=1, keepdim=True)
 
     num_layers = x.shape[0]
-    hsic = np.zeros((num_layers, num_layers))
-    for i in range(num_layers):
-        for j in range(i, num_layers):
-            hsic[i, j] = hsic[j, i] = torch.linalg.matrix_norm(x[j].T @ x[i]).double().item() ** 2
+    hsic = torch.zeros((num_layers, num_layers), dtype=torch.float64, device=x.device)
+    xt = x.mT  # [L, D, M]
+    for i in range(num_layers):  # row i at once: ||X_j^T X_i||_F for all j >= i as one batched matmul
+        hsic[i, i:] = torch.linalg.matrix_norm(xt[i:] @ x[i]).double() ** 2
+    hsic = torch.triu(hsic) + torch.triu(hsic, diagonal=1).T
+    hsic = hsic.cpu().numpy()
     scale = np.sqrt(np.diag(hsic))
     denominator = scale[:, None] * scale[None, :]
     cka = np.divide(hsic, denominator, out=np.zeros_like(hsic), where=denominator > 0)

@@ -18,26 +18,60 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import ray
+from filelock import FileLock, Timeout
 from ray import tune
 from rich.console import Console
 from rich.table import Table
 
-from study.trial.cache import atomic_write
 from study.config import ConfigError, deep_merge
+from study.contract import (
+    ACC_RATIO,
+    FAILED,
+    FINISHED,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    PRUNED,
+    R2_FINAL,
+    VERSION_TAG,
+    best_metric,
+    trials_count_metric,
+)
+from study.sweep.monitor import SweepMonitor, TimedCallback
+from study.sweep.raytrain import RayTrainWorkers
+from study.sweep.space import SweepSpec, as_sweep_spec, check_same_spec, spec_hash, spec_text
+from study.sweep.tracking import (
+    MlflowTrialCallback,
+    check_no_collision,
+    create_parent_run,
+    default_tracking_uri,
+    ensure_experiment,
+    find_parent,
+    finish_parent,
+    is_oom_text,
+    mark_interrupted,
+    mark_orphans,
+    redact,
+    reopen_parent,
+    start_system_metrics,
+    sweep_parents,
+    trial_name,
+)
+from study.trial.cache import atomic_write
 from study.trial.data import check_data_source
 from study.trial.onnx_vit import check_teacher_source
-from study.sweep.space import SweepSpec, check_same_spec, load_sweep
-from study.sweep.tracking import (MlflowTrialCallback, default_tracking_uri, ensure_experiment, ensure_parent_run, finish_parent,
-                       mark_orphans, trial_name)
-from study.sweep.raytrain import RayTrainWorkers
 from study.trial.pipeline import run_trial
 
 log = logging.getLogger(__name__)
@@ -66,9 +100,27 @@ class SweepPaths:
     def trials(self, sweep: str) -> Path:
         return self.root / "trials" / sweep
 
+    def logs(self, sweep: str) -> Path:
+        return self.root / "logs" / sweep
+
+    def events(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "events.json"
+
+    def sweep_timings(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "sweep_timings.json"
+
     @property
     def cache(self) -> Path:
         return self.root / "cache"
+
+    def sweep_id_file(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "sweep_id"
+
+    def optuna_journal(self, sweep: str) -> Path:
+        return self.experiment(sweep) / "optuna.journal"
+
+    def lock(self, sweep: str) -> Path:
+        return self.ray / f".{sweep}.lock"
 
 
 # ----------------------------------------------------------------------------- trial driver
@@ -83,13 +135,47 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
     cfg = spec.trial_config(params, name=trial_name(spec.name, trial_id))
     res = spec.resources
     runner = RayTrainWorkers(trial_id, paths.train(spec.name), workers=res.workers, worker_cpu=res.worker_cpu,
-                             worker_gpu=res.worker_gpu, report_to_tune=True)
-    result = run_trial(cfg, out_dir, runner=runner)
+                             worker_gpu=res.worker_gpu, report_to_tune=True, local=res.local_train)
+    try:
+        result = run_trial(cfg, out_dir, runner=runner)
+    except Exception as err:
+        if not (spec.search.oom_retry and is_oom_text(f"{type(err).__name__}: {err}")) or cfg.distill.batch_size < 2:
+            raise
+        half = cfg.distill.batch_size // 2  # search.oom_retry: once, with half the distillation batch
+        log.warning("trial %s ran out of memory (%s); retrying with distill.batch_size=%d", trial_id,
+                    str(err).splitlines()[-1][:200], half)
+        cfg = spec.trial_config({**params, "distill.batch_size": half}, name=cfg.name)
+        runner = RayTrainWorkers(f"{trial_id}-oom", paths.train(spec.name), workers=res.workers,
+                                 worker_cpu=res.worker_cpu, worker_gpu=res.worker_gpu, report_to_tune=True,
+                                 local=res.local_train)
+        result = run_trial(cfg, out_dir, runner=runner)
     tune.report({**result["metrics"], "out_dir": str(out_dir)})
 
 
 # ----------------------------------------------------------------------------- sweep
-def connect_ray(address: str | None) -> None:
+QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "mlflow", "alembic", "optuna")
+
+
+def quiet_console(verbose: bool) -> None:
+    """Default console: the sweep's progress view only. Ray workers' output stays in Ray's log files
+    (`log_to_driver=False`), Tune prints no status tables (`verbose=0`), and the driver's Ray, MLflow and Optuna
+    loggers show warnings only. `verbose` keeps all of it."""
+    if verbose:
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new engine prints its tables even at verbose=0
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:
+        pass
+
+
+def connect_ray(address: str | None, verbose: bool = True, logs_link: Path | None = None) -> None:
     """Start a new local Ray (default; never silently joins another sweep's cluster) or join the
     cluster at `address` ('auto': the one `ray start` made on this machine), failing fast with one line.
 
@@ -102,11 +188,20 @@ def connect_ray(address: str | None) -> None:
         except (OSError, ValueError) as err:
             raise ConfigError(f"--address: cannot reach a Ray cluster at {address!r} ({err})") from None
     try:
-        ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
-                 log_to_driver=True, configure_logging=False)
+        context = ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
+                           log_to_driver=verbose, configure_logging=False,
+                           logging_level=logging.INFO if verbose else logging.WARNING)
     except ConnectionError as err:
         raise ConfigError(f"--address: could not join the Ray cluster at {address!r} ({err}); if it uses token "
                           "authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
+    session = (getattr(context, "address_info", None) or {}).get("session_dir")
+    if logs_link is not None and session:  # Ray's log files, reachable from the run folder
+        logs_link.parent.mkdir(parents=True, exist_ok=True)
+        logs_link.unlink(missing_ok=True)
+        try:
+            logs_link.symlink_to(Path(session) / "logs", target_is_directory=True)
+        except OSError as err:
+            log.warning("could not link Ray's logs at %s (%s); they are in %s/logs", logs_link, err, session)
 
 
 def concurrency_that_fits(spec: SweepSpec) -> int:
@@ -130,12 +225,33 @@ def concurrency_that_fits(spec: SweepSpec) -> int:
     return fits
 
 
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What Tune reserves for a trial's process: the driver's share, plus its worker's in Ray Train local mode
+    (the worker then runs in that process)."""
+    res = spec.resources
+    if res.local_train:
+        return {"CPU": res.driver_cpu + res.worker_cpu, "GPU": res.driver_gpu + res.worker_gpu}
+    return {"CPU": res.driver_cpu, "GPU": res.driver_gpu}
+
+
 def make_trainable(spec: SweepSpec, paths: SweepPaths):
-    return tune.with_resources(tune.with_parameters(trial_driver, spec=spec, paths=paths),
-                               {"CPU": spec.resources.driver_cpu, "GPU": spec.resources.driver_gpu})
+    return tune.with_resources(tune.with_parameters(trial_driver, spec=spec, paths=paths), trial_resources(spec))
 
 
-def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallback, max_concurrent: int) -> tune.Tuner:
+def optuna_storage(spec: SweepSpec, paths: SweepPaths):
+    """The Optuna study's storage: the spec's RDB URL, else a JournalStorage file in the sweep's Ray folder
+    (`optuna-dashboard <that file>` opens it)."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if spec.search.storage:
+        return RDBStorage(spec.search.storage)
+    paths.optuna_journal(spec.name).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(paths.optuna_journal(spec.name))))
+
+
+def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurrent: int,
+                study_name: str, verbose: bool = True) -> tune.Tuner:
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -145,7 +261,8 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallbac
     search_alg = None
     if s.sampler != "grid":
         sampler = TPESampler(seed=s.seed) if s.sampler == "tpe" else RandomSampler(seed=s.seed)
-        search_alg = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
+        searcher = OptunaSearch(sampler=sampler, storage=optuna_storage(spec, paths), study_name=study_name)
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     scheduler = None
     if spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.scheduler.grace_period,
@@ -154,9 +271,11 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callback: MlflowTrialCallbac
         make_trainable(spec, paths),
         param_space=spec.tune_space(),
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=s.num_samples,
-                                    metric=s.metric, mode=s.mode, max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=[callback],
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1),
+                                    metric=s.metric, mode=s.mode,
+                                    max_concurrent_trials=None if search_alg else max_concurrent,  # the limiter caps it
+                                    reuse_actors=spec.resources.reuse_actors),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1 if verbose else 0),
     )
 
 
@@ -167,51 +286,190 @@ def resolve_spec(spec: SweepSpec, paths: SweepPaths) -> SweepSpec:
     return spec.model_copy(update={"base": deep_merge(spec.base, {"runtime": {"cache_dir": cache_dir}})})
 
 
-def run_sweep(spec_path: str | Path, out_root: Path, *, address: str | None = None, tracking_uri: str | None = None,
-              resume: bool = False, overrides: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Launch (or resume) the sweep in `spec_path` with `--set` overrides; returns one row per trial."""
-    from mlflow.tracking import MlflowClient
+class SweepInterrupted(Exception):
+    """The sweep was stopped by Ctrl-C (SIGINT); its state is saved and `resume` continues it."""
 
-    paths = SweepPaths(out_root.resolve())
-    spec = resolve_spec(load_sweep(spec_path, overrides), paths)
+
+class Interrupts:
+    """Ctrl-C during `Tuner.fit`: the first stops scheduling through Tune's own graceful stop (SIGUSR1:
+    the experiment state is saved, running trials keep their last per-epoch checkpoint, callbacks end
+    and flush MLflow); a second exits at once with 130."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # this handler decides; Tune keeps its SIGUSR1 stop
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            console.print("[red]second Ctrl-C[/red]: exiting now", highlight=False)
+            os._exit(130)
+        console.print("[yellow]Ctrl-C[/yellow]: stopping the sweep (no new trials; running trials keep their last "
+                      "checkpoint; MLflow is flushed). Ctrl-C again to quit at once.", highlight=False, soft_wrap=True)
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            raise KeyboardInterrupt  # Tune's loop is not running yet
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def launch_lock(paths: SweepPaths, sweep: str) -> FileLock:
+    """Held while a sweep runs from this output root: a second launch (or resume) of it is refused."""
+    paths.ray.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(paths.lock(sweep)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(f"sweep: '{sweep}' is already running from {paths.root} (lock {paths.lock(sweep)}); "
+                          "wait for it, or use another --out") from None
+    return lock
+
+
+def run_sweep(spec: SweepSpec | dict[str, Any] | str | Path, out_root: str | Path = "runs", *,
+              address: str | None = None, tracking_uri: str | None = None, resume: bool = False,
+              overrides: dict[str, Any] | None = None, new: bool = False, verbose: bool = False) -> pd.DataFrame:
+    """Launch (or resume) a sweep; returns one row per trial.
+
+    `spec` is a typed `SweepSpec`, a dict (the YAML's tree) or a path to a YAML file; `overrides` are
+    `--set` values. `address` (else RAY_ADDRESS, else a new local Ray) and `tracking_uri` (else
+    MLFLOW_TRACKING_URI, else a SQLite store under `out_root`). A launch whose sweep name already has a
+    parent run with another spec hash in the experiment is refused unless `new`. Ctrl-C raises
+    `SweepInterrupted` after the graceful stop (the CLI exits 130). By default the console shows one live
+    progress view; `verbose` shows Ray's and Tune's own output instead (Ray's log files are linked at
+    OUT/logs/<sweep>/ray either way)."""
+    quiet_console(verbose)
+    t_start = time.perf_counter()
+    paths = SweepPaths(Path(out_root).resolve())
+    loaded = as_sweep_spec(spec, overrides)
+    text = spec_text(loaded if overrides else spec)
+    digest = spec_hash(loaded)
+    spec = resolve_spec(loaded, paths)
     check_data_source(spec.trial_config({}).data)  # a missing dataset folder fails here, not in every trial
     check_teacher_source(spec.trial_config({}))  # so does a missing ONNX teacher file / package
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(paths.root)
+    lock = launch_lock(paths, spec.name)
+    try:
+        return _run_locked(spec, paths, text, digest, address, tracking_uri, resume, new, verbose, t_start)
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, address: str | None, tracking_uri: str,
+                resume: bool, new: bool, verbose: bool, t_start: float) -> pd.DataFrame:
+    from mlflow.tracking import MlflowClient
+
     experiment_dir = paths.experiment(spec.name)
     can_restore = tune.Tuner.can_restore(str(experiment_dir))
     if resume and not can_restore:
         raise ConfigError(f"resume: no sweep '{spec.name}' to resume under {paths.ray}")
     if not resume and can_restore:
-        raise ConfigError(f"sweep: '{spec.name}' already exists under {paths.ray}; use `raptor-study resume` or another --out")
+        raise ConfigError(f"sweep: '{spec.name}' already exists under {paths.ray}; use `raptor-study resume` "
+                          "or another --out")
     launched = paths.launched_spec(spec.name)
     if resume and launched.is_file():
         check_same_spec(json.loads(launched.read_text()), spec)
-    tracking_uri = tracking_uri or default_tracking_uri(paths.root)
     client = MlflowClient(tracking_uri)
+    artifact_root = paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None
     try:
-        experiment_id = ensure_experiment(client, spec.name, paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None)
+        experiment_id = ensure_experiment(client, spec.name, artifact_root)
     except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
-        raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {tracking_uri!r} ({str(err).splitlines()[0]})") from None
-    parent_run_id = ensure_parent_run(client, experiment_id, spec.name, spec.model_dump(mode="json"))
-    connect_ray(address)
+        raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {redact(tracking_uri)!r} "
+                          f"({str(err).splitlines()[0]})") from None
+    if resume:
+        id_file = paths.sweep_id_file(spec.name)
+        sweep_id = id_file.read_text().strip() if id_file.is_file() else ""
+        parent_run_id = find_parent(client, experiment_id, sweep_id) if sweep_id else None
+        if parent_run_id is None:  # a store written before sweep ids: the one parent of this name
+            parents = sweep_parents(client, experiment_id, spec.name)
+            if not parents:
+                raise ConfigError(f"resume: no parent run of sweep '{spec.name}' (sweep id {sweep_id or '?'}) in "
+                                  f"{redact(tracking_uri)}; was it launched with another --tracking-uri?")
+            parent_run_id = parents[0].info.run_id
+        reopen_parent(client, parent_run_id)
+    else:
+        if not new:
+            check_no_collision(client, experiment_id, spec, digest)
+        sweep_id = uuid.uuid4().hex[:12]
+        parent_run_id = create_parent_run(client, experiment_id, spec, sweep_id=sweep_id, spec_hash=digest,
+                                          spec_text=text, provenance=source_provenance())
+    clock = {"setup_s": time.perf_counter() - t_start}
+    t0 = time.perf_counter()
+    connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
+    clock["ray_init_s"] = time.perf_counter() - t0
     if not resume:
         atomic_write(launched, lambda tmp: tmp.write_text(json.dumps(spec.model_dump(mode="json"), indent=1)))
+        atomic_write(paths.sweep_id_file(spec.name), lambda tmp: tmp.write_text(sweep_id))
     max_concurrent = concurrency_that_fits(spec)
-    if resume:  # the MLflow callback comes back with the experiment state
+    monitor = start_system_metrics(parent_run_id, tracking_uri)
+    if resume:  # the callbacks and the Optuna searcher (with its storage) come back with the experiment state
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(spec, paths),
                                    resume_unfinished=True, restart_errored=True)
     else:
-        tuner = build_tuner(spec, paths, MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec), max_concurrent)
-    grid = tuner.fit()
+        callback = TimedCallback(MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec, sweep_id,
+                                                     system_metrics=monitor is not None))
+        progress = SweepMonitor(spec.name, spec.search.num_samples * _grid_size(spec), max_concurrent,
+                                spec.search.metric, spec.search.mode, paths.events(spec.name), live=not verbose,
+                                mlflow=callback, console=console)
+        tuner = build_tuner(spec, paths, [callback, progress], max_concurrent, study_name=f"{spec.name}-{sweep_id}",
+                            verbose=verbose)
+    t0 = time.perf_counter()
+    try:
+        with Interrupts() as interrupts:
+            grid = tuner.fit()
+    finally:
+        if monitor is not None:
+            monitor.finish()
+    clock["fit_s"] = time.perf_counter() - t0
     table = results_table(grid, spec)
-    orphans = mark_orphans(client, experiment_id, spec.name, keep=set())
+    if interrupts.count:
+        killed = mark_interrupted(client, experiment_id, sweep_id, parent_run_id)
+        done = int((table["status"] == FINISHED).sum()) if len(table) else 0
+        console.print(f"[yellow]interrupted[/yellow]: {done} trial(s) finished, {len(killed)} unfinished (KILLED in "
+                      f"MLflow, parent too). Continue with: raptor-study resume <spec> --out {paths.root}",
+                      highlight=False, soft_wrap=True)
+        raise SweepInterrupted(spec.name)
+    orphans = mark_orphans(client, experiment_id, sweep_id, keep=set())
     counts = table["status"].value_counts().to_dict() if len(table) else {}
-    summary = {f"trials.{k}": v for k, v in counts.items()} | {"trials.orphaned": len(orphans)}
+    summary = {trials_count_metric(k): v for k, v in counts.items()} | {trials_count_metric("orphaned"): len(orphans)}
     if len(table) and table[spec.search.metric].notna().any():
-        summary[f"best.{spec.search.metric}"] = (table[spec.search.metric].max() if spec.search.mode == "max"
-                                                 else table[spec.search.metric].min())
+        summary[best_metric(spec.search.metric)] = (table[spec.search.metric].max() if spec.search.mode == "max"
+                                                    else table[spec.search.metric].min())
     finish_parent(client, parent_run_id, summary)
+    clock["finish_s"] = time.perf_counter() - t0
+    clock["total_s"] = time.perf_counter() - t_start
+    atomic_write(paths.sweep_timings(spec.name), lambda tmp: tmp.write_text(json.dumps(clock, indent=1)))
     show_table(table, spec, paths, tracking_uri)
+    if not spec.search.storage and spec.search.sampler != "grid":
+        console.print(f"Optuna study: optuna-dashboard {paths.optuna_journal(spec.name)}", soft_wrap=True)
     return table
+
+
+def source_provenance() -> dict[str, str]:
+    """Tags naming the code that ran: package version, git commit and dirty flag (when in a git checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tags = {VERSION_TAG: version("raptor-study")}
+    except PackageNotFoundError:
+        tags = {VERSION_TAG: "unknown"}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    return tags | {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(dirty)).lower()}
 
 
 def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
@@ -219,11 +477,11 @@ def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
     rows = []
     for result in grid:
         metrics = result.metrics or {}
-        unfinished = "pruned" if spec.scheduler.type == "asha" else "stopped"  # ASHA's stop, or an interrupt
-        status = "failed" if result.error else ("finished" if "r2.final" in metrics else unfinished)
+        unfinished = PRUNED if spec.scheduler.type == "asha" else "stopped"  # ASHA's stop, or an interrupt
+        status = FAILED if result.error else (FINISHED if R2_FINAL in metrics else unfinished)
         row = {"trial_id": metrics.get("trial_id", Path(result.path).name), "status": status}
-        row.update({key: result.config.get(key) for key in spec.space})
-        for key in dict.fromkeys((spec.search.metric, "r2.final", "acc.ratio")):
+        row.update({key: (result.config or {}).get(key) for key in spec.space})  # None: never started
+        for key in dict.fromkeys((spec.search.metric, R2_FINAL, ACC_RATIO)):
             row[key] = metrics.get(key)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -232,9 +490,19 @@ def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
 def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking_uri: str) -> None:
     view = Table(title=f"sweep {spec.name}: {len(table)} trials")
     for column in table.columns:  # short headers: the last part of dotted names
-        view.add_column(column if column in ("r2.final", "acc.ratio") else column.rsplit(".", 1)[-1], justify="right")
+        view.add_column(column if column in (R2_FINAL, ACC_RATIO) else column.rsplit(".", 1)[-1], justify="right")
     for _, row in table.iterrows():
         view.add_row(*("" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     console.print(view)
     console.print(f"trial outputs: {paths.trials(spec.name)}")
-    console.print(f"MLflow: {tracking_uri}  (browse: raptor-study ui --out {paths.root})")
+    console.print(f"MLflow: {redact(tracking_uri)}  (browse: raptor-study ui {spec.name} --out {paths.root})",
+                  soft_wrap=True)
+
+
+def _grid_size(spec: SweepSpec) -> int:
+    """Trials per sample: the product of the choice lists for a grid search, else 1."""
+    size = 1
+    if spec.search.sampler == "grid":
+        for dist in spec.space.values():
+            size *= len(dist.choice or [None])
+    return size

@@ -40,9 +40,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from study.contract import ANALYSIS_PREDICTORS, ANALYSIS_TARGETS, PRIMARY_PREDICTOR, PRIMARY_TARGET
-from study.config import (ConfigError, TrialConfig, build_trial_config, deep_merge, describe_validation_error, flatten, read_yaml,
-                     unflatten)
+from study.config import (
+    ConfigError,
+    TrialConfig,
+    build_trial_config,
+    deep_merge,
+    describe_validation_error,
+    flatten,
+    read_yaml,
+    stable_hash,
+    unflatten,
+)
+from study.contract import ANALYSIS_PREDICTORS, ANALYSIS_TARGETS, PRIMARY_PREDICTOR, PRIMARY_TARGET, VAL_R2
 
 MAX_CORNER_CHECKS = 4096
 
@@ -60,7 +69,7 @@ class Distribution(_Strict):
     choice: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Distribution":
+    def _one_kind(self) -> Distribution:
         given = [k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of uniform / loguniform / randint / choice, got {given or 'none'}")
@@ -100,11 +109,15 @@ class SearchConfig(_Strict):
     sampler: Literal["tpe", "random", "grid"] = Field(
         "tpe", description="grid: every combination of the `choice` entries (x num_samples), continuous entries "
                            "drawn at random (Tune's basic variant generator)")
-    metric: Literal["val_r2", "loss"] = Field("val_r2", description="reported every epoch: val final-layer R^2 or train loss")
+    metric: Literal[VAL_R2, "loss"] = Field(VAL_R2, description="reported every epoch: val final-layer R^2 or train loss")
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1, le=100_000, description="trials (per grid point for 'grid')")
     max_concurrent: int = Field(2, ge=1, le=10_000)
     seed: int = Field(0, ge=0)
+    storage: str | None = Field(None, description="Optuna storage: an RDB URL (e.g. sqlite:///optuna.db); "
+                                                  "default: a JournalStorage file in the sweep's Ray folder")
+    oom_retry: bool = Field(False, description="retry a trial that ran out of memory once, with half the "
+                                               "distillation batch size")
 
 
 class SchedulerConfig(_Strict):
@@ -124,13 +137,25 @@ class ResourcesConfig(_Strict):
     workers: int = Field(1, ge=1, le=1024)
     worker_cpu: float = Field(1.0, ge=0.0)
     worker_gpu: float = Field(0.0, ge=0.0)
+    train_mode: Literal["auto", "local", "workers"] = Field(
+        "auto", description="local: Ray Train's local mode (the one worker runs in the trial's process, which then "
+                            "holds the driver's and the worker's resources); workers: Train worker actors; auto: local "
+                            "when workers == 1")
+    reuse_actors: bool = Field(True, description="Tune reuses a finished trial's process for the next trial")
+
+    @property
+    def local_train(self) -> bool:
+        return self.train_mode == "local" or (self.train_mode == "auto" and self.workers == 1)
 
     @model_validator(mode="after")
-    def _nonzero(self) -> "ResourcesConfig":
+    def _nonzero(self) -> ResourcesConfig:
         if self.driver_cpu + self.driver_gpu <= 0:
             raise ValueError("resources.driver_cpu: the trial driver needs a resource (driver_cpu + driver_gpu > 0)")
         if self.worker_cpu + self.worker_gpu <= 0:
             raise ValueError("resources.worker_cpu: each worker needs a resource (worker_cpu + worker_gpu > 0)")
+        if self.train_mode == "local" and self.workers != 1:
+            raise ValueError(f"resources.train_mode: 'local' runs one worker, got workers={self.workers} "
+                             "(use 'workers' or 'auto')")
         return self
 
 
@@ -240,7 +265,38 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Parse a sweep YAML, apply `--set` overrides, validate; any problem is one ConfigError line
     naming the field."""
-    tree = read_yaml(path)
+    return sweep_from_tree(read_yaml(path), path, overrides)
+
+
+def as_sweep_spec(spec: SweepSpec | dict[str, Any] | str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """A typed spec from a typed spec, a dict (the YAML's tree) or a path to a YAML file, overrides applied."""
+    if isinstance(spec, SweepSpec):
+        return sweep_from_tree(spec.model_dump(mode="json"), "spec", overrides) if overrides else spec
+    if isinstance(spec, dict):
+        return sweep_from_tree(json.loads(json.dumps(spec)), "spec", overrides)
+    return load_sweep(spec, overrides)
+
+
+def spec_text(spec: SweepSpec | dict[str, Any] | str | Path) -> str:
+    """The spec as the user wrote it (the YAML file's text), else as YAML from the typed spec."""
+    import yaml
+
+    if isinstance(spec, (str, Path)) and Path(spec).is_file():
+        return Path(spec).read_text()
+    tree = spec.model_dump(mode="json") if isinstance(spec, SweepSpec) else spec
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    """Hash of what defines the sweep (overrides applied; the description and the Optuna storage location
+    excluded): two launches with the same hash run the same study."""
+    tree = spec.model_dump(mode="json")
+    tree.pop("description", None)
+    tree["search"].pop("storage", None)
+    return stable_hash(tree, length=12)
+
+
+def sweep_from_tree(tree: Any, path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping with name/base/space/search/..., got {type(tree).__name__}")
     if overrides:

@@ -74,15 +74,16 @@ def get_or_create(path: Path, create: Callable[[Path], None], what: str = "cache
         for stale in (path, _sidecar(path)):
             stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        side_tmp = tmp.with_suffix(".sha256tmp")
         try:
             create(tmp)
             digest = sha256_file(tmp)
             _fsync_replace(tmp, path)
-            side_tmp = tmp.with_suffix(".sha256tmp")
-            side_tmp.write_text(digest + "\n")
+            side_tmp.write_text(digest + "\n")  # a full disk here leaves an entry without sidecar: invalid, rebuilt
             _fsync_replace(side_tmp, _sidecar(path))
         finally:
             tmp.unlink(missing_ok=True)
+            side_tmp.unlink(missing_ok=True)
     return path
 
 

@@ -33,6 +33,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from study.config import DynamicsConfig
+from study.contract import SWAP_BASELINE, dynamics_metric, swap_metric
 from study.science.dynamics import (angular_speed, directional_convergence, layer_swap_accuracy, patch_coherence,
                        perturbation_recovery, swap_pairs, update_stable_rank)
 from study.science.raptor import Raptor
@@ -85,6 +86,7 @@ def raptor_states(raptor: Raptor, x0: np.ndarray, device: torch.device | str, ch
 
 def _curves(states: np.ndarray, run_layers, num_registers: int, perturb_layer: int, eps: float, seed: int,
             device: torch.device | str) -> dict[str, list[float]]:
+    states = torch.from_numpy(states).to(device)  # once: every read-out below runs where the models are
     gamma = directional_convergence(states, num_registers)
     speed = angular_speed(states, num_registers)
     curves = {"gamma_cls": gamma["cls"], "gamma_patch": gamma["patch"],
@@ -95,21 +97,22 @@ def _curves(states: np.ndarray, run_layers, num_registers: int, perturb_layer: i
     return {name: [float(v) for v in values] for name, values in curves.items()}
 
 
-def _summary(prefix: str, curves: dict[str, list[float]]) -> dict[str, float]:
+def _summary(model: str, curves: dict[str, list[float]]) -> dict[str, float]:
+    """Summary metrics of one model's curves, named ``dyn.{model}.*`` (`study.contract.dynamics_metric`)."""
     num_layers = len(curves["speed_cls"])
     mid, half = num_layers // 2, num_layers // 2
-    out = {f"{prefix}.gamma_cls_mid": curves["gamma_cls"][mid], f"{prefix}.gamma_patch_mid": curves["gamma_patch"][mid]}
+    out = {"gamma_cls_mid": curves["gamma_cls"][mid], "gamma_patch_mid": curves["gamma_patch"][mid]}
     for group in ("cls", "patch", "reg"):
         if f"speed_{group}" in curves:
-            out[f"{prefix}.speed_{group}_mean"] = float(np.mean(curves[f"speed_{group}"]))
+            out[f"speed_{group}_mean"] = float(np.mean(curves[f"speed_{group}"]))
     if half:
         early, late = np.mean(curves["speed_cls"][:half]), np.mean(curves["speed_cls"][-half:])
         if early > 0:
-            out[f"{prefix}.speed_cls_late_early"] = float(late / early)
-    out[f"{prefix}.coherence_final"] = curves["coherence"][-1]
-    out[f"{prefix}.srank_first"], out[f"{prefix}.srank_last"] = curves["stable_rank"][0], curves["stable_rank"][-1]
-    out[f"{prefix}.recovery_last"] = curves["recovery"][-1]
-    return {name: float(value) for name, value in out.items()}
+            out["speed_cls_late_early"] = float(late / early)
+    out["coherence_final"] = curves["coherence"][-1]
+    out["srank_first"], out["srank_last"] = curves["stable_rank"][0], curves["stable_rank"][-1]
+    out["recovery_last"] = curves["recovery"][-1]
+    return {dynamics_metric(model, name): float(value) for name, value in out.items()}
 
 
 @torch.no_grad()
@@ -137,7 +140,7 @@ def trial_dynamics(teacher_model: VisionTransformer, raptor: Raptor, test_states
         curves["raptor"] = _curves(student, _raptor_layers(raptor), num_registers, layer, cfg.eps, seed, device)
     finally:
         raptor.train(was_training)
-    metrics = {**_summary("dyn.teacher", curves["teacher"]), **_summary("dyn.raptor", curves["raptor"])}
+    metrics = {**_summary("teacher", curves["teacher"]), **_summary("raptor", curves["raptor"])}
     if cfg.swaps and num_layers >= 2:
         intra, inter = swap_pairs(phase_bounds)
         acc = layer_swap_accuracy(list(teacher_model.blocks), teacher[:, 0], readout, np.asarray(labels[:n]),
@@ -145,8 +148,8 @@ def trial_dynamics(teacher_model: VisionTransformer, raptor: Raptor, test_states
         curves["swap"] = {"baseline_acc": acc[(1, 1)],
                           "intra": [[i, j, acc[(i, j)]] for i, j in intra],
                           "inter": [[i, j, acc[(i, j)]] for i, j in inter]}
-        metrics["dyn.swap.baseline_acc"] = float(acc[(1, 1)])
+        metrics[SWAP_BASELINE] = float(acc[(1, 1)])
         for kind, pairs in (("intra", intra), ("inter", inter)):
             if pairs:
-                metrics[f"dyn.swap.{kind}_acc_mean"] = float(np.mean([acc[p] for p in pairs]))
+                metrics[swap_metric(kind)] = float(np.mean([acc[p] for p in pairs]))
     return metrics, curves

@@ -13,6 +13,7 @@ split, the search objective on the validation split), `write_outputs`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -26,7 +27,10 @@ import torch
 import yaml
 
 from analysis import figures
-from study.contract import CLASS_SHARE_SUBSETS, PHASE_KINDS, class_share_metric
+from study.contract import (ACC_AGREEMENT, ACC_FLOOR, ACC_RAPTOR, ACC_RATIO, ACC_RECOVERED, ACC_TEACHER, ACC_TRANSFER,
+                            ACC_TRANSFER_RATIO, ACC_TRANSFER_TEACHER, CLASS_SHARE_SUBSETS, CUT_VALUE, DATA_KEY,
+                            PHASE_KINDS, R2_KINDS, TEACHER_TEST_ACC, VAL_R2, class_share_metric, partition_metric,
+                            phase_metric, r2_metric)
 
 import study.trial.cache as cache
 from study.trial.activations import cached_states
@@ -38,7 +42,7 @@ from study.science.fidelity import fit_linear_probe, own_probe_accuracy, probe_f
 from study.science.partition import Partition, choose_partition
 from study.science.sampling import class_counts, class_share_range, stratified_subset, take_rows
 from study.science.raptor import Raptor
-from study.runtime import seed_everything, setup
+from study.runtime import CheckpointPolicy, seed_everything, setup
 from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
 from study.trial.onnx_vit import check_teacher_source
 from study.trial.teacher import Teacher, load_teacher
@@ -64,12 +68,15 @@ class Prepared:
     r2_pooled: dict[str, list[float]] | None = None  # pooled R^2 per layer of the last `evaluate`
 
 
-def similarity_matrices(states: np.ndarray, num_registers: int) -> dict[str, np.ndarray]:
-    """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity."""
+def similarity_matrices(states: np.ndarray, num_registers: int, device: torch.device | None = None
+                        ) -> dict[str, np.ndarray]:
+    """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity. On a GPU `device`
+    the sums are batched matmuls there (the states stream to it chunk by chunk)."""
+    device = device if device is not None and device.type == "cuda" else None
     return {
-        "cosine": 1.0 - cosine_dissimilarity(states, num_registers),
-        "cka": linear_cka(states, num_registers),
-        "mse": 1.0 - mse_dissimilarity(states, num_registers),
+        "cosine": 1.0 - cosine_dissimilarity(states, num_registers, device=device),
+        "cka": linear_cka(states, num_registers, device=device),
+        "mse": 1.0 - mse_dissimilarity(states, num_registers, device=device),
     }
 
 
@@ -117,7 +124,8 @@ def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
     # subsets are seeded by the data split seed, so every trial of one teacher shares them (docs/science.md §5, §7)
     subsets = {"similarity": stratified_subset(labels["train"], cfg.similarity.num_samples, cfg.data.split_seed + 11),
                "dynamics": stratified_subset(labels["test"], cfg.dynamics.num_samples, cfg.data.split_seed + 12)}
-    similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers)
+    similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers,
+                                     device)
     partition, info = choose_partition(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k,
                                        cfg.partition.method, cfg.partition.boundaries_for(cfg.raptor.k))
     timings["similarity_s"] = time.perf_counter() - t0
@@ -161,7 +169,7 @@ class DistillRunner(Protocol):
 
 
 class InProcess:
-    """Distil in this process; resumable from `out_dir/distill_state.pt`, written after every epoch."""
+    """Distil in this process; resumable from `out_dir/distill_state.pt`, written as `runtime.checkpoint_*` say."""
 
     STATE_FILE = "distill_state.pt"
 
@@ -171,9 +179,14 @@ class InProcess:
         state_path = out_dir / self.STATE_FILE
         resume = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
 
+        policy = CheckpointPolicy(cfg.runtime, cfg.distill)
+
         def checkpoint(record: dict, state_fn) -> None:
-            state = state_fn()
-            cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+            if policy.due(record):
+                t0 = time.perf_counter()
+                state = state_fn()
+                cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+                prepared.timings["checkpoint_s"] = prepared.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
             if on_epoch:
                 on_epoch(record)
 
@@ -231,10 +244,10 @@ def probe_metrics(prepared: Prepared, raptor: Raptor, raptor_test: torch.Tensor)
     # probe on its cls readout, applied to the Raptor's cls readout
     cls_probe = fit_linear_probe(teacher_train[:, :width].numpy(), y_train, seed=cfg.seed)
     transfer = task_fidelity(cls_probe, teacher_test[:, :width].numpy(), raptor_test[:, :width].numpy(), y_test)
-    metrics = {"acc.teacher": acc["teacher"], "acc.raptor": acc["raptor"], "acc.ratio": recovery["ratio"],
-               "acc.floor": acc["floor"], "acc.recovered": recovery["recovered"],
-               "acc.transfer_teacher": transfer["acc_teacher"], "acc.transfer": transfer["acc_raptor"],
-               "acc.transfer_ratio": transfer["acc_ratio"], "acc.agreement": transfer["agreement"]}
+    metrics = {ACC_TEACHER: acc["teacher"], ACC_RAPTOR: acc["raptor"], ACC_RATIO: recovery["ratio"],
+               ACC_FLOOR: acc["floor"], ACC_RECOVERED: recovery["recovered"],
+               ACC_TRANSFER_TEACHER: transfer["acc_teacher"], ACC_TRANSFER: transfer["acc_raptor"],
+               ACC_TRANSFER_RATIO: transfer["acc_ratio"], ACC_AGREEMENT: transfer["agreement"]}
     return metrics, cls_probe
 
 
@@ -267,24 +280,22 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
     task, probe = probe_metrics(prepared, raptor, raptor_feats)
     metrics: dict[str, float] = {}
     if prepared.teacher.test_acc is not None:
-        metrics["teacher.test_acc"] = prepared.teacher.test_acc
+        metrics[TEACHER_TEST_ACC] = prepared.teacher.test_acc
     for kind in PHASE_KINDS:  # kinds whose phase metrics are logged (mse drives partitions only)
         for name, value in phase_metrics(prepared.similarity[kind], prepared.partition.phase_bounds).items():
-            metrics[f"phase.{kind}.{name}"] = value
-    metrics["partition.cut_value"] = prepared.partition.cut_value
+            metrics[phase_metric(kind, name)] = value
+    metrics[CUT_VALUE] = prepared.partition.cut_value
     for name in ("cut_dp", "cut_bisection", "dp_differs"):
-        metrics[f"partition.{name}"] = float(prepared.partition_info[name])
-    for prefix, values in (("r2", r2), ("r2_pooled", r2_pooled)):  # strict and pooled R^2 (docs/science.md §5)
-        metrics[f"{prefix}.final"], metrics[f"{prefix}.mean"] = float(values["all"][-1]), float(np.mean(values["all"]))
+        metrics[partition_metric(name)] = float(prepared.partition_info[name])
+    for kind, values in zip(R2_KINDS, (r2, r2_pooled)):  # strict and pooled R^2 (docs/science.md §5)
         for group in values:
-            if group != "all":
-                metrics[f"{prefix}.final.{group}"] = float(values[group][-1])
-                metrics[f"{prefix}.mean.{group}"] = float(np.mean(values[group]))
+            metrics[r2_metric(kind, "final", group)] = float(values[group][-1])
+            metrics[r2_metric(kind, "mean", group)] = float(np.mean(values[group]))
     metrics.update(task)
     metrics.update(class_share_metrics(prepared))
     val_r2 = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device,
                                cfg.runtime.amp).r2
-    metrics["val_r2"] = float(val_r2["all"][-1])  # the search objective, on the validation split
+    metrics[VAL_R2] = float(val_r2["all"][-1])  # the search objective, on the validation split
     prepared.dynamics = None
     if cfg.dynamics.enabled:
         t0 = time.perf_counter()
@@ -301,6 +312,18 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
     return metrics, {group: [float(v) for v in values] for group, values in r2.items()}
 
 
+def dataset_record(prepared: Prepared) -> dict:
+    """The trial's dataset for MLflow's dataset inputs: name, split sizes, and a digest of the data config and
+    every split's labels, per split and overall (equal digests: the same splits, as far as labels can tell)."""
+    data = prepared.cfg.data.model_dump(mode="json")
+    config = json.dumps(data, sort_keys=True).encode()
+    digests = {split: hashlib.sha256(config + split.encode() + np.ascontiguousarray(labels).tobytes()).hexdigest()[:16]
+               for split, labels in sorted(prepared.labels.items())}
+    return {"name": data["name"], "splits": {split: int(len(labels)) for split, labels in prepared.labels.items()},
+            "digest": hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:16], "digests": digests,
+            "source": data}
+
+
 def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float], r2_per_layer: dict[str, list[float]],
                   history: list[dict], out_dir: Path) -> dict:
     """Write Parquet tables, figures, config, the Raptor weights and (last) result.json into `out_dir`."""
@@ -312,7 +335,8 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
                     "num_registers": teacher.num_registers, "test_acc": teacher.test_acc},
         "similarity": {kind: matrix.tolist() for kind, matrix in prepared.similarity.items()},
         "partition": {**prepared.partition.to_dict(), "method": cfg.partition.method, **prepared.partition_info},
-        "data": {"class_counts": {name: class_counts(labels) for name, labels in subset_labels(prepared).items()}},
+        DATA_KEY: {"class_counts": {name: class_counts(labels) for name, labels in subset_labels(prepared).items()},
+                   **dataset_record(prepared)},
         "r2_per_layer": r2_per_layer,
         "r2_pooled_per_layer": prepared.r2_pooled,
         "metrics": metrics,
@@ -323,6 +347,7 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
         result["timings"][f"stage{stage}_s"] = sum(r.get("seconds", 0.0) for r in history if r["stage"] == stage)
     if prepared.dynamics is not None:
         result["dynamics"] = prepared.dynamics
+    t0 = time.perf_counter()
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     pooled = prepared.r2_pooled or {}
     rows = [{"layer": layer, "group": group, "r2": value,
@@ -339,6 +364,8 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
             figures.save(figures.layer_swaps_figure(prepared.dynamics["swap"]), out_dir / "layer_swaps.png")
     torch.save({"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
                out_dir / "raptor.pt")
+    result["timings"]["write_s"] = time.perf_counter() - t0
+    result["timings"]["written_unix"] = time.time()  # wall clock: a sweep lines trials up against Tune's events
     # written last and atomically: its presence marks the trial folder complete
     cache.atomic_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     return result
@@ -348,9 +375,10 @@ def run_trial(cfg: TrialConfig, out_dir: Path, runner: DistillRunner | None = No
               on_epoch: OnEpoch | None = None) -> dict:
     """Run every stage of one trial and write its folder; `runner` picks where distillation runs."""
     runner = runner or InProcess()
-    t_start = time.perf_counter()
+    t_start, started_unix = time.perf_counter(), time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(cfg)
+    prepared.timings["started_unix"] = started_unix
     t0 = time.perf_counter()
     raptor, history = runner.distill(prepared, out_dir, on_epoch)
     prepared.timings["distill_s"] = time.perf_counter() - t0

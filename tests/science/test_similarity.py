@@ -149,3 +149,29 @@ def test_planted_phases_are_recovered_end_to_end():
     assert partition.phase_bounds == ((1, 3), (4, 5), (6, 8))
     metrics = phase_metrics(1 - d, partition.phase_bounds)
     assert metrics["contrast"] > 0.5 and metrics["cut_norm"] > 0.9
+
+
+def _pairwise_cka(states, num_registers):
+    """The pair-by-pair HSIC loop (one matmul and one host sync per pair) the batched rows replaced."""
+    num_patches = states.shape[2] - 1 - num_registers
+    x = torch.as_tensor(np.asarray(states, dtype=np.float32))[:, 1:, 1 + num_registers:]  # [N, L, P, D]
+    x = x.permute(1, 0, 2, 3).reshape(x.shape[1], len(states) * num_patches, -1)
+    x = x - x.mean(dim=1, keepdim=True)
+    hsic = np.zeros((x.shape[0], x.shape[0]))
+    for i in range(x.shape[0]):
+        for j in range(i, x.shape[0]):
+            hsic[i, j] = hsic[j, i] = torch.linalg.matrix_norm(x[j].T @ x[i]).double().item() ** 2
+    scale = np.sqrt(np.diag(hsic))
+    return np.clip(hsic / (scale[:, None] * scale[None, :]), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("device", [None, "cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_matrices_on_a_device_equal_the_cpu_reference(device):
+    """numpy states streamed to `device` (batched matmuls there) give the CPU results within float tolerance."""
+    states = random_states(n=11, layers=6, registers=1, patches=9, dim=16, seed=4).numpy()
+    reference = _pairwise_cka(states, 1)  # 99 rows: under max_tokens, so no subsampling
+    np.testing.assert_allclose(linear_cka(states, 1, chunk=4, device=device), reference, rtol=1e-5, atol=1e-6)
+    for fn in (cosine_dissimilarity, mse_dissimilarity):
+        np.testing.assert_allclose(fn(states, 1, chunk=4, device=device), fn(torch.from_numpy(states), 1, chunk=4),
+                                   rtol=1e-6, atol=1e-8)

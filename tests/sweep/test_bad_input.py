@@ -27,7 +27,7 @@ def test_bad_sweep_input_is_one_line_before_any_work(tmp_path, capsys, mutate, f
     earlier = out / "earlier-results.json"
     earlier.write_text('{"kept": true}')
     assert main(["sweep", str(spec), "--out", str(out)]) == 2
-    printed = capsys.readouterr().out.strip()
+    printed = capsys.readouterr().err.strip()
     assert printed.startswith("error:") and field in printed and len(printed.splitlines()) == 1, printed
     assert earlier.read_text() == '{"kept": true}'
     assert sorted(p.name for p in out.iterdir()) == ["earlier-results.json"]  # no Ray state, no store: no work
@@ -37,10 +37,10 @@ def test_malformed_yaml_and_unwritable_out(tmp_path, capsys):
     spec = tmp_path / "broken.yaml"
     spec.write_text("name: x\nspace: {raptor.k: [\n")
     assert main(["sweep", str(spec), "--out", str(tmp_path / "runs")]) == 2
-    assert "malformed YAML" in capsys.readouterr().out
+    assert "malformed YAML" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("")
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(GOOD))
     assert main(["sweep", str(good), "--out", str(blocker / "runs")]) == 2
-    assert "--out" in capsys.readouterr().out
+    assert "--out" in capsys.readouterr().err

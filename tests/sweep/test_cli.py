@@ -7,7 +7,7 @@ from study.config import ConfigError
 
 
 def error_line(capsys) -> str:
-    out = capsys.readouterr().out.strip()
+    out = capsys.readouterr().err.strip()
     assert len(out.splitlines()) == 1, out
     assert out.startswith("error: ")
     return out

@@ -69,7 +69,9 @@ def test_unreachable_address_is_one_clear_line(tmp_path):
 
 
 def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
-    spec = tiny_spec(tmp_path, "workerkill", num_samples=1, max_concurrent=1, stage2_epochs=6)
+    # Train worker actors (not local mode) checkpointing every epoch: the kill lands after a checkpoint
+    spec = tiny_spec(tmp_path, "workerkill", num_samples=1, max_concurrent=1, stage2_epochs=6, train_mode="workers",
+                     runtime={"checkpoint_epochs": 1})
     out = tmp_path / "runs"
     proc = cli("sweep", str(spec), "--out", str(out))
     killed_at = None

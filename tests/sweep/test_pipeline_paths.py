@@ -10,6 +10,7 @@ import math
 import pytest
 import ray
 
+from study.config import build_trial_config
 from study.sweep.raytrain import RayTrainWorkers
 from study.trial.pipeline import InProcess, run_trial
 
@@ -44,3 +45,36 @@ def test_in_process_and_ray_train_give_the_same_trial(tmp_path, tiny_cfg, prepar
         assert other == pytest.approx(value, rel=1e-3, abs=1e-4), key
     for group, values in here["r2_per_layer"].items():
         assert there["r2_per_layer"][group] == pytest.approx(values, rel=1e-3, abs=1e-4)
+
+
+def test_ray_train_local_mode_gives_the_same_trial_and_resumes_from_its_state(tmp_path, tiny_cfg, prepared):
+    """Ray Train local mode (one worker in this process, no actors): the same trial as InProcess; a run
+    interrupted after a saved state resumes from it and reruns no finished epoch."""
+    cfg = tiny_cfg.model_copy(update={"distill": tiny_cfg.distill.model_copy(
+        update={"stage2": tiny_cfg.distill.stage2.model_copy(update={"epochs": 2})})})
+    cfg = build_trial_config({**cfg.to_dict(), "runtime": {**cfg.runtime.model_dump(), "checkpoint_epochs": 1}})
+    here = run_trial(cfg, tmp_path / "in_process", runner=InProcess())
+    runner = RayTrainWorkers("local", tmp_path / "train", workers=1, worker_cpu=1, local=True)
+
+    class Interrupted(Exception):
+        pass
+
+    def crash_in_stage2(record):
+        if (record["stage"], record["epoch"]) == (2, 0):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_trial(cfg, tmp_path / "local", runner=runner, on_epoch=crash_in_stage2)
+    assert (tmp_path / "local" / RayTrainWorkers.LOCAL_STATE / "state.pt").is_file()
+    again = []
+    there = run_trial(cfg, tmp_path / "local", runner=runner, on_epoch=lambda r: again.append((r["stage"], r["epoch"])))
+    assert again == [(2, 1)], "finished epochs are not rerun"
+    assert not (tmp_path / "local" / RayTrainWorkers.LOCAL_STATE).exists(), "the state goes once the trial is done"
+    assert [(r["stage"], r["epoch"]) for r in there["history"]] == [(1, 0), (2, 0), (2, 1)]
+    assert there["timings"]["checkpoint_s"] > 0
+    for key, value in _metrics(here).items():
+        other = there["metrics"][key]
+        if isinstance(value, float) and math.isnan(value):
+            assert math.isnan(other), key
+            continue
+        assert other == pytest.approx(value, rel=1e-3, abs=1e-4), key

@@ -17,20 +17,21 @@ from mlflow.tracking import MlflowClient
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
-def tiny_spec(tmp_path: Path, name: str, num_samples: int, max_concurrent: int, stage2_epochs: int = 2) -> Path:
+def tiny_spec(tmp_path: Path, name: str, num_samples: int, max_concurrent: int, stage2_epochs: int = 2,
+              train_mode: str = "auto", runtime: dict | None = None) -> Path:
     spec = {
         "name": name,
         "base": {
             "data": {"max_samples": 300},
             "teacher": {"depth": 3, "width": 16, "heads": 2, "epochs": 2, "batch_size": 64},
             "distill": {"batch_size": 64, "stage1": {"epochs": 1}, "stage2": {"epochs": stage2_epochs}},
-            "runtime": {"num_threads": 1, "progress": False},
+            "runtime": {"num_threads": 1, "progress": False, **(runtime or {})},
         },
         "space": {"teacher.sd_rate": {"choice": [0.0, 0.3]}, "raptor.k": {"choice": [1, 2]},
                   "distill.anneal": {"uniform": [0.1, 0.5]}},
         "search": {"sampler": "random", "metric": "val_r2", "mode": "max", "num_samples": num_samples,
                    "max_concurrent": max_concurrent, "seed": 3},
-        "resources": {"driver_cpu": 0.5, "workers": 1, "worker_cpu": 0.5},
+        "resources": {"driver_cpu": 0.5, "workers": 1, "worker_cpu": 0.5, "train_mode": train_mode},
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -53,18 +53,22 @@ def test_writes_are_buffered_while_the_server_is_down_and_arrive_after(tmp_path,
     writer.write(lambda c: c.log_batch(run_id, metrics=[Metric("loss", 1.0, 0, 0)]))
     stop_server(server)
 
-    with caplog.at_level(logging.WARNING, logger="study.tracking"):
+    with caplog.at_level(logging.WARNING, logger="study.sweep.tracking"):
         t0 = time.monotonic()
-        for step in (1, 2, 3):  # training goes on: each write returns at once, buffered
+        for step in (1, 2, 3):  # training goes on: each write returns at once, queued for the writer thread
             writer.write(lambda c, step=step: c.log_batch(run_id, metrics=[Metric("loss", 1.0 / (step + 1), 0, step)]))
-        assert time.monotonic() - t0 < 60
+        assert time.monotonic() - t0 < 1.0  # never waits for MLflow
+        deadline = time.monotonic() + 60
+        while writer.outage_since is None and time.monotonic() < deadline:  # the thread has met the outage
+            time.sleep(0.1)
+        assert not writer.flush(patience_s=2)  # still down: nothing delivered, nothing dropped
     assert len(writer.pending) == 3
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1  # one clear warning, not one per write
 
     server = start_server(tmp_path, port)
     try:
         assert writer.flush(patience_s=30)
-        assert writer.pending == []
+        assert list(writer.pending) == []
         history = writer.client.get_metric_history(run_id, "loss")
         assert sorted(m.step for m in history) == [0, 1, 2, 3]
     finally:
@@ -75,8 +79,10 @@ def test_other_mlflow_errors_are_not_swallowed(tmp_path):
     from mlflow.exceptions import MlflowException
 
     writer = ResilientWriter(default_tracking_uri(tmp_path))
-    with pytest.raises(MlflowException):
-        writer.write(lambda c: c.get_run("no-such-run"))
+    writer.write(lambda c: c.get_run("no-such-run"))
+    with pytest.raises(MlflowException):  # raised to the caller at the next flush, not lost in the thread
+        writer.flush(patience_s=30)
+    assert list(writer.pending) == []  # the queue went on past it
 
 
 def test_sweep_callback_buffers_a_whole_trial_while_the_server_is_down(tmp_path):
@@ -103,9 +109,10 @@ def test_sweep_callback_buffers_a_whole_trial_while_the_server_is_down(tmp_path)
     (out_dir / "result.json").write_text(json.dumps({
         "metrics": {"r2.final": 0.9, "acc.ratio": 0.8}, "r2_per_layer": {"all": [0.99, 0.95]},
         "r2_pooled_per_layer": {"all": [0.995, 0.97], "cls": [0.9, 0.8]},
-        "teacher": {"key": "abc"}, "partition": {"phase_bounds": [[1, 1], [2, 2]]}}))
+        "teacher": {"key": "abc"}, "partition": {"phase_bounds": [[1, 1], [2, 2]]},
+        "data": {"name": "digits", "splits": {"train": 10, "val": 2, "test": 3}, "digest": "d1g3st", "source": {}}}))
     params = {"teacher.sd_rate": 0.3, "raptor.k": 2, "distill.stage2.lambda_cls": 0.4, "distill.anneal": 0.2}
-    trial = SimpleNamespace(trial_id="t0001", config=params, last_result=None)
+    trial = SimpleNamespace(trial_id="abc_00007", config=params, last_result=None)
     callback.on_trial_start(0, [], trial)
     for epoch in range(2):
         callback.on_trial_result(0, [], trial, {"stage": 2, "epoch": epoch, "loss": 1.0 / (epoch + 1), "val_r2": 0.9})
@@ -116,12 +123,19 @@ def test_sweep_callback_buffers_a_whole_trial_while_the_server_is_down(tmp_path)
     server = start_server(tmp_path, port)
     try:
         callback.on_experiment_end([])
-        assert callback.writer.pending == []
+        assert list(callback.writer.pending) == []
         client = callback.writer.client
-        runs = client.search_runs([experiment_id], filter_string="tags.`raptor.trial_id` = 't0001'")
+        runs = client.search_runs([experiment_id], filter_string="tags.`raptor.trial_id` = 'abc_00007'")
         assert len(runs) == 1
         run = runs[0]
         assert run.info.status == "FINISHED" and run.data.params["raptor.k"] == "2"
+        assert run.info.run_name == "sd0.3-s0-k2-0007"  # short and sortable in the UI
+        assert {key: run.data.params[key] for key in params} == {k: str(v) for k, v in params.items()}  # spec's names
+        assert run.data.tags["teacher.key"] == "abc"  # the result's key (tagged from the config at the start)
+        inputs = run.inputs.dataset_inputs
+        assert sorted(i.tags[0].value for i in inputs) == ["test", "train", "val"]
+        assert {i.dataset.name for i in inputs} == {"digits-train", "digits-val", "digits-test"}
+        assert {i.dataset.digest for i in inputs} == {"d1g3st"}
         assert [m.step for m in client.get_metric_history(run.info.run_id, "stage2.loss")] == [0, 1]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "r2.layer")] == [1, 2]
         pooled = client.get_metric_history(run.info.run_id, "r2_pooled.layer.cls")

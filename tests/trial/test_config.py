@@ -88,6 +88,19 @@ def test_teacher_key_ignores_raptor_distill_runtime_fields(field, value):
     ({"data.name": "cifar10"}, "data.path: required for dataset 'cifar10'"),
     ({"teacher.width": 30, "teacher.heads": 4}, "teacher.width: must be divisible by teacher.heads=4"),
     ({"teacher.source": "timm"}, "teacher.timm_name: required"),
+    ({"partition.method": "fixed"}, "partition.boundaries: required when partition.method is 'fixed'"),
+    ({"partition.boundaries": [4]}, "partition.boundaries: only used with partition.method 'fixed'"),
+    ({"partition.method": "fixed", "partition.boundaries": [3, 5]}, "partition.boundaries: needs k - 1 = 1 values"),
+    ({"partition.method": "fixed", "partition.boundaries": [8]}, "partition.boundaries: must be strictly increasing "
+                                                                 "layers in [1, 7], got [8]"),
+    ({"partition.method": "fixed", "partition.boundaries": [5, 3], "raptor.k": 3},
+     "partition.boundaries: must be strictly increasing"),
+    ({"partition.method": "greedy"}, "partition.method: Input should be 'dp', 'bisection' or 'fixed'"),
+    ({"distill.tf_mode": "both"}, "distill.tf_mode: Input should be 'input_mix' or 'loss_mix'"),
+    ({"distill.arm": "tf"}, "distill.arm: Input should be"),
+    ({"distill.grad_clip": -1}, "distill.grad_clip: Input should be greater than or equal to 0"),
+    ({"distill.stage2.lambda_cls": 0, "distill.stage2.lambda_reg": 0, "distill.stage2.lambda_patch": 0},
+     "distill.stage2: lambda_cls + lambda_reg + lambda_patch must be > 0"),
 ])
 def test_invalid_input_is_one_line_naming_field_and_range(overrides, expected):
     message = config_error(overrides)

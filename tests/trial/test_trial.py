@@ -128,7 +128,7 @@ class Interrupted(Exception):
 
 
 def test_interrupted_trial_resumes_from_its_distill_state(prepared, tmp_path, make_cfg, session_cache):
-    cfg = make_cfg(session_cache, {"distill.stage2.epochs": 2})
+    cfg = make_cfg(session_cache, {"distill.stage2.epochs": 2, "runtime.checkpoint_epochs": 1})
     seen = []
 
     def crash_in_stage2(record):
@@ -147,3 +147,15 @@ def test_interrupted_trial_resumes_from_its_distill_state(prepared, tmp_path, ma
 
     uninterrupted = run_trial(cfg, tmp_path / "clean")
     assert result["metrics"]["r2.final"] == pytest.approx(uninterrupted["metrics"]["r2.final"], abs=1e-6)
+
+
+def test_probe_floor_raptor_is_seeded_random_and_leaves_the_global_rng_alone(prepared):
+    from study.trial.pipeline import floor_raptor
+
+    state = torch.get_rng_state()
+    bounds = prepared.partition.phase_bounds
+    a, b = floor_raptor(prepared.cfg, prepared.teacher, bounds), floor_raptor(prepared.cfg, prepared.teacher, bounds)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    teacher_block = prepared.teacher.model.blocks[0].state_dict()
+    assert not torch.equal(a.blocks[0].state_dict()["attn.qkv.weight"], teacher_block["attn.qkv.weight"])

@@ -1,0 +1,72 @@
+"""End to end (loopback, tiny trials): Ctrl-C exits 130 and marks runs KILLED, resume continues; a colliding
+launch is refused; the Optuna study persists in a journal file; sweep ids, provenance and run names in MLflow."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from test_sweep_e2e import cli, output, tiny_spec, trial_runs
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+
+def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    spec = tiny_spec(tmp_path, "cc", num_samples=3, max_concurrent=1)
+    out = tmp_path / "runs"
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    proc = cli("sweep", str(spec), "--out", str(out))
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(2)
+        if list((out / "trials" / "cc").glob("*/result.json")):
+            break
+    assert proc.poll() is None, output(proc)[-3000:]
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    log = output(proc, timeout=300)
+    stop_s = time.monotonic() - t0
+    assert proc.returncode == 130, log[-3000:]
+    assert "Continue with: raptor-study resume" in log
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cc")
+    parent = client.search_runs([experiment.experiment_id], "tags.`raptor.role` = 'sweep'")
+    assert len(parent) == 1 and parent[0].info.status == "KILLED"
+    tags = parent[0].data.tags
+    sweep_id = tags["raptor.sweep_id"]
+    assert tags["raptor.spec_hash"] and tags["mlflow.note.content"].count("```yaml") == 1
+    assert "Primary relation" in tags["mlflow.note.content"] and tags["raptor.version"]
+    assert len(tags.get("mlflow.source.git.commit", "")) == 40 and tags["raptor.git_dirty"] in ("true", "false")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = trial_runs(client, "cc")
+    assert all(r.data.tags["raptor.sweep_id"] == sweep_id for r in runs)
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"} and any(r.info.status == "FINISHED" for r in runs)
+
+    # the same name, another spec (num_samples 4): refused on the shared tracking store, naming both hashes
+    other = cli("sweep", str(spec), "--out", str(tmp_path / "other"), "--tracking-uri", uri,
+                "--set", "search.num_samples=4")
+    message = output(other, timeout=300).strip().splitlines()
+    assert other.returncode == 2 and "spec hash" in message[-1] and tags["raptor.spec_hash"] in message[-1], message
+
+    resumed = output(cli("resume", str(spec), "--out", str(out)), timeout=900)
+    runs = trial_runs(client, "cc")
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs), resumed[-3000:]
+    assert len({r.data.tags["raptor.trial_id"] for r in runs}) == 3  # nothing duplicated
+    assert client.get_run(parent[0].info.run_id).info.status == "FINISHED"
+    assert all(r.data.tags["raptor.sweep_id"] == sweep_id for r in runs)
+    assert all(r.info.run_name.startswith("sd") and r.info.run_name[-4:].isdigit() for r in runs)
+    assert all(r.inputs.dataset_inputs for r in runs)
+    journal = out / "ray" / "cc" / "optuna.journal"
+    assert f"optuna-dashboard {journal}" in resumed
+    study = optuna.load_study(study_name=f"cc-{sweep_id}", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert len(study.trials) >= 3  # the sampler's history spans the interrupt
+    (tmp_path / "ecosystem_e2e.json").write_text(json.dumps({"ctrl_c_to_exit_s": stop_s}))
+    print(f"Ctrl-C to exit: {stop_s:.1f} s")

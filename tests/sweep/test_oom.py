@@ -1,0 +1,46 @@
+"""Out of memory in one trial: without `search.oom_retry` the trial fails (the sweep goes on; the callback tags
+the reason); with it the trial reruns once with half the distillation batch. The trial driver is called
+directly, its Ray pieces replaced, so this runs in a second."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import study.sweep.driver as driver
+from study.sweep.space import as_sweep_spec
+
+SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    seen = {"batch": [], "reports": [], "runners": []}
+
+    def run_trial(cfg, out_dir, runner):
+        seen["batch"].append(cfg.distill.batch_size)
+        if len(seen["batch"]) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return {"metrics": {"r2.final": 0.5}}
+
+    monkeypatch.setattr(driver, "run_trial", run_trial)
+    monkeypatch.setattr(driver, "RayTrainWorkers", lambda name, *a, **k: seen["runners"].append(name))
+    monkeypatch.setattr(driver.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
+    monkeypatch.setattr(driver.tune, "report", lambda metrics: seen["reports"].append(metrics))
+    return seen
+
+
+def test_oom_fails_the_trial_without_retry(tmp_path, fake_ray):
+    spec = as_sweep_spec(SMOKE)
+    with pytest.raises(torch.OutOfMemoryError):
+        driver.trial_driver({"raptor.k": 2}, spec, driver.SweepPaths(tmp_path))
+    assert fake_ray["batch"] == [128] and fake_ray["reports"] == []
+
+
+def test_oom_retry_reruns_once_with_half_the_batch(tmp_path, fake_ray):
+    spec = as_sweep_spec(SMOKE, {"search.oom_retry": True})
+    driver.trial_driver({"raptor.k": 2}, spec, driver.SweepPaths(tmp_path))
+    assert fake_ray["batch"] == [128, 64] and fake_ray["runners"] == ["t1", "t1-oom"]
+    assert fake_ray["reports"][0]["r2.final"] == 0.5

@@ -1,0 +1,93 @@
+"""Sweep ids, spec hashes and collisions, run names, failure reasons: fast checks on a local SQLite store."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.config import ConfigError
+from study.contract import trial_run_name
+from study.sweep.space import as_sweep_spec, load_sweep, spec_hash
+from study.sweep.tracking import (check_no_collision, create_parent_run, ensure_experiment, error_reason, find_parent,
+                                  mark_interrupted)
+
+SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
+
+
+def test_spec_hash_ignores_the_description_and_sees_everything_else():
+    spec = load_sweep(SMOKE)
+    assert spec_hash(spec) == spec_hash(as_sweep_spec(SMOKE, {"description": "other words"}))
+    assert spec_hash(spec) != spec_hash(as_sweep_spec(SMOKE, {"search.num_samples": 7}))
+    assert as_sweep_spec(spec.model_dump(mode="json")) == spec  # dict, path and typed spec agree
+
+
+def test_a_colliding_launch_is_refused_naming_both_hashes_and_resume_finds_its_parent(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = ensure_experiment(client, "smoke", tmp_path / "art")
+    spec = load_sweep(SMOKE)
+    first = create_parent_run(client, experiment_id, spec, sweep_id="aaa", spec_hash=spec_hash(spec),
+                              spec_text=SMOKE.read_text(), provenance={})
+    check_no_collision(client, experiment_id, spec, spec_hash(spec))  # the same spec again: allowed
+    other = as_sweep_spec(SMOKE, {"search.num_samples": 7})
+    with pytest.raises(ConfigError) as err:
+        check_no_collision(client, experiment_id, other, spec_hash(other))
+    assert spec_hash(spec) in str(err.value) and spec_hash(other) in str(err.value) and "--new" in str(err.value)
+    second = create_parent_run(client, experiment_id, other, sweep_id="bbb", spec_hash=spec_hash(other),
+                               spec_text="", provenance={})  # what --new does
+    assert find_parent(client, experiment_id, "aaa") == first and find_parent(client, experiment_id, "bbb") == second
+    note = client.get_run(first).data.tags["mlflow.note.content"]
+    assert "Primary relation" in note and "name: smoke" in note
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    mark_interrupted(client, experiment_id, "aaa", first)
+    assert client.get_run(first).info.status == "KILLED" and client.get_run(second).info.status == "RUNNING"
+
+
+def test_run_names_are_short_and_sortable():
+    params = {"teacher.sd_rate": 0.3, "teacher.seed": 1, "raptor.k": 2}
+    assert trial_run_name(params, "53d73dbe", 7) == "sd0.3-s1-k2-0007"
+    assert trial_run_name(params, "abc_00012") == "sd0.3-s1-k2-0012"
+
+
+def test_a_failed_trial_is_tagged_with_its_reason_and_oom_is_preferred():
+    error = RuntimeError("TrainingFailedError: worker 0 failed\ntorch.OutOfMemoryError: CUDA out of memory. "
+                         "Tried to allocate 2.00 GiB\n(pid=123) see the log")
+    assert error_reason(SimpleNamespace(get_error=lambda: error)).startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert error_reason(SimpleNamespace(get_error=lambda: ValueError("bad\nlast line"))) == "last line"
+
+
+def test_a_second_launch_from_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    from study.sweep.driver import SweepPaths, launch_lock
+
+    paths = SweepPaths(tmp_path)
+    first = launch_lock(paths, "smoke")
+    try:
+        with pytest.raises(ConfigError, match="'smoke' is already running from"):
+            launch_lock(paths, "smoke")
+        launch_lock(paths, "other").release()  # another sweep in the same folder is fine
+    finally:
+        first.release()
+    launch_lock(paths, "smoke").release()  # free again once the first has ended
+
+
+def test_the_callback_tags_a_failed_trial_with_its_reason_and_prints_one_line(tmp_path, capsys):
+    from study.sweep.tracking import MlflowTrialCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, "smoke", tmp_path / "art")
+    spec = load_sweep(SMOKE)
+    parent = create_parent_run(client, experiment_id, spec, sweep_id="s1", spec_hash="h", spec_text="", provenance={})
+    callback = MlflowTrialCallback(uri, experiment_id, parent, spec, "s1")
+    error = RuntimeError("worker died\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    trial = SimpleNamespace(trial_id="t_00001", config={"raptor.k": 2}, get_error=lambda: error)
+    callback.on_trial_start(0, [trial], trial)
+    callback.on_trial_error(0, [trial], trial)
+    assert callback.flush(patience_s=60)
+    (run,) = client.search_runs([experiment_id], "tags.`raptor.role` = 'trial'")
+    assert run.info.status == "FAILED" and run.data.tags["raptor.status"] == "failed"
+    assert run.data.tags["raptor.failure"].startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert run.data.tags["raptor.sweep_id"] == "s1" and run.info.run_name == "sd0-s0-k2-0001"
+    printed = [line for line in capsys.readouterr().out.splitlines() if "t_00001 failed" in line]
+    assert len(printed) == 1 and "out of memory" in printed[0]
