@@ -16,11 +16,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import figures
-from analysis.cluster import MIN_TEACHERS
 from analysis.document import Image, Note, Section, Table, format_cell, render_html, render_markdown, write_images
 from analysis.fit import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, MIN_EXACT_N, MIN_FIT_N, mean_ci
 from analysis.importance import MIN_TRIALS as MIN_IMPORTANCE_TRIALS
 from analysis.load import find_sweep_runs, load_results, load_trials
+from analysis.cluster import MIN_TEACHERS
 from analysis.paper import PAPER_ACC_RATIO, PAPER_FIT_R2, PAPER_FIT_UNIT, compare_with_paper, sweep_setting
 from analysis.sweep import Reading, SweepAnalysis, analyse_sweep
 from study.contract import (
@@ -32,6 +32,7 @@ from study.contract import (
     PHASE_KINDS,
     R2_FINAL,
     SD_PARAM,
+    SPEC_ARTIFACT,
     STATUSES,
     SWAP_METRICS,
     TEACHER_DYNAMICS_PREFIXES,
@@ -42,17 +43,15 @@ log = logging.getLogger(__name__)
 
 REPORT_ARTIFACT_DIR = "report"
 SUMMARY_FILE = "summary.json"
-SPEC_ARTIFACT = "sweep_spec.json"
-"""The launched spec, logged to the sweep parent run by study/sweep/tracking.py."""
 PARAM_SECTIONS = ("data.", "teacher.", "raptor.", "distill.", "similarity.", "dynamics.", "runtime.", "seed", "name")
 TABLE_DIR = "tables"
 N_TEACHERS_SHOWN = 3
 N_PARALLEL_PARAMS = 6
 SLOPE_CI, BOOT_SLOPE_CI, BOOT_R_CI = "slope CI (OLS)", "slope CI (boot)", "r CI (boot)"
-FIT_COLUMNS_SHOWN = ["y", "x", "n", "n_dropped", "r2", "slope", SLOPE_CI, BOOT_SLOPE_CI, "slope_p_adj", "pearson_r",
-                     BOOT_R_CI, "spearman_rho", "spearman_p", "note"]  # fmt: skip
-GROUP_COLUMNS_SHOWN = ["level", "y", "x", "n", "r2", "slope", SLOPE_CI, "pearson_r", BOOT_R_CI, "spearman_rho",
-                       "spearman_p", "note"]  # fmt: skip
+FIT_COLUMNS_SHOWN = ["y", "x", "n", "n_teachers", "n_dropped", "r2", "slope", SLOPE_CI, BOOT_SLOPE_CI, "slope_p_adj",
+                     "pearson_r", BOOT_R_CI, "spearman_rho", "spearman_p", "note"]  # fmt: skip
+GROUP_COLUMNS_SHOWN = ["level", "y", "x", "n", "n_teachers", "r2", "slope", SLOPE_CI, "pearson_r", BOOT_R_CI,
+                       "spearman_rho", "spearman_p", "note"]  # fmt: skip
 TREND_COLUMNS_SHOWN = ["y", "n", "n_trials", "n_levels", "slope", SLOPE_CI, "spearman_rho", "spearman_p", "kendall_tau",
                        "kendall_p", "note"]  # fmt: skip
 

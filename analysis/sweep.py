@@ -155,7 +155,7 @@ def analyse_sweep(
         predictors = [*PHASE_METRICS, *sorted(c for c in trials if c.startswith(PHASE_PREFIX) and c not in PHASE_METRICS)]
     finished, counts = split_by_status(trials)
     options = {"n_resamples": n_resamples, "seed": seed}
-    fits = fit_table(finished, fidelity, predictors, **options)
+    fits = with_teacher_counts(fit_table(finished, fidelity, predictors, **options), finished)
     ranking = rank_predictors(fits)
     top = ranking[(ranking["rank"] == 1) & ranking["r2"].notna()]
     clustered = _clustered(finished, params, predictors, reading, n_resamples, seed)
@@ -165,8 +165,8 @@ def analyse_sweep(
         params=list(params),
         fits=fits,
         ranking=ranking,
-        by_sd=fit_by(finished, SD_PARAM, fidelity, predictors, **options),
-        by_k=fit_by(finished, K_PARAM, fidelity, predictors, **options),
+        by_sd=with_teacher_counts(fit_by(finished, SD_PARAM, fidelity, predictors, **options), finished, SD_PARAM),
+        by_k=with_teacher_counts(fit_by(finished, K_PARAM, fidelity, predictors, **options), finished, K_PARAM),
         trends=sd_trend(finished, [*predictors, *fidelity], **options),
         importances=[param_importances(finished, target, params, seed=seed) for target in fidelity],
         best=dict(zip(top["y"], top["x"], strict=True)),
@@ -175,6 +175,20 @@ def analyse_sweep(
         notes=reading.warnings(counts) + clustered.pop("notes"),
         **clustered,
     )
+
+
+def with_teacher_counts(fits: pd.DataFrame, trials: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
+    """``fits`` (naive, one row per (y, x) and level of ``by``) with ``n_teachers``: distinct teachers among the
+    complete pairs of each row, so every fit states both counts (docs/science.md §7); NaN without teacher.key."""
+    counts = []
+    for row in fits.itertuples(index=False):
+        rows = trials if by is None else trials[trials[by] == row.level]
+        complete = rows.dropna(subset=[row.x, row.y]) if {row.x, row.y} <= set(rows) else rows.iloc[:0]
+        counts.append(complete[TEACHER_KEY_PARAM].nunique() if TEACHER_KEY_PARAM in complete else math.nan)
+    position = list(fits.columns).index("n") + 1 if "n" in fits else len(fits.columns)
+    fits = fits.copy()
+    fits.insert(position, "n_teachers", pd.Series(counts, index=fits.index, dtype=float))
+    return fits
 
 
 def _clustered(

@@ -13,6 +13,7 @@ shaped as `study.dynamics_report` writes them), except the first
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -32,11 +33,11 @@ from study.contract import (
     DYNAMICS_KEY,
     FAILED,
     FINISHED,
+    K_PARAM,
     LAYER_METRIC_PREFIX,
     MLFLOW_END_STATUS,
     PHASE_KINDS,
     PHASE_METRICS,
-    PHASE_PREFIX,
     PRIMARY_PREDICTOR,
     PRUNED,
     R2_FINAL,
@@ -44,7 +45,7 @@ from study.contract import (
     R2_POOLED_FINAL,
     ROLE_SWEEP,
     ROLE_TAG,
-    SPEC_ARTIFACT,
+    SD_PARAM,
     SWAP_BASELINE,
     SWEEP_ID_TAG,
     SWEEP_TAG,
@@ -60,6 +61,7 @@ from study.contract import (
     trial_run_name,
 )
 from study.sweep.record import log_trial
+from study.sweep.space import SweepSpec
 
 SYNTHETIC_SWEEP_ID = "synthetic"
 
@@ -366,7 +368,6 @@ def _log_trial(
                      history=records, result=result, status=status)
 
 
-
 CLUSTER_INTERCEPT = 0.3
 K_EFFECT = 0.01
 """Per extra phase: fidelity rises with k in the clustered simulation, as within-phase similarity does."""
@@ -410,8 +411,8 @@ def simulate_clustered(
                        for name, value in phase_metrics(matrices[kind], bounds).items()}  # fmt: skip
             fidelity = (CLUSTER_INTERCEPT + teacher_slope * metrics[PRIMARY_PREDICTOR] + K_EFFECT * k
                         + 0.05 * (lam - 0.5) + effect + rng.normal(0.0, within_sd))  # fmt: skip
-            rows.append({"teacher.sd_rate": sd, "teacher.seed": g, "raptor.k": k, "distill.stage2.lambda_cls": lam,
-                         "teacher.key": f"teacher-{g:03d}", "teacher.effect": effect, "status": FINISHED,
+            rows.append({SD_PARAM: sd, "teacher.seed": g, K_PARAM: k, "distill.stage2.lambda_cls": lam,
+                         TEACHER_KEY_PARAM: f"teacher-{g:03d}", "teacher.effect": effect, "status": FINISHED,
                          **metrics, R2_POOLED_FINAL: fidelity, R2_FINAL: fidelity - 0.02})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -427,31 +428,35 @@ def write_clustered_sweep(
     within_sd: float = 0.001,
     depth: int = 8,
     artifact_location: str | None = None,
-    spec: dict[str, Any] | None = None,
+    spec: SweepSpec | None = None,
     seed: int = 0,
 ) -> SyntheticSweep:
     """`simulate_clustered` written to MLflow as the study's trials write theirs: a sweep parent run, one child
     run per trial with the full config as params (``teacher.key`` a hash of the teacher's config), final metrics
-    and result.json. The parent run comes from the sweep driver's own `ensure_parent_run`, holding ``spec`` (a
-    ``SweepSpec.model_dump``) as sweep_spec.json when given. ``truth`` holds the simulated rows (with each
+    and result.json, through the study's trial writer. With ``spec`` the parent run comes from the sweep driver's
+    own `create_parent_run` (tags and sweep_spec.json as a real launch writes them). ``truth`` holds the simulated rows (with each
     teacher's planted ``teacher.effect``)."""
     rng = np.random.default_rng(seed)
     frame = simulate_clustered(n_teachers, trials_per_teacher, teacher_slope=teacher_slope, between_sd=between_sd,
                                within_sd=within_sd, rng=rng, depth=depth)  # fmt: skip
     client = MlflowClient(tracking_uri)
     experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
-    parent_tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment, SWEEP_ID_TAG: SYNTHETIC_SWEEP_ID}
-    parent_id = client.create_run(experiment_id, tags=parent_tags, run_name=experiment).info.run_id
-    if spec is not None:  # the launched spec, where the sweep driver keeps it (the report reads its reading)
-        client.log_dict(parent_id, spec, SPEC_ARTIFACT)
+    if spec is not None:
+        from study.sweep.tracking import create_parent_run  # imports Ray: only when a spec is to be logged
+
+        parent_id = create_parent_run(client, experiment_id, spec, sweep_id=SYNTHETIC_SWEEP_ID, spec_hash="synthetic",
+                                      spec_text=json.dumps(spec.model_dump(mode="json")), provenance={})
+    else:
+        tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment, SWEEP_ID_TAG: SYNTHETIC_SWEEP_ID}
+        parent_id = client.create_run(experiment_id, tags=tags, run_name=experiment).info.run_id
     truth = []
-    metric_names = [c for c in frame if c.startswith((PHASE_PREFIX, "r2"))]
+    metric_names = [*PHASE_METRICS, R2_POOLED_FINAL, R2_FINAL]
     for index, row in enumerate(frame.itertuples(index=False, name=None)):
         values = dict(zip(frame.columns, row, strict=True))
-        config = _config(f"trial-{index:03d}", values["teacher.sd_rate"], int(values["teacher.seed"]),
-                         int(values["raptor.k"]), round(values["distill.stage2.lambda_cls"], 6), depth)  # fmt: skip
+        config = _config(f"trial-{index:03d}", values[SD_PARAM], int(values["teacher.seed"]),
+                         int(values[K_PARAM]), round(values["distill.stage2.lambda_cls"], 6), depth)  # fmt: skip
         metrics = {name: float(values[name]) for name in metric_names}
-        bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), int(values["raptor.k"]))]
+        bounds = [[int(c[0]) + 1, int(c[-1]) + 1] for c in np.array_split(np.arange(depth), int(values[K_PARAM]))]
         result = {"partition": {"phase_bounds": bounds}, "config": config}
         run_id = _log_trial(client, experiment_id, parent_id, experiment, index, config, FINISHED, metrics, result)
         truth.append({"run_id": run_id, **_flat(config), **metrics, "teacher.effect": values["teacher.effect"]})

@@ -143,6 +143,14 @@ FIDELITY_METRICS = (R2_FINAL, R2_MEAN, R2_POOLED_FINAL, R2_POOLED_MEAN, ACC_RATI
 code's; ``acc.ratio`` is the paper's probe protocol (each model's own probe) and the only one compared with the
 paper; ``acc.transfer_ratio`` applies the teacher's probe to the Raptor."""
 
+PRIMARY_PREDICTOR = PHASE_METRICS[0]
+PRIMARY_TARGET = R2_POOLED_FINAL
+"""The default pre-registered relation of a sweep (docs/science.md §7): phase.cosine.within_sim -> r2_pooled.final."""
+ANALYSIS_TARGETS = tuple(dict.fromkeys((*FIDELITY_METRICS, *PROBE_METRICS)))
+"""Metric names a sweep spec may declare as the target of its primary relation (docs/science.md §5)."""
+ANALYSIS_PREDICTORS = PHASE_METRICS
+"""Metric names a sweep spec may declare as the predictor of its primary relation."""
+
 
 def group_metric(name: str, group: str) -> str:
     """A fidelity metric of one token group: ``r2.final`` + ``cls`` -> ``r2.final.cls`` (``all``: the name itself)."""

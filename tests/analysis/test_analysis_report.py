@@ -86,6 +86,7 @@ def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
     fits = pd.read_csv(folder / "tables" / "fits.csv").set_index(["y", "x"])
     planted = fits.loc[("r2.final", "phase.cosine.within_sim")]
     assert planted["slope_lo"] < PLANTED_SLOPE < planted["slope_hi"] and planted["n"] == 16
+    assert planted["n_teachers"] == 4  # every fit states both counts, naive ones too
 
 
 def test_dynamics_section(report: Path) -> None:

@@ -34,7 +34,7 @@ def null_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pd.DataFr
     """6 teachers x 8 trials through the study's MLflow writer: no teacher-level slope, tiny within-teacher noise."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    spec = SweepSpec(name="null").model_dump(mode="json")  # the defaults: correlation, within_sim -> r2_pooled.final
+    spec = SweepSpec(name="null")  # the defaults: correlation, within_sim -> r2_pooled.final
     write_clustered_sweep(uri, "null", n_teachers=6, trials_per_teacher=8, teacher_slope=0.0, between_sd=0.02,
                           within_sd=0.001, seed=NULL_SEED, artifact_location=(root / "art").as_uri(),
                           spec=spec)  # fmt: skip
@@ -189,7 +189,7 @@ def test_report_summary_json_of_the_null_store(null_store, tmp_path):
 
 def test_tuning_sweep_report_warns_and_small_sweep_reads_as_demo(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = SweepSpec(name="tune", purpose="tuning", scheduler={"type": "asha"}).model_dump(mode="json")
+    spec = SweepSpec(name="tune", purpose="tuning", scheduler={"type": "asha"})
     write_clustered_sweep(uri, "tune", n_teachers=3, trials_per_teacher=3, teacher_slope=0.5, spec=spec,
                           artifact_location=(tmp_path / "art").as_uri())  # fmt: skip
     write_report(["tune"], uri, tmp_path / "report", n_resamples=99)
