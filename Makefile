@@ -1,13 +1,13 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   set up, then run the smoke sweep (local Ray, local MLflow, bundled digits)
-#   make test   set up, then run the test suite (installs Fashion-MNIST and the pretrained ViT-S/14 when it can)
+#   make test   set up, lint (ruff), then run the test suite (installs Fashion-MNIST and the pretrained ViT-S/14 when it can)
 #   make data   Fashion-MNIST's IDX files from the Debian package dataset-fashion-mnist (root + apt)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs
 
-.PHONY: demo test setup data pretrained ui clean
+.PHONY: demo test lint setup data pretrained ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,11 @@ demo: setup
 	@echo "  trials:   $(OUT)/trials/smoke/<trial>/ (result.json, similarity.png, r2_per_layer.png)"
 	@echo "  MLflow:   $(BIN)/raptor-study ui --out $(OUT)   then open http://127.0.0.1:5000"
 
-test: setup pretrained
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup pretrained lint
 	-@$(MAKE) --no-print-directory data
 	$(BIN)/python -m pytest -q
 

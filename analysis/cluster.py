@@ -168,8 +168,8 @@ class Power:
     def statement(self) -> str:
         if not math.isfinite(self.half_width_model):
             return f"Power: not computable ({self.note or too_few(self.n_teachers)})."
-        needed = (f"about {self.teachers_needed} teachers" if self.teachers_needed else "more teachers than planned")
-        floor = (f"{self.teachers_needed_many_trials}" if self.teachers_needed_many_trials else "unbounded")
+        needed = f"about {self.teachers_needed} teachers" if self.teachers_needed else "more teachers than planned"
+        floor = f"{self.teachers_needed_many_trials}" if self.teachers_needed_many_trials else "unbounded"
         return (
             f"With {self.n_teachers} teachers x {self.trials_per_teacher:.1f} trials each, the 95% CI half-width of "
             f"the slope is {self.half_width_bootstrap:.3g} (cluster bootstrap; {self.half_width_model:.3g} from the "

@@ -78,7 +78,11 @@ def similarity_heatmap(similarity: np.ndarray, phase_bounds: Sequence[Sequence[i
     ax = fig.subplots()
     image = ax.imshow(similarity, cmap="viridis", origin="upper", extent=(0.5, num_layers + 0.5, num_layers + 0.5, 0.5))
     for first, last in phase_bounds:
-        ax.add_patch(Rectangle((first - 0.5, first - 0.5), last - first + 1, last - first + 1, fill=False, edgecolor="white", lw=2))
+        ax.add_patch(
+            Rectangle(
+                (first - 0.5, first - 0.5), last - first + 1, last - first + 1, fill=False, edgecolor="white", lw=2
+            )
+        )
     ax.set_xlabel("layer")
     ax.set_ylabel("layer")
     ax.set_title(title)
@@ -125,8 +129,15 @@ def dynamics_figure(curves: Mapping, title: str = "") -> Figure:
                     continue
                 start = curves.get("perturb_layer", 0) + 1 if first is None else first
                 group = name.rsplit("_", 1)[-1]
-                ax.plot(range(start, start + len(values)), values, style, marker="o", ms=3,
-                        color=_COLOURS.get(group, "tab:purple"), label=f"{model} {group if len(names) > 1 else ''}".strip())
+                ax.plot(
+                    range(start, start + len(values)),
+                    values,
+                    style,
+                    marker="o",
+                    ms=3,
+                    color=_COLOURS.get(group, "tab:purple"),
+                    label=f"{model} {group if len(names) > 1 else ''}".strip(),
+                )
         if first is None:
             ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_title(panel, fontsize=9)
@@ -142,14 +153,18 @@ def dynamics_figure(curves: Mapping, title: str = "") -> Figure:
 
 def layer_swaps_figure(swap: Mapping, title: str = "teacher accuracy with adjacent layers swapped") -> Figure:
     """One bar per swapped pair (l, l+1): intra-phase blue, inter-phase red; unswapped accuracy dashed."""
-    rows = sorted([(i, j, acc, "intra") for i, j, acc in swap["intra"]] + [(i, j, acc, "inter") for i, j, acc in swap["inter"]])
+    rows = sorted(
+        [(i, j, acc, "intra") for i, j, acc in swap["intra"]] + [(i, j, acc, "inter") for i, j, acc in swap["inter"]]
+    )
     fig = Figure(figsize=(max(4.0, 0.45 * len(rows) + 2), 3.4))
     ax = fig.subplots()
     colours = {"intra": "tab:blue", "inter": "tab:red"}
-    for pos, (i, j, acc, kind) in enumerate(rows):
+    for pos, (_i, _j, acc, kind) in enumerate(rows):
         ax.bar(pos, acc, color=colours[kind], label=kind)
     ax.axhline(swap["baseline_acc"], color="black", ls="--", lw=1, label="unswapped")
-    ax.set_xticks(range(len(rows)), [f"{i}↔{j}" for i, j, _, _ in rows], rotation=90 if len(rows) > 12 else 0, fontsize=8)
+    ax.set_xticks(
+        range(len(rows)), [f"{i}↔{j}" for i, j, _, _ in rows], rotation=90 if len(rows) > 12 else 0, fontsize=8
+    )
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
     handles, labels = ax.get_legend_handles_labels()

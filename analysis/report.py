@@ -16,11 +16,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis import figures
+from analysis.cluster import MIN_TEACHERS
 from analysis.document import Image, Note, Section, Table, format_cell, render_html, render_markdown, write_images
 from analysis.fit import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, MIN_EXACT_N, MIN_FIT_N, mean_ci
 from analysis.importance import MIN_TRIALS as MIN_IMPORTANCE_TRIALS
 from analysis.load import find_sweep_runs, load_results, load_trials
-from analysis.cluster import MIN_TEACHERS
 from analysis.paper import PAPER_ACC_RATIO, PAPER_FIT_R2, PAPER_FIT_UNIT, compare_with_paper, sweep_setting
 from analysis.sweep import Reading, SweepAnalysis, analyse_sweep
 from study.contract import (
@@ -188,10 +188,19 @@ def summary_record(analysis: SweepAnalysis) -> dict:
              "note": "; ".join(analysis.notes)}  # fmt: skip
     naive = primary.naive.summary() if primary is not None and primary.naive is not None else None
     return {
-        "reading": {"predictor": reading.predictor, "target": reading.target, "purpose": reading.purpose,
-                    "scheduler": reading.scheduler, "source": reading.source},  # fmt: skip
-        "counts": {"finished": analysis.counts.finished, "failed": analysis.counts.failed,
-                   "pruned": analysis.counts.pruned, "running": analysis.counts.running},  # fmt: skip
+        "reading": {
+            "predictor": reading.predictor,
+            "target": reading.target,
+            "purpose": reading.purpose,
+            "scheduler": reading.scheduler,
+            "source": reading.source,
+        },  # fmt: skip
+        "counts": {
+            "finished": analysis.counts.finished,
+            "failed": analysis.counts.failed,
+            "pruned": analysis.counts.pruned,
+            "running": analysis.counts.running,
+        },  # fmt: skip
         "notes": analysis.notes,
         "primary": primary.summary() if primary is not None else empty,
         "naive": naive,
@@ -296,8 +305,19 @@ def _primary_section(analysis: SweepAnalysis) -> Section:
                       f"{', '.join(fit.covariates)}. Slope and R² are partial: the predictor's relation with the "
                       "target at fixed covariates.")  # fmt: skip
     if fit.defined:
-        scatter = pd.DataFrame([{"x": fit.predictor, "y": fit.target, "r2": fit.r2, "slope": fit.slope,
-                                 "slope_lo": fit.slope_ci.lo, "slope_hi": fit.slope_ci.hi, "n": fit.n_trials}])
+        scatter = pd.DataFrame(
+            [
+                {
+                    "x": fit.predictor,
+                    "y": fit.target,
+                    "r2": fit.r2,
+                    "slope": fit.slope,
+                    "slope_lo": fit.slope_ci.lo,
+                    "slope_hi": fit.slope_ci.hi,
+                    "n": fit.n_trials,
+                }
+            ]
+        )
         figure = figures.fidelity_scatter(analysis.trials, scatter, band=False)
         blocks.append(Image("primary_relation", figures.to_png(figure),
                             f"{fit.target} against {fit.predictor}, coloured by SD rate; title: cluster-level slope "
@@ -352,10 +372,15 @@ def _levels_section(analysis: SweepAnalysis) -> Section:
             shown["paper acc.ratio"] = [PAPER_ACC_RATIO.get(int(k), np.nan) for k in table["level"]]
         blocks.append(Table(f"Primary relation per {name} ({by})", shown))
     for fit in analysis.sd_trends:
-        blocks.append(f"SD -> {fit.target} (cluster-level, {K_PARAM} adjusted): "
-                      + (f"slope {fit.slope:.3g} per unit SD [{fit.slope_ci.lo:.3g}, {fit.slope_ci.hi:.3g}], "
-                         f"p = {fit.p:.2g} ({fit.method}), {fit.n_trials} trials / {fit.n_teachers} teachers."
-                         if fit.defined else f"{fit.note}; {fit.n_trials} trials / {fit.n_teachers} teachers."))
+        blocks.append(
+            f"SD -> {fit.target} (cluster-level, {K_PARAM} adjusted): "
+            + (
+                f"slope {fit.slope:.3g} per unit SD [{fit.slope_ci.lo:.3g}, {fit.slope_ci.hi:.3g}], "
+                f"p = {fit.p:.2g} ({fit.method}), {fit.n_trials} trials / {fit.n_teachers} teachers."
+                if fit.defined
+                else f"{fit.note}; {fit.n_trials} trials / {fit.n_teachers} teachers."
+            )
+        )
     return Section("Primary relation per SD rate and per k", blocks)
 
 
@@ -370,12 +395,16 @@ def _exploratory_section(analysis: SweepAnalysis) -> Section:
         "R² 95% CI": [_ci(*c) for c in table["r2_ci"]], "p": table["p"], "p (Holm)": table["p_holm"],
         "note": table["note"],
     })  # fmt: skip
-    return Section(title, [
-        f"Exploratory, not the pre-registered relation: picking the best of {len(table)} predictors after seeing the "
-        f"data inflates its apparent strength. Target {analysis.reading.target}; p-values Holm-adjusted over the "
-        "table's defined fits.",
-        Table("Predictors of the primary target, by partial R²", shown),
-    ])
+    return Section(
+        title,
+        [
+            f"Exploratory, not the pre-registered relation: picking the best of {len(table)} predictors "
+            f"after seeing the "
+            f"data inflates its apparent strength. Target {analysis.reading.target}; p-values Holm-adjusted over the "
+            "table's defined fits.",
+            Table("Predictors of the primary target, by partial R²", shown),
+        ],
+    )
 
 
 def _similarity_section(chosen: pd.DataFrame, results: dict[str, dict]) -> Section:
@@ -462,8 +491,10 @@ def _fidelity_section(analysis: SweepAnalysis) -> Section:
         blocks.append(Note("No fit is defined (too few trials or constant metrics); see the notes in the table."))
     top = analysis.ranking[analysis.ranking["rank"] <= 3]
     blocks.append(
-        Table("Naive: best predictors of each fidelity metric (by trial-level R²)",
-              _shown(top, ["rank", *FIT_COLUMNS_SHOWN]))
+        Table(
+            "Naive: best predictors of each fidelity metric (by trial-level R²)",
+            _shown(top, ["rank", *FIT_COLUMNS_SHOWN]),
+        )
     )
     blocks.append(
         Table("Naive: all trial-level fits (pooled over the sweep)", _shown(analysis.fits, FIT_COLUMNS_SHOWN))
@@ -520,8 +551,11 @@ def _accuracy_section(analysis: SweepAnalysis) -> Section:
         "Accuracy recovery vs k",
         [
             Image("accuracy_vs_k", figures.to_png(figure), "acc.ratio per k with the paper's DINOv2 ViT-B anchors"),
-            Table(f"acc.ratio per k: mean and naive {CONFIDENCE:.0%} t-interval over trials (the cluster-level "
-                  "CI is in the per-k table above)", pd.DataFrame(rows)),
+            Table(
+                f"acc.ratio per k: mean and naive {CONFIDENCE:.0%} t-interval over trials (the cluster-level "
+                "CI is in the per-k table above)",
+                pd.DataFrame(rows),
+            ),
         ],
     )
 

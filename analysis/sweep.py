@@ -65,7 +65,7 @@ class Reading:
     source: str = "default"
 
     @classmethod
-    def from_spec(cls, spec: Mapping | None) -> "Reading":
+    def from_spec(cls, spec: Mapping | None) -> Reading:
         """From a saved sweep spec (``SweepSpec.model_dump``); missing sections take the defaults."""
         if not spec:
             return cls()
@@ -152,7 +152,10 @@ def analyse_sweep(
     """
     reading = reading or Reading()
     if predictors is None:
-        predictors = [*PHASE_METRICS, *sorted(c for c in trials if c.startswith(PHASE_PREFIX) and c not in PHASE_METRICS)]
+        predictors = [
+            *PHASE_METRICS,
+            *sorted(c for c in trials if c.startswith(PHASE_PREFIX) and c not in PHASE_METRICS),
+        ]
     finished, counts = split_by_status(trials)
     options = {"n_resamples": n_resamples, "seed": seed}
     fits = with_teacher_counts(fit_table(finished, fidelity, predictors, **options), finished)
@@ -235,9 +238,7 @@ def _clustered(
     }
 
 
-def _per_level(
-    trials: pd.DataFrame, by: str, x: str, y: str, covariates: Sequence[str], options: dict
-) -> pd.DataFrame:
+def _per_level(trials: pd.DataFrame, by: str, x: str, y: str, covariates: Sequence[str], options: dict) -> pd.DataFrame:
     """`cluster_fit` of y ~ x within each level of ``by``: one summary row per level (column ``level``)."""
     if by not in trials or trials[by].isna().all():
         return pd.DataFrame()

@@ -132,8 +132,9 @@ def write_synthetic_sweep(
         failed = index < n_failed
         status, mlflow_status = (FAILED, "FAILED") if failed else (PRUNED, "KILLED" if index % 2 else "FINISHED")
         curves = {} if failed else {epoch_metric(2, VAL_R2): list(np.linspace(0.1, 0.3, EPOCHS // 2))}
-        run_id = _log_trial(client, experiment_id, parent_id, experiment, len(grid) + index, config, status, curves,
-                            None)
+        run_id = _log_trial(
+            client, experiment_id, parent_id, experiment, len(grid) + index, config, status, curves, None
+        )
         if mlflow_status != MLFLOW_END_STATUS[status]:  # a pruned trial whose run ended FINISHED (older stores)
             client.update_run(run_id, status=mlflow_status)
         truth.append({"run_id": run_id, "status": status, **_flat(config)})
@@ -357,15 +358,34 @@ def _log_trial(
     records = [{"stage": stage, "epoch": epoch, **values} for (stage, epoch), values in sorted(history.items())]
     teacher_key = build_trial_config(config).teacher_key()
     if result is not None:
-        result = {**result, "metrics": scalars, "r2_per_layer": per_layer, "history": records,
-                  "teacher": {"key": teacher_key, "depth": config["teacher"]["depth"]},
-                  DATA_KEY: {"name": config["data"]["name"], "splits": {"train": 1000, "val": 125, "test": 250},
-                             "digest": teacher_key[:8], "source": config["data"]}}
+        result = {
+            **result,
+            "metrics": scalars,
+            "r2_per_layer": per_layer,
+            "history": records,
+            "teacher": {"key": teacher_key, "depth": config["teacher"]["depth"]},
+            DATA_KEY: {
+                "name": config["data"]["name"],
+                "splits": {"train": 1000, "val": 125, "test": 250},
+                "digest": teacher_key[:8],
+                "source": config["data"],
+            },
+        }
     trial_id = f"synthetic_{index:05d}"
-    return log_trial(client, experiment_id, sweep=sweep, sweep_id=SYNTHETIC_SWEEP_ID, trial_id=trial_id,
-                     parent_run_id=parent_id, run_name=trial_run_name(params, trial_id), teacher_key=teacher_key,
-                     params=params,
-                     history=records, result=result, status=status)
+    return log_trial(
+        client,
+        experiment_id,
+        sweep=sweep,
+        sweep_id=SYNTHETIC_SWEEP_ID,
+        trial_id=trial_id,
+        parent_run_id=parent_id,
+        run_name=trial_run_name(params, trial_id),
+        teacher_key=teacher_key,
+        params=params,
+        history=records,
+        result=result,
+        status=status,
+    )
 
 
 CLUSTER_INTERCEPT = 0.3
@@ -434,7 +454,8 @@ def write_clustered_sweep(
     """`simulate_clustered` written to MLflow as the study's trials write theirs: a sweep parent run, one child
     run per trial with the full config as params (``teacher.key`` a hash of the teacher's config), final metrics
     and result.json, through the study's trial writer. With ``spec`` the parent run comes from the sweep driver's
-    own `create_parent_run` (tags and sweep_spec.json as a real launch writes them). ``truth`` holds the simulated rows (with each
+    own `create_parent_run` (tags and sweep_spec.json as a real launch writes them). ``truth`` holds the simulated
+    rows (with each
     teacher's planted ``teacher.effect``)."""
     rng = np.random.default_rng(seed)
     frame = simulate_clustered(n_teachers, trials_per_teacher, teacher_slope=teacher_slope, between_sd=between_sd,
@@ -444,8 +465,15 @@ def write_clustered_sweep(
     if spec is not None:
         from study.sweep.tracking import create_parent_run  # imports Ray: only when a spec is to be logged
 
-        parent_id = create_parent_run(client, experiment_id, spec, sweep_id=SYNTHETIC_SWEEP_ID, spec_hash="synthetic",
-                                      spec_text=json.dumps(spec.model_dump(mode="json")), provenance={})
+        parent_id = create_parent_run(
+            client,
+            experiment_id,
+            spec,
+            sweep_id=SYNTHETIC_SWEEP_ID,
+            spec_hash="synthetic",
+            spec_text=json.dumps(spec.model_dump(mode="json")),
+            provenance={},
+        )
     else:
         tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: experiment, SWEEP_ID_TAG: SYNTHETIC_SWEEP_ID}
         parent_id = client.create_run(experiment_id, tags=tags, run_name=experiment).info.run_id

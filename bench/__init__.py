@@ -2,6 +2,7 @@
 
 They import the project's public API only; their results are written to docs/results/ (`RESULTS`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

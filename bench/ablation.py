@@ -8,6 +8,7 @@ annealing +68.8 points; + stage 2 +5.7; docs/science.md §4) to docs/results/abl
 Not part of CI. Usage:
     nice python -m bench.ablation [--cache-dir DIR] [--ks 2 3 4] [--seeds 0 1 2] [--set teacher.epochs=20 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,22 @@ from study.trial.pipeline import run_trial
 
 SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "ablation.yaml"
 ARMS = ("tf_only", "ar_only", "ar_anneal", "full")
-METRICS = (ACC_TEACHER, ACC_RAPTOR, ACC_FLOOR, ACC_RATIO, ACC_RECOVERED, ACC_TRANSFER_RATIO, R2_FINAL, R2_POOLED_FINAL,
-           group_metric(R2_FINAL, "cls"), partition_metric("dp_differs"))
-PAPER = ("Paper (DINOv2 ViT-B/14, ImageNet linear probe, docs/science.md §4): TF only ~3% accuracy; adding the "
-         "autoregressive term with annealing +68.8 points; adding stage 2 +5.7 points.")
+METRICS = (
+    ACC_TEACHER,
+    ACC_RAPTOR,
+    ACC_FLOOR,
+    ACC_RATIO,
+    ACC_RECOVERED,
+    ACC_TRANSFER_RATIO,
+    R2_FINAL,
+    R2_POOLED_FINAL,
+    group_metric(R2_FINAL, "cls"),
+    partition_metric("dp_differs"),
+)
+PAPER = (
+    "Paper (DINOv2 ViT-B/14, ImageNet linear probe, docs/science.md §4): TF only ~3% accuracy; adding the "
+    "autoregressive term with annealing +68.8 points; adding stage 2 +5.7 points."
+)
 
 
 def main() -> None:
@@ -65,27 +78,37 @@ def main() -> None:
                 cfg = spec.trial_config({"distill.arm": arm, "raptor.k": k, "seed": seed}, name=name)
                 t0 = time.perf_counter()
                 m = run_trial(cfg, out_root / name)["metrics"]
-                rows.append({"arm": arm, "k": k, "seed": seed, **{key: m[key] for key in METRICS},
-                             "wall_s": time.perf_counter() - t0})
+                rows.append(
+                    {
+                        "arm": arm,
+                        "k": k,
+                        "seed": seed,
+                        **{key: m[key] for key in METRICS},
+                        "wall_s": time.perf_counter() - t0,
+                    }
+                )
                 print(f"[{name}] " + " ".join(f"{key}={m[key]:.4f}" for key in METRICS), flush=True)
     runs = pd.DataFrame(rows)
     runs["arm"] = pd.Categorical(runs["arm"], categories=[a for a in ARMS if a in args.arms], ordered=True)
     summary = summarise(runs, ["k", "arm"], list(METRICS))
     machine = machine_line(t_start)
     base = spec.trial_config({})
-    header = (f"search_spaces/ablation.yaml, in process (bench/ablation.py): teacher depth {base.teacher.depth} width "
-              f"{base.teacher.width} epochs {base.teacher.epochs} sd {base.teacher.sd_rate} seed {base.teacher.seed}; "
-              f"tf_mode {base.distill.tf_mode}, anneal {base.distill.anneal}, grad_clip {base.distill.grad_clip}, "
-              f"stage epochs {base.distill.stage1.epochs}+{base.distill.stage2.epochs}; arms {args.arms}, k {args.ks}, "
-              f"Raptor seeds {args.seeds}; extra overrides {parse_sets(args.sets) or 'none'}; mean +- sample std over "
-              f"seeds")
+    header = (
+        f"search_spaces/ablation.yaml, in process (bench/ablation.py): teacher depth {base.teacher.depth} width "
+        f"{base.teacher.width} epochs {base.teacher.epochs} sd {base.teacher.sd_rate} seed {base.teacher.seed}; "
+        f"tf_mode {base.distill.tf_mode}, anneal {base.distill.anneal}, grad_clip {base.distill.grad_clip}, "
+        f"stage epochs {base.distill.stage1.epochs}+{base.distill.stage2.epochs}; arms {args.arms}, k {args.ks}, "
+        f"Raptor seeds {args.seeds}; extra overrides {parse_sets(args.sets) or 'none'}; mean +- sample std over "
+        f"seeds"
+    )
     print(header, machine, summary.to_string(index=False), sep="\n")
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     runs.to_csv(results / "ablation_digits_runs.csv", index=False)
     (results / "ablation_digits.md").write_text(
         f"# python -m bench.ablation\n\n{header}\n\n{machine}\n\n{PAPER}\n\n## per k and arm\n\n{markdown(summary)}\n\n"
-        f"## per run\n\n{markdown(runs)}\n")
+        f"## per run\n\n{markdown(runs)}\n"
+    )
     print(f"wrote {results}/ablation_digits.md, ablation_digits_runs.csv")
 
 

@@ -3,6 +3,7 @@ at a short budget (CPU here; the spec's full budget belongs on a GPU).
 
     python -m bench.fashion_teacher --max-samples 3000 --epochs 5 --threads 1 --cache /tmp/fm_cache
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache", default=".raptor_cache")
     args = parser.parse_args()
-    spec = load_sweep(args.spec, {"data.max_samples": args.max_samples, "teacher.epochs": args.epochs,
-                                  "teacher.warmup_epochs": min(1, args.epochs), "runtime.device": args.device,
-                                  "runtime.num_threads": args.threads, "runtime.cache_dir": args.cache,
-                                  "space.teacher.sd_rate": {"choice": [args.sd_rate]}})
+    spec = load_sweep(
+        args.spec,
+        {
+            "data.max_samples": args.max_samples,
+            "teacher.epochs": args.epochs,
+            "teacher.warmup_epochs": min(1, args.epochs),
+            "runtime.device": args.device,
+            "runtime.num_threads": args.threads,
+            "runtime.cache_dir": args.cache,
+            "space.teacher.sd_rate": {"choice": [args.sd_rate]},
+        },
+    )
     cfg = spec.trial_config({"teacher.sd_rate": args.sd_rate})
     device = setup(cfg.runtime)
     t0 = time.perf_counter()
@@ -37,9 +46,21 @@ def main() -> None:
     import torch
 
     history = torch.load(f"{cfg.runtime.cache_dir}/teachers/{teacher.key}.pt", weights_only=False)["history"]
-    print(json.dumps({"device": str(device), "threads": args.threads, "train_images": args.max_samples,
-                      "epochs": args.epochs, "sd_rate": args.sd_rate, "seconds": round(seconds, 1),
-                      "test_acc": teacher.test_acc, "history": history}, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": str(device),
+                "threads": args.threads,
+                "train_images": args.max_samples,
+                "epochs": args.epochs,
+                "sd_rate": args.sd_rate,
+                "seconds": round(seconds, 1),
+                "test_acc": teacher.test_acc,
+                "history": history,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

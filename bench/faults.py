@@ -8,6 +8,7 @@ Scenarios (tiny digits trials, real Ray / Ray Train / MLflow):
   driver-kill   SIGKILL the sweep driver (and its local Ray) mid-sweep; `raptor-study resume`
   cache-corrupt flip bytes in a cached teacher; the next trial detects it and rebuilds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ def wait_for(predicate, timeout: float = 600, every: float = 0.5):
 
 
 def epoch_times(client: MlflowClient, run_id: str) -> list[float]:
-    stamps = [m.timestamp / 1000 for key in (epoch_metric(1, "loss"), epoch_metric(2, "loss"))
-              for m in client.get_metric_history(run_id, key)]
+    stamps = [
+        m.timestamp / 1000
+        for key in (epoch_metric(1, "loss"), epoch_metric(2, "loss"))
+        for m in client.get_metric_history(run_id, key)
+    ]
     return sorted(stamps)
 
 
@@ -59,10 +63,14 @@ def worker_kill(out: Path) -> dict:
     lost, dup = summary(client, "f-worker", 1)
     run = trial_runs(client, "f-worker")[0]
     after = [t for t in epoch_times(client, run.info.run_id) if t > killed]
-    return {"fault": "Ray Train worker SIGKILL mid-stage",
-            "action": "FailureConfig restarted the worker group from the last per-epoch checkpoint; "
-                      "the trial finished in the same MLflow run",
-            "trials_lost": lost, "runs_duplicated": dup, "recovery_s": round(after[0] - killed, 1) if after else None}
+    return {
+        "fault": "Ray Train worker SIGKILL mid-stage",
+        "action": "FailureConfig restarted the worker group from the last per-epoch checkpoint; "
+        "the trial finished in the same MLflow run",
+        "trials_lost": lost,
+        "runs_duplicated": dup,
+        "recovery_s": round(after[0] - killed, 1) if after else None,
+    }
 
 
 def driver_kill(out: Path) -> dict:
@@ -80,19 +88,32 @@ def driver_kill(out: Path) -> dict:
     firsts = [min(epoch_times(client, r.info.run_id) or [float("inf")]) for r in trial_runs(client, "f-driver")]
     resumed = [t for t in firsts if t > t0]
     running = [r for r in trial_runs(client, "f-driver") if r.info.status == "RUNNING"]
-    return {"fault": "sweep driver SIGKILL mid-sweep (local Ray dies with it)",
-            "action": "`raptor-study resume` restored the Tune experiment, reran only unfinished trials, reused "
-                      "their MLflow runs; no run left RUNNING" if not running else f"{len(running)} runs left RUNNING",
-            "trials_lost": lost, "runs_duplicated": dup, "recovery_s": round(min(resumed) - t0, 1) if resumed else None}
+    return {
+        "fault": "sweep driver SIGKILL mid-sweep (local Ray dies with it)",
+        "action": "`raptor-study resume` restored the Tune experiment, reran only unfinished trials, reused "
+        "their MLflow runs; no run left RUNNING"
+        if not running
+        else f"{len(running)} runs left RUNNING",
+        "trials_lost": lost,
+        "runs_duplicated": dup,
+        "recovery_s": round(min(resumed) - t0, 1) if resumed else None,
+    }
 
 
 def cache_corrupt(out: Path) -> dict:
     from study.config import load_trial_config
     from study.trial.pipeline import prepare
 
-    overrides = {"teacher.depth": 3, "teacher.width": 16, "teacher.heads": 2, "teacher.epochs": 2,
-                 "data.max_samples": 300,
-                 "runtime.cache_dir": str(out / "cache"), "runtime.progress": False, "runtime.num_threads": 1}
+    overrides = {
+        "teacher.depth": 3,
+        "teacher.width": 16,
+        "teacher.heads": 2,
+        "teacher.epochs": 2,
+        "data.max_samples": 300,
+        "runtime.cache_dir": str(out / "cache"),
+        "runtime.progress": False,
+        "runtime.num_threads": 1,
+    }
     cfg = load_trial_config(None, overrides)
     prepare(cfg)
     (teacher,) = (out / "cache" / "teachers").glob("*.pt")
@@ -103,10 +124,15 @@ def cache_corrupt(out: Path) -> dict:
     prepare(cfg)
     from study.trial.cache import is_valid
 
-    return {"fault": "cached teacher corrupted (one byte flipped)",
-            "action": "SHA-256 mismatch detected, entry deleted and rebuilt under the lock, never loaded"
-                      if is_valid(teacher) else "NOT rebuilt",
-            "trials_lost": 0, "runs_duplicated": 0, "recovery_s": round(time.time() - t0, 1)}
+    return {
+        "fault": "cached teacher corrupted (one byte flipped)",
+        "action": "SHA-256 mismatch detected, entry deleted and rebuilt under the lock, never loaded"
+        if is_valid(teacher)
+        else "NOT rebuilt",
+        "trials_lost": 0,
+        "runs_duplicated": 0,
+        "recovery_s": round(time.time() - t0, 1),
+    }
 
 
 def main() -> None:
@@ -116,10 +142,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [cache_corrupt(out), worker_kill(out), driver_kill(out)]
-    lines = ["| fault | what the system did | trials lost | runs duplicated | time to recover (s) |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['fault']} | {r['action']} | {r['trials_lost']} | {r['runs_duplicated']} | {r['recovery_s']} |"
-              for r in rows]
+    lines = [
+        "| fault | what the system did | trials lost | runs duplicated | time to recover (s) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['fault']} | {r['action']} | {r['trials_lost']} | {r['runs_duplicated']} | {r['recovery_s']} |"
+        for r in rows
+    ]
     print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "faults.md").write_text("\n".join(lines) + "\n")

@@ -7,6 +7,7 @@ mean relative cut lost by bisection. Pure numpy on saved matrices: seconds.
 
 Usage: python -m bench.partition_rate /tmp/sd_runs [/tmp/ablation_runs ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,14 @@ def rates(folders: list[Path], kind: str = "cosine") -> pd.DataFrame:
     for key, similarity in matrices.items():
         for k in range(2, similarity.shape[0]):
             _, info = choose_partition(1.0 - similarity, k, "dp")
-            rows.append({"teacher": key, "k": k, "dp_differs": info["dp_differs"],
-                         "cut_lost": 1.0 - info["cut_bisection"] / info["cut_dp"] if info["cut_dp"] > 0 else 0.0})
+            rows.append(
+                {
+                    "teacher": key,
+                    "k": k,
+                    "dp_differs": info["dp_differs"],
+                    "cut_lost": 1.0 - info["cut_bisection"] / info["cut_dp"] if info["cut_dp"] > 0 else 0.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -40,8 +47,16 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     args = parser.parse_args()
     table = rates(args.folders)
-    summary = table.groupby("k").agg(teachers=("teacher", "nunique"), dp_differs_rate=("dp_differs", "mean"),
-                                     mean_cut_lost=("cut_lost", "mean"), max_cut_lost=("cut_lost", "max")).reset_index()
+    summary = (
+        table.groupby("k")
+        .agg(
+            teachers=("teacher", "nunique"),
+            dp_differs_rate=("dp_differs", "mean"),
+            mean_cut_lost=("cut_lost", "mean"),
+            max_cut_lost=("cut_lost", "max"),
+        )
+        .reset_index()
+    )
     print(markdown(summary))
 
 

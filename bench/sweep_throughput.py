@@ -24,6 +24,7 @@ dataset (`digits` is upscaled to 28 px on cuda); `--set KEY=VALUE` overrides bas
 `--resources KEY=VALUE` the sweep's resources (e.g. `train_mode=workers reuse_actors=false` for
 the levers-off column).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,10 +62,20 @@ CPU_BASE: dict[str, Any] = {
 STUDY_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "fashion_sd_study.yaml"
 CUDA_FALLBACK: dict[str, Any] = {
     "data": {"name": "fashion_mnist", "max_samples": 15000, "raptor_samples": 1500},
-    "teacher": {"depth": 12, "width": 192, "heads": 3, "patch_size": 4, "mlp_ratio": 2.0, "epochs": 8,
-                "warmup_epochs": 1, "batch_size": 256, "lr": 2.0e-3},
+    "teacher": {
+        "depth": 12,
+        "width": 192,
+        "heads": 3,
+        "patch_size": 4,
+        "mlp_ratio": 2.0,
+        "epochs": 8,
+        "warmup_epochs": 1,
+        "batch_size": 256,
+        "lr": 2.0e-3,
+    },
     "distill": {"batch_size": 128, "stage1": {"epochs": 5}, "stage2": {"epochs": 2}},
-    "similarity": {"num_samples": 1500}, "dynamics": {"num_samples": 128},
+    "similarity": {"num_samples": 1500},
+    "dynamics": {"num_samples": 128},
     "runtime": {"activation_dtype": "float16", "progress": False},
 }
 
@@ -101,6 +112,7 @@ class GpuSampler:
                 util = [pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles]
                 mem = [pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20 for h in handles]
                 return sum(util) / len(util), sum(mem)
+
             return read
         except Exception:  # noqa: BLE001 - no NVML bindings: fall back to the CLI
             pass
@@ -108,10 +120,15 @@ class GpuSampler:
             self.source = "nvidia-smi"
 
             def read() -> tuple[float, float]:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                )
                 rows = [[float(v) for v in line.split(",")] for line in out.stdout.strip().splitlines()]
                 return sum(r[0] for r in rows) / len(rows), sum(r[1] for r in rows)
+
             return read
         return None
 
@@ -139,8 +156,12 @@ class GpuSampler:
         return statistics.fmean(self.samples) if self.samples else None
 
     def summary(self) -> dict[str, Any]:
-        return {"source": self.source, "samples": len(self.samples), "util_mean_pct": self.mean(),
-                "mem_used_max_mib": max(self.memory_mib) if self.memory_mib else None}
+        return {
+            "source": self.source,
+            "samples": len(self.samples),
+            "util_mean_pct": self.mean(),
+            "mem_used_max_mib": max(self.memory_mib) if self.memory_mib else None,
+        }
 
 
 # ----------------------------------------------------------------------------- stage split
@@ -205,15 +226,23 @@ def run_loop(base: dict, seeds: list[int], out: Path, device: str) -> dict[str, 
             results.append(result)
         wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    return {"wall_s": wall, "per_trial_s": wall / len(seeds), "trial_wall_s": walls, "stages": mean_stages(stages),
-            "gpu": gpu.summary(), "peak_gpu_mem_bytes": peak,
-            VAL_R2: [r["metrics"][VAL_R2] for r in results]}
+    return {
+        "wall_s": wall,
+        "per_trial_s": wall / len(seeds),
+        "trial_wall_s": walls,
+        "stages": mean_stages(stages),
+        "gpu": gpu.summary(),
+        "peak_gpu_mem_bytes": peak,
+        VAL_R2: [r["metrics"][VAL_R2] for r in results],
+    }
 
 
-def run_sweep_path(base: dict, seeds: list[int], out: Path, device: str, resources: dict, max_concurrent: int
-                   ) -> dict[str, Any]:
-    spec_path = _write_spec(out / "sweep_spec.yaml", "throughput", base, seeds, {"max_concurrent": max_concurrent},
-                            resources)
+def run_sweep_path(
+    base: dict, seeds: list[int], out: Path, device: str, resources: dict, max_concurrent: int
+) -> dict[str, Any]:
+    spec_path = _write_spec(
+        out / "sweep_spec.yaml", "throughput", base, seeds, {"max_concurrent": max_concurrent}, resources
+    )
     root = out / "sweep"
     with GpuSampler(device == "cuda") as gpu:
         t0 = time.perf_counter()
@@ -245,10 +274,19 @@ def run_sweep_path(base: dict, seeds: list[int], out: Path, device: str, resourc
         "Tune between trials (per trial)": max(0.0, clock["fit_s"] - sum(lifetimes) / concurrency) / n,
         "sweep finish: table, MLflow parent (per trial)": clock["finish_s"] / n,
     }
-    return {"wall_s": wall, "per_trial_s": wall / n, "trials": n, "statuses": table["status"].value_counts().to_dict(),
-            "max_concurrent": max_concurrent, "resources": resources, "sweep_timings": clock,
-            "stages": {**sweep_level, **per_trial}, "mlflow_blocking_per_trial_s": statistics.fmean(mlflow_s or [0.0]),
-            "gpu": gpu.summary(), VAL_R2: val_r2}
+    return {
+        "wall_s": wall,
+        "per_trial_s": wall / n,
+        "trials": n,
+        "statuses": table["status"].value_counts().to_dict(),
+        "max_concurrent": max_concurrent,
+        "resources": resources,
+        "sweep_timings": clock,
+        "stages": {**sweep_level, **per_trial},
+        "mlflow_blocking_per_trial_s": statistics.fmean(mlflow_s or [0.0]),
+        "gpu": gpu.summary(),
+        VAL_R2: val_r2,
+    }
 
 
 def _compiled(result: dict) -> bool:
@@ -257,9 +295,13 @@ def _compiled(result: dict) -> bool:
 
 
 def _write_spec(path: Path, name: str, base: dict, seeds: list[int], search: dict, resources: dict | None) -> Path:
-    spec = {"name": name, "base": base, "space": {"seed": {"choice": seeds}},
-            "search": {"sampler": "grid", "metric": VAL_R2, "mode": "max", "num_samples": 1, **search},
-            "scheduler": {"type": "none"}}
+    spec = {
+        "name": name,
+        "base": base,
+        "space": {"seed": {"choice": seeds}},
+        "search": {"sampler": "grid", "metric": VAL_R2, "mode": "max", "num_samples": 1, **search},
+        "scheduler": {"type": "none"},
+    }
     if resources:
         spec["resources"] = resources
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,8 +311,9 @@ def _write_spec(path: Path, name: str, base: dict, seeds: list[int], search: dic
 
 def warm_cache(base: dict, out: Path) -> float:
     """Train the teacher and extract its states once (not timed against either path)."""
-    warm = deep_merge(base, {"distill": {"stage1": {"epochs": 0}, "stage2": {"epochs": 0}},
-                             "dynamics": {"enabled": False}})
+    warm = deep_merge(
+        base, {"distill": {"stage1": {"epochs": 0}, "stage2": {"epochs": 0}}, "dynamics": {"enabled": False}}
+    )
     spec = load_sweep(_write_spec(out / "warm_spec.yaml", "warm", warm, [0], {"max_concurrent": 1}, None))
     t0 = time.perf_counter()
     run_trial(spec.trial_config({"seed": 0}, name="warmup"), out / "warmup")
@@ -279,8 +322,13 @@ def warm_cache(base: dict, out: Path) -> float:
 
 # ----------------------------------------------------------------------------- report
 def machine() -> dict[str, Any]:
-    info = {"host": platform.node(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
-            "torch": torch.__version__, "python": platform.python_version()}
+    info = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import ray
 
@@ -291,8 +339,13 @@ def machine() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpus"] = torch.cuda.device_count()
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=Path(__file__).parent, timeout=10).stdout.strip()
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     return info
@@ -312,8 +365,10 @@ def render(report: dict) -> str:
     per_hour = report["trials_per_gpu_hour"]
     unit = "GPU-hour" if report["device"] == "cuda" else "hour"
     lines.append(f"{f'trials per {unit}':<{width}}{per_hour['loop']:10.1f}{per_hour['sweep']:10.1f}")
-    lines.append(f"{'GPU utilisation mean %':<{width}}{_pct(loop['gpu']['util_mean_pct']):>10}"
-                 f"{_pct(sweep['gpu']['util_mean_pct']):>10}")
+    lines.append(
+        f"{'GPU utilisation mean %':<{width}}{_pct(loop['gpu']['util_mean_pct']):>10}"
+        f"{_pct(sweep['gpu']['util_mean_pct']):>10}"
+    )
     return "\n".join(lines)
 
 
@@ -326,11 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--trials", type=int, default=4, help="trials per path (one per seed)")
     parser.add_argument("--data", help="data.name (default: digits on cpu, fashion_mnist on cuda)")
-    parser.add_argument("--max-concurrent", type=int,
-                        help="sweep trials at once (default: 1 on cpu, as many as fit on the GPU on cuda)")
+    parser.add_argument(
+        "--max-concurrent", type=int, help="sweep trials at once (default: 1 on cpu, as many as fit on the GPU on cuda)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base trial field")
-    parser.add_argument("--resources", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the sweep's resources.* (e.g. worker_gpu=0.25)")
+    parser.add_argument(
+        "--resources",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the sweep's resources.* (e.g. worker_gpu=0.25)",
+    )
     parser.add_argument("--out", help="work folder (default: a fresh temp folder)")
     parser.add_argument("--json", help="where the JSON goes (default: OUT/sweep_throughput.json)")
     parser.add_argument("--label", default="", help="a name for this measurement, kept in the JSON")
@@ -359,8 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loop: {args.trials} trials in this process ...", flush=True)
     loop = run_loop(base, seeds, out, args.device)
     if args.device == "cuda":
-        plan = pack_trials(loop["peak_gpu_mem_bytes"], torch.cuda.get_device_properties(0).total_memory,
-                           gpus=1, cpus=os.cpu_count() or 1)
+        plan = pack_trials(
+            loop["peak_gpu_mem_bytes"],
+            torch.cuda.get_device_properties(0).total_memory,
+            gpus=1,
+            cpus=os.cpu_count() or 1,
+        )
         resources, max_concurrent = plan.resources, plan.max_concurrent
     else:
         resources, max_concurrent = {"driver_cpu": 0.5, "workers": 1, "worker_cpu": 0.5}, 1
@@ -371,8 +436,15 @@ def main(argv: list[str] | None = None) -> int:
 
     gpus = torch.cuda.device_count() if args.device == "cuda" else 1
     report = {
-        "label": args.label, "device": args.device, "trials": args.trials, "base": base, "warm_cache_s": warm_s,
-        "machine": started, "load_avg_1m_end": os.getloadavg()[0], "loop": loop, "sweep": sweep,
+        "label": args.label,
+        "device": args.device,
+        "trials": args.trials,
+        "base": base,
+        "warm_cache_s": warm_s,
+        "machine": started,
+        "load_avg_1m_end": os.getloadavg()[0],
+        "loop": loop,
+        "sweep": sweep,
         "trials_per_gpu_hour": {"loop": 3600 / loop["per_trial_s"] / gpus, "sweep": 3600 / sweep["per_trial_s"] / gpus},
         "overhead_pct": 100 * (sweep["per_trial_s"] - loop["per_trial_s"]) / loop["per_trial_s"],
     }
@@ -384,8 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep and not args.out:
         shutil.rmtree(out, ignore_errors=True)
     busy = sweep["gpu"]["util_mean_pct"]
-    print(f"overhead {report['overhead_pct']:+.0f}% (sweep {sweep['per_trial_s']:.1f} s/trial, "
-          f"loop {loop['per_trial_s']:.1f} s/trial, gpu busy {'n/a' if busy is None else f'{busy:.0f}%'})")
+    print(
+        f"overhead {report['overhead_pct']:+.0f}% (sweep {sweep['per_trial_s']:.1f} s/trial, "
+        f"loop {loop['per_trial_s']:.1f} s/trial, gpu busy {'n/a' if busy is None else f'{busy:.0f}%'})"
+    )
     return 0
 
 

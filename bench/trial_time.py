@@ -10,6 +10,7 @@ are compared on equal footing. Prints one table and writes it to docs/results/.
 Not part of CI. Usage:
     nice python -m bench.trial_time [--cache-dir /tmp/fresh] [--out /tmp/bench_runs] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ from study.trial.pipeline import run_trial
 
 def markdown(table: pd.DataFrame) -> str:
     """A pipe table (no tabulate dependency)."""
+
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
@@ -66,24 +69,33 @@ def main() -> None:
         result = run_trial(cfg, out_root / name)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         m, timings = result["metrics"], result["timings"]
-        row = {"run": label, "teacher_test_acc": m.get(TEACHER_TEST_ACC),
-               **{key: m[key] for key in (R2_FINAL, group_metric(R2_FINAL, "cls"), R2_MEAN, ACC_RATIO, ACC_AGREEMENT)},
-               "phase_bounds": str(result["partition"]["phase_bounds"]),
-               "distill_s": timings.get("distill_s"), "wall_s": wall, "cpu_s": cpu}
+        row = {
+            "run": label,
+            "teacher_test_acc": m.get(TEACHER_TEST_ACC),
+            **{key: m[key] for key in (R2_FINAL, group_metric(R2_FINAL, "cls"), R2_MEAN, ACC_RATIO, ACC_AGREEMENT)},
+            "phase_bounds": str(result["partition"]["phase_bounds"]),
+            "distill_s": timings.get("distill_s"),
+            "wall_s": wall,
+            "cpu_s": cpu,
+        }
         # prepare() timing keys differ between revisions (teacher_s + activations_s, or teacher_and_states_s)
         row.update({f"t.{k}": v for k, v in timings.items() if k not in ("distill_s", "total_s")})
         rows.append(row)
         print(f"[{label}] done in {wall:.1f} s wall, {cpu:.1f} s CPU (all threads)", flush=True)
 
     table = pd.DataFrame(rows)
-    machine = (f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, "
-               f"threads {torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-               f"load avg at end {os.getloadavg()[0]:.1f} (wall_s includes waiting for CPUs shared with other jobs; "
-               f"cpu_s is this process's CPU time over all its threads)")
+    machine = (
+        f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"load avg at end {os.getloadavg()[0]:.1f} (wall_s includes waiting for CPUs shared with other jobs; "
+        f"cpu_s is this process's CPU time over all its threads)"
+    )
     cfg = load_trial_config(None, base)
-    header = (f"default trial: digits, teacher depth {cfg.teacher.depth} width {cfg.teacher.width} patch "
-              f"{cfg.teacher.patch_size} epochs {cfg.teacher.epochs}, k={cfg.raptor.k}, stage epochs "
-              f"{cfg.distill.stage1.epochs}+{cfg.distill.stage2.epochs}")
+    header = (
+        f"default trial: digits, teacher depth {cfg.teacher.depth} width {cfg.teacher.width} patch "
+        f"{cfg.teacher.patch_size} epochs {cfg.teacher.epochs}, k={cfg.raptor.k}, stage epochs "
+        f"{cfg.distill.stage1.epochs}+{cfg.distill.stage2.epochs}"
+    )
     text = table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
     print(header)
     print(machine)
@@ -92,7 +104,8 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     table.to_csv(results / "trial_time.csv", index=False)
     (results / "trial_time.md").write_text(
-        f"# python -m bench.trial_time\n\n{header}\n\n{machine}\n\n" + markdown(table) + "\n")
+        f"# python -m bench.trial_time\n\n{header}\n\n{machine}\n\n" + markdown(table) + "\n"
+    )
     print(f"wrote {results / 'trial_time.csv'} and {results / 'trial_time.md'}")
 
 

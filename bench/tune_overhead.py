@@ -7,6 +7,7 @@ Both paths share one warm teacher/activation cache, so the difference is orchest
 Ray start, trial actors, the Ray Train worker group, checkpoints and MLflow logging.
 Prints per-trial overhead in seconds and as % of the sequential trial time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,19 +42,41 @@ def main() -> None:
     ks = [2, 3]
     spec_path = out / "overhead.yaml"
     out.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(yaml.safe_dump({
-        "name": "overhead", "base": base, "space": {"raptor.k": {"choice": ks}},
-        "search": {"sampler": "grid", "metric": VAL_R2, "mode": "max", "num_samples": args.trials // len(ks),
-                   "max_concurrent": 1},
-        "resources": {"driver_cpu": 0.5, "workers": 1, "worker_cpu": 0.5},
-    }))
+    spec_path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "overhead",
+                "base": base,
+                "space": {"raptor.k": {"choice": ks}},
+                "search": {
+                    "sampler": "grid",
+                    "metric": VAL_R2,
+                    "mode": "max",
+                    "num_samples": args.trials // len(ks),
+                    "max_concurrent": 1,
+                },
+                "resources": {"driver_cpu": 0.5, "workers": 1, "worker_cpu": 0.5},
+            }
+        )
+    )
     spec = load_sweep(spec_path)
-    configs = [spec.trial_config({"raptor.k": k}, name=f"seq-{i}-k{k}")
-               for i in range(args.trials // len(ks)) for k in ks]
+    configs = [
+        spec.trial_config({"raptor.k": k}, name=f"seq-{i}-k{k}") for i in range(args.trials // len(ks)) for k in ks
+    ]
 
-    run_trial(load_trial_config(None, {**{f"teacher.{k}": v for k, v in BASE["teacher"].items()},
-                                       "runtime.cache_dir": str(cache), "runtime.progress": False,
-                                       "distill.stage1.epochs": 0, "distill.stage2.epochs": 0}), out / "warmup")
+    run_trial(
+        load_trial_config(
+            None,
+            {
+                **{f"teacher.{k}": v for k, v in BASE["teacher"].items()},
+                "runtime.cache_dir": str(cache),
+                "runtime.progress": False,
+                "distill.stage1.epochs": 0,
+                "distill.stage2.epochs": 0,
+            },
+        ),
+        out / "warmup",
+    )
     t0 = time.perf_counter()
     for cfg in configs:
         run_trial(cfg, out / "sequential" / cfg.name)
@@ -64,9 +87,15 @@ def main() -> None:
     tune_s = time.perf_counter() - t0
     n = len(configs)
     per_trial_seq, per_trial_tune = sequential_s / n, tune_s / len(table)
-    result = {"trials": n, "sequential_s": sequential_s, "tune_s": tune_s, "per_trial_sequential_s": per_trial_seq,
-              "per_trial_tune_s": per_trial_tune, "overhead_per_trial_s": per_trial_tune - per_trial_seq,
-              "overhead_pct": 100 * (per_trial_tune - per_trial_seq) / per_trial_seq}
+    result = {
+        "trials": n,
+        "sequential_s": sequential_s,
+        "tune_s": tune_s,
+        "per_trial_sequential_s": per_trial_seq,
+        "per_trial_tune_s": per_trial_tune,
+        "overhead_per_trial_s": per_trial_tune - per_trial_seq,
+        "overhead_pct": 100 * (per_trial_tune - per_trial_seq) / per_trial_seq,
+    }
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "tune_overhead.json").write_text(json.dumps(result, indent=2))

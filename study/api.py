@@ -7,6 +7,7 @@
 
 Ray and MLflow are imported only when called (this module is importable anywhere).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,19 +16,34 @@ from pathlib import Path
 from typing import Any
 
 
-def run_sweep(spec: Any, out: str | Path = "runs", *, address: str | None = None, tracking_uri: str | None = None,
-              resume: bool = False, overrides: dict[str, Any] | None = None, new: bool = False):
+def run_sweep(
+    spec: Any,
+    out: str | Path = "runs",
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    new: bool = False,
+):
     """Launch (or `resume`) the sweep `spec` (a path to a YAML file, a dict or a `SweepSpec`); returns a
     DataFrame with one row per trial. `address` defaults to RAY_ADDRESS (else a new local Ray) and
     `tracking_uri` to MLFLOW_TRACKING_URI (else a SQLite store under `out`)."""
     from study.sweep.driver import run_sweep as _run
 
-    return _run(spec, Path(out), address=address, tracking_uri=tracking_uri, resume=resume, overrides=overrides,
-                new=new)
+    return _run(
+        spec, Path(out), address=address, tracking_uri=tracking_uri, resume=resume, overrides=overrides, new=new
+    )
 
 
-def report(experiments: str | Sequence[str], *, runs: str | Path = "runs", out: str | Path | None = None,
-           tracking_uri: str | None = None, log_to_mlflow: bool = False) -> Path:
+def report(
+    experiments: str | Sequence[str],
+    *,
+    runs: str | Path = "runs",
+    out: str | Path | None = None,
+    tracking_uri: str | None = None,
+    log_to_mlflow: bool = False,
+) -> Path:
     """Write the statistics report of one or more sweeps (by name); returns the HTML file's path."""
     from analysis.report import write_report
 

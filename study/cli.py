@@ -1,4 +1,5 @@
 """`raptor-study` command line: trial, sweep, resume, report, ui."""
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ def cmd_trial(args: argparse.Namespace) -> int:
         table.add_row(name, f"{value:.4f}")
     table.add_row("total seconds", f"{result['timings']['total_s']:.1f}")
     console.print(table)
-    console.print(f"results: {out_dir / 'result.json'}  figures: {out_dir / 'similarity.png'}, "
-                  f"{out_dir / 'r2_per_layer.png'}")
+    console.print(
+        f"results: {out_dir / 'result.json'}  figures: {out_dir / 'similarity.png'}, {out_dir / 'r2_per_layer.png'}"
+    )
     return 0
 
 
@@ -65,8 +67,11 @@ def enable_ray_token_auth(address: str | None) -> None:
     authentication. When a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
     ~/.ray/auth_token) and RAY_AUTH_MODE is unset, switch token mode on. Ray reads this when it
     is imported, so this runs before the first `import ray`."""
-    has_token = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                 or (Path.home() / ".ray" / "auth_token").is_file())
+    has_token = (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    )
     if address and address != "local" and "RAY_AUTH_MODE" not in os.environ and has_token:
         os.environ["RAY_AUTH_MODE"] = "token"
 
@@ -85,9 +90,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     out_root = check_writable(Path(args.out), "--out")
     try:
-        table = run_sweep(args.spec, out_root, address=address, tracking_uri=tracking_uri_of(args, args.out),
-                          resume=args.command == "resume", overrides=parse_overrides(args.set),
-                          new=getattr(args, "new", False), verbose=args.verbose)
+        table = run_sweep(
+            args.spec,
+            out_root,
+            address=address,
+            tracking_uri=tracking_uri_of(args, args.out),
+            resume=args.command == "resume",
+            overrides=parse_overrides(args.set),
+            new=getattr(args, "new", False),
+            verbose=args.verbose,
+        )
     except SweepInterrupted:
         return 130
     return 0 if len(table) and (table["status"] != "failed").all() else 1
@@ -99,8 +111,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     uri = tracking_uri_of(args, args.runs)
     missing = missing_experiments(uri, args.experiments)
     if missing:
-        raise ConfigError(f"report: no MLflow experiment named {missing[0]!r} at {redact_uri(uri)} "
-                          f"(known: {', '.join(known_experiments(uri)) or 'none'}; --runs / --tracking-uri)")
+        raise ConfigError(
+            f"report: no MLflow experiment named {missing[0]!r} at {redact_uri(uri)} "
+            f"(known: {', '.join(known_experiments(uri)) or 'none'}; --runs / --tracking-uri)"
+        )
     out_dir = check_writable(Path(args.out or Path(args.runs) / "reports" / "-".join(args.experiments)), "--out")
     path = write_report(args.experiments, uri, out_dir, log_to_mlflow=args.log_to_mlflow)
     console.print(f"report: {path}  (Markdown and figures beside it)")
@@ -125,8 +139,9 @@ def known_experiments(uri: str) -> list[str]:
     try:
         return sorted(e.name for e in _client(uri).search_experiments() if e.name != "Default")
     except Exception as err:  # noqa: BLE001 - an unreachable or unreadable store is bad input here
-        raise ConfigError(f"--tracking-uri: cannot read MLflow store {redact_uri(uri)} ({str(err).splitlines()[0]})"
-                          ) from None
+        raise ConfigError(
+            f"--tracking-uri: cannot read MLflow store {redact_uri(uri)} ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def missing_experiments(uri: str, names: list[str]) -> list[str]:
@@ -142,8 +157,10 @@ def runs_table_url(base: str, uri: str, experiment: str | None) -> str:
         raise ConfigError(f"ui: no MLflow store at {uri} (--out / --tracking-uri)")
     found = _client(uri).get_experiment_by_name(experiment)
     if found is None:
-        raise ConfigError(f"ui: no MLflow experiment named {experiment!r} at {redact_uri(uri)} "
-                          f"(known: {', '.join(known_experiments(uri)) or 'none'})")
+        raise ConfigError(
+            f"ui: no MLflow experiment named {experiment!r} at {redact_uri(uri)} "
+            f"(known: {', '.join(known_experiments(uri)) or 'none'})"
+        )
     return f"{base.rstrip('/')}/#/experiments/{found.experiment_id}/runs"
 
 
@@ -158,9 +175,23 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: must be in [1, 65535], got {args.port}")
     url = runs_table_url(f"http://{args.host}:{args.port}", uri, args.experiment)
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-                               "--host", args.host, "--port", str(args.port), "--workers", "1"],
-                              start_new_session=True)  # its own process group: stopped as a whole below
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+            "--workers",
+            "1",
+        ],
+        start_new_session=True,
+    )  # its own process group: stopped as a whole below
     console.print(f"MLflow UI for {redact_uri(uri)}: {url}  (runs table; Ctrl-C to stop)", soft_wrap=True)
     stopped = {"signal": 0}
 
@@ -213,44 +244,65 @@ def build_parser() -> argparse.ArgumentParser:
 
     trial = sub.add_parser("trial", help="run one trial in this process (no Ray)")
     trial.add_argument("--config", help="trial config YAML (defaults: digits, 8-block teacher, k=2)")
-    trial.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. raptor.k=3")
+    trial.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. raptor.k=3"
+    )
     trial.add_argument("--out", default="runs/trials", help="output folder (a subfolder per trial name)")
     trial.set_defaults(func=cmd_trial)
 
-    for name, text in (("sweep", "launch a sweep: Ray Tune + Optuna over trials, Ray Train workers, MLflow tracking"),
-                       ("resume", "continue an interrupted sweep (finished trials are not rerun)")):
+    for name, text in (
+        ("sweep", "launch a sweep: Ray Tune + Optuna over trials, Ray Train workers, MLflow tracking"),
+        ("resume", "continue an interrupted sweep (finished trials are not rerun)"),
+    ):
         sweep = sub.add_parser(name, help=text)
         sweep.add_argument("spec", help="search space YAML, e.g. search_spaces/smoke.yaml")
         sweep.add_argument("--out", default="runs", help="output root: MLflow store, Ray state, trial folders, cache")
-        sweep.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                           help="show Ray's and Tune's own output instead of the progress view")
-        sweep.add_argument("--address", help="join a running Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, "
-                                             "else start a local Ray")
-        sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite "
-                                                  "store under --out)")
+        sweep.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show Ray's and Tune's own output instead of the progress view",
+        )
+        sweep.add_argument(
+            "--address",
+            help="join a running Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, else start a local Ray",
+        )
+        sweep.add_argument(
+            "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite store under --out)"
+        )
         if name == "sweep":
-            sweep.add_argument("--new", action="store_true", help="launch even if the experiment holds a sweep of "
-                                                                  "this name with another spec hash")
-        sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                           help="override the spec: search.num_samples=4, space.raptor.k='{choice: [2]}', "
-                                "or a base trial field, e.g. data.path=/data/imagenet (resume needs the same)")
+            sweep.add_argument(
+                "--new",
+                action="store_true",
+                help="launch even if the experiment holds a sweep of this name with another spec hash",
+            )
+        sweep.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override the spec: search.num_samples=4, space.raptor.k='{choice: [2]}', "
+            "or a base trial field, e.g. data.path=/data/imagenet (resume needs the same)",
+        )
         sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="statistics + figures of one or more sweeps (HTML + Markdown)")
     report.add_argument("experiments", nargs="+", help="MLflow experiment name(s), i.e. sweep names")
     report.add_argument("--out", help="report folder (default: RUNS/reports/EXPERIMENT)")
     report.add_argument("--runs", default="runs", help="output root holding the default MLflow store")
-    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite "
-                                               "store under --runs)")
+    report.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite store under --runs)"
+    )
     report.add_argument("--log-to-mlflow", action="store_true", help="also log the report to the sweep's parent run")
     report.set_defaults(func=cmd_report)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the sweep's tracking store (an http URI: print it)")
     ui.add_argument("experiment", nargs="?", help="sweep name: print the direct URL of its runs table")
     ui.add_argument("--out", default="runs", help="output root of the sweeps")
-    ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite store "
-                                           "under --out)")
+    ui.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite store under --out)"
+    )
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
@@ -259,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except ConfigError as err:

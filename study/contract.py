@@ -98,8 +98,17 @@ ACC_TRANSFER_TEACHER = "acc.transfer_teacher"
 ACC_TRANSFER = "acc.transfer"
 ACC_TRANSFER_RATIO = "acc.transfer_ratio"
 ACC_AGREEMENT = "acc.agreement"
-PROBE_METRICS = (ACC_TEACHER, ACC_RAPTOR, ACC_RATIO, ACC_FLOOR, ACC_RECOVERED, ACC_TRANSFER_TEACHER, ACC_TRANSFER,
-                 ACC_TRANSFER_RATIO, ACC_AGREEMENT)
+PROBE_METRICS = (
+    ACC_TEACHER,
+    ACC_RAPTOR,
+    ACC_RATIO,
+    ACC_FLOOR,
+    ACC_RECOVERED,
+    ACC_TRANSFER_TEACHER,
+    ACC_TRANSFER,
+    ACC_TRANSFER_RATIO,
+    ACC_AGREEMENT,
+)
 """Probe accuracies of a trial (docs/science.md §5)."""
 PAPER_ACC_METRIC = ACC_RATIO
 """The accuracy metric held against the paper's k=2/3/4 probe ratios."""
@@ -237,8 +246,10 @@ def trial_run_name(params: dict, trial_id: str, index: int | None = None) -> str
     `params` is the trial's flat config (dotted keys); `index` the trial's position in the sweep
     (default: the counter at the end of `trial_id`)."""
     index = trial_index(trial_id) if index is None else index
-    return (f"sd{float(params.get(SD_PARAM, 0.0)):g}-s{params.get(TEACHER_SEED_PARAM, 0)}-k{params.get(K_PARAM, 0)}"
-            f"-{index:04d}")
+    return (
+        f"sd{float(params.get(SD_PARAM, 0.0)):g}-s{params.get(TEACHER_SEED_PARAM, 0)}-k{params.get(K_PARAM, 0)}"
+        f"-{index:04d}"
+    )
 
 
 # ----------------------------------------------------------------------------- the pre-registered relation
@@ -249,4 +260,3 @@ ANALYSIS_TARGETS = tuple(dict.fromkeys((*FIDELITY_METRICS, *PROBE_METRICS)))
 """Metric names a sweep spec may declare as the target of its primary relation (docs/science.md §5)."""
 ANALYSIS_PREDICTORS = PHASE_METRICS
 """Metric names a sweep spec may declare as the predictor of its primary relation."""
-

@@ -1,4 +1,5 @@
 """Device, threads, precision and progress: the how-fast knobs of `RuntimeConfig`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +8,7 @@ import os
 import random
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -116,8 +117,14 @@ class CudaGraphStep:
     warning says why. Needs a capturable optimizer step (fused AdamW) and one process.
     """
 
-    def __init__(self, step: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer, device: torch.device,
-                 warmup: int = 3, fallback: Callable[..., torch.Tensor] | None = None):
+    def __init__(
+        self,
+        step: Callable[..., torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        warmup: int = 3,
+        fallback: Callable[..., torch.Tensor] | None = None,
+    ):
         self.step, self.optimizer, self.device, self.warmup = step, optimizer, device, warmup
         self.fallback = fallback or step
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -131,15 +138,21 @@ class CudaGraphStep:
         return self.graph is not None
 
     def _matches(self, args) -> bool:
-        return all(not isinstance(a, torch.Tensor) or (a.shape == s.shape and a.dtype == s.dtype)
-                   for a, s in zip(args, self.static))
+        return all(
+            not isinstance(a, torch.Tensor) or (a.shape == s.shape and a.dtype == s.dtype)
+            for a, s in zip(args, self.static)
+        )
 
     def _capture(self, args) -> None:
         groups = self.optimizer.param_groups
         saved = [(g["lr"], g.get("capturable", False)) for g in groups]
         try:
-            self.static = [torch.empty_like(a, device=self.device).copy_(a) if isinstance(a, torch.Tensor)
-                           else torch.full((), float(a), device=self.device) for a in args]
+            self.static = [
+                torch.empty_like(a, device=self.device).copy_(a)
+                if isinstance(a, torch.Tensor)
+                else torch.full((), float(a), device=self.device)
+                for a in args
+            ]
             self.lrs = [torch.full((), float(g["lr"]), device=self.device) for g in groups]
             for g, lr in zip(groups, self.lrs):
                 g["lr"], g["capturable"] = lr, True
@@ -183,7 +196,9 @@ def adamw(params, lr: float, weight_decay: float, device: torch.device, fused: b
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=bool(fused and device.type == "cuda"))
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup to the base LR over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
     total_steps = max(1, total_steps)
 
@@ -199,9 +214,14 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
 def progress_bar(enabled: bool) -> Progress:
     """A rich progress display (disabled -> renders nothing)."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not enabled, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
     )
 
 
@@ -220,9 +240,11 @@ class CheckpointPolicy:
     def due(self, record: dict) -> bool:
         self.since += 1
         now = time.monotonic()
-        due = (record["epoch"] >= self.stage_epochs[record["stage"]] - 1
-               or (self.every_epochs is not None and self.since >= self.every_epochs)
-               or (self.every_s is not None and now - self.last >= self.every_s))
+        due = (
+            record["epoch"] >= self.stage_epochs[record["stage"]] - 1
+            or (self.every_epochs is not None and self.since >= self.every_epochs)
+            or (self.every_s is not None and now - self.last >= self.every_s)
+        )
         if due:
             self.since, self.last = 0, now
         return due

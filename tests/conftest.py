@@ -5,6 +5,7 @@ width 32, 2 heads, 2 epochs, at most 400 images per split) trains in ~2 s on one
 fixture `prepared` trains it once and caches its states, so every test that
 needs a teacher reuses the same cache folder (`tiny_overrides['runtime.cache_dir']`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

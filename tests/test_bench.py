@@ -1,5 +1,6 @@
 """bench/ is a package of scripts on the public API: every module imports (no sys.path edits, no
 private names from study/analysis), and the GPU bench's quick CPU run writes the JSON it documents."""
+
 from __future__ import annotations
 
 import ast
@@ -20,8 +21,11 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages([str(BENCH)], prefix="ben
 
 
 def test_every_bench_script_is_a_module_of_the_package():
-    scripts = {p.relative_to(BENCH.parent).with_suffix("").as_posix().replace("/", ".")
-               for p in BENCH.rglob("*.py") if p.name != "__init__.py"}
+    scripts = {
+        p.relative_to(BENCH.parent).with_suffix("").as_posix().replace("/", ".")
+        for p in BENCH.rglob("*.py")
+        if p.name != "__init__.py"
+    }
     assert scripts <= set(MODULES)
     assert {"bench.gpu.__main__", "bench.trial_time", "bench.sd_sanity", "bench.faults"} <= set(MODULES)
 
@@ -37,12 +41,21 @@ def test_bench_uses_public_api_without_sys_path_edits(path):
     attributes = {ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     assert not {a for a in attributes if a.startswith("sys.path")}, path
     product = ("study", "analysis")
-    private = [f"{node.module}.{alias.name}" for node in ast.walk(tree)
-               if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in product
-               for alias in node.names if alias.name.startswith("_")]
-    private += [f"{node.value.id}.{node.attr}" for node in ast.walk(tree)  # e.g. distill._COMPILED after `import`
-                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in ("study", "analysis", "distill", "activations") and node.attr.startswith("_")]
+    private = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in product
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    private += [
+        f"{node.value.id}.{node.attr}"
+        for node in ast.walk(tree)  # e.g. distill._COMPILED after `import`
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("study", "analysis", "distill", "activations")
+        and node.attr.startswith("_")
+    ]
     assert private == [], path
 
 
@@ -58,9 +71,9 @@ def test_gpu_bench_imports_no_orchestration():
 def test_flop_accounting_by_hand():
     # ViT-S/16 at 224 px: D = 384, MLP 4x, T = 197: 2 * (4 + 8) * 384^2 + 4 * 197 * 384 per block and token
     assert VIT_S.tokens == 197
-    assert block_flops_per_token(VIT_S) == 2 * 12 * 384 ** 2 + 4 * 197 * 384
+    assert block_flops_per_token(VIT_S) == 2 * 12 * 384**2 + 4 * 197 * 384
     assert raptor_step_flops(VIT_S, 256) == 3 * 256 * 197 * 12 * block_flops_per_token(VIT_S)
-    patch_embed = 2 * 16 ** 2 * 3 * 384 * 196
+    patch_embed = 2 * 16**2 * 3 * 384 * 196
     assert teacher_forward_flops(VIT_S, head=False) == 12 * 197 * block_flops_per_token(VIT_S) + patch_embed
     assert teacher_forward_flops(VIT_S) - teacher_forward_flops(VIT_S, head=False) == 2 * 384 * 1000
     row = add_rates({"flops": 2e12, "ms": 4.0, "items": 8}, peak_tflops=1000.0)
@@ -72,16 +85,43 @@ def test_flop_accounting_by_hand():
 def test_gpu_bench_quick_cpu_run_writes_the_documented_json(tmp_path):
     from bench.gpu.__main__ import main
 
-    assert main(["--device", "cpu", "--quick", "--sections", "digits,cache", "--warmup", "1", "--iters", "1",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--device",
+                "cpu",
+                "--quick",
+                "--sections",
+                "digits,cache",
+                "--warmup",
+                "1",
+                "--iters",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "gpu_bench.json").read_text())
-    assert set(doc) == {"info", "rows", "cases", "cache_sizing", "gpu_free_gib_at_start", "host_ram_gib", "speedups",
-                        "elapsed_s"}
+    assert set(doc) == {
+        "info",
+        "rows",
+        "cases",
+        "cache_sizing",
+        "gpu_free_gib_at_start",
+        "host_ram_gib",
+        "speedups",
+        "elapsed_s",
+    }
     assert doc["info"]["device_type"] == "cpu" and doc["info"]["bf16_peak_tflops"] is None
     assert doc["info"]["torch"] == torch.__version__
     workloads = [(r["workload"], r["variant"]) for r in doc["rows"]]  # a failed measurement leaves its row out
-    expected = [(w, v) for v in ("fast", "baseline fp32 eager")
-                for w in ("teacher train", "extract (device)", "stage-1 step", "stage-2 step")]
+    expected = [
+        (w, v)
+        for v in ("fast", "baseline fp32 eager")
+        for w in ("teacher train", "extract (device)", "stage-1 step", "stage-2 step")
+    ]
     assert workloads == expected + [("extract->cache fp16", "fast"), ("extract->cache fp32", "fast")]
     for r in doc["rows"]:
         assert r["case"] in ("vit_quick", "digits_quick")
@@ -91,5 +131,6 @@ def test_gpu_bench_quick_cpu_run_writes_the_documented_json(tmp_path):
     assert stage2["loss_rel_err_vs_fp32"] < 1e-4  # CPU: fp32 both ways, only the attention kernel differs
     assert {(s["case"], s["workload"]) for s in doc["speedups"]} == {("digits_quick", w) for w, _ in expected[:4]}
     assert {(s["case"], s["dtype"]) for s in doc["cache_sizing"]} == {
-        (c, d) for c in ("vit_quick", "digits_quick") for d in ("float32", "float16")}
+        (c, d) for c in ("vit_quick", "digits_quick") for d in ("float32", "float16")
+    }
     assert (tmp_path / "gpu_bench.md").read_text().startswith(f"# gpu_bench: {doc['info']['device']}")

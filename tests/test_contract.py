@@ -4,6 +4,7 @@ The grep walks the AST of every module outside the contract (docstrings skipped,
 included) and fails on any string that is a metric name or a metric-name prefix. `study/science/`
 is exempt: it returns plain records whose keys the contract maps (`EPOCH_KEYS`), it names no MLflow metric.
 """
+
 from __future__ import annotations
 
 import ast
@@ -41,30 +42,59 @@ def _docstrings(tree: ast.AST) -> set[int]:
 def metric_literals(path: Path) -> list[str]:
     tree = ast.parse(path.read_text())
     skip = _docstrings(tree)
-    return [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
-            and is_metric_name(node.value)]
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in skip
+        and is_metric_name(node.value)
+    ]
 
 
 def test_the_detector_sees_names_and_prefixes_but_not_params_or_prose():
-    assert all(map(is_metric_name, ["r2.final", "acc.ratio", "phase.", "dyn.swap.baseline_acc", "val_r2",
-                                    "stage2.loss", "trials.finished", "teacher.test_acc"]))
-    assert not any(map(is_metric_name, ["raptor.k", "teacher.sd_rate", "trials.csv", "dyn.* metrics per SD",
-                                        "r2_per_layer.png", "stage"]))
+    assert all(
+        map(
+            is_metric_name,
+            [
+                "r2.final",
+                "acc.ratio",
+                "phase.",
+                "dyn.swap.baseline_acc",
+                "val_r2",
+                "stage2.loss",
+                "trials.finished",
+                "teacher.test_acc",
+            ],
+        )
+    )
+    assert not any(
+        map(
+            is_metric_name,
+            ["raptor.k", "teacher.sd_rate", "trials.csv", "dyn.* metrics per SD", "r2_per_layer.png", "stage"],
+        )
+    )
 
 
 def test_no_metric_name_literals_outside_the_contract():
-    offenders = [hit for folder in SCANNED for path in sorted((ROOT / folder).rglob("*.py"))
-                 if path not in EXEMPT and "science" not in path.relative_to(ROOT).parts
-                 for hit in metric_literals(path)]
+    offenders = [
+        hit
+        for folder in SCANNED
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path not in EXEMPT and "science" not in path.relative_to(ROOT).parts
+        for hit in metric_literals(path)
+    ]
     assert offenders == [], "\n".join(offenders)
 
 
 def test_one_writer_records_trials():
     """Only `study/sweep/record.py` builds a trial run's tags (``ROLE_TAG: ROLE_TRIAL``): the Tune callback
     and the synthetic sweep both record trials through it."""
-    texts = {p.relative_to(ROOT).as_posix(): p.read_text() for folder in ("study", "analysis", "bench")
-             for p in sorted((ROOT / folder).rglob("*.py"))}
+    texts = {
+        p.relative_to(ROOT).as_posix(): p.read_text()
+        for folder in ("study", "analysis", "bench")
+        for p in sorted((ROOT / folder).rglob("*.py"))
+    }
     assert "create_trial_run(" in texts["study/sweep/tracking.py"] and "log_trial(" in texts["analysis/synthetic.py"]
     builders = [p for p, text in texts.items() if re.search(r"ROLE_TAG:\s*ROLE_TRIAL", text)]
     assert builders == ["study/sweep/record.py"]

@@ -6,6 +6,7 @@
   or Optuna at import time (the CLI imports the sweep lazily, inside its commands).
 - study/sweep/: the only place that may import Ray or MLflow.
 Checked on the source (AST), so it holds without importing anything."""
+
 from __future__ import annotations
 
 import ast
@@ -64,13 +65,21 @@ def test_only_sweep_and_analysis_import_mlflow_or_ray_anywhere():
 
 def test_comments_cite_documents_not_issue_numbers():
     pattern = re.compile(r"\b(issue|SPEC sec(tion)?)\s*#?\d+", re.IGNORECASE)
-    offenders = [f"{p.relative_to(ROOT)}:{i}" for folder in ("study", "analysis", "bench", "tests")
-                 for p in sorted((ROOT / folder).rglob("*.py"))
-                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for folder in ("study", "analysis", "bench", "tests")
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert offenders == []
 
 
 def test_cited_documents_exist():
-    cited = {m.group(0) for folder in ("study", "analysis", "bench")
-             for p in (ROOT / folder).rglob("*.py") for m in re.finditer(r"docs/[\w./-]+\.md", p.read_text())}
+    cited = {
+        m.group(0)
+        for folder in ("study", "analysis", "bench")
+        for p in (ROOT / folder).rglob("*.py")
+        for m in re.finditer(r"docs/[\w./-]+\.md", p.read_text())
+    }
     assert cited and all((ROOT / c).is_file() for c in cited), cited

@@ -1,4 +1,5 @@
 """`python -m bench.gpu`: the command line, and which measurements run in which order (see bench/gpu/__init__.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,18 +31,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", default=os.environ.get("OUT") or str(RESULTS))
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
-    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                    help="auto: the product's rule (CUDA and >= 1 TFLOP per step); on: wherever a variant allows it")
+    ap.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="auto: the product's rule (CUDA and >= 1 TFLOP per step); on: wherever a variant allows it",
+    )
     ap.add_argument("--budget-s", type=float, default=460.0, help="skip optional measurements past this many seconds")
-    ap.add_argument("--sections", default="all",
-                    help=f"comma list of: {','.join(DEFAULT_SECTIONS)} (all) and {','.join(EXTRA_SECTIONS)} (extra)")
+    ap.add_argument(
+        "--sections",
+        default="all",
+        help=f"comma list of: {','.join(DEFAULT_SECTIONS)} (all) and {','.join(EXTRA_SECTIONS)} (extra)",
+    )
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if (args.device == "auto" and torch.cuda.is_available())
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     warmup = args.warmup or (3 if args.quick else 8)
     iters = args.iters or (3 if args.quick else 25)
     b = Bench(device, Path(args.out), warmup, iters, args.compile, args.budget_s)
@@ -105,8 +116,9 @@ def main(argv=None) -> int:
     if "stream" in sections and not b.over_budget():
         guarded(raptor_stage, b, vit, FAST, 2, batch=64, workload="stage-2 B=64")
         guarded(raptor_stage, b, vit, FAST, 2, states_dtype=torch.float16, workload="stage-2 fp16 states")
-        guarded(raptor_stage, b, vit, FAST, 2, states_dtype=torch.float16, streaming=True,
-                workload="stage-2 streamed fp16")
+        guarded(
+            raptor_stage, b, vit, FAST, 2, states_dtype=torch.float16, streaming=True, workload="stage-2 streamed fp16"
+        )
     if "cache" in sections and not b.over_budget():
         guarded(extract_to_cache, b, vit, FAST, n=8 * vit.teacher_batch if args.quick else 1024, dtype="float16")
         guarded(extract_to_cache, b, digits, FAST, n=64 if args.quick else 1797)

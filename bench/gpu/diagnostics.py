@@ -1,5 +1,6 @@
 """Checks and explorations around the timed loops (CUDA only): CUDA-graph replay trains like eager,
 a kernel-time breakdown of the headline step, knobs outside the product defaults, the matmul ceiling."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,9 @@ def graph_check(b: Bench, case: Case, v: Variant, steps: int = 10) -> None:
         sched = warmup_cosine(opt, steps, 3)
         step_fn = make_train_step(objective, opt, b.device, rt, 1)
         gen = torch.Generator(device=b.device).manual_seed(2)
-        data = torch.randn(steps, case.raptor_batch, case.depth + 1, case.tokens, case.width, device=b.device,
-                           generator=gen)
+        data = torch.randn(
+            steps, case.raptor_batch, case.depth + 1, case.tokens, case.width, device=b.device, generator=gen
+        )
         losses = []
         for i in range(steps):
             losses.append(step_fn(data[i], 0.5 * (1 - i / steps)))
@@ -41,10 +43,16 @@ def graph_check(b: Bench, case: Case, v: Variant, steps: int = 10) -> None:
         weights = [p.detach().clone() for p in raptor.parameters() if p.requires_grad]
         results[graphs] = (torch.stack(losses).cpu(), weights, getattr(step_fn, "captured", False))
     (l0, p0, _), (l1, p1, captured) = results[False], results[True]
-    b.extra.setdefault("graph_check", []).append({
-        "case": case.name, "variant": v.name, "steps": steps, "captured": captured,
-        "max_loss_rel_diff": float(((l1 - l0).abs() / l0.abs()).max()),
-        "max_param_rel_diff": max(float((a - c).norm() / c.norm().clamp_min(1e-12)) for a, c in zip(p1, p0))})
+    b.extra.setdefault("graph_check", []).append(
+        {
+            "case": case.name,
+            "variant": v.name,
+            "steps": steps,
+            "captured": captured,
+            "max_loss_rel_diff": float(((l1 - l0).abs() / l0.abs()).max()),
+            "max_param_rel_diff": max(float((a - c).norm() / c.norm().clamp_min(1e-12)) for a, c in zip(p1, p0)),
+        }
+    )
     print("graph check:", b.extra["graph_check"][-1], flush=True)
     b.save()
 
@@ -93,9 +101,13 @@ def profile_step(b: Bench, case: Case, v: Variant, steps: int = 3) -> None:
         cat = kernel_category(e.key)
         cats[cat] = cats.get(cat, 0.0) + dev(e) / steps / 1e3
     top = sorted(events, key=lambda e: -dev(e))[:30]
-    report = {"kernel_ms_per_step": total, "by_category_ms": cats,
-              "top": [{"kernel": e.key[:120], "ms_per_step": dev(e) / steps / 1e3,
-                       "calls_per_step": e.count / steps} for e in top]}
+    report = {
+        "kernel_ms_per_step": total,
+        "by_category_ms": cats,
+        "top": [
+            {"kernel": e.key[:120], "ms_per_step": dev(e) / steps / 1e3, "calls_per_step": e.count / steps} for e in top
+        ],
+    }
     b.extra["profile_stage2"] = report
     print(json.dumps(report, indent=1), flush=True)
     b.save()
@@ -111,12 +123,16 @@ def explore(b: Bench, case: Case) -> None:
     """Knobs outside the product defaults on the headline step: SDPA backends, inductor autotuning, batch."""
     import torch._inductor.config as inductor_config
 
-    backends = {"flash": torch.backends.cuda.enable_flash_sdp,
-                "efficient": torch.backends.cuda.enable_mem_efficient_sdp,
-                "cudnn": torch.backends.cuda.enable_cudnn_sdp}
-    before = {"flash": torch.backends.cuda.flash_sdp_enabled(),
-              "efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
-              "cudnn": torch.backends.cuda.cudnn_sdp_enabled()}
+    backends = {
+        "flash": torch.backends.cuda.enable_flash_sdp,
+        "efficient": torch.backends.cuda.enable_mem_efficient_sdp,
+        "cudnn": torch.backends.cuda.enable_cudnn_sdp,
+    }
+    before = {
+        "flash": torch.backends.cuda.flash_sdp_enabled(),
+        "efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+        "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+    }
     b.extra["sdpa_defaults"] = before
     for only in ("cudnn", "flash", "efficient"):
         for name, enable in backends.items():
@@ -145,6 +161,9 @@ def matmul_ceiling(b: Bench) -> None:
     x = torch.randn(n, n, device=b.device, dtype=torch.bfloat16)
     y = torch.randn(n, n, device=b.device, dtype=torch.bfloat16)
     timing = b.time_steps(lambda: x @ y, warmup=3, iters=10)
-    b.extra["bf16_matmul_8192_tflops"] = 2 * n ** 3 / (timing["ms"] * 1e-3) / 1e12
-    print(f"measured bf16 matmul 8192^3: {b.extra['bf16_matmul_8192_tflops']:.0f} TFLOP/s "
-          f"(peak used for MFU: {b.info['bf16_peak_tflops']} TFLOP/s)", flush=True)
+    b.extra["bf16_matmul_8192_tflops"] = 2 * n**3 / (timing["ms"] * 1e-3) / 1e12
+    print(
+        f"measured bf16 matmul 8192^3: {b.extra['bf16_matmul_8192_tflops']:.0f} TFLOP/s "
+        f"(peak used for MFU: {b.info['bf16_peak_tflops']} TFLOP/s)",
+        flush=True,
+    )

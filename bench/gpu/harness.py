@@ -5,6 +5,7 @@ peak memory is torch.cuda.max_memory_allocated over the workload. Each fast work
 run for a few steps under torch.cuda.set_sync_debug_mode("error") to show its step loop has
 no host synchronisation.
 """
+
 from __future__ import annotations
 
 import gc
@@ -33,9 +34,14 @@ class Bench:
         self.cuda = device.type == "cuda"
         name = torch.cuda.get_device_name(device) if self.cuda else platform.processor() or platform.machine()
         self.info = {
-            "device": name, "device_type": device.type, "bf16_peak_tflops": bf16_peak(name) if self.cuda else None,
-            "torch": torch.__version__, "timm": timm.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "device": name,
+            "device_type": device.type,
+            "bf16_peak_tflops": bf16_peak(name) if self.cuda else None,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         self.rows: list[dict] = []
@@ -81,8 +87,9 @@ class Bench:
         self.sync()
         times = []
         if self.cuda:
-            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                      for _ in range(iters)]
+            events = [
+                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)
+            ]
             wall = time.time()
             for start, end in events:
                 start.record()
@@ -98,8 +105,14 @@ class Bench:
                 step()
                 times.append((time.perf_counter() - s) * 1e3)
             wall = time.time() - wall
-        return {"ms": statistics.median(times), "ms_mean": statistics.fmean(times), "ms_min": min(times),
-                "ms_wall": wall * 1e3 / iters, "first_call_s": first_s, "iters": iters}
+        return {
+            "ms": statistics.median(times),
+            "ms_mean": statistics.fmean(times),
+            "ms_min": min(times),
+            "ms_wall": wall * 1e3 / iters,
+            "first_call_s": first_s,
+            "iters": iters,
+        }
 
     def sync_free(self, step, n: int = 3) -> str:
         """Run n steps with CUDA sync debug mode 'error': 'yes' if none synchronised with the host."""

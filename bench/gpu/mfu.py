@@ -8,6 +8,7 @@ embedding (2 P^2 C D per patch token) and the head (2 D classes per image).
 MFU = model FLOPs / step time / the GPU's dense bf16 peak (H100 SXM and H200:
 989.4 TFLOP/s), reported for the fp32 baseline against the same bf16 peak.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,16 @@ from bench.gpu.models import Case
 from study.trial.activations import bytes_per_sample
 
 # dense bf16 tensor-core peaks (no sparsity), TFLOP/s, matched against torch.cuda.get_device_name
-BF16_PEAKS = (("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
-              ("L40S", 362.0), ("A10", 125.0), ("L4", 121.0))
+BF16_PEAKS = (
+    ("H200", 989.4),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10", 125.0),
+    ("L4", 121.0),
+)
 
 
 def bf16_peak(device_name: str) -> float | None:
@@ -35,7 +44,7 @@ def teacher_forward_flops(case: Case, head: bool = True) -> float:
     """Forward FLOPs per image: L blocks over T tokens + patch embedding (+ head)."""
     patches = case.tokens - 1 - case.registers
     flops = case.depth * case.tokens * block_flops_per_token(case)
-    flops += 2 * case.patch ** 2 * case.chans * case.width * patches
+    flops += 2 * case.patch**2 * case.chans * case.width * patches
     return flops + (2 * case.width * case.classes if head else 0)
 
 
@@ -60,10 +69,21 @@ def cache_sizing(cases, free_gpu_bytes: int | None) -> dict:
     for case in cases:
         for dtype in ("float32", "float16"):
             per = bytes_per_sample(case.depth, case.tokens, case.width, dtype)
-            table.append({"case": case.name, "dtype": dtype, "L": case.depth, "T": case.tokens, "D": case.width,
-                          "bytes_per_sample": per, "MB_per_sample": per / 1e6,
-                          "resident_samples_half_free_gpu":
-                              int(free_gpu_bytes * 0.5 // per) if free_gpu_bytes else None,
-                          "imagenet_1k_train_TB": per * 1_281_167 / 1e12})
-    return {"cache_sizing": table, "gpu_free_gib_at_start": free_gpu_bytes / 2**30 if free_gpu_bytes else None,
-            "host_ram_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30}
+            table.append(
+                {
+                    "case": case.name,
+                    "dtype": dtype,
+                    "L": case.depth,
+                    "T": case.tokens,
+                    "D": case.width,
+                    "bytes_per_sample": per,
+                    "MB_per_sample": per / 1e6,
+                    "resident_samples_half_free_gpu": int(free_gpu_bytes * 0.5 // per) if free_gpu_bytes else None,
+                    "imagenet_1k_train_TB": per * 1_281_167 / 1e12,
+                }
+            )
+    return {
+        "cache_sizing": table,
+        "gpu_free_gib_at_start": free_gpu_bytes / 2**30 if free_gpu_bytes else None,
+        "host_ram_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+    }

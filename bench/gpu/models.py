@@ -1,4 +1,5 @@
 """What is measured: teacher shapes (`Case`), speed-knob sets (`Variant`) and the teacher builder."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,18 +39,80 @@ class Case:
         return dataclasses.replace(self, **kw)
 
 
-VIT_S = Case("vit_s16_224", depth=12, width=384, heads=6, mlp_ratio=4.0, patch=16, image=224, chans=3, classes=1000,
-             teacher_batch=256, raptor_batch=256, k=2)
-DIGITS = Case("digits_default", depth=8, width=64, heads=4, mlp_ratio=2.0, patch=2, image=8, chans=1, classes=10,
-              teacher_batch=128, raptor_batch=64, k=2)
+VIT_S = Case(
+    "vit_s16_224",
+    depth=12,
+    width=384,
+    heads=6,
+    mlp_ratio=4.0,
+    patch=16,
+    image=224,
+    chans=3,
+    classes=1000,
+    teacher_batch=256,
+    raptor_batch=256,
+    k=2,
+)
+DIGITS = Case(
+    "digits_default",
+    depth=8,
+    width=64,
+    heads=4,
+    mlp_ratio=2.0,
+    patch=2,
+    image=8,
+    chans=1,
+    classes=10,
+    teacher_batch=128,
+    raptor_batch=64,
+    k=2,
+)
 # the DINOv2 ViT-B/14 shape of docs/science.md §1 (4 registers, 261 tokens), random weights
-VIT_B = Case("vit_b14_reg4_224", depth=12, width=768, heads=12, mlp_ratio=4.0, patch=14, image=224, chans=3,
-             classes=1000, teacher_batch=128, raptor_batch=128, k=2, registers=4)
+VIT_B = Case(
+    "vit_b14_reg4_224",
+    depth=12,
+    width=768,
+    heads=12,
+    mlp_ratio=4.0,
+    patch=14,
+    image=224,
+    chans=3,
+    classes=1000,
+    teacher_batch=128,
+    raptor_batch=128,
+    k=2,
+    registers=4,
+)
 # the DINOv2 ViT-L/14 shape (24 blocks, width 1024, 4 registers, 261 tokens): how MFU grows with width
-VIT_L = Case("vit_l14_reg4_224", depth=24, width=1024, heads=16, mlp_ratio=4.0, patch=14, image=224, chans=3,
-             classes=1000, teacher_batch=64, raptor_batch=64, k=2, registers=4)
-QUICK_VIT = Case("vit_quick", depth=4, width=64, heads=2, mlp_ratio=4.0, patch=8, image=32, chans=3, classes=10,
-                 teacher_batch=8, raptor_batch=8, k=2)
+VIT_L = Case(
+    "vit_l14_reg4_224",
+    depth=24,
+    width=1024,
+    heads=16,
+    mlp_ratio=4.0,
+    patch=14,
+    image=224,
+    chans=3,
+    classes=1000,
+    teacher_batch=64,
+    raptor_batch=64,
+    k=2,
+    registers=4,
+)
+QUICK_VIT = Case(
+    "vit_quick",
+    depth=4,
+    width=64,
+    heads=2,
+    mlp_ratio=4.0,
+    patch=8,
+    image=32,
+    chans=3,
+    classes=10,
+    teacher_batch=8,
+    raptor_batch=8,
+    k=2,
+)
 QUICK_DIGITS = DIGITS.with_(name="digits_quick", depth=4, teacher_batch=16, raptor_batch=16)
 
 
@@ -66,13 +129,20 @@ class Variant:
     tf32: bool = True
 
     def runtime(self) -> RuntimeConfig:
-        return RuntimeConfig(amp=self.amp, fused_attn=self.fused_attn, compile=self.compile,
-                             fused_adamw=self.fused_adamw, cuda_graphs=self.cuda_graphs, progress=False)
+        return RuntimeConfig(
+            amp=self.amp,
+            fused_attn=self.fused_attn,
+            compile=self.compile,
+            fused_adamw=self.fused_adamw,
+            cuda_graphs=self.cuda_graphs,
+            progress=False,
+        )
 
 
 FAST = Variant("fast")  # the product's GPU defaults
-BASELINE = Variant("baseline fp32 eager", amp=False, fused_attn=False, compile=False, fused_adamw=False,
-                   cuda_graphs=False, tf32=False)
+BASELINE = Variant(
+    "baseline fp32 eager", amp=False, fused_attn=False, compile=False, fused_adamw=False, cuda_graphs=False, tf32=False
+)
 ABLATIONS = (
     Variant("fast - cuda_graphs", cuda_graphs=False),
     Variant("fast - compile", compile=False),
@@ -80,8 +150,9 @@ ABLATIONS = (
     Variant("fast - amp (tf32)", amp=False),
     Variant("fast - fused_adamw (no graphs)", fused_adamw=False),
     Variant("fast - graphs - compile", compile=False, cuda_graphs=False),
-    Variant("baseline + tf32", amp=False, fused_attn=False, compile=False, fused_adamw=False, cuda_graphs=False,
-            tf32=True),
+    Variant(
+        "baseline + tf32", amp=False, fused_attn=False, compile=False, fused_adamw=False, cuda_graphs=False, tf32=True
+    ),
 )
 
 
@@ -93,11 +164,19 @@ def set_matmul(tf32: bool) -> None:
 
 def build_teacher(case: Case, device: torch.device, seed: int = 0) -> torch.nn.Module:
     """The product's scratch teacher (study.trial.teacher.build_scratch_model) with random weights."""
-    cfg = load_trial_config(None, {
-        "teacher.depth": case.depth, "teacher.width": case.width, "teacher.heads": case.heads,
-        "teacher.mlp_ratio": case.mlp_ratio, "teacher.patch_size": case.patch,
-        "teacher.layerscale_init": case.layerscale, "teacher.registers": case.registers,
-        "raptor.k": min(case.k, case.depth)})
+    cfg = load_trial_config(
+        None,
+        {
+            "teacher.depth": case.depth,
+            "teacher.width": case.width,
+            "teacher.heads": case.heads,
+            "teacher.mlp_ratio": case.mlp_ratio,
+            "teacher.patch_size": case.patch,
+            "teacher.layerscale_init": case.layerscale,
+            "teacher.registers": case.registers,
+            "raptor.k": min(case.k, case.depth),
+        },
+    )
     spec = ImageSpec(case.chans, case.image, (0.5,) * case.chans, (0.5,) * case.chans, "bilinear", 1.0)
     torch.manual_seed(seed)
     return build_scratch_model(cfg, spec, case.classes).to(device)

@@ -1,5 +1,6 @@
 """The timed hot loops, each through the product code: teacher training, state extraction (on the
 device and to the on-disk cache) and one stage-1/2 Raptor step on synthetic resident or streamed states."""
+
 from __future__ import annotations
 
 import math
@@ -55,10 +56,21 @@ def teacher_train(b: Bench, case: Case, v: Variant) -> None:
         running += stepper(images, labels)
 
     timing = b.time_steps(step)
-    b.record({"case": case.name, "workload": "teacher train", "variant": v.name, "batch": case.teacher_batch,
-              "compiled": compiled, "graphed": getattr(stepper, "captured", False), **timing,
-              "items": case.teacher_batch, "flops": 3 * case.teacher_batch * teacher_forward_flops(case),
-              "peak_gib": b.peak_gib(), "sync_free": b.sync_free(step) if v is FAST else "-"})
+    b.record(
+        {
+            "case": case.name,
+            "workload": "teacher train",
+            "variant": v.name,
+            "batch": case.teacher_batch,
+            "compiled": compiled,
+            "graphed": getattr(stepper, "captured", False),
+            **timing,
+            "items": case.teacher_batch,
+            "flops": 3 * case.teacher_batch * teacher_forward_flops(case),
+            "peak_gib": b.peak_gib(),
+            "sync_free": b.sync_free(step) if v is FAST else "-",
+        }
+    )
 
 
 def extract(b: Bench, case: Case, v: Variant) -> None:
@@ -75,8 +87,18 @@ def extract(b: Bench, case: Case, v: Variant) -> None:
             teacher_states(model, images)
 
     timing = b.time_steps(step)
-    b.record({"case": case.name, "workload": "extract (device)", "variant": v.name, "batch": batch, **timing,
-              "items": batch, "flops": batch * teacher_forward_flops(case, head=False), "peak_gib": b.peak_gib()})
+    b.record(
+        {
+            "case": case.name,
+            "workload": "extract (device)",
+            "variant": v.name,
+            "batch": batch,
+            **timing,
+            "items": batch,
+            "flops": batch * teacher_forward_flops(case, head=False),
+            "peak_gib": b.peak_gib(),
+        }
+    )
 
 
 def extract_to_cache(b: Bench, case: Case, v: Variant, n: int, dtype: str = "float32") -> None:
@@ -99,10 +121,20 @@ def extract_to_cache(b: Bench, case: Case, v: Variant, n: int, dtype: str = "flo
         seconds = time.time() - t
         size = path.stat().st_size
     ms = seconds * 1e3 / math.ceil(n / batch)
-    b.record({"case": case.name, "workload": f"extract->cache {'fp16' if dtype == 'float16' else 'fp32'}",
-              "variant": v.name, "batch": batch, "ms": ms, "items": min(batch, n), "n": n,
-              "flops": min(batch, n) * teacher_forward_flops(case, head=False), "peak_gib": b.peak_gib(),
-              "cache_gb_per_s": size / seconds / 1e9})
+    b.record(
+        {
+            "case": case.name,
+            "workload": f"extract->cache {'fp16' if dtype == 'float16' else 'fp32'}",
+            "variant": v.name,
+            "batch": batch,
+            "ms": ms,
+            "items": min(batch, n),
+            "n": n,
+            "flops": min(batch, n) * teacher_forward_flops(case, head=False),
+            "peak_gib": b.peak_gib(),
+            "cache_gb_per_s": size / seconds / 1e9,
+        }
+    )
 
 
 def stage_weights(stage: int, registers: int) -> GroupWeights:
@@ -121,10 +153,21 @@ def streamed_batches(states: torch.Tensor, batch: int, device: torch.device) -> 
     return StateBatches(np.load(name, mmap_mode="r"), batch, device, device_budget=0), name
 
 
-def raptor_stage(b: Bench, case: Case, v: Variant, stage: int, depth: int | None = None, k: int | None = None,
-                 batch: int | None = None, states_dtype: torch.dtype = torch.float32, streaming: bool = False,
-                 workload: str | None = None, whole_compile: bool = False, check: bool = False,
-                 pure_bf16: bool = False) -> dict:
+def raptor_stage(
+    b: Bench,
+    case: Case,
+    v: Variant,
+    stage: int,
+    depth: int | None = None,
+    k: int | None = None,
+    batch: int | None = None,
+    states_dtype: torch.dtype = torch.float32,
+    streaming: bool = False,
+    workload: str | None = None,
+    whole_compile: bool = False,
+    check: bool = False,
+    pure_bf16: bool = False,
+) -> dict:
     """One stage-1/2 step of study.science.distill (objective + train_step) on synthetic states.
 
     `check`: also the fast step's loss against an fp32 eager reference on the same weights and batch.
@@ -153,8 +196,9 @@ def raptor_stage(b: Bench, case: Case, v: Variant, stage: int, depth: int | None
     opt = adamw([p for p in raptor.parameters() if p.requires_grad], 3e-4, 1e-4, b.device, v.fused_adamw)
     n_samples = batch * (2 if streaming else 3)
     gen = torch.Generator(device=b.device).manual_seed(0)
-    states = torch.randn((n_samples, depth + 1, case.tokens, case.width), device=b.device, generator=gen,
-                         dtype=states_dtype)
+    states = torch.randn(
+        (n_samples, depth + 1, case.tokens, case.width), device=b.device, generator=gen, dtype=states_dtype
+    )
     tmp_name = None
     if streaming:
         batches, tmp_name = streamed_batches(states, batch, b.device)
@@ -197,13 +241,23 @@ def raptor_stage(b: Bench, case: Case, v: Variant, stage: int, depth: int | None
     slow = v.name.startswith("baseline")  # steady and slow: fewer steps
     iters = max(4, b.iters // 4) if streaming else (max(3, b.iters // 2) if slow else b.iters)
     timing = b.time_steps(step, warmup=3 if slow else None, iters=iters)
-    row = {"case": case.name, "workload": workload or f"stage-{stage} step",
-           "variant": v.name + (" +whole-objective compile" if whole_compile else ""),
-           "batch": batch, "depth": depth, "k": k, "compiled": compiled,
-           "graphed": getattr(getattr(step_fn, "graphed", step_fn), "captured", False), **timing, "items": batch,
-           "flops": raptor_step_flops(dcase, batch), "peak_gib": b.peak_gib(),
-           "states": "streamed (memmap->pinned)" if streaming else "resident", "states_dtype": str(states_dtype)[6:],
-           "sync_free": b.sync_free(step) if (v is FAST and not streaming and workload is None) else "-"}
+    row = {
+        "case": case.name,
+        "workload": workload or f"stage-{stage} step",
+        "variant": v.name + (" +whole-objective compile" if whole_compile else ""),
+        "batch": batch,
+        "depth": depth,
+        "k": k,
+        "compiled": compiled,
+        "graphed": getattr(getattr(step_fn, "graphed", step_fn), "captured", False),
+        **timing,
+        "items": batch,
+        "flops": raptor_step_flops(dcase, batch),
+        "peak_gib": b.peak_gib(),
+        "states": "streamed (memmap->pinned)" if streaming else "resident",
+        "states_dtype": str(states_dtype)[6:],
+        "sync_free": b.sync_free(step) if (v is FAST and not streaming and workload is None) else "-",
+    }
     if rel_err is not None:
         row["loss_rel_err_vs_fp32"] = rel_err
     b.record(row)

@@ -21,12 +21,14 @@ The loop is data-parallel ready: inside an initialised torch.distributed
 process group (Ray Train workers) each rank takes a shard of every epoch and
 the objective is wrapped in DistributedDataParallel.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -77,7 +79,7 @@ class GroupWeights:
     num_registers: int
 
     @classmethod
-    def of(cls, stage: StageConfig, num_registers: int, name: str = "stage") -> "GroupWeights":
+    def of(cls, stage: StageConfig, num_registers: int, name: str = "stage") -> GroupWeights:
         """The stage's weights renormalised to sum to 1 over the groups present (registers only if R > 0)."""
         reg = stage.lambda_reg if num_registers else 0.0
         total = stage.lambda_cls + reg + stage.lambda_patch
@@ -94,13 +96,16 @@ class GroupWeights:
         batch, tokens, width = pred.shape
         r = self.num_registers
         t = torch.arange(tokens, device=pred.device)
-        weight = torch.where(t == 0, self.cls, torch.where(t <= r, self.reg / max(1, r), self.patch / max(1, tokens - 1 - r)))
+        weight = torch.where(
+            t == 0, self.cls, torch.where(t <= r, self.reg / max(1, r), self.patch / max(1, tokens - 1 - r))
+        )
         sq = (pred.float() - target.float()).pow(2)
         return (sq.sum(dim=(0, 2)) * weight).sum() / (batch * width)
 
 
-def layer_loss(block: nn.Module, x: torch.Tensor, scales: torch.Tensor, target: torch.Tensor,
-               weights: GroupWeights) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_loss(
+    block: nn.Module, x: torch.Tensor, scales: torch.Tensor, target: torch.Tensor, weights: GroupWeights
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One Raptor step and its loss: (xhat_l = block(x_{l-1}) [B, T, D], weighted MSE to x_l)."""
     pred = conditioned_block(block, x, scales)
     return pred, weights.mse(pred, target)
@@ -159,8 +164,9 @@ class Stage1Objective(_Objective):
     float or a 0-d tensor (a replayed CUDA graph). `compile=True` runs each step + loss through the compiled
     region (see `compiled_layer_loss`)."""
 
-    def __init__(self, raptor: Raptor, weights: GroupWeights, noise_sigma: float, compile: bool = False,
-                 mode: str = "input_mix"):
+    def __init__(
+        self, raptor: Raptor, weights: GroupWeights, noise_sigma: float, compile: bool = False, mode: str = "input_mix"
+    ):
         super().__init__(raptor, weights, noise_sigma, compile)
         if mode not in ("input_mix", "loss_mix"):
             raise ValueError(f"distill.tf_mode: must be 'input_mix' or 'loss_mix', got {mode!r}")
@@ -228,8 +234,15 @@ class StateBatches:
     background thread while the current one trains.
     """
 
-    def __init__(self, states: np.ndarray, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                 device_budget: int | None = None):
+    def __init__(
+        self,
+        states: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        device_budget: int | None = None,
+    ):
         self.states, self.batch_size, self.device = states, batch_size, device
         self.rank, self.world_size = rank, world_size
         budget = device_budget if device_budget is not None else _default_budget(device)
@@ -250,12 +263,12 @@ class StateBatches:
 
     def epoch(self, epoch: int, seed: int):
         order = torch.randperm(len(self.states), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        shard = order[self.rank::self.world_size]
-        chunks = [shard[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
+        shard = order[self.rank :: self.world_size]
+        chunks = [shard[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
         if self.resident is not None:
             on_device = self._to_device(shard)  # one copy per epoch; no host sync per step
             for i in range(len(self)):
-                yield torch.index_select(self.resident, 0, on_device[i * self.batch_size:(i + 1) * self.batch_size])
+                yield torch.index_select(self.resident, 0, on_device[i * self.batch_size : (i + 1) * self.batch_size])
             return
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self._read, chunks[0])
@@ -282,15 +295,16 @@ class Evaluation(NamedTuple):
 
 
 @torch.no_grad()
-def evaluate_fidelity(raptor: Raptor, states: np.ndarray, num_registers: int, device: torch.device, amp: bool,
-                      batch_size: int = 256) -> Evaluation:
+def evaluate_fidelity(
+    raptor: Raptor, states: np.ndarray, num_registers: int, device: torch.device, amp: bool, batch_size: int = 256
+) -> Evaluation:
     """Rollout from x_0 on held-out states -> R^2 (strict and pooled, docs/science.md §5) per group [L] and the
     Raptor's probe features (final-norm cls ++ mean patch) [N, 2D]."""
     raptor.eval()
     acc = FidelityAccumulator(raptor.num_layers, num_registers)
     feats = []
     for start in range(0, len(states), batch_size):
-        part = states[start:start + batch_size]  # a device-resident tensor (validation) or an array / memmap
+        part = states[start : start + batch_size]  # a device-resident tensor (validation) or an array / memmap
         batch = (part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))).to(device).float()
         with autocast(device, amp):
             pred = raptor.rollout(batch[:, 0])
@@ -300,21 +314,29 @@ def evaluate_fidelity(raptor: Raptor, states: np.ndarray, num_registers: int, de
 
 
 @torch.no_grad()
-def rollout_features(raptor: Raptor, states: Any, device: torch.device, amp: bool,
-                     batch_size: int = 256) -> torch.Tensor:
+def rollout_features(
+    raptor: Raptor, states: Any, device: torch.device, amp: bool, batch_size: int = 256
+) -> torch.Tensor:
     """The Raptor's probe features [N, 2D] after a rollout from each sample's x_0 (states [N, L+1, T, D])."""
     raptor.eval()
     feats = []
     for start in range(0, len(states), batch_size):
-        x0 = torch.from_numpy(np.array(states[start:start + batch_size][:, 0])).to(device).float()
+        x0 = torch.from_numpy(np.array(states[start : start + batch_size][:, 0])).to(device).float()
         with autocast(device, amp):
             pred = raptor.rollout(x0)
         feats.append(raptor.probe_features(pred[:, -1].float()).cpu())
     return torch.cat(feats)
 
 
-def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, lambda_tf: float,
-               device: torch.device, amp: bool, grad_clip: float = 0.0) -> torch.Tensor:
+def train_step(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    lambda_tf: float,
+    device: torch.device,
+    amp: bool,
+    grad_clip: float = 0.0,
+) -> torch.Tensor:
     """One optimisation step on a batch of states, the global gradient norm clipped at `grad_clip` (0: off);
     returns the detached loss (no host sync)."""
     with autocast(device, amp):
@@ -328,11 +350,18 @@ def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, batch: to
     return loss.detach()
 
 
-def make_train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                    runtime: RuntimeConfig, stage_id: int, distributed: bool = False,
-                    grad_clip: float = 0.0) -> Callable[[torch.Tensor, float], torch.Tensor]:
+def make_train_step(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    runtime: RuntimeConfig,
+    stage_id: int,
+    distributed: bool = False,
+    grad_clip: float = 0.0,
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """(batch, lambda_tf) -> detached loss: `train_step`, replayed as a CUDA graph when `runtime.cuda_graphs`
     applies (GPU, fused AdamW, one process). Stage 2 ignores lambda_tf, so its graph takes the batch alone."""
+
     def step(batch: torch.Tensor, lambda_tf) -> torch.Tensor:
         return train_step(objective, optimizer, batch, lambda_tf, device, runtime.amp, grad_clip)
 
@@ -353,13 +382,23 @@ def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.ndarray, cfg: DistillConfig,
-                     runtime: RuntimeConfig, device: torch.device, num_registers: int, seed: int,
-                     resume: dict | None = None, on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None) -> list[dict]:
+def run_distillation(
+    raptor: Raptor,
+    train_states: np.ndarray,
+    val_states: np.ndarray,
+    cfg: DistillConfig,
+    runtime: RuntimeConfig,
+    device: torch.device,
+    num_registers: int,
+    seed: int,
+    resume: dict | None = None,
+    on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None,
+) -> list[dict]:
     """Train `raptor` with stage 1 then stage 2; returns the per-epoch history.
 
     Each history record: {'stage', 'epoch', 'loss', 'lambda_tf', 'val_r2', 'seconds'} (val_r2:
-    final-layer R^2 of all tokens on the val split; seconds: the epoch's wall time, validation included). After every epoch `on_epoch(record, state_fn)` is
+    final-layer R^2 of all tokens on the val split; seconds: the epoch's wall time, validation included). After every
+    epoch `on_epoch(record, state_fn)` is
     called; `state_fn()` returns a resumable state dict (pass it back as `resume`).
     """
     rank = dist.get_rank() if _is_distributed() else 0
@@ -371,7 +410,9 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
         # validated every epoch: moved to the GPU once instead of copied from host memory each time
         val_states = torch.from_numpy(np.array(val_states)).to(device)
     block_params = sum(p.numel() for p in raptor.blocks[0].parameters())
-    compiled = use_compile(runtime, device, step_flops(cfg.batch_size, train_states.shape[2], block_params * raptor.num_layers))
+    compiled = use_compile(
+        runtime, device, step_flops(cfg.batch_size, train_states.shape[2], block_params * raptor.num_layers)
+    )
     history: list[dict] = list(resume["history"]) if resume else []
     done = {(r["stage"], r["epoch"]) for r in history}
     stages = [(1, cfg.stage1, Stage1Objective), (2, cfg.stage2, Stage2Objective)]
@@ -383,13 +424,16 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
             extra = {"mode": cfg.tf_mode} if stage_id == 1 else {}
             objective: nn.Module = objective_cls(raptor, weights, cfg.noise_sigma, compile=compiled, **extra)
             if world > 1:
-                objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+                objective = nn.parallel.DistributedDataParallel(
+                    objective, device_ids=[device.index] if device.type == "cuda" else None
+                )
             params = [p for p in raptor.parameters() if p.requires_grad]
             optimizer = adamw(params, stage.lr, stage.weight_decay, device, runtime.fused_adamw)
             total = stage.epochs * len(batches)
             scheduler = warmup_cosine(optimizer, total, int(stage.warmup_fraction * total))
-            step_fn = make_train_step(objective, optimizer, device, runtime, stage_id, distributed=world > 1,
-                                      grad_clip=cfg.grad_clip)
+            step_fn = make_train_step(
+                objective, optimizer, device, runtime, stage_id, distributed=world > 1, grad_clip=cfg.grad_clip
+            )
             first_epoch = 0
             if resume and resume.get("stage") == stage_id:
                 raptor.load_state_dict(resume["raptor"])
@@ -414,12 +458,26 @@ def run_distillation(raptor: Raptor, train_states: np.ndarray, val_states: np.nd
                     dist.all_reduce(loss_sum)
                     loss_sum /= world
                 r2 = evaluate_fidelity(raptor, val_states, num_registers, device, runtime.amp).r2
-                record = {"stage": stage_id, "epoch": epoch, "loss": float(loss_sum) / len(batches),
-                          "lambda_tf": lam, "val_r2": float(r2["all"][-1]), "seconds": time.perf_counter() - epoch_start}
+                record = {
+                    "stage": stage_id,
+                    "epoch": epoch,
+                    "loss": float(loss_sum) / len(batches),
+                    "lambda_tf": lam,
+                    "val_r2": float(r2["all"][-1]),
+                    "seconds": time.perf_counter() - epoch_start,
+                }
                 history.append(record)
                 bar.update(task, advance=1, info=f"loss {record['loss']:.3e} val_r2 {record['val_r2']:.3f}")
                 if on_epoch:
-                    on_epoch(record, lambda: {"stage": stage_id, "epoch": epoch, "history": list(history),
-                                              "raptor": raptor.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "scheduler": scheduler.state_dict()})
+                    on_epoch(
+                        record,
+                        lambda: {
+                            "stage": stage_id,
+                            "epoch": epoch,
+                            "history": list(history),
+                            "raptor": raptor.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                        },
+                    )
     return history

@@ -4,6 +4,7 @@
 tokens cls (0), registers (1..R), patches (rest), processed `chunk` samples at a time.
 Directions are u_l = x_l / |x_l| per token; angles are in radians.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ def directional_convergence(states: Any, num_registers: int, chunk: int = 256) -
         u = F.normalize(x, dim=-1)
         cos = (u * u[:, -1:]).sum(dim=-1)  # [B, L+1, T]
         sums["cls"] = sums["cls"] + cos[:, :, 0].double().sum(dim=0)
-        sums["patch"] = sums["patch"] + cos[:, :, 1 + num_registers:].double().mean(dim=2).sum(dim=0)
+        sums["patch"] = sums["patch"] + cos[:, :, 1 + num_registers :].double().mean(dim=2).sum(dim=0)
     return {name: (total / len(states)).cpu().numpy() for name, total in sums.items()}
 
 
@@ -62,7 +63,7 @@ def patch_coherence(states: Any, num_registers: int, chunk: int = 256) -> np.nda
     """
     total = 0.0
     for x in iter_chunks(states, chunk):
-        mean_direction = F.normalize(x[:, :, 1 + num_registers:], dim=-1).mean(dim=2)  # [B, L+1, D]
+        mean_direction = F.normalize(x[:, :, 1 + num_registers :], dim=-1).mean(dim=2)  # [B, L+1, D]
         total = total + mean_direction.norm(dim=-1).double().sum(dim=0)
     return (total / len(states)).cpu().numpy()
 
@@ -95,8 +96,15 @@ def _token_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perturbation_angles(run_layers: RunLayers, states: Any, layer: int, eps: float, seed: int,
-                        chunk: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
+def perturbation_angles(
+    run_layers: RunLayers,
+    states: Any,
+    layer: int,
+    eps: float,
+    seed: int,
+    chunk: int = 256,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
     """Angular distance between perturbed and clean trajectories after perturbing x_layer (docs/science.md §6).
 
     `run_layers(x, start, stop)` maps a state x_start [B, T, D] to the list of states
@@ -124,8 +132,15 @@ def perturbation_angles(run_layers: RunLayers, states: Any, layer: int, eps: flo
     return (total / len(states)).cpu().numpy()
 
 
-def perturbation_recovery(run_layers: RunLayers, states: Any, layer: int, eps: float, seed: int,
-                          chunk: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
+def perturbation_recovery(
+    run_layers: RunLayers,
+    states: Any,
+    layer: int,
+    eps: float,
+    seed: int,
+    chunk: int = 256,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
     """Angular recovery after perturbing x_layer: [L - layer], entry for layer m = layer+1..L is
     angle_m / angle_layer (`perturbation_angles`). < 1: the trajectory bends back toward the clean
     one; 1: neither (e.g. a map that only rescales the stream); > 1: the perturbation grows."""
@@ -134,10 +149,15 @@ def perturbation_recovery(run_layers: RunLayers, states: Any, layer: int, eps: f
 
 
 @torch.no_grad()
-def layer_swap_accuracy(blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]], embed_states: Any,
-                        readout: Callable[[torch.Tensor], torch.Tensor], labels: Any,
-                        pairs: Sequence[tuple[int, int]], chunk: int = 256,
-                        device: torch.device | str = "cpu") -> dict[tuple[int, int], float]:
+def layer_swap_accuracy(
+    blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    embed_states: Any,
+    readout: Callable[[torch.Tensor], torch.Tensor],
+    labels: Any,
+    pairs: Sequence[tuple[int, int]],
+    chunk: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[tuple[int, int], float]:
     """Accuracy of the teacher with blocks i and j (1-based) swapped, for each pair.
 
     `blocks` are the L teacher blocks (x -> x, [B, T, D]), `embed_states` x_0 [N, T, D],
@@ -157,7 +177,7 @@ def layer_swap_accuracy(blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]]
             for block in order:
                 x = block(x)
             pred = readout(x).argmax(dim=-1).cpu().numpy()
-            correct += int((pred == labels[start:start + len(pred)]).sum())
+            correct += int((pred == labels[start : start + len(pred)]).sum())
             start += len(pred)
         results[(i, j)] = correct / len(labels)
     return results

@@ -18,6 +18,7 @@ concatenated with the final-norm mean patch token (`probe_features`); StandardSc
 multinomial logistic regression (lbfgs) with C = PROBE_C and at most PROBE_MAX_ITER
 iterations, fit on the train split and scored on the test split.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,8 +61,9 @@ class FidelityAccumulator:
         if pred.shape != target.shape or target.ndim != 4 or target.shape[1] != self.num_layers:
             raise ValueError(f"expected matching [B, {self.num_layers}, T, D], got {pred.shape} and {target.shape}")
         if self.mean is None:
-            self.mean, self.m2, self.sse = (torch.zeros(target.shape[1:], dtype=torch.float64, device=target.device)
-                                            for _ in range(3))
+            self.mean, self.m2, self.sse = (
+                torch.zeros(target.shape[1:], dtype=torch.float64, device=target.device) for _ in range(3)
+            )
         batch = target.shape[0]
         total = self.count + batch
         for layer in range(self.num_layers):  # one layer at a time bounds the float64 temporaries
@@ -116,7 +118,7 @@ def probe_features(norm: Any, x_last: torch.Tensor, num_registers: int) -> torch
 
     `norm` is the teacher's final norm; the first D columns are the cls readout alone."""
     normed = norm(x_last)
-    return torch.cat([normed[:, 0], normed[:, 1 + num_registers:].mean(dim=1)], dim=-1)
+    return torch.cat([normed[:, 0], normed[:, 1 + num_registers :].mean(dim=1)], dim=-1)
 
 
 def fit_linear_probe(features: Any, labels: Any, seed: int = 0) -> Pipeline:
@@ -135,8 +137,10 @@ def probe_recovery(acc_teacher: float, acc_raptor: float, acc_floor: float) -> d
     """acc.ratio = raptor / teacher and acc.recovered = (raptor - floor) / (teacher - floor) (docs/science.md §5);
     NaN where the denominator is not positive."""
     gap = acc_teacher - acc_floor
-    return {"ratio": acc_raptor / acc_teacher if acc_teacher > 0 else float("nan"),
-            "recovered": (acc_raptor - acc_floor) / gap if gap > 0 else float("nan")}
+    return {
+        "ratio": acc_raptor / acc_teacher if acc_teacher > 0 else float("nan"),
+        "recovered": (acc_raptor - acc_floor) / gap if gap > 0 else float("nan"),
+    }
 
 
 def task_fidelity(probe: Pipeline, teacher_feats: Any, raptor_feats: Any, labels: Any) -> dict[str, float]:

@@ -9,6 +9,7 @@ Also offered (docs/science.md §2): the reference's recursive bisection (`bisect
 'bisection') and explicit boundaries (`fixed_partition`, 'fixed'). `bisection` is greedy
 and never beats the DP's cut; trials log both cuts so a report can say how often it loses.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -183,12 +184,13 @@ def bisection(dissimilarity: np.ndarray, k: int) -> Partition:
                     best = (gain, index, split)
         _, index, split = best
         a, b = segments[index]
-        segments[index:index + 1] = [(a, split), (split, b)]
+        segments[index : index + 1] = [(a, split), (split, b)]
     return partition_of(d, tuple((a + 1, b) for a, b in segments))
 
 
-def choose_partition(dissimilarity: np.ndarray, k: int, method: str = "dp",
-                     boundaries: Sequence[int] | None = None) -> tuple[Partition, dict[str, Any]]:
+def choose_partition(
+    dissimilarity: np.ndarray, k: int, method: str = "dp", boundaries: Sequence[int] | None = None
+) -> tuple[Partition, dict[str, Any]]:
     """The partition used by a trial (`method` dp | bisection | fixed) and the DP-vs-bisection comparison logged with
     every trial: {'cut_dp', 'cut_bisection', 'dp_differs' (1.0 if their bounds differ), 'bounds_dp',
     'bounds_bisection'}."""
@@ -203,8 +205,11 @@ def choose_partition(dissimilarity: np.ndarray, k: int, method: str = "dp",
         chosen = fixed_partition(dissimilarity, boundaries)
     else:
         raise ValueError(f"partition.method: must be 'dp', 'bisection' or 'fixed', got {method!r}")
-    comparison = {"cut_dp": dp.cut_value, "cut_bisection": bis.cut_value,
-                  "dp_differs": float(dp.phase_bounds != bis.phase_bounds),
-                  "bounds_dp": [list(b) for b in dp.phase_bounds],
-                  "bounds_bisection": [list(b) for b in bis.phase_bounds]}
+    comparison = {
+        "cut_dp": dp.cut_value,
+        "cut_bisection": bis.cut_value,
+        "dp_differs": float(dp.phase_bounds != bis.phase_bounds),
+        "bounds_dp": [list(b) for b in dp.phase_bounds],
+        "bounds_bisection": [list(b) for b in bis.phase_bounds],
+    }
     return chosen, comparison

@@ -7,11 +7,12 @@ MLP giving per-channel scales for the attention branch, the MLP branch and the
 output, all exactly 1 at init. The stem (patch/pos/cls/register embedding),
 the final norm and the head are the teacher's, frozen.
 """
+
 from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from timm.layers import LayerScale
@@ -33,7 +34,9 @@ class DepthConditioner(nn.Module):
         super().__init__()
         t = torch.arange(1, num_layers + 1, dtype=torch.float32).unsqueeze(1) / num_layers  # [L, 1]
         freqs = math.pi * 2.0 ** torch.arange(num_freqs, dtype=torch.float32)  # [F]
-        self.register_buffer("features", torch.cat([t, torch.sin(t * freqs), torch.cos(t * freqs)], dim=1), persistent=False)
+        self.register_buffer(
+            "features", torch.cat([t, torch.sin(t * freqs), torch.cos(t * freqs)], dim=1), persistent=False
+        )
         self.net = nn.Sequential(nn.Linear(self.features.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 3 * width))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
@@ -68,8 +71,14 @@ class Raptor(nn.Module):
     `phase_bounds`: ((first, last), ...) 1-based inclusive teacher layers covering 1..L.
     """
 
-    def __init__(self, teacher: VisionTransformer, phase_bounds: Sequence[Sequence[int]], init: str = "teacher",
-                 layerscale_init: float = 1e-5, cond_hidden: int = 32):
+    def __init__(
+        self,
+        teacher: VisionTransformer,
+        phase_bounds: Sequence[Sequence[int]],
+        init: str = "teacher",
+        layerscale_init: float = 1e-5,
+        cond_hidden: int = 32,
+    ):
         super().__init__()
         num_layers = len(teacher.blocks)
         if not all(hasattr(teacher.blocks[0], a) for a in ("norm1", "attn", "ls1", "norm2", "mlp", "ls2")):
@@ -98,7 +107,7 @@ class Raptor(nn.Module):
     def k(self) -> int:
         return len(self.blocks)
 
-    def train(self, mode: bool = True) -> "Raptor":
+    def train(self, mode: bool = True) -> Raptor:
         super().train(mode)
         self.stem.eval()  # frozen, always in eval mode
         return self

@@ -12,6 +12,7 @@ So every class holds its proportional share n * n_c / N to within one sample. In
 each class the samples are a seeded uniformly random draw without replacement. Returned
 indices are sorted (contiguous reads from memory-mapped states).
 """
+
 from __future__ import annotations
 
 from typing import Any

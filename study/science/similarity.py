@@ -12,6 +12,7 @@ Conventions shared by the study's analysis modules:
 - Layer-layer matrices are numpy float64 [L, L] over layers 1..L: matrix index i is
   teacher layer i+1.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,7 @@ def iter_chunks(states: Any, chunk: int = 256, device: torch.device | str | None
     given; torch tensors keep their device.
     """
     for start in range(0, len(states), chunk):
-        part = states[start:start + chunk]
+        part = states[start : start + chunk]
         if isinstance(part, torch.Tensor):
             yield part.float()
         else:
@@ -40,8 +41,9 @@ def iter_chunks(states: Any, chunk: int = 256, device: torch.device | str | None
             yield x if device is None else x.to(device, non_blocking=True)
 
 
-def layer_summaries(states: Any, num_registers: int, chunk: int = 256,
-                    device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_summaries(
+    states: Any, num_registers: int, chunk: int = 256, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample summaries of every layer: the cls token and the mean patch token.
 
     Returns (cls, mean_patch), each a float32 tensor [N, L+1, D] on `device` (None: the CPU).
@@ -50,12 +52,13 @@ def layer_summaries(states: Any, num_registers: int, chunk: int = 256,
     keep = device if device is not None else "cpu"
     for x in iter_chunks(states, chunk, device):
         cls.append(x[:, :, 0].to(keep))
-        mean_patch.append(x[:, :, 1 + num_registers:].mean(dim=2).to(keep))
+        mean_patch.append(x[:, :, 1 + num_registers :].mean(dim=2).to(keep))
     return torch.cat(cls), torch.cat(mean_patch)
 
 
-def cosine_dissimilarity(states: Any, num_registers: int, chunk: int = 256,
-                         device: torch.device | str | None = None) -> np.ndarray:
+def cosine_dissimilarity(
+    states: Any, num_registers: int, chunk: int = 256, device: torch.device | str | None = None
+) -> np.ndarray:
     """D[i, j] = mean over {cls, mean-patch} of (1 - cos(x_i, x_j)), averaged over samples.
 
     Returns float64 [L, L] over layers 1..L, symmetric with a zero diagonal, values in
@@ -69,8 +72,9 @@ def cosine_dissimilarity(states: Any, num_registers: int, chunk: int = 256,
     return _symmetric_zero_diagonal(dissimilarity.cpu().numpy())
 
 
-def mse_dissimilarity(states: Any, num_registers: int, chunk: int = 256,
-                      device: torch.device | str | None = None) -> np.ndarray:
+def mse_dissimilarity(
+    states: Any, num_registers: int, chunk: int = 256, device: torch.device | str | None = None
+) -> np.ndarray:
     """Scale-free squared-distance dissimilarity between layers.
 
     For each summary a in {cls, mean-patch} (vectors a_i of layer i, per sample):
@@ -92,8 +96,14 @@ def mse_dissimilarity(states: Any, num_registers: int, chunk: int = 256,
     return _symmetric_zero_diagonal(dissimilarity.clamp_min(0.0).cpu().numpy())
 
 
-def linear_cka(states: Any, num_registers: int, max_tokens: int = 8192, seed: int = 0,
-               chunk: int = 256, device: torch.device | str | None = None) -> np.ndarray:
+def linear_cka(
+    states: Any,
+    num_registers: int,
+    max_tokens: int = 8192,
+    seed: int = 0,
+    chunk: int = 256,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
     """Linear CKA between layers 1..L over patch tokens.
 
     Rows are (sample, patch) pairs; when there are more than `max_tokens` of them a

@@ -1,4 +1,5 @@
 """Token states of a timm ViT: x_0 (embedded tokens) and x_1..x_L (block outputs), docs/science.md §1."""
+
 from __future__ import annotations
 
 import torch

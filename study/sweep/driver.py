@@ -14,6 +14,7 @@ Output layout under the output root (default `runs/`):
     ray/_train/<sweep>/<trial>/ Ray Train runs with per-epoch checkpoints
     trials/<sweep>/<trial>/     each trial's result.json, figures, Raptor weights
 """
+
 from __future__ import annotations
 
 import json
@@ -134,20 +135,37 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
         return
     cfg = spec.trial_config(params, name=trial_name(spec.name, trial_id))
     res = spec.resources
-    runner = RayTrainWorkers(trial_id, paths.train(spec.name), workers=res.workers, worker_cpu=res.worker_cpu,
-                             worker_gpu=res.worker_gpu, report_to_tune=True, local=res.local_train)
+    runner = RayTrainWorkers(
+        trial_id,
+        paths.train(spec.name),
+        workers=res.workers,
+        worker_cpu=res.worker_cpu,
+        worker_gpu=res.worker_gpu,
+        report_to_tune=True,
+        local=res.local_train,
+    )
     try:
         result = run_trial(cfg, out_dir, runner=runner)
     except Exception as err:
         if not (spec.search.oom_retry and is_oom_text(f"{type(err).__name__}: {err}")) or cfg.distill.batch_size < 2:
             raise
         half = cfg.distill.batch_size // 2  # search.oom_retry: once, with half the distillation batch
-        log.warning("trial %s ran out of memory (%s); retrying with distill.batch_size=%d", trial_id,
-                    str(err).splitlines()[-1][:200], half)
+        log.warning(
+            "trial %s ran out of memory (%s); retrying with distill.batch_size=%d",
+            trial_id,
+            str(err).splitlines()[-1][:200],
+            half,
+        )
         cfg = spec.trial_config({**params, "distill.batch_size": half}, name=cfg.name)
-        runner = RayTrainWorkers(f"{trial_id}-oom", paths.train(spec.name), workers=res.workers,
-                                 worker_cpu=res.worker_cpu, worker_gpu=res.worker_gpu, report_to_tune=True,
-                                 local=res.local_train)
+        runner = RayTrainWorkers(
+            f"{trial_id}-oom",
+            paths.train(spec.name),
+            workers=res.workers,
+            worker_cpu=res.worker_cpu,
+            worker_gpu=res.worker_gpu,
+            report_to_tune=True,
+            local=res.local_train,
+        )
         result = run_trial(cfg, out_dir, runner=runner)
     tune.report({**result["metrics"], "out_dir": str(out_dir)})
 
@@ -188,12 +206,19 @@ def connect_ray(address: str | None, verbose: bool = True, logs_link: Path | Non
         except (OSError, ValueError) as err:
             raise ConfigError(f"--address: cannot reach a Ray cluster at {address!r} ({err})") from None
     try:
-        context = ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
-                           log_to_driver=verbose, configure_logging=False,
-                           logging_level=logging.INFO if verbose else logging.WARNING)
+        context = ray.init(
+            address=address or "local",
+            ignore_reinit_error=True,
+            include_dashboard=False,
+            log_to_driver=verbose,
+            configure_logging=False,
+            logging_level=logging.INFO if verbose else logging.WARNING,
+        )
     except ConnectionError as err:
-        raise ConfigError(f"--address: could not join the Ray cluster at {address!r} ({err}); if it uses token "
-                          "authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
+        raise ConfigError(
+            f"--address: could not join the Ray cluster at {address!r} ({err}); if it uses token "
+            "authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+        ) from None
     session = (getattr(context, "address_info", None) or {}).get("session_dir")
     if logs_link is not None and session:  # Ray's log files, reachable from the run folder
         logs_link.parent.mkdir(parents=True, exist_ok=True)
@@ -210,18 +235,29 @@ def concurrency_that_fits(spec: SweepSpec) -> int:
     workers, no worker group could ever start (a deadlock). Caps at what the cluster has now."""
     total = ray.cluster_resources()
     res, fits = spec.resources, spec.search.max_concurrent
-    for kind, per_trial in (("CPU", res.driver_cpu + res.workers * res.worker_cpu),
-                            ("GPU", res.driver_gpu + res.workers * res.worker_gpu)):
+    for kind, per_trial in (
+        ("CPU", res.driver_cpu + res.workers * res.worker_cpu),
+        ("GPU", res.driver_gpu + res.workers * res.worker_gpu),
+    ):
         have = total.get(kind, 0.0)
         if per_trial <= 0:
             continue
         if per_trial > have + 1e-9:
-            raise ConfigError(f"resources: one trial needs {per_trial:g} {kind} (driver + {res.workers} worker(s)); "
-                              f"the Ray cluster has {have:g}")
+            raise ConfigError(
+                f"resources: one trial needs {per_trial:g} {kind} (driver + {res.workers} worker(s)); "
+                f"the Ray cluster has {have:g}"
+            )
         if fits * per_trial > have + 1e-9:
             fits = int(have // per_trial + 1e-9)
-            log.warning("search.max_concurrent=%d trials x %g %s exceed the cluster's %g %s: running %d at once",
-                        spec.search.max_concurrent, per_trial, kind, have, kind, fits)
+            log.warning(
+                "search.max_concurrent=%d trials x %g %s exceed the cluster's %g %s: running %d at once",
+                spec.search.max_concurrent,
+                per_trial,
+                kind,
+                have,
+                kind,
+                fits,
+            )
     return fits
 
 
@@ -250,8 +286,9 @@ def optuna_storage(spec: SweepSpec, paths: SweepPaths):
     return JournalStorage(JournalFileBackend(str(paths.optuna_journal(spec.name))))
 
 
-def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurrent: int,
-                study_name: str, verbose: bool = True) -> tune.Tuner:
+def build_tuner(
+    spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurrent: int, study_name: str, verbose: bool = True
+) -> tune.Tuner:
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -265,17 +302,31 @@ def build_tuner(spec: SweepSpec, paths: SweepPaths, callbacks: list, max_concurr
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     scheduler = None
     if spec.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor, max_t=100_000)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+            max_t=100_000,
+        )
     return tune.Tuner(
         make_trainable(spec, paths),
         param_space=spec.tune_space(),
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=s.num_samples,
-                                    metric=s.metric, mode=s.mode,
-                                    max_concurrent_trials=None if search_alg else max_concurrent,  # the limiter caps it
-                                    reuse_actors=spec.resources.reuse_actors),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(paths.ray), callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1 if verbose else 0),
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=s.num_samples,
+            metric=s.metric,
+            mode=s.mode,
+            max_concurrent_trials=None if search_alg else max_concurrent,  # the limiter caps it
+            reuse_actors=spec.resources.reuse_actors,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=str(paths.ray),
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=1 if verbose else 0,
+        ),
     )
 
 
@@ -314,8 +365,12 @@ class Interrupts:
         if self.count > 1:
             console.print("[red]second Ctrl-C[/red]: exiting now", highlight=False)
             os._exit(130)
-        console.print("[yellow]Ctrl-C[/yellow]: stopping the sweep (no new trials; running trials keep their last "
-                      "checkpoint; MLflow is flushed). Ctrl-C again to quit at once.", highlight=False, soft_wrap=True)
+        console.print(
+            "[yellow]Ctrl-C[/yellow]: stopping the sweep (no new trials; running trials keep their last "
+            "checkpoint; MLflow is flushed). Ctrl-C again to quit at once.",
+            highlight=False,
+            soft_wrap=True,
+        )
         if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
             raise KeyboardInterrupt  # Tune's loop is not running yet
         os.kill(os.getpid(), signal.SIGUSR1)
@@ -328,14 +383,24 @@ def launch_lock(paths: SweepPaths, sweep: str) -> FileLock:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise ConfigError(f"sweep: '{sweep}' is already running from {paths.root} (lock {paths.lock(sweep)}); "
-                          "wait for it, or use another --out") from None
+        raise ConfigError(
+            f"sweep: '{sweep}' is already running from {paths.root} (lock {paths.lock(sweep)}); "
+            "wait for it, or use another --out"
+        ) from None
     return lock
 
 
-def run_sweep(spec: SweepSpec | dict[str, Any] | str | Path, out_root: str | Path = "runs", *,
-              address: str | None = None, tracking_uri: str | None = None, resume: bool = False,
-              overrides: dict[str, Any] | None = None, new: bool = False, verbose: bool = False) -> pd.DataFrame:
+def run_sweep(
+    spec: SweepSpec | dict[str, Any] | str | Path,
+    out_root: str | Path = "runs",
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    new: bool = False,
+    verbose: bool = False,
+) -> pd.DataFrame:
     """Launch (or resume) a sweep; returns one row per trial.
 
     `spec` is a typed `SweepSpec`, a dict (the YAML's tree) or a path to a YAML file; `overrides` are
@@ -367,8 +432,18 @@ def run_sweep(spec: SweepSpec | dict[str, Any] | str | Path, out_root: str | Pat
         lock.release()
 
 
-def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, address: str | None, tracking_uri: str,
-                resume: bool, new: bool, verbose: bool, t_start: float) -> pd.DataFrame:
+def _run_locked(
+    spec: SweepSpec,
+    paths: SweepPaths,
+    text: str,
+    digest: str,
+    address: str | None,
+    tracking_uri: str,
+    resume: bool,
+    new: bool,
+    verbose: bool,
+    t_start: float,
+) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
     experiment_dir = paths.experiment(spec.name)
@@ -376,8 +451,9 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
     if resume and not can_restore:
         raise ConfigError(f"resume: no sweep '{spec.name}' to resume under {paths.ray}")
     if not resume and can_restore:
-        raise ConfigError(f"sweep: '{spec.name}' already exists under {paths.ray}; use `raptor-study resume` "
-                          "or another --out")
+        raise ConfigError(
+            f"sweep: '{spec.name}' already exists under {paths.ray}; use `raptor-study resume` or another --out"
+        )
     launched = paths.launched_spec(spec.name)
     if resume and launched.is_file():
         check_same_spec(json.loads(launched.read_text()), spec)
@@ -386,8 +462,9 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
     try:
         experiment_id = ensure_experiment(client, spec.name, artifact_root)
     except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
-        raise ConfigError(f"--tracking-uri: cannot use MLflow tracking store {redact(tracking_uri)!r} "
-                          f"({str(err).splitlines()[0]})") from None
+        raise ConfigError(
+            f"--tracking-uri: cannot use MLflow tracking store {redact(tracking_uri)!r} ({str(err).splitlines()[0]})"
+        ) from None
     if resume:
         id_file = paths.sweep_id_file(spec.name)
         sweep_id = id_file.read_text().strip() if id_file.is_file() else ""
@@ -395,16 +472,25 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
         if parent_run_id is None:  # a store written before sweep ids: the one parent of this name
             parents = sweep_parents(client, experiment_id, spec.name)
             if not parents:
-                raise ConfigError(f"resume: no parent run of sweep '{spec.name}' (sweep id {sweep_id or '?'}) in "
-                                  f"{redact(tracking_uri)}; was it launched with another --tracking-uri?")
+                raise ConfigError(
+                    f"resume: no parent run of sweep '{spec.name}' (sweep id {sweep_id or '?'}) in "
+                    f"{redact(tracking_uri)}; was it launched with another --tracking-uri?"
+                )
             parent_run_id = parents[0].info.run_id
         reopen_parent(client, parent_run_id)
     else:
         if not new:
             check_no_collision(client, experiment_id, spec, digest)
         sweep_id = uuid.uuid4().hex[:12]
-        parent_run_id = create_parent_run(client, experiment_id, spec, sweep_id=sweep_id, spec_hash=digest,
-                                          spec_text=text, provenance=source_provenance())
+        parent_run_id = create_parent_run(
+            client,
+            experiment_id,
+            spec,
+            sweep_id=sweep_id,
+            spec_hash=digest,
+            spec_text=text,
+            provenance=source_provenance(),
+        )
     clock = {"setup_s": time.perf_counter() - t_start}
     t0 = time.perf_counter()
     connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
@@ -415,16 +501,29 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
     max_concurrent = concurrency_that_fits(spec)
     monitor = start_system_metrics(parent_run_id, tracking_uri)
     if resume:  # the callbacks and the Optuna searcher (with its storage) come back with the experiment state
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(spec, paths),
-                                   resume_unfinished=True, restart_errored=True)
+        tuner = tune.Tuner.restore(
+            str(experiment_dir), trainable=make_trainable(spec, paths), resume_unfinished=True, restart_errored=True
+        )
     else:
-        callback = TimedCallback(MlflowTrialCallback(tracking_uri, experiment_id, parent_run_id, spec, sweep_id,
-                                                     system_metrics=monitor is not None))
-        progress = SweepMonitor(spec.name, spec.search.num_samples * _grid_size(spec), max_concurrent,
-                                spec.search.metric, spec.search.mode, paths.events(spec.name), live=not verbose,
-                                mlflow=callback, console=console)
-        tuner = build_tuner(spec, paths, [callback, progress], max_concurrent, study_name=f"{spec.name}-{sweep_id}",
-                            verbose=verbose)
+        callback = TimedCallback(
+            MlflowTrialCallback(
+                tracking_uri, experiment_id, parent_run_id, spec, sweep_id, system_metrics=monitor is not None
+            )
+        )
+        progress = SweepMonitor(
+            spec.name,
+            spec.search.num_samples * _grid_size(spec),
+            max_concurrent,
+            spec.search.metric,
+            spec.search.mode,
+            paths.events(spec.name),
+            live=not verbose,
+            mlflow=callback,
+            console=console,
+        )
+        tuner = build_tuner(
+            spec, paths, [callback, progress], max_concurrent, study_name=f"{spec.name}-{sweep_id}", verbose=verbose
+        )
     t0 = time.perf_counter()
     try:
         with Interrupts() as interrupts:
@@ -438,16 +537,20 @@ def _run_locked(spec: SweepSpec, paths: SweepPaths, text: str, digest: str, addr
     if interrupts.count:
         killed = mark_interrupted(client, experiment_id, sweep_id, parent_run_id)
         done = int((table["status"] == FINISHED).sum()) if len(table) else 0
-        console.print(f"[yellow]interrupted[/yellow]: {done} trial(s) finished, {len(killed)} unfinished (KILLED in "
-                      f"MLflow, parent too). Continue with: raptor-study resume <spec> --out {paths.root}",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[yellow]interrupted[/yellow]: {done} trial(s) finished, {len(killed)} unfinished (KILLED in "
+            f"MLflow, parent too). Continue with: raptor-study resume <spec> --out {paths.root}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise SweepInterrupted(spec.name)
     orphans = mark_orphans(client, experiment_id, sweep_id, keep=set())
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     summary = {trials_count_metric(k): v for k, v in counts.items()} | {trials_count_metric("orphaned"): len(orphans)}
     if len(table) and table[spec.search.metric].notna().any():
-        summary[best_metric(spec.search.metric)] = (table[spec.search.metric].max() if spec.search.mode == "max"
-                                                    else table[spec.search.metric].min())
+        summary[best_metric(spec.search.metric)] = (
+            table[spec.search.metric].max() if spec.search.mode == "max" else table[spec.search.metric].min()
+        )
     finish_parent(client, parent_run_id, summary)
     clock["finish_s"] = time.perf_counter() - t0
     clock["total_s"] = time.perf_counter() - t_start
@@ -468,10 +571,16 @@ def source_provenance() -> dict[str, str]:
         tags = {VERSION_TAG: "unknown"}
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return tags
     return tags | {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(dirty)).lower()}
@@ -500,8 +609,9 @@ def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking
         view.add_row(*("" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     console.print(view)
     console.print(f"trial outputs: {paths.trials(spec.name)}")
-    console.print(f"MLflow: {redact(tracking_uri)}  (browse: raptor-study ui {spec.name} --out {paths.root})",
-                  soft_wrap=True)
+    console.print(
+        f"MLflow: {redact(tracking_uri)}  (browse: raptor-study ui {spec.name} --out {paths.root})", soft_wrap=True
+    )
 
 
 def _grid_size(spec: SweepSpec) -> int:

@@ -10,6 +10,7 @@ sweep's time into stages (`bench/sweep_throughput.py`).
 `TimedCallback` wraps another callback (the MLflow one) and adds up the seconds its hooks block
 Tune's event loop, per trial.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,20 @@ from rich.text import Text
 from study.contract import R2_FINAL
 from study.trial.cache import atomic_write
 
-HOOKS = ("setup", "on_step_begin", "on_step_end", "on_trial_start", "on_trial_restore", "on_trial_save",
-         "on_trial_result", "on_trial_complete", "on_trial_recover", "on_trial_error", "on_checkpoint",
-         "on_experiment_end")
+HOOKS = (
+    "setup",
+    "on_step_begin",
+    "on_step_end",
+    "on_trial_start",
+    "on_trial_restore",
+    "on_trial_save",
+    "on_trial_result",
+    "on_trial_complete",
+    "on_trial_recover",
+    "on_trial_error",
+    "on_checkpoint",
+    "on_experiment_end",
+)
 
 
 class TimedCallback(Callback):
@@ -67,6 +79,7 @@ class TimedCallback(Callback):
 def _forward(hook: str):
     def method(self, *args, **kwargs):
         return self._call(hook, *args, **kwargs)
+
     method.__name__ = hook
     return method
 
@@ -82,8 +95,18 @@ class SweepMonitor(Callback):
     `events_path`: where `events.json` goes at the end; `live`: render the progress view;
     `mlflow`: the TimedCallback around the MLflow callback, whose blocking seconds join the events."""
 
-    def __init__(self, name: str, total: int, concurrency: int, metric: str, mode: str, events_path: Path,
-                 live: bool = True, mlflow: TimedCallback | None = None, console: Console | None = None):
+    def __init__(
+        self,
+        name: str,
+        total: int,
+        concurrency: int,
+        metric: str,
+        mode: str,
+        events_path: Path,
+        live: bool = True,
+        mlflow: TimedCallback | None = None,
+        console: Console | None = None,
+    ):
         self.name, self.total, self.concurrency, self.metric, self.mode = name, total, max(1, concurrency), metric, mode
         self.events_path, self.live_enabled, self.mlflow, self.console = events_path, live, mlflow, console
         self._reset()
@@ -145,8 +168,13 @@ class SweepMonitor(Callback):
             self.live = None
         for trial_id, seconds in (self.mlflow.seconds if self.mlflow else {}).items():
             self.events.setdefault(trial_id, {})["mlflow_s"] = seconds
-        payload = {"sweep": self.name, "started_unix": self.started_at, "ended_unix": time.time(),
-                   "mlflow_total_s": self.mlflow.total_s if self.mlflow else None, "trials": self.events}
+        payload = {
+            "sweep": self.name,
+            "started_unix": self.started_at,
+            "ended_unix": time.time(),
+            "mlflow_total_s": self.mlflow.total_s if self.mlflow else None,
+            "trials": self.events,
+        }
         self.events_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.events_path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
 
@@ -169,14 +197,20 @@ class SweepMonitor(Callback):
         counts, eta = self.counts(), self.eta_s()
         elapsed = time.time() - self.started_at
         table = Table.grid(padding=(0, 2))
-        table.add_row(Text(f"sweep {self.name}", style="bold"),
-                      f"{counts['running']} running", f"{counts['finished']} finished",
-                      *( [f"{counts['stopped']} stopped"] if counts["stopped"] else []),
-                      Text(f"{counts['failed']} failed", style="red" if counts["failed"] else ""),
-                      f"of {self.total}")
+        table.add_row(
+            Text(f"sweep {self.name}", style="bold"),
+            f"{counts['running']} running",
+            f"{counts['finished']} finished",
+            *([f"{counts['stopped']} stopped"] if counts["stopped"] else []),
+            Text(f"{counts['failed']} failed", style="red" if counts["failed"] else ""),
+            f"of {self.total}",
+        )
         best = "-" if self.best is None else f"{self.best:.4g}"
-        table.add_row(f"best {self.metric} ({self.mode}): {best}", f"elapsed {_clock(elapsed)}",
-                      f"ETA {_clock(eta) if eta is not None else '-'}")
+        table.add_row(
+            f"best {self.metric} ({self.mode}): {best}",
+            f"elapsed {_clock(elapsed)}",
+            f"ETA {_clock(eta) if eta is not None else '-'}",
+        )
         return Group(table)
 
 

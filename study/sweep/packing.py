@@ -6,6 +6,7 @@ bookkeeping only (it does not cap memory), so the fraction has to come from a me
 peak memory of one trial (`torch.cuda.max_memory_allocated` after an in-process trial) plus the
 CUDA context and allocator slack of each extra process.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,17 @@ class PackPlan:
         return SweepSpec.model_validate(tree)
 
 
-def pack_trials(peak_bytes: int | None, gpu_bytes: int, gpus: int, cpus: int, *, headroom: float = 0.85,
-                max_per_gpu: int = 8, cpus_per_trial: float = 1.0, context_bytes: int = CONTEXT_BYTES) -> PackPlan:
+def pack_trials(
+    peak_bytes: int | None,
+    gpu_bytes: int,
+    gpus: int,
+    cpus: int,
+    *,
+    headroom: float = 0.85,
+    max_per_gpu: int = 8,
+    cpus_per_trial: float = 1.0,
+    context_bytes: int = CONTEXT_BYTES,
+) -> PackPlan:
     """How many trials fit per GPU and the resources that make Ray place exactly that many.
 
     A trial needs `peak_bytes + context_bytes`; at most `headroom` of each GPU's `gpu_bytes` is

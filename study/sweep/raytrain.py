@@ -14,6 +14,7 @@ Two modes, one Ray Train code path (`TorchTrainer(...).fit()`):
   default for single-worker trials (`resources.train_mode: auto`), measured in
   docs/results/throughput.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,18 @@ def worker_loop(config: dict[str, Any]) -> None:
             ray.train.report(record, checkpoint=Checkpoint.from_directory(folder))
         timings["checkpoint_s"] += time.perf_counter() - t0
 
-    run_distillation(raptor, states["train"], states["val"], cfg.distill, cfg.runtime, device, teacher.num_registers,
-                     cfg.seed, resume=resume, on_epoch=report)
+    run_distillation(
+        raptor,
+        states["train"],
+        states["val"],
+        cfg.distill,
+        cfg.runtime,
+        device,
+        teacher.num_registers,
+        cfg.seed,
+        resume=resume,
+        on_epoch=report,
+    )
     timings["worker_exit_unix"] = time.time()
     if rank == 0 and config.get("timings_file"):  # what the driver cannot see: the worker's own stages
         Path(config["timings_file"]).write_text(json.dumps(timings))
@@ -83,8 +94,17 @@ class RayTrainWorkers:
 
     LOCAL_STATE = "train_state"  # local mode: folder in the trial's out_dir holding the resumable state
 
-    def __init__(self, name: str, storage_path: Path, workers: int = 1, worker_cpu: float = 1.0,
-                 worker_gpu: float = 0.0, max_failures: int = 3, report_to_tune: bool = False, local: bool = False):
+    def __init__(
+        self,
+        name: str,
+        storage_path: Path,
+        workers: int = 1,
+        worker_cpu: float = 1.0,
+        worker_gpu: float = 0.0,
+        max_failures: int = 3,
+        report_to_tune: bool = False,
+        local: bool = False,
+    ):
         if local and workers != 1:
             raise ValueError(f"RayTrainWorkers: local mode runs one worker, got workers={workers}")
         self.name, self.storage_path, self.report_to_tune, self.local = name, storage_path, report_to_tune, local
@@ -99,14 +119,23 @@ class RayTrainWorkers:
         fit_unix = time.time()
         trainer = TorchTrainer(
             worker_loop,
-            train_loop_config={"trial": cfg.to_dict(), "phase_bounds": prepared.partition.phase_bounds,
-                               "timings_file": str(timings_file)},
-            scaling_config=ScalingConfig(num_workers=self.workers, use_gpu=self.worker_gpu > 0,
-                                         resources_per_worker={"CPU": self.worker_cpu, "GPU": self.worker_gpu}),
-            run_config=TrainRunConfig(name=self.name, storage_path=str(self.storage_path),
-                                      failure_config=FailureConfig(max_failures=self.max_failures),
-                                      checkpoint_config=CheckpointConfig(num_to_keep=1),
-                                      callbacks=[TuneReportCallback()] if self.report_to_tune else []),
+            train_loop_config={
+                "trial": cfg.to_dict(),
+                "phase_bounds": prepared.partition.phase_bounds,
+                "timings_file": str(timings_file),
+            },
+            scaling_config=ScalingConfig(
+                num_workers=self.workers,
+                use_gpu=self.worker_gpu > 0,
+                resources_per_worker={"CPU": self.worker_cpu, "GPU": self.worker_gpu},
+            ),
+            run_config=TrainRunConfig(
+                name=self.name,
+                storage_path=str(self.storage_path),
+                failure_config=FailureConfig(max_failures=self.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                callbacks=[TuneReportCallback()] if self.report_to_tune else [],
+            ),
         )
         result = trainer.fit()
         _merge_worker_timings(prepared.timings, timings_file, fit_unix)
@@ -152,19 +181,30 @@ class RayTrainWorkers:
                 if on_epoch:
                     on_epoch(record)
 
-            out["history"] = run_distillation(raptor, prepared.states["train"], prepared.states["val"], cfg.distill,
-                                              cfg.runtime, prepared.device, prepared.teacher.num_registers, cfg.seed,
-                                              resume=resume, on_epoch=report)
+            out["history"] = run_distillation(
+                raptor,
+                prepared.states["train"],
+                prepared.states["val"],
+                cfg.distill,
+                cfg.runtime,
+                prepared.device,
+                prepared.teacher.num_registers,
+                cfg.seed,
+                resume=resume,
+                on_epoch=report,
+            )
             out["raptor"] = raptor
 
-        TorchTrainer(train_fn, scaling_config=ScalingConfig(num_workers=0),
-                     run_config=TrainRunConfig(name=self.name, storage_path=str(self.storage_path))).fit()
+        TorchTrainer(
+            train_fn,
+            scaling_config=ScalingConfig(num_workers=0),
+            run_config=TrainRunConfig(name=self.name, storage_path=str(self.storage_path)),
+        ).fit()
         return out["raptor"], out["history"]
 
     def cleanup(self, out_dir: Path) -> None:
         """The trial is complete: its resumable local-mode state is no longer needed."""
         shutil.rmtree(out_dir / self.LOCAL_STATE, ignore_errors=True)
-
 
 
 def _merge_worker_timings(timings: dict[str, float], path: Path, fit_unix: float) -> None:

@@ -56,11 +56,27 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def create_trial_run(client: MlflowClient, experiment_id: str, *, sweep: str, sweep_id: str, trial_id: str,
-                     parent_run_id: str, run_name: str, teacher_key: str) -> str:
+def create_trial_run(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    sweep: str,
+    sweep_id: str,
+    trial_id: str,
+    parent_run_id: str,
+    run_name: str,
+    teacher_key: str,
+) -> str:
     """A new child run of the sweep's parent, tagged as a running trial of the teacher `teacher_key`."""
-    tags = {ROLE_TAG: ROLE_TRIAL, SWEEP_TAG: sweep, SWEEP_ID_TAG: sweep_id, TRIAL_ID_TAG: trial_id,
-            PARENT_TAG: parent_run_id, STATUS_TAG: RUNNING, TEACHER_KEY_PARAM: teacher_key}
+    tags = {
+        ROLE_TAG: ROLE_TRIAL,
+        SWEEP_TAG: sweep,
+        SWEEP_ID_TAG: sweep_id,
+        TRIAL_ID_TAG: trial_id,
+        PARENT_TAG: parent_run_id,
+        STATUS_TAG: RUNNING,
+        TEACHER_KEY_PARAM: teacher_key,
+    }
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
@@ -69,29 +85,35 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any], exi
     skip = set(existing)
     items = [Param(k, param_value(v)) for k, v in params.items() if k not in skip]
     for start in range(0, len(items), BATCH_PARAMS):
-        client.log_batch(run_id, params=items[start:start + BATCH_PARAMS])
+        client.log_batch(run_id, params=items[start : start + BATCH_PARAMS])
 
 
-def log_metrics(client: MlflowClient, run_id: str, values: Iterable[tuple[str, float, int]],
-                logged: Steps | None = None) -> None:
+def log_metrics(
+    client: MlflowClient, run_id: str, values: Iterable[tuple[str, float, int]], logged: Steps | None = None
+) -> None:
     """(name, value, step) triples in batches; steps at or below `logged[name]` are skipped, `logged` updated."""
     logged = {} if logged is None else logged
     now = _now_ms()
     fresh = [Metric(key, float(value), now, step) for key, value, step in values if step > logged.get(key, -1)]
     for start in range(0, len(fresh), BATCH_METRICS):
-        client.log_batch(run_id, metrics=fresh[start:start + BATCH_METRICS])
+        client.log_batch(run_id, metrics=fresh[start : start + BATCH_METRICS])
     for metric in fresh:
         logged[metric.key] = max(metric.step, logged.get(metric.key, -1))
 
 
 def epoch_values(records: Iterable[Mapping[str, Any]]) -> list[tuple[str, float, int]]:
     """Distillation history records -> ``stage{n}.{key}`` at step = epoch."""
-    return [(epoch_metric(int(r["stage"]), key), r[key], int(r["epoch"]))
-            for r in records for key in EPOCH_KEYS if r.get(key) is not None]
+    return [
+        (epoch_metric(int(r["stage"]), key), r[key], int(r["epoch"]))
+        for r in records
+        for key in EPOCH_KEYS
+        if r.get(key) is not None
+    ]
 
 
-def log_epochs(client: MlflowClient, run_id: str, records: Iterable[Mapping[str, Any]],
-               logged: Steps | None = None) -> None:
+def log_epochs(
+    client: MlflowClient, run_id: str, records: Iterable[Mapping[str, Any]], logged: Steps | None = None
+) -> None:
     log_metrics(client, run_id, epoch_values(records), logged)
 
 
@@ -109,15 +131,29 @@ def dataset_inputs(data: Mapping[str, Any]) -> list[DatasetInput]:
     the split's digest (MLflow keeps one input per name and digest), its size as profile and the split as context."""
     source = json.dumps(data.get("source", {}), sort_keys=True)
     digests = data.get("digests", {})
-    return [DatasetInput(Dataset(name=f"{data['name']}-{split}", digest=digests.get(split, data["digest"]),
-                                 source_type="local", source=source,
-                                 profile=json.dumps({"num_rows": int(size), "splits": data["splits"]})),
-                         tags=[InputTag("mlflow.data.context", split)])
-            for split, size in data["splits"].items()]
+    return [
+        DatasetInput(
+            Dataset(
+                name=f"{data['name']}-{split}",
+                digest=digests.get(split, data["digest"]),
+                source_type="local",
+                source=source,
+                profile=json.dumps({"num_rows": int(size), "splits": data["splits"]}),
+            ),
+            tags=[InputTag("mlflow.data.context", split)],
+        )
+        for split, size in data["splits"].items()
+    ]
 
 
-def log_result(client: MlflowClient, run_id: str, result: Mapping[str, Any], *, out_dir: Path | None = None,
-               logged: Steps | None = None) -> None:
+def log_result(
+    client: MlflowClient,
+    run_id: str,
+    result: Mapping[str, Any],
+    *,
+    out_dir: Path | None = None,
+    logged: Steps | None = None,
+) -> None:
     """Everything a finished trial adds: metrics, per-layer R^2, tags, dataset inputs and artifacts.
 
     With `out_dir` its files are the artifacts; else ``result.json`` is written from `result`."""
@@ -148,13 +184,33 @@ def end_trial(client: MlflowClient, run_id: str, status: str, reason: str | None
     client.set_terminated(run_id, status=mlflow_status)
 
 
-def log_trial(client: MlflowClient, experiment_id: str, *, sweep: str, sweep_id: str, trial_id: str,
-              parent_run_id: str, run_name: str, teacher_key: str, params: Mapping[str, Any],
-              history: Iterable[Mapping[str, Any]], result: Mapping[str, Any] | None, status: str,
-              out_dir: Path | None = None) -> str:
+def log_trial(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    sweep: str,
+    sweep_id: str,
+    trial_id: str,
+    parent_run_id: str,
+    run_name: str,
+    teacher_key: str,
+    params: Mapping[str, Any],
+    history: Iterable[Mapping[str, Any]],
+    result: Mapping[str, Any] | None,
+    status: str,
+    out_dir: Path | None = None,
+) -> str:
     """A whole trial in one call, in the same steps the Tune callback takes. Returns the run id."""
-    run_id = create_trial_run(client, experiment_id, sweep=sweep, sweep_id=sweep_id, trial_id=trial_id,
-                              parent_run_id=parent_run_id, run_name=run_name, teacher_key=teacher_key)
+    run_id = create_trial_run(
+        client,
+        experiment_id,
+        sweep=sweep,
+        sweep_id=sweep_id,
+        trial_id=trial_id,
+        parent_run_id=parent_run_id,
+        run_name=run_name,
+        teacher_key=teacher_key,
+    )
     log_params(client, run_id, params)
     logged: Steps = {}
     log_epochs(client, run_id, history, logged)

@@ -31,6 +31,7 @@ the YAML tree before validation: a KEY under a spec section (`search.num_samples
 `resources.worker_gpu`, `name`, `space.raptor.k`) sets that entry; any other KEY is
 a TrialConfig field of the base (`data.path` -> `base.data.path`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -107,17 +108,25 @@ class Distribution(_Strict):
 
 class SearchConfig(_Strict):
     sampler: Literal["tpe", "random", "grid"] = Field(
-        "tpe", description="grid: every combination of the `choice` entries (x num_samples), continuous entries "
-                           "drawn at random (Tune's basic variant generator)")
-    metric: Literal[VAL_R2, "loss"] = Field(VAL_R2, description="reported every epoch: val final-layer R^2 or train loss")
+        "tpe",
+        description="grid: every combination of the `choice` entries (x num_samples), continuous entries "
+        "drawn at random (Tune's basic variant generator)",
+    )
+    metric: Literal[VAL_R2, "loss"] = Field(
+        VAL_R2, description="reported every epoch: val final-layer R^2 or train loss"
+    )
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1, le=100_000, description="trials (per grid point for 'grid')")
     max_concurrent: int = Field(2, ge=1, le=10_000)
     seed: int = Field(0, ge=0)
-    storage: str | None = Field(None, description="Optuna storage: an RDB URL (e.g. sqlite:///optuna.db); "
-                                                  "default: a JournalStorage file in the sweep's Ray folder")
-    oom_retry: bool = Field(False, description="retry a trial that ran out of memory once, with half the "
-                                               "distillation batch size")
+    storage: str | None = Field(
+        None,
+        description="Optuna storage: an RDB URL (e.g. sqlite:///optuna.db); "
+        "default: a JournalStorage file in the sweep's Ray folder",
+    )
+    oom_retry: bool = Field(
+        False, description="retry a trial that ran out of memory once, with half the distillation batch size"
+    )
 
 
 class SchedulerConfig(_Strict):
@@ -138,9 +147,11 @@ class ResourcesConfig(_Strict):
     worker_cpu: float = Field(1.0, ge=0.0)
     worker_gpu: float = Field(0.0, ge=0.0)
     train_mode: Literal["auto", "local", "workers"] = Field(
-        "auto", description="local: Ray Train's local mode (the one worker runs in the trial's process, which then "
-                            "holds the driver's and the worker's resources); workers: Train worker actors; auto: local "
-                            "when workers == 1")
+        "auto",
+        description="local: Ray Train's local mode (the one worker runs in the trial's process, which then "
+        "holds the driver's and the worker's resources); workers: Train worker actors; auto: local "
+        "when workers == 1",
+    )
     reuse_actors: bool = Field(True, description="Tune reuses a finished trial's process for the next trial")
 
     @property
@@ -154,8 +165,9 @@ class ResourcesConfig(_Strict):
         if self.worker_cpu + self.worker_gpu <= 0:
             raise ValueError("resources.worker_cpu: each worker needs a resource (worker_cpu + worker_gpu > 0)")
         if self.train_mode == "local" and self.workers != 1:
-            raise ValueError(f"resources.train_mode: 'local' runs one worker, got workers={self.workers} "
-                             "(use 'workers' or 'auto')")
+            raise ValueError(
+                f"resources.train_mode: 'local' runs one worker, got workers={self.workers} (use 'workers' or 'auto')"
+            )
         return self
 
 
@@ -166,13 +178,16 @@ class PrimaryRelation(_Strict):
     target: str = PRIMARY_TARGET
 
     @model_validator(mode="after")
-    def _known(self) -> "PrimaryRelation":
+    def _known(self) -> PrimaryRelation:
         if self.predictor not in ANALYSIS_PREDICTORS:
-            raise ValueError(f"analysis.primary.predictor: unknown metric {self.predictor!r} "
-                             f"(one of {', '.join(ANALYSIS_PREDICTORS)})")
+            raise ValueError(
+                f"analysis.primary.predictor: unknown metric {self.predictor!r} "
+                f"(one of {', '.join(ANALYSIS_PREDICTORS)})"
+            )
         if self.target not in ANALYSIS_TARGETS:
-            raise ValueError(f"analysis.primary.target: unknown metric {self.target!r} "
-                             f"(one of {', '.join(ANALYSIS_TARGETS)})")
+            raise ValueError(
+                f"analysis.primary.target: unknown metric {self.target!r} (one of {', '.join(ANALYSIS_TARGETS)})"
+            )
         return self
 
 
@@ -189,16 +204,20 @@ class SweepSpec(_Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
     purpose: Literal["correlation", "tuning"] = Field(
-        "correlation", description="correlation: measure the similarity-fidelity relation (no early stopping); "
-        "tuning: find good settings (early stopping allowed, correlations conditional on survival)")
+        "correlation",
+        description="correlation: measure the similarity-fidelity relation (no early stopping); "
+        "tuning: find good settings (early stopping allowed, correlations conditional on survival)",
+    )
     analysis: AnalysisConfig = AnalysisConfig()
 
     @model_validator(mode="after")
-    def _no_early_stopping_in_correlation(self) -> "SweepSpec":
+    def _no_early_stopping_in_correlation(self) -> SweepSpec:
         if self.purpose == "correlation" and self.scheduler.type != "none":
-            raise ValueError(f"scheduler.type: {self.scheduler.type!r} stops trials early, which a correlation sweep "
-                             "cannot use (pruned trials are missing not at random, docs/science.md §7); set "
-                             "scheduler.type: none, or purpose: tuning")
+            raise ValueError(
+                f"scheduler.type: {self.scheduler.type!r} stops trials early, which a correlation sweep "
+                "cannot use (pruned trials are missing not at random, docs/science.md §7); set "
+                "scheduler.type: none, or purpose: tuning"
+            )
         return self
 
     def trial_config(self, params: dict[str, Any], name: str | None = None) -> TrialConfig:
@@ -255,8 +274,10 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         elif head in SPEC_SECTIONS:
             tree = deep_merge(tree, unflatten({key: value}))
         elif key in (tree.get("space") or {}):
-            raise ConfigError(f"--set {key}: the space searches this field; set its distribution instead, "
-                              f"e.g. --set space.{key}='{{choice: [{value!r}]}}'")
+            raise ConfigError(
+                f"--set {key}: the space searches this field; set its distribution instead, "
+                f"e.g. --set space.{key}='{{choice: [{value!r}]}}'"
+            )
         else:
             tree = deep_merge(tree, {"base": unflatten({key: value})})
     return tree
@@ -298,7 +319,9 @@ def spec_hash(spec: SweepSpec) -> str:
 
 def sweep_from_tree(tree: Any, path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: top level must be a mapping with name/base/space/search/..., got {type(tree).__name__}")
+        raise ConfigError(
+            f"{path}: top level must be a mapping with name/base/space/search/..., got {type(tree).__name__}"
+        )
     if overrides:
         tree = apply_overrides(tree, overrides)
     try:
@@ -325,5 +348,7 @@ def check_same_spec(launched: dict[str, Any], spec: SweepSpec) -> None:
         if key not in before and key.split(".")[0] in NEWER_SECTIONS:
             continue  # launched before the spec had this section: its default applies
         if key != "description" and before.get(key) != now.get(key):
-            raise ConfigError(f"resume: {key} differs from the launched sweep (launched {before.get(key)!r}, "
-                              f"now {now.get(key)!r}); resume with the launch's spec file and --set values")
+            raise ConfigError(
+                f"resume: {key} differs from the launched sweep (launched {before.get(key)!r}, "
+                f"now {now.get(key)!r}); resume with the launch's spec file and --set values"
+            )

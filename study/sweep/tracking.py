@@ -9,6 +9,7 @@ pruned/failed status, one run per trial across `resume` (runs are found again
 by their `raptor.trial_id` tag and steps are never logged twice), and
 buffering with retries while a tracking server is unreachable.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
+
 def trial_name(sweep: str, trial_id: str) -> str:
     return f"{sweep}-{trial_id}"
 
@@ -73,8 +75,18 @@ def default_tracking_uri(out_root: Path) -> str:
 
 def _unreachable(err: Exception) -> bool:
     text = f"{err} {err.__cause__} {err.__context__}".lower()
-    return any(s in text for s in ("connection refused", "max retries exceeded", "failed to establish", "timed out",
-                                   "connectionerror", "remote end closed", "name or service not known"))
+    return any(
+        s in text
+        for s in (
+            "connection refused",
+            "max retries exceeded",
+            "failed to establish",
+            "timed out",
+            "connectionerror",
+            "remote end closed",
+            "name or service not known",
+        )
+    )
 
 
 class ResilientWriter:
@@ -106,8 +118,9 @@ class ResilientWriter:
         if not self.background:
             self._apply_pending(wait=False)
         elif self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._apply_pending, kwargs={"wait": True}, daemon=True,
-                                            name="mlflow-writer")
+            self._thread = threading.Thread(
+                target=self._apply_pending, kwargs={"wait": True}, daemon=True, name="mlflow-writer"
+            )
             self._thread.start()
 
     def _apply_one(self) -> bool:
@@ -119,8 +132,12 @@ class ResilientWriter:
             if _unreachable(err):
                 if self.outage_since is None:
                     self.outage_since = time.monotonic()
-                    log.warning("MLflow tracking server %s unreachable; buffering %d write(s) and retrying "
-                                "(training continues)", redact(self.tracking_uri), len(self.pending))
+                    log.warning(
+                        "MLflow tracking server %s unreachable; buffering %d write(s) and retrying "
+                        "(training continues)",
+                        redact(self.tracking_uri),
+                        len(self.pending),
+                    )
                 return False
             log.error("MLflow write failed (%s); continuing with the next writes", str(err).splitlines()[0])
             self.errors.append(err)
@@ -129,8 +146,10 @@ class ResilientWriter:
             self._cond.notify_all()
         self._delay = 1.0
         if self.outage_since is not None:
-            log.warning("MLflow tracking server back after %.0f s; buffered writes delivered",
-                        time.monotonic() - self.outage_since)
+            log.warning(
+                "MLflow tracking server back after %.0f s; buffered writes delivered",
+                time.monotonic() - self.outage_since,
+            )
             self.outage_since = None
         return True
 
@@ -203,24 +222,41 @@ def check_no_collision(client: MlflowClient, experiment_id: str, spec: SweepSpec
     for run in sweep_parents(client, experiment_id, spec.name):
         other = run.data.tags.get(SPEC_HASH_TAG)
         if other and other != spec_hash:
-            raise ConfigError(f"sweep: experiment '{spec.name}' already holds sweep {run.data.tags.get(SWEEP_ID_TAG)} "
-                              f"(run {run.info.run_id}) with spec hash {other}; this spec hashes to {spec_hash}. "
-                              "Rename the sweep, or pass --new to add a separate sweep to the experiment")
+            raise ConfigError(
+                f"sweep: experiment '{spec.name}' already holds sweep {run.data.tags.get(SWEEP_ID_TAG)} "
+                f"(run {run.info.run_id}) with spec hash {other}; this spec hashes to {spec_hash}. "
+                "Rename the sweep, or pass --new to add a separate sweep to the experiment"
+            )
 
 
 def find_parent(client: MlflowClient, experiment_id: str, sweep_id: str) -> str | None:
-    found = find_runs(client, experiment_id,
-                      f"tags.`{ROLE_TAG}` = '{ROLE_SWEEP}' and tags.`{SWEEP_ID_TAG}` = '{sweep_id}'")
+    found = find_runs(
+        client, experiment_id, f"tags.`{ROLE_TAG}` = '{ROLE_SWEEP}' and tags.`{SWEEP_ID_TAG}` = '{sweep_id}'"
+    )
     return found[0].info.run_id if found else None
 
 
-def create_parent_run(client: MlflowClient, experiment_id: str, spec: SweepSpec, *, sweep_id: str, spec_hash: str,
-                      spec_text: str, provenance: dict[str, str]) -> str:
+def create_parent_run(
+    client: MlflowClient,
+    experiment_id: str,
+    spec: SweepSpec,
+    *,
+    sweep_id: str,
+    spec_hash: str,
+    spec_text: str,
+    provenance: dict[str, str],
+) -> str:
     """The sweep's parent run: tags (sweep id, spec hash, provenance), the spec as artifact and description."""
     searched = list(spec.space)
-    tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_TAG: spec.name, SWEEP_ID_TAG: sweep_id, SPEC_HASH_TAG: spec_hash,
-            SEARCHED_TAG: json.dumps(searched), NOTE_TAG: parent_description(spec, spec_text, None),
-            **provenance}
+    tags = {
+        ROLE_TAG: ROLE_SWEEP,
+        SWEEP_TAG: spec.name,
+        SWEEP_ID_TAG: sweep_id,
+        SPEC_HASH_TAG: spec_hash,
+        SEARCHED_TAG: json.dumps(searched),
+        NOTE_TAG: parent_description(spec, spec_text, None),
+        **provenance,
+    }
     run = client.create_run(experiment_id, run_name=f"sweep:{spec.name}:{sweep_id}", tags=tags)
     client.log_dict(run.info.run_id, spec.model_dump(mode="json"), SPEC_ARTIFACT)
     return run.info.run_id
@@ -229,10 +265,15 @@ def create_parent_run(client: MlflowClient, experiment_id: str, spec: SweepSpec,
 def parent_description(spec: SweepSpec, spec_text: str, report: str | None) -> str:
     """The parent run's Markdown description: what to compare, where the report is, the spec as launched."""
     searched = ", ".join(f"`{key}`" for key in spec.space) or "nothing (a fixed config)"
-    lines = [f"**Sweep `{spec.name}`**" + (f": {spec.description}" if spec.description else ""), "",
-             f"Primary relation: {PRIMARY_RELATION} (docs/science.md).", "",
-             f"Searched: {searched}; objective `{spec.search.metric}` ({spec.search.mode}). Compare trials in the "
-             "Chart or Parallel-coordinates view of this experiment's runs table.", ""]
+    lines = [
+        f"**Sweep `{spec.name}`**" + (f": {spec.description}" if spec.description else ""),
+        "",
+        f"Primary relation: {PRIMARY_RELATION} (docs/science.md).",
+        "",
+        f"Searched: {searched}; objective `{spec.search.metric}` ({spec.search.mode}). Compare trials in the "
+        "Chart or Parallel-coordinates view of this experiment's runs table.",
+        "",
+    ]
     lines.append(f"Report: {report}" if report else f"Report: `raptor-study report {spec.name}` (linked once written)")
     lines += ["", "Spec as launched:", "", "```yaml", spec_text.rstrip(), "```"]
     return "\n".join(lines)
@@ -248,8 +289,12 @@ def reopen_parent(client: MlflowClient, parent_run_id: str) -> None:
 def mark_orphans(client: MlflowClient, experiment_id: str, sweep_id: str, keep: set[str]) -> list[str]:
     """Child runs left RUNNING by a crash whose trial is not active -> FAILED. Returns their ids."""
     orphans = []
-    for run in find_runs(client, experiment_id, f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}' and tags.`{SWEEP_ID_TAG}` = "
-                                                f"'{sweep_id}' and attributes.status = 'RUNNING'"):
+    for run in find_runs(
+        client,
+        experiment_id,
+        f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}' and tags.`{SWEEP_ID_TAG}` = "
+        f"'{sweep_id}' and attributes.status = 'RUNNING'",
+    ):
         if run.data.tags.get(TRIAL_ID_TAG) not in keep:
             end_trial(client, run.info.run_id, FAILED, "orphaned: its sweep driver stopped")
             orphans.append(run.info.run_id)
@@ -259,8 +304,12 @@ def mark_orphans(client: MlflowClient, experiment_id: str, sweep_id: str, keep: 
 def mark_interrupted(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str) -> list[str]:
     """After Ctrl-C: unfinished child runs and the parent end KILLED (resume reopens them). Returns the children."""
     killed = []
-    for run in find_runs(client, experiment_id, f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}' and tags.`{SWEEP_ID_TAG}` = "
-                                                f"'{sweep_id}' and attributes.status = 'RUNNING'"):
+    for run in find_runs(
+        client,
+        experiment_id,
+        f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}' and tags.`{SWEEP_ID_TAG}` = "
+        f"'{sweep_id}' and attributes.status = 'RUNNING'",
+    ):
         end_trial(client, run.info.run_id, RUNNING, "interrupted (Ctrl-C); `raptor-study resume` continues it")
         killed.append(run.info.run_id)
     client.set_terminated(parent_run_id, status="KILLED")
@@ -293,8 +342,15 @@ class MlflowTrialCallback(Callback):
     The callback only queues writes (`ResilientWriter`); the writes themselves are the
     steps of `study.sweep.record`, the one trial writer."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, spec: SweepSpec, sweep_id: str = "",
-                 system_metrics: bool = False):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        spec: SweepSpec,
+        sweep_id: str = "",
+        system_metrics: bool = False,
+    ):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.spec = spec
         self.sweep, self.sweep_id, self.system_metrics = spec.name, sweep_id, system_metrics
@@ -342,11 +398,16 @@ class MlflowTrialCallback(Callback):
             for key in found[0].data.metrics:
                 logged[key] = max(m.step for m in client.get_metric_history(run_id, key))
         else:
-            run_id = create_trial_run(client, self.experiment_id, sweep=self.sweep, sweep_id=self.sweep_id,
-                                      trial_id=trial_id, parent_run_id=self.parent_run_id,
-                                      run_name=trial_run_name(self._params(trial), trial_id,
-                                                              self.indices.get(trial_id)),
-                                      teacher_key=self._config(trial).teacher_key())
+            run_id = create_trial_run(
+                client,
+                self.experiment_id,
+                sweep=self.sweep,
+                sweep_id=self.sweep_id,
+                trial_id=trial_id,
+                parent_run_id=self.parent_run_id,
+                run_name=trial_run_name(self._params(trial), trial_id, self.indices.get(trial_id)),
+                teacher_key=self._config(trial).teacher_key(),
+            )
         self.run_ids[trial_id] = run_id
         return run_id
 
@@ -366,8 +427,10 @@ class MlflowTrialCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "stage" in result and "epoch" in result and R2_FINAL not in result:
             record = dict(result)
-            self._write(trial, lambda c, run_id: log_epochs(c, run_id, [record],
-                                                            self.logged_steps.setdefault(trial.trial_id, {})))
+            self._write(
+                trial,
+                lambda c, run_id: log_epochs(c, run_id, [record], self.logged_steps.setdefault(trial.trial_id, {})),
+            )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
@@ -376,8 +439,12 @@ class MlflowTrialCallback(Callback):
             return
         out_dir = Path(result["out_dir"])
         saved = json.loads((out_dir / RESULT_ARTIFACT).read_text())
-        self._write(trial, lambda c, run_id: log_result(c, run_id, saved, out_dir=out_dir,
-                                                        logged=self.logged_steps.setdefault(trial.trial_id, {})))
+        self._write(
+            trial,
+            lambda c, run_id: log_result(
+                c, run_id, saved, out_dir=out_dir, logged=self.logged_steps.setdefault(trial.trial_id, {})
+            ),
+        )
         self._finish(trial, FINISHED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -427,14 +494,19 @@ def start_system_metrics(run_id: str, tracking_uri: str):
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=float(os.environ.get("RAPTOR_SYSTEM_METRICS_S", "10")),
-                                   samples_before_logging=1, tracking_uri=tracking_uri)
+    monitor = SystemMetricsMonitor(
+        run_id,
+        sampling_interval=float(os.environ.get("RAPTOR_SYSTEM_METRICS_S", "10")),
+        samples_before_logging=1,
+        tracking_uri=tracking_uri,
+    )
     monitor.start()
     return monitor
 
 
-def finish_parent(client: MlflowClient, parent_run_id: str, summary: dict[str, float], status: str = "FINISHED"
-                  ) -> None:
+def finish_parent(
+    client: MlflowClient, parent_run_id: str, summary: dict[str, float], status: str = "FINISHED"
+) -> None:
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
     client.set_terminated(parent_run_id, status=status)

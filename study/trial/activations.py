@@ -5,6 +5,7 @@ disk) of shape [N, L+1, T, D] plus labels [N]. x_0 is the embedded tokens
 after the position embedding (and timm's norm_pre); x_l is block l's output.
 Bytes per sample: (L+1) * T * D * itemsize (4 for float32, 2 for float16).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,18 @@ def bytes_per_sample(num_layers: int, num_tokens: int, width: int, dtype: str) -
     return (num_layers + 1) * num_tokens * width * np.dtype(dtype).itemsize
 
 
-def write_states(model: VisionTransformer, dataset: Dataset, device: torch.device, dtype: str, amp: bool,
-                 batch_size: int, tmp: Path, progress: bool, label: str, labels_out: list) -> None:
+def write_states(
+    model: VisionTransformer,
+    dataset: Dataset,
+    device: torch.device,
+    dtype: str,
+    amp: bool,
+    batch_size: int,
+    tmp: Path,
+    progress: bool,
+    label: str,
+    labels_out: list,
+) -> None:
     """Write x_0..x_L of every image of `dataset` to a new `.npy` memmap at `tmp` ([N, L+1, T, D], `dtype`).
 
     Batches of `batch_size` go through the teacher on `device` (bf16 autocast when `amp`); each batch's
@@ -47,7 +58,7 @@ def write_states(model: VisionTransformer, dataset: Dataset, device: torch.devic
             with autocast(device, amp):
                 states = teacher_states(model, images.to(device, non_blocking=True))
             # cast to the cache dtype on the device: half the device-to-host bytes for float16, no host-side cast
-            out[offset:offset + len(images)] = states.to(getattr(torch, dtype)).cpu().numpy()
+            out[offset : offset + len(images)] = states.to(getattr(torch, dtype)).cpu().numpy()
             offset += len(images)
             bar.update(task, advance=len(images))
     out.flush()
@@ -61,8 +72,15 @@ def _write_labels(dataset: Dataset, tmp: Path, seen: list) -> None:
         np.save(fh, torch.cat(batches).numpy().astype(np.int64))
 
 
-def cached_states(cfg: TrialConfig, model: VisionTransformer, teacher_key: str, dataset: Dataset, split: str,
-                  device: torch.device, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def cached_states(
+    cfg: TrialConfig,
+    model: VisionTransformer,
+    teacher_key: str,
+    dataset: Dataset,
+    split: str,
+    device: torch.device,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
     """(states [N, L+1, T, D] memmap, labels [N]) for one split, extracting them once.
 
     With `data.raptor_samples`, `dataset` is that stratified subset of the split and the files say so."""
@@ -74,7 +92,9 @@ def cached_states(cfg: TrialConfig, model: VisionTransformer, teacher_key: str, 
     seen_labels: list[torch.Tensor] = []
     cache.get_or_create(
         states_path,
-        lambda tmp: write_states(model, dataset, device, dtype, cfg.runtime.amp, batch_size, tmp, cfg.runtime.progress, split, seen_labels),
+        lambda tmp: write_states(
+            model, dataset, device, dtype, cfg.runtime.amp, batch_size, tmp, cfg.runtime.progress, split, seen_labels
+        ),
         what="activation cache",
     )
     cache.get_or_create(labels_path, lambda tmp: _write_labels(dataset, tmp, seen_labels), what="label cache")

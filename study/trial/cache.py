@@ -7,14 +7,15 @@ truncated or corrupted file is detected, deleted and rebuilt, never loaded.
 A file lock per entry makes concurrent trials (processes, Ray workers, nodes
 sharing a folder) build each entry once: the others wait, then load it.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from filelock import FileLock
 

@@ -12,6 +12,7 @@ Images come out as float32 tensors [C, H, W] matching an `ImageSpec`
 (channels, side, mean, std); for pretrained timm teachers the spec is the
 model's own data config, so preprocessing matches the teacher.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,13 +57,20 @@ SPLIT_NAMES = ("train", "val", "test")
 DIGITS_SPEC = ImageSpec(in_chans=1, size=8, mean=(0.30,), std=(0.38,))
 CIFAR_SPEC = ImageSpec(in_chans=3, size=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 FASHION_SPEC = ImageSpec(in_chans=1, size=28, mean=(0.2860,), std=(0.3530,))  # train-file pixel mean / std
-IMAGEFOLDER_SPEC = ImageSpec(in_chans=3, size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875)
+IMAGEFOLDER_SPEC = ImageSpec(
+    in_chans=3, size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875
+)
 
 
 def native_spec(cfg: DataConfig) -> ImageSpec:
     """The spec a from-scratch teacher uses for this dataset (honouring data.image_size)."""
-    base = {"digits": DIGITS_SPEC, "fashion_mnist": FASHION_SPEC, "cifar10": CIFAR_SPEC, "cifar100": CIFAR_SPEC,
-            "imagefolder": IMAGEFOLDER_SPEC}[cfg.name]
+    base = {
+        "digits": DIGITS_SPEC,
+        "fashion_mnist": FASHION_SPEC,
+        "cifar10": CIFAR_SPEC,
+        "cifar100": CIFAR_SPEC,
+        "imagefolder": IMAGEFOLDER_SPEC,
+    }[cfg.name]
     if cfg.image_size is None:
         return base
     return ImageSpec(base.in_chans, cfg.image_size, base.mean, base.std, base.interpolation, base.crop_pct)
@@ -73,7 +81,11 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     order = np.random.default_rng(seed).permutation(n)
     n_test = max(1, round(n * test_fraction))
     n_val = max(1, round(n * val_fraction))
-    return {"test": np.sort(order[:n_test]), "val": np.sort(order[n_test:n_test + n_val]), "train": np.sort(order[n_test + n_val:])}
+    return {
+        "test": np.sort(order[:n_test]),
+        "val": np.sort(order[n_test : n_test + n_val]),
+        "train": np.sort(order[n_test + n_val :]),
+    }
 
 
 def _train_val_indices(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +100,9 @@ def _cap(indices: np.ndarray, cfg: DataConfig, labels: np.ndarray | None, split:
     if cfg.max_samples is None or cfg.max_samples >= len(indices):
         return indices
     seed = cfg.split_seed * 1_000 + SPLIT_NAMES.index(split)  # each split its own draw
-    chosen = stratified_subset(None if labels is None else labels[indices], cfg.max_samples, seed,
-                               num_items=len(indices))
+    chosen = stratified_subset(
+        None if labels is None else labels[indices], cfg.max_samples, seed, num_items=len(indices)
+    )
     return indices[chosen]
 
 
@@ -100,7 +113,9 @@ def _tensor_transform(images: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
             raise ConfigError(f"data: cannot map {images.shape[1]} channels to the teacher's {spec.in_chans}")
         images = images.expand(-1, spec.in_chans, -1, -1)
     if images.shape[-1] != spec.size or images.shape[-2] != spec.size:
-        images = torch.nn.functional.interpolate(images, size=(spec.size, spec.size), mode="bilinear", align_corners=False)
+        images = torch.nn.functional.interpolate(
+            images, size=(spec.size, spec.size), mode="bilinear", align_corners=False
+        )
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     return ((images - mean) / std).contiguous()

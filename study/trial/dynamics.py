@@ -23,6 +23,7 @@ m in {teacher, raptor} and L the depth:
                                                  phase / across a phase boundary
 Metrics that are undefined for a trial (no inter pairs when k = 1, ...) are left out.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -69,6 +70,7 @@ def _teacher_layers(model: VisionTransformer) -> Callable[[torch.Tensor, int, in
         for block in model.blocks[start:stop]:
             x = block(x)
             yield x
+
     return run
 
 
@@ -78,6 +80,7 @@ def _raptor_layers(raptor: Raptor) -> Callable[[torch.Tensor, int, int], Iterato
         for layer in range(start + 1, stop + 1):
             x = raptor.step(x, layer, scales)
             yield x
+
     return run
 
 
@@ -86,21 +89,31 @@ def raptor_states(raptor: Raptor, x0: np.ndarray, device: torch.device | str, ch
     """The Raptor's trajectory from the teacher's x_0 [N, T, D]: [N, L+1, T, D] float32 (x_0 included)."""
     out = []
     for start in range(0, len(x0), chunk):
-        x = torch.from_numpy(np.array(x0[start:start + chunk], dtype=np.float32)).to(device)
+        x = torch.from_numpy(np.array(x0[start : start + chunk], dtype=np.float32)).to(device)
         out.append(torch.cat([x[:, None], raptor.rollout(x).float()], dim=1).cpu().numpy())
     return np.concatenate(out)
 
 
-def _curves(states: np.ndarray, run_layers, num_registers: int, perturb_layer: int, eps: float, seed: int,
-            device: torch.device | str) -> dict[str, list[float]]:
+def _curves(
+    states: np.ndarray,
+    run_layers,
+    num_registers: int,
+    perturb_layer: int,
+    eps: float,
+    seed: int,
+    device: torch.device | str,
+) -> dict[str, list[float]]:
     states = torch.from_numpy(states).to(device)  # once: every read-out below runs where the models are
     gamma = directional_convergence(states, num_registers)
     speed = angular_speed(states, num_registers)
-    curves = {"gamma_cls": gamma["cls"], "gamma_patch": gamma["patch"],
-              **{f"speed_{group}": values for group, values in speed.items()},
-              "coherence": patch_coherence(states, num_registers),
-              "stable_rank": update_stable_rank(states),
-              "recovery": perturbation_recovery(run_layers, states, perturb_layer, eps, seed, chunk=64, device=device)}
+    curves = {
+        "gamma_cls": gamma["cls"],
+        "gamma_patch": gamma["patch"],
+        **{f"speed_{group}": values for group, values in speed.items()},
+        "coherence": patch_coherence(states, num_registers),
+        "stable_rank": update_stable_rank(states),
+        "recovery": perturbation_recovery(run_layers, states, perturb_layer, eps, seed, chunk=64, device=device),
+    }
     return {name: [float(v) for v in values] for name, values in curves.items()}
 
 
@@ -123,9 +136,18 @@ def _summary(model: str, curves: dict[str, list[float]]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def trial_dynamics(teacher_model: VisionTransformer, raptor: Raptor, test_states: Any, labels: Any, readout: Readout,
-                   phase_bounds: Sequence[Sequence[int]], num_registers: int, cfg: DynamicsConfig, seed: int = 0,
-                   device: torch.device | str = "cpu") -> tuple[dict[str, float], dict]:
+def trial_dynamics(
+    teacher_model: VisionTransformer,
+    raptor: Raptor,
+    test_states: Any,
+    labels: Any,
+    readout: Readout,
+    phase_bounds: Sequence[Sequence[int]],
+    num_registers: int,
+    cfg: DynamicsConfig,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, float], dict]:
     """Dynamics of teacher and Raptor on the first `cfg.num_samples` test samples.
 
     `test_states` [N, L+1, T, D] (teacher, e.g. the cache memmap), `labels` [N], `readout(x_L)`
@@ -143,18 +165,29 @@ def trial_dynamics(teacher_model: VisionTransformer, raptor: Raptor, test_states
     try:
         student = raptor_states(raptor, teacher[:, 0], device)
         curves: dict[str, Any] = {"num_samples": n, "perturb_layer": layer, "eps": cfg.eps}
-        curves["teacher"] = _curves(teacher, _teacher_layers(teacher_model), num_registers, layer, cfg.eps, seed, device)
+        curves["teacher"] = _curves(
+            teacher, _teacher_layers(teacher_model), num_registers, layer, cfg.eps, seed, device
+        )
         curves["raptor"] = _curves(student, _raptor_layers(raptor), num_registers, layer, cfg.eps, seed, device)
     finally:
         raptor.train(was_training)
     metrics = {**_summary("teacher", curves["teacher"]), **_summary("raptor", curves["raptor"])}
     if cfg.swaps and num_layers >= 2:
         intra, inter = swap_pairs(phase_bounds)
-        acc = layer_swap_accuracy(list(teacher_model.blocks), teacher[:, 0], readout, np.asarray(labels[:n]),
-                                  [(1, 1), *intra, *inter], chunk=64, device=device)
-        curves["swap"] = {"baseline_acc": acc[(1, 1)],
-                          "intra": [[i, j, acc[(i, j)]] for i, j in intra],
-                          "inter": [[i, j, acc[(i, j)]] for i, j in inter]}
+        acc = layer_swap_accuracy(
+            list(teacher_model.blocks),
+            teacher[:, 0],
+            readout,
+            np.asarray(labels[:n]),
+            [(1, 1), *intra, *inter],
+            chunk=64,
+            device=device,
+        )
+        curves["swap"] = {
+            "baseline_acc": acc[(1, 1)],
+            "intra": [[i, j, acc[(i, j)]] for i, j in intra],
+            "inter": [[i, j, acc[(i, j)]] for i, j in inter],
+        }
         metrics[SWAP_BASELINE] = float(acc[(1, 1)])
         for kind, pairs in (("intra", intra), ("inter", inter)):
             if pairs:

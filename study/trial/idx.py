@@ -10,6 +10,7 @@ dataset's own test file is the test split.
 IDX format (the files' own documentation): a 4-byte magic `0x00 0x00 <type> <ndim>`,
 then `ndim` big-endian uint32 sizes, then the data in C order, big-endian.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -29,12 +30,28 @@ FASHION_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 # IDX type byte -> numpy dtype (big-endian where it matters)
-_IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def parse_idx(blob: bytes, name: str = "IDX data") -> np.ndarray:
@@ -51,7 +68,9 @@ def parse_idx(blob: bytes, name: str = "IDX data") -> np.ndarray:
     dtype = _IDX_TYPES[kind]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(blob) - header != expected:
-        raise ConfigError(f"data.path: {name} holds {len(blob) - header} data bytes, its header {shape} needs {expected}")
+        raise ConfigError(
+            f"data.path: {name} holds {len(blob) - header} data bytes, its header {shape} needs {expected}"
+        )
     data = np.frombuffer(blob, dtype=dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="), copy=False) if dtype.byteorder == ">" else data
 
@@ -128,8 +147,10 @@ def load_fashion_arrays(cfg: DataConfig) -> dict[str, np.ndarray]:
 def fashion_datasets(cfg: DataConfig, transform) -> tuple[GreyImages, GreyImages]:
     """(train-file dataset, test-file dataset), images transformed by `transform` on access."""
     arrays = load_fashion_arrays(cfg)
-    return (GreyImages(arrays["train_images"], arrays["train_labels"], transform),
-            GreyImages(arrays["test_images"], arrays["test_labels"], transform))
+    return (
+        GreyImages(arrays["train_images"], arrays["train_labels"], transform),
+        GreyImages(arrays["test_images"], arrays["test_labels"], transform),
+    )
 
 
 def subset(dataset: Dataset, indices: np.ndarray) -> Subset:

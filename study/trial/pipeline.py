@@ -11,15 +11,17 @@ Stages: `prepare` (teacher, states, similarity, partition; cached and shared
 across trials), `DistillRunner.distill`, `evaluate` (fidelity on the test
 split, the search objective on the validation split), `write_outputs`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -85,8 +87,9 @@ class Prepared:
     r2_pooled: dict[str, list[float]] | None = None  # pooled R^2 per layer of the last `evaluate`
 
 
-def similarity_matrices(states: np.ndarray, num_registers: int, device: torch.device | None = None
-                        ) -> dict[str, np.ndarray]:
+def similarity_matrices(
+    states: np.ndarray, num_registers: int, device: torch.device | None = None
+) -> dict[str, np.ndarray]:
     """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity. On a GPU `device`
     the sums are batched matmuls there (the states stream to it chunk by chunk)."""
     device = device if device is not None and device.type == "cuda" else None
@@ -97,8 +100,9 @@ def similarity_matrices(states: np.ndarray, num_registers: int, device: torch.de
     }
 
 
-def teacher_and_states(cfg: TrialConfig, device: torch.device, splits: tuple[str, ...] = SPLIT_NAMES
-                       ) -> tuple[Teacher, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def teacher_and_states(
+    cfg: TrialConfig, device: torch.device, splits: tuple[str, ...] = SPLIT_NAMES
+) -> tuple[Teacher, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The trial's teacher and its cached states/labels per split (trained/extracted once, then cache hits).
 
     The dataset itself is only loaded when something has to be computed."""
@@ -139,12 +143,17 @@ def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
     check_boundaries(cfg.partition.boundaries_for(cfg.raptor.k), cfg.raptor.k, teacher.depth)
     t0 = time.perf_counter()
     # subsets are seeded by the data split seed, so every trial of one teacher shares them (docs/science.md §5, §7)
-    subsets = {"similarity": stratified_subset(labels["train"], cfg.similarity.num_samples, cfg.data.split_seed + 11),
-               "dynamics": stratified_subset(labels["test"], cfg.dynamics.num_samples, cfg.data.split_seed + 12)}
-    similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers,
-                                     device)
-    partition, info = choose_partition(1.0 - similarity[cfg.similarity.partition_on], cfg.raptor.k,
-                                       cfg.partition.method, cfg.partition.boundaries_for(cfg.raptor.k))
+    subsets = {
+        "similarity": stratified_subset(labels["train"], cfg.similarity.num_samples, cfg.data.split_seed + 11),
+        "dynamics": stratified_subset(labels["test"], cfg.dynamics.num_samples, cfg.data.split_seed + 12),
+    }
+    similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers, device)
+    partition, info = choose_partition(
+        1.0 - similarity[cfg.similarity.partition_on],
+        cfg.raptor.k,
+        cfg.partition.method,
+        cfg.partition.boundaries_for(cfg.raptor.k),
+    )
     timings["similarity_s"] = time.perf_counter() - t0
     return Prepared(cfg, device, teacher, states, labels, similarity, partition, info, subsets, timings)
 
@@ -171,8 +180,13 @@ class _LazySplit(torch.utils.data.Dataset):
 def build_raptor(cfg: TrialConfig, teacher: Teacher, phase_bounds) -> Raptor:
     """The trial's Raptor at init (seeded by `cfg.seed`)."""
     seed_everything(cfg.seed)
-    return Raptor(teacher.model, phase_bounds, init=cfg.raptor.init,
-                  layerscale_init=cfg.raptor.layerscale_init, cond_hidden=cfg.raptor.cond_hidden)
+    return Raptor(
+        teacher.model,
+        phase_bounds,
+        init=cfg.raptor.init,
+        layerscale_init=cfg.raptor.layerscale_init,
+        cond_hidden=cfg.raptor.cond_hidden,
+    )
 
 
 OnEpoch = Callable[[dict], None]
@@ -181,8 +195,9 @@ OnEpoch = Callable[[dict], None]
 class DistillRunner(Protocol):
     """Where a trial's two distillation stages execute. Returns the trained Raptor and per-epoch records."""
 
-    def distill(self, prepared: Prepared, out_dir: Path, on_epoch: OnEpoch | None = None) -> tuple[Raptor, list[dict]]:
-        ...
+    def distill(
+        self, prepared: Prepared, out_dir: Path, on_epoch: OnEpoch | None = None
+    ) -> tuple[Raptor, list[dict]]: ...
 
 
 class InProcess:
@@ -207,9 +222,18 @@ class InProcess:
             if on_epoch:
                 on_epoch(record)
 
-        history = run_distillation(raptor, prepared.states["train"], prepared.states["val"], cfg.distill, cfg.runtime,
-                                   prepared.device, prepared.teacher.num_registers, cfg.seed, resume=resume,
-                                   on_epoch=checkpoint)
+        history = run_distillation(
+            raptor,
+            prepared.states["train"],
+            prepared.states["val"],
+            cfg.distill,
+            cfg.runtime,
+            prepared.device,
+            prepared.teacher.num_registers,
+            cfg.seed,
+            resume=resume,
+            on_epoch=checkpoint,
+        )
         return raptor, history
 
     def cleanup(self, out_dir: Path) -> None:
@@ -221,15 +245,18 @@ def teacher_probe_features(prepared: Prepared, split: str, batch_size: int = 512
     """The teacher's probe features (final-norm cls ++ final-norm mean patch of x_L, docs/science.md §5): [N, 2D]."""
     states = prepared.states[split]
     norm, registers = prepared.teacher.model.norm, prepared.teacher.num_registers
-    out = [probe_features(norm, torch.from_numpy(np.array(states[i:i + batch_size, -1])).float().to(prepared.device),
-                          registers).cpu()
-           for i in range(0, len(states), batch_size)]
+    out = [
+        probe_features(
+            norm, torch.from_numpy(np.array(states[i : i + batch_size, -1])).float().to(prepared.device), registers
+        ).cpu()
+        for i in range(0, len(states), batch_size)
+    ]
     return torch.cat(out)
 
 
 def teacher_features(prepared: Prepared, split: str, batch_size: int = 512) -> torch.Tensor:
     """The teacher's readout features (final norm on cls of x_L) for a split: [N, D]."""
-    return teacher_probe_features(prepared, split, batch_size)[:, :prepared.teacher.width]
+    return teacher_probe_features(prepared, split, batch_size)[:, : prepared.teacher.width]
 
 
 def floor_raptor(cfg: TrialConfig, teacher: Teacher, phase_bounds) -> Raptor:
@@ -237,8 +264,13 @@ def floor_raptor(cfg: TrialConfig, teacher: Teacher, phase_bounds) -> Raptor:
     without touching the global RNG state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return Raptor(teacher.model, phase_bounds, init="random", layerscale_init=cfg.raptor.layerscale_init,
-                      cond_hidden=cfg.raptor.cond_hidden)
+        return Raptor(
+            teacher.model,
+            phase_bounds,
+            init="random",
+            layerscale_init=cfg.raptor.layerscale_init,
+            cond_hidden=cfg.raptor.cond_hidden,
+        )
 
 
 def probe_metrics(prepared: Prepared, raptor: Raptor, raptor_test: torch.Tensor) -> tuple[dict[str, float], object]:
@@ -253,18 +285,30 @@ def probe_metrics(prepared: Prepared, raptor: Raptor, raptor_test: torch.Tensor)
     floor = floor_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds).to(device)
     floor_train = rollout_features(floor, prepared.states["train"], device, amp)
     floor_test = rollout_features(floor, prepared.states["test"], device, amp)
-    acc = {name: own_probe_accuracy(train, y_train, test, y_test, seed=cfg.seed)
-           for name, (train, test) in {"teacher": (teacher_train, teacher_test), "raptor": (raptor_train, raptor_test),
-                                       "floor": (floor_train, floor_test)}.items()}
+    acc = {
+        name: own_probe_accuracy(train, y_train, test, y_test, seed=cfg.seed)
+        for name, (train, test) in {
+            "teacher": (teacher_train, teacher_test),
+            "raptor": (raptor_train, raptor_test),
+            "floor": (floor_train, floor_test),
+        }.items()
+    }
     recovery = probe_recovery(acc["teacher"], acc["raptor"], acc["floor"])
     # the transfer measure (the study's acc.ratio before docs/science.md §5 took the paper's protocol): the teacher's
     # probe on its cls readout, applied to the Raptor's cls readout
     cls_probe = fit_linear_probe(teacher_train[:, :width].numpy(), y_train, seed=cfg.seed)
     transfer = task_fidelity(cls_probe, teacher_test[:, :width].numpy(), raptor_test[:, :width].numpy(), y_test)
-    metrics = {ACC_TEACHER: acc["teacher"], ACC_RAPTOR: acc["raptor"], ACC_RATIO: recovery["ratio"],
-               ACC_FLOOR: acc["floor"], ACC_RECOVERED: recovery["recovered"],
-               ACC_TRANSFER_TEACHER: transfer["acc_teacher"], ACC_TRANSFER: transfer["acc_raptor"],
-               ACC_TRANSFER_RATIO: transfer["acc_ratio"], ACC_AGREEMENT: transfer["agreement"]}
+    metrics = {
+        ACC_TEACHER: acc["teacher"],
+        ACC_RAPTOR: acc["raptor"],
+        ACC_RATIO: recovery["ratio"],
+        ACC_FLOOR: acc["floor"],
+        ACC_RECOVERED: recovery["recovered"],
+        ACC_TRANSFER_TEACHER: transfer["acc_teacher"],
+        ACC_TRANSFER: transfer["acc_raptor"],
+        ACC_TRANSFER_RATIO: transfer["acc_ratio"],
+        ACC_AGREEMENT: transfer["agreement"],
+    }
     return metrics, cls_probe
 
 
@@ -292,8 +336,9 @@ def class_share_metrics(prepared: Prepared) -> dict[str, float]:
 def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Fidelity on the test split -> (flat metrics, R^2 per layer by token group)."""
     cfg = prepared.cfg
-    r2, r2_pooled, raptor_feats = evaluate_fidelity(raptor, prepared.states["test"], prepared.teacher.num_registers,
-                                                    prepared.device, cfg.runtime.amp)
+    r2, r2_pooled, raptor_feats = evaluate_fidelity(
+        raptor, prepared.states["test"], prepared.teacher.num_registers, prepared.device, cfg.runtime.amp
+    )
     task, probe = probe_metrics(prepared, raptor, raptor_feats)
     metrics: dict[str, float] = {}
     if prepared.teacher.test_acc is not None:
@@ -310,8 +355,9 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
             metrics[r2_metric(kind, "mean", group)] = float(np.mean(values[group]))
     metrics.update(task)
     metrics.update(class_share_metrics(prepared))
-    val_r2 = evaluate_fidelity(raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device,
-                               cfg.runtime.amp).r2
+    val_r2 = evaluate_fidelity(
+        raptor, prepared.states["val"], prepared.teacher.num_registers, prepared.device, cfg.runtime.amp
+    ).r2
     metrics[VAL_R2] = float(val_r2["all"][-1])  # the search objective, on the validation split
     prepared.dynamics = None
     if cfg.dynamics.enabled:
@@ -319,10 +365,17 @@ def evaluate(prepared: Prepared, raptor: Raptor) -> tuple[dict[str, float], dict
         teacher = prepared.teacher
         subset = prepared.subsets["dynamics"]
         dyn_metrics, prepared.dynamics = trial_dynamics(
-            teacher.model, raptor, take_rows(prepared.states["test"], subset),
+            teacher.model,
+            raptor,
+            take_rows(prepared.states["test"], subset),
             np.asarray(prepared.labels["test"])[subset],
             swap_readout(teacher.model, probe),
-            prepared.partition.phase_bounds, teacher.num_registers, cfg.dynamics, seed=cfg.seed, device=prepared.device)
+            prepared.partition.phase_bounds,
+            teacher.num_registers,
+            cfg.dynamics,
+            seed=cfg.seed,
+            device=prepared.device,
+        )
         metrics.update(dyn_metrics)
         prepared.timings["dynamics_s"] = time.perf_counter() - t0
     prepared.r2_pooled = {group: [float(v) for v in values] for group, values in r2_pooled.items()}
@@ -334,26 +387,45 @@ def dataset_record(prepared: Prepared) -> dict:
     every split's labels, per split and overall (equal digests: the same splits, as far as labels can tell)."""
     data = prepared.cfg.data.model_dump(mode="json")
     config = json.dumps(data, sort_keys=True).encode()
-    digests = {split: hashlib.sha256(config + split.encode() + np.ascontiguousarray(labels).tobytes()).hexdigest()[:16]
-               for split, labels in sorted(prepared.labels.items())}
-    return {"name": data["name"], "splits": {split: int(len(labels)) for split, labels in prepared.labels.items()},
-            "digest": hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:16], "digests": digests,
-            "source": data}
+    digests = {
+        split: hashlib.sha256(config + split.encode() + np.ascontiguousarray(labels).tobytes()).hexdigest()[:16]
+        for split, labels in sorted(prepared.labels.items())
+    }
+    return {
+        "name": data["name"],
+        "splits": {split: int(len(labels)) for split, labels in prepared.labels.items()},
+        "digest": hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:16],
+        "digests": digests,
+        "source": data,
+    }
 
 
-def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float], r2_per_layer: dict[str, list[float]],
-                  history: list[dict], out_dir: Path) -> dict:
+def write_outputs(
+    prepared: Prepared,
+    raptor: Raptor,
+    metrics: dict[str, float],
+    r2_per_layer: dict[str, list[float]],
+    history: list[dict],
+    out_dir: Path,
+) -> dict:
     """Write Parquet tables, figures, config, the Raptor weights and (last) result.json into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg, teacher = prepared.cfg, prepared.teacher
     result = {
         "config": cfg.to_dict(),
-        "teacher": {"key": teacher.key, "depth": teacher.depth, "width": teacher.width,
-                    "num_registers": teacher.num_registers, "test_acc": teacher.test_acc},
+        "teacher": {
+            "key": teacher.key,
+            "depth": teacher.depth,
+            "width": teacher.width,
+            "num_registers": teacher.num_registers,
+            "test_acc": teacher.test_acc,
+        },
         "similarity": {kind: matrix.tolist() for kind, matrix in prepared.similarity.items()},
         "partition": {**prepared.partition.to_dict(), "method": cfg.partition.method, **prepared.partition_info},
-        DATA_KEY: {"class_counts": {name: class_counts(labels) for name, labels in subset_labels(prepared).items()},
-                   **dataset_record(prepared)},
+        DATA_KEY: {
+            "class_counts": {name: class_counts(labels) for name, labels in subset_labels(prepared).items()},
+            **dataset_record(prepared),
+        },
         "r2_per_layer": r2_per_layer,
         "r2_pooled_per_layer": prepared.r2_pooled,
         "metrics": metrics,
@@ -367,20 +439,30 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
     t0 = time.perf_counter()
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     pooled = prepared.r2_pooled or {}
-    rows = [{"layer": layer, "group": group, "r2": value,
-             "r2_pooled": pooled.get(group, [np.nan] * len(values))[layer - 1]}
-            for group, values in r2_per_layer.items() for layer, value in enumerate(values, start=1)]
+    rows = [
+        {"layer": layer, "group": group, "r2": value, "r2_pooled": pooled.get(group, [np.nan] * len(values))[layer - 1]}
+        for group, values in r2_per_layer.items()
+        for layer, value in enumerate(values, start=1)
+    ]
     pd.DataFrame(rows).to_parquet(out_dir / "r2_per_layer.parquet", index=False)
     pd.DataFrame(history).to_parquet(out_dir / "history.parquet", index=False)
-    figures.save(figures.similarity_heatmap(prepared.similarity["cosine"], prepared.partition.phase_bounds,
-                                            title=f"cosine similarity, k={prepared.partition.k}"), out_dir / "similarity.png")
+    figures.save(
+        figures.similarity_heatmap(
+            prepared.similarity["cosine"],
+            prepared.partition.phase_bounds,
+            title=f"cosine similarity, k={prepared.partition.k}",
+        ),
+        out_dir / "similarity.png",
+    )
     figures.save(figures.r2_curves(r2_per_layer), out_dir / "r2_per_layer.png")
     if prepared.dynamics is not None:
         figures.save(figures.dynamics_figure(prepared.dynamics), out_dir / "dynamics.png", dpi=110)
         if "swap" in prepared.dynamics:
             figures.save(figures.layer_swaps_figure(prepared.dynamics["swap"]), out_dir / "layer_swaps.png")
-    torch.save({"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
-               out_dir / "raptor.pt")
+    torch.save(
+        {"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
+        out_dir / "raptor.pt",
+    )
     result["timings"]["write_s"] = time.perf_counter() - t0
     result["timings"]["written_unix"] = time.time()  # wall clock: a sweep lines trials up against Tune's events
     # written last and atomically: its presence marks the trial folder complete
@@ -388,8 +470,9 @@ def write_outputs(prepared: Prepared, raptor: Raptor, metrics: dict[str, float],
     return result
 
 
-def run_trial(cfg: TrialConfig, out_dir: Path, runner: DistillRunner | None = None,
-              on_epoch: OnEpoch | None = None) -> dict:
+def run_trial(
+    cfg: TrialConfig, out_dir: Path, runner: DistillRunner | None = None, on_epoch: OnEpoch | None = None
+) -> dict:
     """Run every stage of one trial and write its folder; `runner` picks where distillation runs."""
     runner = runner or InProcess()
     t_start, started_unix = time.perf_counter(), time.time()

@@ -2,12 +2,13 @@
 AdamW + warmup-cosine, checkpointed per epoch (resumable) and cached by the
 hash of what determines their weights, or loaded pretrained (timm name,
 local checkpoint file or HF-style folder, or an ONNX file converted by study/trial/onnx_vit.py)."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch
@@ -58,10 +59,20 @@ class Teacher:
 def build_scratch_model(cfg: TrialConfig, spec: ImageSpec, num_classes: int) -> VisionTransformer:
     t = cfg.teacher
     return VisionTransformer(
-        img_size=spec.size, patch_size=t.patch_size, in_chans=spec.in_chans, num_classes=num_classes,
-        embed_dim=t.width, depth=t.depth, num_heads=t.heads, mlp_ratio=t.mlp_ratio,
-        reg_tokens=t.registers, no_embed_class=False, init_values=t.layerscale_init,
-        drop_path_rate=t.sd_rate, class_token=True, global_pool="token",
+        img_size=spec.size,
+        patch_size=t.patch_size,
+        in_chans=spec.in_chans,
+        num_classes=num_classes,
+        embed_dim=t.width,
+        depth=t.depth,
+        num_heads=t.heads,
+        mlp_ratio=t.mlp_ratio,
+        reg_tokens=t.registers,
+        no_embed_class=False,
+        init_values=t.layerscale_init,
+        drop_path_rate=t.sd_rate,
+        class_token=True,
+        global_pool="token",
     )
 
 
@@ -91,8 +102,12 @@ def build_pretrained_model(cfg: TrialConfig) -> VisionTransformer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)
             if t.source == "checkpoint":
-                model = timm.create_model(t.timm_name, pretrained=True,
-                                          pretrained_cfg_overlay={"file": _checkpoint_file(t.checkpoint)}, **kwargs)
+                model = timm.create_model(
+                    t.timm_name,
+                    pretrained=True,
+                    pretrained_cfg_overlay={"file": _checkpoint_file(t.checkpoint)},
+                    **kwargs,
+                )
             else:
                 model = timm.create_model(t.timm_name, pretrained=t.pretrained, **kwargs)
     except RuntimeError as err:
@@ -100,10 +115,14 @@ def build_pretrained_model(cfg: TrialConfig) -> VisionTransformer:
             raise ConfigError(f"teacher.timm_name: unknown timm model {t.timm_name!r}") from None
         raise
     if not isinstance(model, VisionTransformer):
-        raise ConfigError(f"teacher.timm_name: {t.timm_name!r} is a {type(model).__name__}, not a timm VisionTransformer")
+        raise ConfigError(
+            f"teacher.timm_name: {t.timm_name!r} is a {type(model).__name__}, not a timm VisionTransformer"
+        )
     patch = model.patch_embed.patch_size[0]
     if cfg.data.image_size is not None and cfg.data.image_size % patch:
-        raise ConfigError(f"data.image_size: must be a multiple of {t.timm_name}'s patch size {patch}, got {cfg.data.image_size}")
+        raise ConfigError(
+            f"data.image_size: must be a multiple of {t.timm_name}'s patch size {patch}, got {cfg.data.image_size}"
+        )
     return model
 
 
@@ -112,11 +131,20 @@ def pretrained_spec(model: VisionTransformer) -> ImageSpec:
     data_cfg = timm.data.resolve_data_config({}, model=model)
     chans = data_cfg["input_size"][0]
     size = model.patch_embed.img_size[0]
-    return ImageSpec(chans, size, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), data_cfg.get("interpolation", "bilinear"), data_cfg.get("crop_pct", 1.0))
+    return ImageSpec(
+        chans,
+        size,
+        tuple(data_cfg["mean"]),
+        tuple(data_cfg["std"]),
+        data_cfg.get("interpolation", "bilinear"),
+        data_cfg.get("crop_pct", 1.0),
+    )
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512, amp: bool = True) -> float:
+def accuracy(
+    model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512, amp: bool = True
+) -> float:
     model.eval()
     correct = total = 0
     for images, labels in DataLoader(dataset, batch_size=batch_size):
@@ -127,14 +155,22 @@ def accuracy(model: torch.nn.Module, dataset: Dataset, device: torch.device, bat
     return correct / max(1, total)
 
 
-def train_scratch(model: VisionTransformer, splits: Splits, cfg: TrialConfig, device: torch.device, resume_path: Path) -> list[dict]:
+def train_scratch(
+    model: VisionTransformer, splits: Splits, cfg: TrialConfig, device: torch.device, resume_path: Path
+) -> list[dict]:
     """AdamW + warmup-cosine training on the train split, resumable from `resume_path`.
 
     Returns the per-epoch history [{'epoch', 'loss', 'val_acc'}]."""
     t, rt = cfg.teacher, cfg.runtime
     generator = seed_everything(t.seed)
-    loader = DataLoader(splits.train, batch_size=t.batch_size, shuffle=True, generator=generator, drop_last=False,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        splits.train,
+        batch_size=t.batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=False,
+        pin_memory=device.type == "cuda",
+    )
     model.to(device)
     set_fused_attn(model, rt.fused_attn)
     tokens = model.patch_embed.num_patches + model.num_prefix_tokens
@@ -178,13 +214,23 @@ def train_scratch(model: VisionTransformer, splits: Splits, cfg: TrialConfig, de
                 running += step(images, labels) * len(labels)
                 scheduler.step()
                 seen += len(labels)
-            record = {"epoch": epoch, "loss": float(running) / seen, "val_acc": accuracy(model, splits.val, device, amp=rt.amp)}
+            record = {
+                "epoch": epoch,
+                "loss": float(running) / seen,
+                "val_acc": accuracy(model, splits.val, device, amp=rt.amp),
+            }
             history.append(record)
             bar.update(task, advance=1, info=f"loss {record['loss']:.3f} val_acc {record['val_acc']:.3f}")
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "generator": generator.get_state(), "history": history, "epoch": epoch,
-                     "torch_rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "history": history,
+                "epoch": epoch,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            }
             cache.atomic_write(resume_path, lambda tmp: torch.save(state, tmp))
     return history
 
@@ -224,9 +270,18 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[I
         model = build_scratch_model(cfg, spec, splits.num_classes)
         history = train_scratch(model, splits, cfg, device, resume_path=folder / f"{key}.resume.pt")
         test_acc = accuracy(model, splits.test, device, amp=cfg.runtime.amp)
-        torch.save({"state_dict": model.state_dict(), "num_classes": splits.num_classes, "spec": asdict(spec),
-                    "teacher": cfg.teacher.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-                    "history": history, "test_acc": test_acc}, tmp)
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "num_classes": splits.num_classes,
+                "spec": asdict(spec),
+                "teacher": cfg.teacher.model_dump(mode="json"),
+                "data": cfg.data.model_dump(mode="json"),
+                "history": history,
+                "test_acc": test_acc,
+            },
+            tmp,
+        )
 
     cache.get_or_create(path, train, what="teacher checkpoint")
     (folder / f"{key}.resume.pt").unlink(missing_ok=True)

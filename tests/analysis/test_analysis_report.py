@@ -80,8 +80,16 @@ def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)
     assert len(links) == 8 and all((folder / link).is_file() for link in links)
     assert "| finding | paper | this sweep | paper setting |" in markdown
-    for name in ("trials", "fits", "ranking", "fits_by_sd", "fits_by_k", "sd_trend", "dynamics_by_sd",
-                 "paper_comparison"):
+    for name in (
+        "trials",
+        "fits",
+        "ranking",
+        "fits_by_sd",
+        "fits_by_k",
+        "sd_trend",
+        "dynamics_by_sd",
+        "paper_comparison",
+    ):
         assert (folder / "tables" / f"{name}.csv").is_file()
     fits = pd.read_csv(folder / "tables" / "fits.csv").set_index(["y", "x"])
     planted = fits.loc[("r2.final", "phase.cosine.within_sim")]

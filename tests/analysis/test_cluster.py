@@ -20,8 +20,8 @@ from analysis.cluster import (
 )
 from analysis.load import load_trials
 from analysis.report import write_report
-from study.sweep.space import SweepSpec
 from analysis.synthetic import simulate_clustered, write_clustered_sweep
+from study.sweep.space import SweepSpec
 
 X, Y = "phase.cosine.within_sim", "r2_pooled.final"
 COVARIATES = ["raptor.k", "distill.stage2.lambda_cls"]
@@ -102,8 +102,10 @@ def test_fewer_than_five_teachers_give_no_r2_no_ci():
     summary = fit.summary()
     assert summary["r2"] is None and summary["slope_ci"] == [None, None]
     json.dumps(summary)
-    assert cluster_mean(trials["acc.ratio"] if "acc.ratio" in trials else trials[Y], trials["teacher.key"])["note"] \
+    assert (
+        cluster_mean(trials["acc.ratio"] if "acc.ratio" in trials else trials[Y], trials["teacher.key"])["note"]
         == "too few teachers (n = 4)"
+    )
     assert "too few teachers (n = 4)" in power(fit, trials).statement()
 
 

@@ -6,10 +6,19 @@ import pytest
 import torch
 
 from study.config import ConfigError, load_trial_config
-from study.science.distill import (GroupWeights, Stage1Objective, Stage2Objective, StateBatches, evaluate_fidelity,
-                           run_distillation, stage1_lambda, teacher_forcing_weight, train_step)
-from study.science.raptor import Raptor
 from study.runtime import seed_everything
+from study.science.distill import (
+    GroupWeights,
+    Stage1Objective,
+    Stage2Objective,
+    StateBatches,
+    evaluate_fidelity,
+    run_distillation,
+    stage1_lambda,
+    teacher_forcing_weight,
+    train_step,
+)
+from study.science.raptor import Raptor
 
 ONE_BLOCK_PER_LAYER = ((1, 1), (2, 2), (3, 3), (4, 4))
 TWO_PHASES = ((1, 3), (4, 4))
@@ -64,23 +73,31 @@ def test_group_weights_of_stage_config_are_renormalised_to_sum_one():
     cfg = load_trial_config()
     weights = GroupWeights.of(cfg.distill.stage2, num_registers=4)
     assert (weights.cls, weights.reg, weights.patch, weights.num_registers) == pytest.approx((0.45, 0.10, 0.45, 4))
-    doubled = load_trial_config(None, {"distill.stage2.lambda_cls": 0.9, "distill.stage2.lambda_reg": 0.2,
-                                       "distill.stage2.lambda_patch": 0.9}).distill.stage2
+    doubled = load_trial_config(
+        None, {"distill.stage2.lambda_cls": 0.9, "distill.stage2.lambda_reg": 0.2, "distill.stage2.lambda_patch": 0.9}
+    ).distill.stage2
     scaled = GroupWeights.of(doubled, 4)
     assert (scaled.cls, scaled.reg, scaled.patch) == pytest.approx((weights.cls, weights.reg, weights.patch))
     # without registers the register weight drops out and cls + patch sum to 1
     no_reg = GroupWeights.of(cfg.distill.stage1, num_registers=0)
     assert (no_reg.cls, no_reg.reg, no_reg.patch) == pytest.approx((0.34 / 0.67, 0.0, 0.33 / 0.67))
-    only_reg = load_trial_config(None, {"distill.stage1.lambda_cls": 0,
-                                        "distill.stage1.lambda_patch": 0}).distill.stage1
+    only_reg = load_trial_config(
+        None, {"distill.stage1.lambda_cls": 0, "distill.stage1.lambda_patch": 0}
+    ).distill.stage1
     with pytest.raises(ConfigError, match="distill.stage1"):
         GroupWeights.of(only_reg, 0, "stage1")
 
 
-@pytest.mark.parametrize("arm, mode, expected", [
-    ("tf_only", "loss_mix", [1.0, 1.0, 1.0]), ("ar_only", "loss_mix", [0.0, 0.0, 0.0]),
-    ("full", "loss_mix", [1.0, 0.5, 0.0]), ("ar_anneal", "loss_mix", [1.0, 0.5, 0.0]),
-    ("full", "input_mix", [0.5, 0.25, 0.0])])
+@pytest.mark.parametrize(
+    "arm, mode, expected",
+    [
+        ("tf_only", "loss_mix", [1.0, 1.0, 1.0]),
+        ("ar_only", "loss_mix", [0.0, 0.0, 0.0]),
+        ("full", "loss_mix", [1.0, 0.5, 0.0]),
+        ("ar_anneal", "loss_mix", [1.0, 0.5, 0.0]),
+        ("full", "input_mix", [0.5, 0.25, 0.0]),
+    ],
+)
 def test_stage1_lambda_per_arm_and_mode(arm, mode, expected):
     cfg = load_trial_config(None, {"distill.arm": arm, "distill.tf_mode": mode, "distill.anneal": 0.5}).distill
     assert [stage1_lambda(step, 100, cfg) for step in (0, 25, 50)] == pytest.approx(expected)
@@ -114,7 +131,7 @@ def test_stage1_teacher_forcing_feeds_teacher_states(prepared, teacher_model):
     weights = GroupWeights(0.34, 0.33, 0.33, 0)
     with torch.no_grad():
         scales = raptor.cond()
-        one_step = sum(weights.mse(raptor.step(states[:, l - 1], l, scales), states[:, l]) for l in range(1, 5)) / 4
+        one_step = sum(weights.mse(raptor.step(states[:, i - 1], i, scales), states[:, i]) for i in range(1, 5)) / 4
         forced = Stage1Objective(raptor, weights, 0.0)(states, lambda_tf=1.0)
         free = Stage1Objective(raptor, weights, 0.0)(states, lambda_tf=0.0)
     torch.testing.assert_close(forced, one_step)
@@ -171,8 +188,17 @@ def test_state_batches_resident_and_streaming_agree(prepared):
 
 # --- training ------------------------------------------------------------------------
 def _run(prepared, cfg, raptor, **kwargs):
-    return run_distillation(raptor, prepared.states["train"], prepared.states["val"], cfg.distill, cfg.runtime,
-                            torch.device("cpu"), 0, cfg.seed, **kwargs)
+    return run_distillation(
+        raptor,
+        prepared.states["train"],
+        prepared.states["val"],
+        cfg.distill,
+        cfg.runtime,
+        torch.device("cpu"),
+        0,
+        cfg.seed,
+        **kwargs,
+    )
 
 
 def _stage2_loss(raptor, states) -> float:
@@ -181,8 +207,10 @@ def _stage2_loss(raptor, states) -> float:
 
 
 def test_short_distillation_lowers_the_loss(prepared, teacher_model):
-    cfg = distill_cfg(prepared, {"distill.stage1.epochs": 2, "distill.stage2.epochs": 2,
-                                 "distill.stage1.lr": 2e-3, "distill.stage2.lr": 2e-3})
+    cfg = distill_cfg(
+        prepared,
+        {"distill.stage1.epochs": 2, "distill.stage2.epochs": 2, "distill.stage1.lr": 2e-3, "distill.stage2.lr": 2e-3},
+    )
     seed_everything(0)
     raptor = Raptor(teacher_model, TWO_PHASES, init="random")
     before = _stage2_loss(raptor, prepared.states["val"])
@@ -206,7 +234,9 @@ def test_stage_switches_skip_stages(prepared, teacher_model):
     assert [r["stage"] for r in zero1] == [2]
     raptor = Raptor(teacher_model, TWO_PHASES)
     initial = copy.deepcopy(raptor.state_dict())
-    none = _run(prepared, distill_cfg(prepared, {"distill.stage1.enabled": False, "distill.stage2.enabled": False}), raptor)
+    none = _run(
+        prepared, distill_cfg(prepared, {"distill.stage1.enabled": False, "distill.stage2.enabled": False}), raptor
+    )
     assert none == []
     assert all(torch.equal(initial[k], v) for k, v in raptor.state_dict().items()), "no stage, no update"
 
@@ -232,8 +262,9 @@ def uninterrupted(prepared):
 
 
 @pytest.mark.parametrize("stop_at", [(1, 0), (1, 1), (2, 0)])
-def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(prepared, teacher_model, uninterrupted,
-                                                                             stop_at):
+def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(
+    prepared, teacher_model, uninterrupted, stop_at
+):
     """Interrupt after `stop_at` = (stage, epoch), resume from the state the trial would have
     saved (round-tripped through torch.save like distill_state.pt), and compare with a run
     that was never interrupted. Everything is seeded and on one CPU thread with no noise, so
@@ -259,10 +290,15 @@ def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(pre
 
     epochs_run = []
     resumed = _fresh_random_raptor(teacher_model, seed=99)  # a new process, another init: the resume state decides
-    history = _run(prepared, cfg, resumed, resume=state,
-                   on_epoch=lambda record, _: epochs_run.append((record["stage"], record["epoch"])))
+    history = _run(
+        prepared,
+        cfg,
+        resumed,
+        resume=state,
+        on_epoch=lambda record, _: epochs_run.append((record["stage"], record["epoch"])),
+    )
     remaining = [(r["stage"], r["epoch"]) for r in reference_history]
-    assert epochs_run == remaining[remaining.index(stop_at) + 1:], "resume continues at the next epoch"
+    assert epochs_run == remaining[remaining.index(stop_at) + 1 :], "resume continues at the next epoch"
     assert [(r["stage"], r["epoch"]) for r in history] == remaining
     for mine, ref in zip(history, reference_history):
         assert mine["loss"] == pytest.approx(ref["loss"], rel=1e-5)

@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from study.science.dynamics import (angular_speed, directional_convergence, layer_swap_accuracy, patch_coherence,
-                            perturbation_angles, perturbation_recovery, swap_pairs, update_stable_rank)
+from study.science.dynamics import (
+    angular_speed,
+    directional_convergence,
+    layer_swap_accuracy,
+    patch_coherence,
+    perturbation_angles,
+    perturbation_recovery,
+    swap_pairs,
+    update_stable_rank,
+)
 
 
 def constant_states(n=5, layers=4, tokens=7, dim=6):
@@ -19,7 +27,7 @@ def rotating_states(step, n=3, layers=5, registers=1, patches=4):
     e1, e2 = torch.linalg.qr(torch.randn(n, tokens, 8, 2, generator=gen))[0].unbind(-1)  # orthonormal pair
     angle = step * torch.arange(layers + 1.0)[None, :, None, None]
     x = torch.cos(angle) * e1[:, None] + torch.sin(angle) * e2[:, None]  # [N, L+1, T, 8]
-    x[:, :, 1:1 + registers] = e1[:, None, 1:1 + registers]
+    x[:, :, 1 : 1 + registers] = e1[:, None, 1 : 1 + registers]
     return (x * 3.0).numpy()
 
 
@@ -82,6 +90,7 @@ def scaling_run_layers(factor, centre=0.0):
             x = centre + factor * (x - centre)
             out.append(x)
         return out
+
     return run_layers
 
 
@@ -149,7 +158,9 @@ def test_layer_swap_accuracy():
     identity = [lambda x: x] * 3
     unswapped = layer_swap_accuracy(identity, x0 + 2.0, readout, labels, [(1, 1)])[(1, 1)]
     assert layer_swap_accuracy(identity, x0 + 2.0, readout, labels, [(1, 3), (2, 3)]) == {
-        (1, 3): unswapped, (2, 3): unswapped}
+        (1, 3): unswapped,
+        (2, 3): unswapped,
+    }
     with pytest.raises(ValueError):
         layer_swap_accuracy(blocks, x0, readout, labels, [(0, 1)])
 

@@ -89,8 +89,13 @@ def test_probe_ratio_and_agreement_on_separable_data():
 
 
 # --- pooled R^2 and the paper's probe (docs/science.md §5) ---------------------------------
-from study.science.fidelity import (PROBE_C, PROBE_MAX_ITER, own_probe_accuracy, probe_features,  # noqa: E402
-                                    probe_recovery)
+from study.science.fidelity import (
+    PROBE_C,
+    PROBE_MAX_ITER,
+    own_probe_accuracy,
+    probe_features,  # noqa: E402
+    probe_recovery,
+)
 
 
 def test_pooled_r2_counts_the_spread_of_feature_means_and_is_never_below_strict():

@@ -9,8 +9,9 @@ from study.science.partition import Partition, contiguous_maxcut, phase_labels
 
 
 def within_cost(d, bounds):
-    return sum(d[i - 1, j - 1] for first, last in bounds
-               for i in range(first, last + 1) for j in range(i + 1, last + 1))
+    return sum(
+        d[i - 1, j - 1] for first, last in bounds for i in range(first, last + 1) for j in range(i + 1, last + 1)
+    )
 
 
 def all_contiguous_partitions(num_layers, k):
@@ -75,8 +76,9 @@ def test_k_out_of_range_is_a_config_error(k):
         contiguous_maxcut(np.zeros((4, 4)), k)
 
 
-@pytest.mark.parametrize("matrix", [np.zeros((3, 4)), np.zeros(4), np.triu(np.ones((3, 3)), 1),
-                                    np.where(np.eye(3) > 0, 0, np.nan)])
+@pytest.mark.parametrize(
+    "matrix", [np.zeros((3, 4)), np.zeros(4), np.triu(np.ones((3, 3)), 1), np.where(np.eye(3) > 0, 0, np.nan)]
+)
 def test_invalid_matrices_are_rejected(matrix):
     with pytest.raises(ValueError):
         contiguous_maxcut(matrix, 1)

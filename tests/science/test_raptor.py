@@ -57,8 +57,10 @@ def test_teacher_init_copies_the_phase_start_block(teacher_model):
 def test_weights_are_tied_inside_a_phase(teacher_model, prepared):
     raptor = Raptor(teacher_model, TWO_PHASES, init="teacher")
     used = []
-    hooks = [block.attn.register_forward_hook(lambda mod, inp, out, m=m: used.append(m))
-             for m, block in enumerate(raptor.blocks)]
+    hooks = [
+        block.attn.register_forward_hook(lambda mod, inp, out, m=m: used.append(m))
+        for m, block in enumerate(raptor.blocks)
+    ]
     x = states_batch(prepared, 4)[:, 0]
     with torch.no_grad():
         raptor.rollout(x)

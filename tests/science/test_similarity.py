@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from study.science.partition import contiguous_maxcut
-from study.science.similarity import (cosine_dissimilarity, layer_summaries, linear_cka, mse_dissimilarity,
-                              phase_metrics)
+from study.science.similarity import cosine_dissimilarity, layer_summaries, linear_cka, mse_dissimilarity, phase_metrics
 
 
 def random_states(n=7, layers=5, registers=2, patches=6, dim=8, seed=0):
@@ -19,8 +18,8 @@ def rotating_states(cls_angles, patch_angles, registers=1, patches=4, norms=None
     n, layers = cls_angles.shape
     states = np.zeros((n, layers, 1 + registers + patches, 2))
     states[:, :, 0] = np.stack([np.cos(cls_angles), np.sin(cls_angles)], -1)
-    states[:, :, 1:1 + registers] = 5.0  # registers must not matter
-    states[:, :, 1 + registers:] = np.stack([np.cos(patch_angles), np.sin(patch_angles)], -1)[:, :, None]
+    states[:, :, 1 : 1 + registers] = 5.0  # registers must not matter
+    states[:, :, 1 + registers :] = np.stack([np.cos(patch_angles), np.sin(patch_angles)], -1)[:, :, None]
     if norms is not None:
         states = states * np.asarray(norms)[None, :, None, None]
     return states
@@ -42,8 +41,10 @@ def test_cosine_dissimilarity_closed_form_and_scale_invariance():
     expected = np.zeros((4, 4))
     for i in range(4):
         for j in range(4):
-            expected[i, j] = np.mean(0.5 * (1 - np.cos(cls_angles[:, i + 1] - cls_angles[:, j + 1]))
-                                     + 0.5 * (1 - np.cos(patch_angles[:, i + 1] - patch_angles[:, j + 1])))
+            expected[i, j] = np.mean(
+                0.5 * (1 - np.cos(cls_angles[:, i + 1] - cls_angles[:, j + 1]))
+                + 0.5 * (1 - np.cos(patch_angles[:, i + 1] - patch_angles[:, j + 1]))
+            )
     np.testing.assert_allclose(d, expected, atol=1e-6)
     assert d.dtype == np.float64 and np.all(np.diag(d) == 0) and np.array_equal(d, d.T)
 
@@ -109,10 +110,7 @@ def test_linear_cka_invariances():
 
 
 def test_phase_metrics_by_hand():
-    s = np.array([[1.0, 0.9, 0.2, 0.1],
-                  [0.9, 1.0, 0.3, 0.2],
-                  [0.2, 0.3, 1.0, 0.7],
-                  [0.1, 0.2, 0.7, 1.0]])
+    s = np.array([[1.0, 0.9, 0.2, 0.1], [0.9, 1.0, 0.3, 0.2], [0.2, 0.3, 1.0, 0.7], [0.1, 0.2, 0.7, 1.0]])
     m = phase_metrics(s, ((1, 2), (3, 4)))
     assert set(m) == {"within_sim", "between_sim", "contrast", "cut_norm", "adjacent_sim", "mean_sim"}
     assert m["within_sim"] == pytest.approx(0.8)
@@ -154,7 +152,7 @@ def test_planted_phases_are_recovered_end_to_end():
 def _pairwise_cka(states, num_registers):
     """The pair-by-pair HSIC loop (one matmul and one host sync per pair) the batched rows replaced."""
     num_patches = states.shape[2] - 1 - num_registers
-    x = torch.as_tensor(np.asarray(states, dtype=np.float32))[:, 1:, 1 + num_registers:]  # [N, L, P, D]
+    x = torch.as_tensor(np.asarray(states, dtype=np.float32))[:, 1:, 1 + num_registers :]  # [N, L, P, D]
     x = x.permute(1, 0, 2, 3).reshape(x.shape[1], len(states) * num_patches, -1)
     x = x - x.mean(dim=1, keepdim=True)
     hsic = np.zeros((x.shape[0], x.shape[0]))
@@ -165,13 +163,20 @@ def _pairwise_cka(states, num_registers):
     return np.clip(hsic / (scale[:, None] * scale[None, :]), 0.0, 1.0)
 
 
-@pytest.mark.parametrize("device", [None, "cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        None,
+        "cpu",
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+    ],
+)
 def test_matrices_on_a_device_equal_the_cpu_reference(device):
     """numpy states streamed to `device` (batched matmuls there) give the CPU results within float tolerance."""
     states = random_states(n=11, layers=6, registers=1, patches=9, dim=16, seed=4).numpy()
     reference = _pairwise_cka(states, 1)  # 99 rows: under max_tokens, so no subsampling
     np.testing.assert_allclose(linear_cka(states, 1, chunk=4, device=device), reference, rtol=1e-5, atol=1e-6)
     for fn in (cosine_dissimilarity, mse_dissimilarity):
-        np.testing.assert_allclose(fn(states, 1, chunk=4, device=device), fn(torch.from_numpy(states), 1, chunk=4),
-                                   rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(
+            fn(states, 1, chunk=4, device=device), fn(torch.from_numpy(states), 1, chunk=4), rtol=1e-6, atol=1e-8
+        )

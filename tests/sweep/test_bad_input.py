@@ -8,15 +8,21 @@ from study.cli import main
 GOOD = {"name": "bad", "base": {"teacher": {"depth": 4}}, "space": {"raptor.k": {"choice": [2, 3]}}}
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda t: t["base"].update(data={"name": "cifar10", "path": "/no/such/cifar"}), "data.path"),
-    (lambda t: t["base"].update(data={"name": "mnist"}), "data.name"),
-    (lambda t: t["space"].update({"raptor.k": {"choice": [2, 9]}}), "raptor.k"),
-    (lambda t: t["space"].update({"teacher.sd_rate": {"uniform": [0.0, 1.0]}}), "teacher.sd_rate"),
-    (lambda t: t["space"].update({"distill.stage1.lambda_patch": {"uniform": [-0.1, 0.5]}}), "distill.stage1.lambda_patch"),
-    (lambda t: t["base"]["teacher"].update(width="wide"), "teacher.width"),
-    (lambda t: t.update(searcher="tpe"), "searcher: unknown key"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda t: t["base"].update(data={"name": "cifar10", "path": "/no/such/cifar"}), "data.path"),
+        (lambda t: t["base"].update(data={"name": "mnist"}), "data.name"),
+        (lambda t: t["space"].update({"raptor.k": {"choice": [2, 9]}}), "raptor.k"),
+        (lambda t: t["space"].update({"teacher.sd_rate": {"uniform": [0.0, 1.0]}}), "teacher.sd_rate"),
+        (
+            lambda t: t["space"].update({"distill.stage1.lambda_patch": {"uniform": [-0.1, 0.5]}}),
+            "distill.stage1.lambda_patch",
+        ),
+        (lambda t: t["base"]["teacher"].update(width="wide"), "teacher.width"),
+        (lambda t: t.update(searcher="tpe"), "searcher: unknown key"),
+    ],
+)
 def test_bad_sweep_input_is_one_line_before_any_work(tmp_path, capsys, mutate, field):
     tree = yaml.safe_load(yaml.safe_dump(GOOD))
     mutate(tree)

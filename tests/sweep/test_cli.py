@@ -23,13 +23,16 @@ def test_invalid_k_exits_2_with_one_line_naming_the_field(capsys, tmp_path):
     assert error_line(capsys) == "error: raptor.k: must be in [1, 8] (the teacher's depth), got 9"
 
 
-@pytest.mark.parametrize("argv,expected", [
-    (["--set", "raptor.k"], "--set: expected KEY=VALUE, got 'raptor.k'"),
-    (["--set", "=3"], "--set: expected KEY=VALUE"),
-    (["--set", "teacher.nope=1"], "teacher.nope: unknown key"),
-    (["--set", "teacher.sd_rate=1.5"], "teacher.sd_rate: Input should be less than 1"),
-    (["--config", "/nonexistent/trial.yaml"], "no such config file"),
-])
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["--set", "raptor.k"], "--set: expected KEY=VALUE, got 'raptor.k'"),
+        (["--set", "=3"], "--set: expected KEY=VALUE"),
+        (["--set", "teacher.nope=1"], "teacher.nope: unknown key"),
+        (["--set", "teacher.sd_rate=1.5"], "teacher.sd_rate: Input should be less than 1"),
+        (["--config", "/nonexistent/trial.yaml"], "no such config file"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(capsys, tmp_path, argv, expected):
     assert main(["trial", *argv, "--out", str(tmp_path)]) == 2
     assert expected in error_line(capsys)
@@ -44,16 +47,19 @@ def test_unwritable_out_is_a_clear_error(capsys, tmp_path):
 
 
 def test_parse_overrides_types_values_like_yaml():
-    assert parse_overrides(["teacher.sd_rate=0.3", "raptor.k=3", "distill.stage2.enabled=false", "name=a=b",
-                            "data.path=/x y"]) == {
-        "teacher.sd_rate": 0.3, "raptor.k": 3, "distill.stage2.enabled": False, "name": "a=b", "data.path": "/x y"}
+    assert parse_overrides(
+        ["teacher.sd_rate=0.3", "raptor.k=3", "distill.stage2.enabled=false", "name=a=b", "data.path=/x y"]
+    ) == {"teacher.sd_rate": 0.3, "raptor.k": 3, "distill.stage2.enabled": False, "name": "a=b", "data.path": "/x y"}
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
 
 
 def test_tiny_trial_via_main(capsys, tmp_path, tiny_overrides, prepared):
-    sets = [arg for key, value in {**tiny_overrides, "name": "cli"}.items()
-            for arg in ("--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}")]
+    sets = [
+        arg
+        for key, value in {**tiny_overrides, "name": "cli"}.items()
+        for arg in ("--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}")
+    ]
     assert main(["trial", *sets, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "r2.final" in out and "acc.ratio" in out

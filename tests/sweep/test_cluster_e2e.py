@@ -1,5 +1,6 @@
 """Faults and clusters, on loopback only: a two-node Ray cluster on this machine, and a Ray Train
 worker killed mid-stage. Bounded in time; every process started here is stopped here."""
+
 import os
 import secrets
 import shutil
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from test_sweep_e2e import cli, finish, free_port, output, tiny_spec, train_worker_pids, trial_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -34,10 +34,20 @@ def two_node_cluster(monkeypatch):
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--temp-dir", temp_dir]
     try:
-        subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *common],
-                       env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", *common],
-                       env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run(
+            [RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *common],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+        subprocess.run(
+            [RAY, "start", "--address", f"127.0.0.1:{port}", *common],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
         yield f"127.0.0.1:{port}"
     finally:
         for sig in ("-TERM", "-KILL"):
@@ -70,8 +80,15 @@ def test_unreachable_address_is_one_clear_line(tmp_path):
 
 def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
     # Train worker actors (not local mode) checkpointing every epoch: the kill lands after a checkpoint
-    spec = tiny_spec(tmp_path, "workerkill", num_samples=1, max_concurrent=1, stage2_epochs=6, train_mode="workers",
-                     runtime={"checkpoint_epochs": 1})
+    spec = tiny_spec(
+        tmp_path,
+        "workerkill",
+        num_samples=1,
+        max_concurrent=1,
+        stage2_epochs=6,
+        train_mode="workers",
+        runtime={"checkpoint_epochs": 1},
+    )
     out = tmp_path / "runs"
     proc = cli("sweep", str(spec), "--out", str(out))
     killed_at = None

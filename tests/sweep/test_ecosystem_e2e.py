@@ -1,5 +1,6 @@
 """End to end (loopback, tiny trials): Ctrl-C exits 130 and marks runs KILLED, resume continues; a colliding
 launch is refused; the Optuna study persists in a journal file; sweep ids, provenance and run names in MLflow."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import time
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from test_sweep_e2e import cli, output, tiny_spec, trial_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -51,8 +51,9 @@ def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"} and any(r.info.status == "FINISHED" for r in runs)
 
     # the same name, another spec (num_samples 4): refused on the shared tracking store, naming both hashes
-    other = cli("sweep", str(spec), "--out", str(tmp_path / "other"), "--tracking-uri", uri,
-                "--set", "search.num_samples=4")
+    other = cli(
+        "sweep", str(spec), "--out", str(tmp_path / "other"), "--tracking-uri", uri, "--set", "search.num_samples=4"
+    )
     message = output(other, timeout=300).strip().splitlines()
     assert other.returncode == 2 and "spec hash" in message[-1] and tags["raptor.spec_hash"] in message[-1], message
 

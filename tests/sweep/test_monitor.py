@@ -1,4 +1,5 @@
 """The sweep's progress view and event clock (study.sweep.monitor), driven by Tune-like hook calls."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,17 @@ class SlowCallback:
 def test_progress_counts_best_eta_and_events(tmp_path):
     console = Console(file=open(tmp_path / "console.txt", "w"), width=120, force_terminal=False)
     mlflow = TimedCallback(SlowCallback())
-    monitor = SweepMonitor("demo", total=4, concurrency=2, metric="val_r2", mode="max",
-                           events_path=tmp_path / "events.json", live=True, mlflow=mlflow, console=console)
+    monitor = SweepMonitor(
+        "demo",
+        total=4,
+        concurrency=2,
+        metric="val_r2",
+        mode="max",
+        events_path=tmp_path / "events.json",
+        live=True,
+        mlflow=mlflow,
+        console=console,
+    )
     monitor.setup()
     a, b, c = trial("a"), trial("b"), trial("c")
     monitor.on_trial_start(0, [], a)
@@ -63,8 +73,9 @@ def test_progress_counts_best_eta_and_events(tmp_path):
 
 def test_monitor_and_timed_callback_pickle_without_their_live_state(tmp_path):
     """Tune pickles callbacks with the experiment state (resume restores them)."""
-    monitor = SweepMonitor("demo", 2, 1, "val_r2", "max", tmp_path / "events.json", live=False,
-                           mlflow=TimedCallback(SlowCallback()))
+    monitor = SweepMonitor(
+        "demo", 2, 1, "val_r2", "max", tmp_path / "events.json", live=False, mlflow=TimedCallback(SlowCallback())
+    )
     monitor.on_trial_start(0, [], trial("a"))
     restored = pickle.loads(pickle.dumps(monitor))
     assert restored.events == {} and restored.name == "demo" and isinstance(restored.mlflow.inner, SlowCallback)

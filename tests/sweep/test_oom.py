@@ -1,6 +1,7 @@
 """Out of memory in one trial: without `search.oom_retry` the trial fails (the sweep goes on; the callback tags
 the reason); with it the trial reruns once with half the distillation batch. The trial driver is called
 directly, its Ray pieces replaced, so this runs in a second."""
+
 from __future__ import annotations
 
 from pathlib import Path

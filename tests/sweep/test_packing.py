@@ -1,4 +1,5 @@
 """Trials per GPU from measured memory (study.sweep.packing) and the checkpoint policy (study.runtime)."""
+
 from __future__ import annotations
 
 import pytest

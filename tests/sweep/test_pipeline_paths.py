@@ -3,6 +3,7 @@
 A metric added to the pipeline appears in both paths by construction; this runs the same tiny
 config through `InProcess` and `RayTrainWorkers` (one DDP worker, gloo, CPU) and compares the
 two result.json files key by key and value by value."""
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,9 @@ def _metrics(result: dict) -> dict[str, float]:
 
 def test_in_process_and_ray_train_give_the_same_trial(tmp_path, tiny_cfg, prepared, local_ray):
     here = run_trial(tiny_cfg, tmp_path / "in_process", runner=InProcess())
-    there = run_trial(tiny_cfg, tmp_path / "ray_train",
-                      runner=RayTrainWorkers("paths", tmp_path / "train", workers=1, worker_cpu=1))
+    there = run_trial(
+        tiny_cfg, tmp_path / "ray_train", runner=RayTrainWorkers("paths", tmp_path / "train", workers=1, worker_cpu=1)
+    )
     assert set(here) == set(there)
     assert set(_metrics(here)) == set(_metrics(there))
     assert set(here["r2_per_layer"]) == set(there["r2_per_layer"])
@@ -50,8 +52,13 @@ def test_in_process_and_ray_train_give_the_same_trial(tmp_path, tiny_cfg, prepar
 def test_ray_train_local_mode_gives_the_same_trial_and_resumes_from_its_state(tmp_path, tiny_cfg, prepared):
     """Ray Train local mode (one worker in this process, no actors): the same trial as InProcess; a run
     interrupted after a saved state resumes from it and reruns no finished epoch."""
-    cfg = tiny_cfg.model_copy(update={"distill": tiny_cfg.distill.model_copy(
-        update={"stage2": tiny_cfg.distill.stage2.model_copy(update={"epochs": 2})})})
+    cfg = tiny_cfg.model_copy(
+        update={
+            "distill": tiny_cfg.distill.model_copy(
+                update={"stage2": tiny_cfg.distill.stage2.model_copy(update={"epochs": 2})}
+            )
+        }
+    )
     cfg = build_trial_config({**cfg.to_dict(), "runtime": {**cfg.runtime.model_dump(), "checkpoint_epochs": 1}})
     here = run_trial(cfg, tmp_path / "in_process", runner=InProcess())
     runner = RayTrainWorkers("local", tmp_path / "train", workers=1, worker_cpu=1, local=True)

@@ -1,4 +1,5 @@
 """Search spaces load as data and fail at load, with the field named, when they are invalid."""
+
 import json
 from pathlib import Path
 
@@ -18,8 +19,11 @@ def write(tmp_path: Path, tree: dict) -> Path:
 
 
 def minimal(**overrides) -> dict:
-    tree = {"name": "t", "base": {"teacher": {"depth": 4}},
-            "space": {"raptor.k": {"choice": [2, 3]}, "teacher.sd_rate": {"uniform": [0.0, 0.5]}}}
+    tree = {
+        "name": "t",
+        "base": {"teacher": {"depth": 4}},
+        "space": {"raptor.k": {"choice": [2, 3]}, "teacher.sd_rate": {"uniform": [0.0, 0.5]}},
+    }
     tree.update(overrides)
     return tree
 
@@ -48,25 +52,34 @@ def test_trial_config_merges_base_and_params(tmp_path):
 def test_tune_space_kinds(tmp_path):
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    tree = minimal(space={"raptor.k": {"choice": [2, 3]}, "teacher.seed": {"randint": [0, 3]},
-                          "distill.stage2.lr": {"loguniform": [1e-4, 1e-3]}, "distill.anneal": {"uniform": [0.1, 0.5]}})
+    tree = minimal(
+        space={
+            "raptor.k": {"choice": [2, 3]},
+            "teacher.seed": {"randint": [0, 3]},
+            "distill.stage2.lr": {"loguniform": [1e-4, 1e-3]},
+            "distill.anneal": {"uniform": [0.1, 0.5]},
+        }
+    )
     space = load_sweep(write(tmp_path, tree)).tune_space()
     assert isinstance(space["raptor.k"], Categorical) and isinstance(space["teacher.seed"], Integer)
     assert isinstance(space["distill.stage2.lr"], Float) and isinstance(space["distill.anneal"], Float)
 
 
-@pytest.mark.parametrize("tree, field", [
-    (minimal(space={"raptor.kk": {"choice": [2]}}), "space.raptor.kk: unknown config field"),
-    (minimal(surprise=1), "surprise: unknown key"),
-    (minimal(space={"teacher.sd_rate": {"uniform": [0.5, 0.5]}}), "empty range"),
-    (minimal(space={"raptor.k": {"choice": []}}), "choice: empty list"),
-    (minimal(space={"raptor.k": {"choice": [2, 5]}}), "raptor.k: must be in [1, 4]"),
-    (minimal(space={"distill.stage2.lambda_cls": {"uniform": [0.2, 1.5]}}), "distill.stage2.lambda_cls"),
-    (minimal(space={"teacher.sd_rate": {"uniform": [0.0, 1.0]}}), "teacher.sd_rate"),
-    (minimal(search={"metric": "accuracy"}), "search.metric"),
-    (minimal(resources={"worker_cpu": 0}), "resources.worker_cpu"),
-    (minimal(base={"teacher": {"depth": "deep"}}), "teacher.depth"),
-])
+@pytest.mark.parametrize(
+    "tree, field",
+    [
+        (minimal(space={"raptor.kk": {"choice": [2]}}), "space.raptor.kk: unknown config field"),
+        (minimal(surprise=1), "surprise: unknown key"),
+        (minimal(space={"teacher.sd_rate": {"uniform": [0.5, 0.5]}}), "empty range"),
+        (minimal(space={"raptor.k": {"choice": []}}), "choice: empty list"),
+        (minimal(space={"raptor.k": {"choice": [2, 5]}}), "raptor.k: must be in [1, 4]"),
+        (minimal(space={"distill.stage2.lambda_cls": {"uniform": [0.2, 1.5]}}), "distill.stage2.lambda_cls"),
+        (minimal(space={"teacher.sd_rate": {"uniform": [0.0, 1.0]}}), "teacher.sd_rate"),
+        (minimal(search={"metric": "accuracy"}), "search.metric"),
+        (minimal(resources={"worker_cpu": 0}), "resources.worker_cpu"),
+        (minimal(base={"teacher": {"depth": "deep"}}), "teacher.depth"),
+    ],
+)
 def test_bad_space_fails_at_load_naming_the_field(tmp_path, tree, field):
     with pytest.raises(ConfigError) as err:
         load_sweep(write(tmp_path, tree))
@@ -94,22 +107,37 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 
 def test_set_overrides_spec_sections_and_base_fields(tmp_path):
     path = write(tmp_path, minimal())
-    spec = load_sweep(path, {"search.num_samples": 3, "name": "t2", "data.path": "/imgs", "data.name": "imagefolder",
-                             "teacher.depth": 6, "space.raptor.k": {"choice": [5, 6]}})
+    spec = load_sweep(
+        path,
+        {
+            "search.num_samples": 3,
+            "name": "t2",
+            "data.path": "/imgs",
+            "data.name": "imagefolder",
+            "teacher.depth": 6,
+            "space.raptor.k": {"choice": [5, 6]},
+        },
+    )
     assert (spec.search.num_samples, spec.name) == (3, "t2")
     assert spec.base["data"] == {"path": "/imgs", "name": "imagefolder"} and spec.base["teacher"] == {"depth": 6}
     assert spec.space["raptor.k"].choice == [5, 6] and "teacher.sd_rate" in spec.space  # other axes kept
     assert load_sweep(path).search.num_samples != 3  # the file itself is untouched
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ({"raptor.k": 3}, "--set raptor.k: the space searches this field; set its distribution instead, "
-                      "e.g. --set space.raptor.k='{choice: [3]}'"),
-    ({"search.num_samples": 0}, "search.num_samples"),
-    ({"space.raptor.k": {"choice": [2, 9]}}, "raptor.k: must be in [1, 4]"),  # still validated at the corners
-    ({"teacher.nope": 1}, "teacher.nope"),
-    ({"space": 1}, "--set space: name a searched field"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            {"raptor.k": 3},
+            "--set raptor.k: the space searches this field; set its distribution instead, "
+            "e.g. --set space.raptor.k='{choice: [3]}'",
+        ),
+        ({"search.num_samples": 0}, "search.num_samples"),
+        ({"space.raptor.k": {"choice": [2, 9]}}, "raptor.k: must be in [1, 4]"),  # still validated at the corners
+        ({"teacher.nope": 1}, "teacher.nope"),
+        ({"space": 1}, "--set space: name a searched field"),
+    ],
+)
 def test_bad_set_is_one_line_naming_the_field(tmp_path, overrides, expected):
     with pytest.raises(ConfigError) as err:
         load_sweep(write(tmp_path, minimal()), overrides)
@@ -125,7 +153,9 @@ def test_resume_refuses_a_changed_spec_naming_the_field(tmp_path):
     path = write(tmp_path, minimal())
     launched = json.loads(json.dumps(load_sweep(path, {"search.num_samples": 2}).model_dump(mode="json")))
     check_same_spec(launched, load_sweep(path, {"search.num_samples": 2, "description": "edited"}))  # same sweep
-    with pytest.raises(ConfigError, match=r"^resume: search.num_samples differs from the launched sweep \(launched 2, now 8\)"):
+    with pytest.raises(
+        ConfigError, match=r"^resume: search.num_samples differs from the launched sweep \(launched 2, now 8\)"
+    ):
         check_same_spec(launched, load_sweep(path))
     with pytest.raises(ConfigError, match=r"^resume: space.raptor.k.choice differs"):
         check_same_spec(launched, load_sweep(path, {"search.num_samples": 2, "space.raptor.k": {"choice": [2]}}))
@@ -138,6 +168,9 @@ def test_ablation_runs_every_arm_at_k_2_3_4_with_3_seeds_and_reference_is_the_re
     assert spec.space["raptor.k"].choice == [2, 3, 4] and len(spec.space["seed"].choice) >= 3
     assert spec.trial_config({}).distill.tf_mode == "loss_mix"
     reference = load_sweep(SPACES / "reference.yaml").trial_config({})
-    assert (reference.raptor.init, reference.partition.method, reference.distill.tf_mode) == ("random", "bisection",
-                                                                                             "loss_mix")
+    assert (reference.raptor.init, reference.partition.method, reference.distill.tf_mode) == (
+        "random",
+        "bisection",
+        "loss_mix",
+    )
     assert (reference.distill.grad_clip, reference.distill.batch_size, reference.distill.stage1.lr) == (1.0, 64, 3e-4)

@@ -1,5 +1,6 @@
 """Every subcommand answers bad input with one line on stderr and exit code 2, never a traceback;
 conventions a Ray/MLflow user expects (MLFLOW_TRACKING_URI, --version, `ui` on an http URI, runs-table URL)."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,14 @@ SMOKE = str(ROOT / "search_spaces" / "smoke.yaml")
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "study", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "study", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 def assert_one_line_exit_2(proc: subprocess.CompletedProcess, *expected: str) -> None:
@@ -29,21 +36,24 @@ def assert_one_line_exit_2(proc: subprocess.CompletedProcess, *expected: str) ->
     assert err.startswith("error:") and all(e in err for e in expected), err
 
 
-@pytest.mark.parametrize("args, expected", [
-    ((), ["the following arguments are required: command"]),
-    (("frobnicate",), ["invalid choice: 'frobnicate'"]),
-    (("trial", "--set", "raptor.k=99"), ["raptor.k"]),
-    (("trial", "--bogus"), ["unrecognized arguments: --bogus"]),
-    (("sweep",), ["spec"]),
-    (("sweep", "/no/such/spec.yaml"), ["no such config file"]),
-    (("sweep", SMOKE, "--set", "search.num_samples=0"), ["search.num_samples"]),
-    (("resume", SMOKE, "--out", "{tmp}/empty"), ["resume: no sweep 'smoke' to resume"]),
-    (("report", "nope", "--runs", "{tmp}"), ["no MLflow experiment named 'nope'"]),
-    (("report",), ["experiments"]),
-    (("ui", "--port", "0", "--out", "{tmp}"), ["--port"]),
-    (("ui", "--port", "many"), ["invalid int value: 'many'"]),
-    (("ui", "nope", "--out", "{tmp}"), ["ui: no MLflow store"]),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ((), ["the following arguments are required: command"]),
+        (("frobnicate",), ["invalid choice: 'frobnicate'"]),
+        (("trial", "--set", "raptor.k=99"), ["raptor.k"]),
+        (("trial", "--bogus"), ["unrecognized arguments: --bogus"]),
+        (("sweep",), ["spec"]),
+        (("sweep", "/no/such/spec.yaml"), ["no such config file"]),
+        (("sweep", SMOKE, "--set", "search.num_samples=0"), ["search.num_samples"]),
+        (("resume", SMOKE, "--out", "{tmp}/empty"), ["resume: no sweep 'smoke' to resume"]),
+        (("report", "nope", "--runs", "{tmp}"), ["no MLflow experiment named 'nope'"]),
+        (("report",), ["experiments"]),
+        (("ui", "--port", "0", "--out", "{tmp}"), ["--port"]),
+        (("ui", "--port", "many"), ["invalid int value: 'many'"]),
+        (("ui", "nope", "--out", "{tmp}"), ["ui: no MLflow store"]),
+    ],
+)
 def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, args, expected):
     assert_one_line_exit_2(cli(*(a.replace("{tmp}", str(tmp_path)) for a in args)), *expected)
 
@@ -52,8 +62,17 @@ def test_report_on_an_existing_store_names_the_missing_experiment_and_the_known_
     from analysis.synthetic import write_synthetic_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    write_synthetic_sweep(uri, "have", sd_rates=(0.0,), ks=(2,), teacher_seeds=(0,), lambda_cls=(0.3,), n_failed=0,
-                          n_pruned=0, artifact_location=(tmp_path / "a").as_uri())
+    write_synthetic_sweep(
+        uri,
+        "have",
+        sd_rates=(0.0,),
+        ks=(2,),
+        teacher_seeds=(0,),
+        lambda_cls=(0.3,),
+        n_failed=0,
+        n_pruned=0,
+        artifact_location=(tmp_path / "a").as_uri(),
+    )
     proc = cli("report", "nope", env={"MLFLOW_TRACKING_URI": uri})  # the env var, no flag
     assert_one_line_exit_2(proc, "no MLflow experiment named 'nope'", "known: have")
 
@@ -89,13 +108,27 @@ def test_ui_prints_the_runs_table_url_and_stops_its_server_on_a_signal(tmp_path,
     from analysis.synthetic import write_synthetic_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    write_synthetic_sweep(uri, "seen", sd_rates=(0.0,), ks=(2,), teacher_seeds=(0,), lambda_cls=(0.3,), n_failed=0,
-                          n_pruned=0, artifact_location=(tmp_path / "a").as_uri())
+    write_synthetic_sweep(
+        uri,
+        "seen",
+        sd_rates=(0.0,),
+        ks=(2,),
+        teacher_seeds=(0,),
+        lambda_cls=(0.3,),
+        n_failed=0,
+        n_pruned=0,
+        artifact_location=(tmp_path / "a").as_uri(),
+    )
     port = free_port()
     log = tmp_path / "ui.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "study", "ui", "seen", "--out", str(tmp_path), "--port",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "study", "ui", "seen", "--out", str(tmp_path), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
         try:

@@ -1,4 +1,5 @@
 """End to end: real sweeps through Ray Tune + Optuna + Ray Train + MLflow (tiny trials on digits)."""
+
 import json
 import os
 import signal
@@ -17,8 +18,15 @@ from mlflow.tracking import MlflowClient
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
-def tiny_spec(tmp_path: Path, name: str, num_samples: int, max_concurrent: int, stage2_epochs: int = 2,
-              train_mode: str = "auto", runtime: dict | None = None) -> Path:
+def tiny_spec(
+    tmp_path: Path,
+    name: str,
+    num_samples: int,
+    max_concurrent: int,
+    stage2_epochs: int = 2,
+    train_mode: str = "auto",
+    runtime: dict | None = None,
+) -> Path:
     spec = {
         "name": name,
         "base": {
@@ -27,10 +35,19 @@ def tiny_spec(tmp_path: Path, name: str, num_samples: int, max_concurrent: int, 
             "distill": {"batch_size": 64, "stage1": {"epochs": 1}, "stage2": {"epochs": stage2_epochs}},
             "runtime": {"num_threads": 1, "progress": False, **(runtime or {})},
         },
-        "space": {"teacher.sd_rate": {"choice": [0.0, 0.3]}, "raptor.k": {"choice": [1, 2]},
-                  "distill.anneal": {"uniform": [0.1, 0.5]}},
-        "search": {"sampler": "random", "metric": "val_r2", "mode": "max", "num_samples": num_samples,
-                   "max_concurrent": max_concurrent, "seed": 3},
+        "space": {
+            "teacher.sd_rate": {"choice": [0.0, 0.3]},
+            "raptor.k": {"choice": [1, 2]},
+            "distill.anneal": {"uniform": [0.1, 0.5]},
+        },
+        "search": {
+            "sampler": "random",
+            "metric": "val_r2",
+            "mode": "max",
+            "num_samples": num_samples,
+            "max_concurrent": max_concurrent,
+            "seed": 3,
+        },
         "resources": {"driver_cpu": 0.5, "workers": 1, "worker_cpu": 0.5, "train_mode": train_mode},
     }
     path = tmp_path / f"{name}.yaml"
@@ -43,8 +60,14 @@ def cli(*args: str) -> subprocess.Popen:
     would fill up and block Ray's chatty output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", "study.cli", *args], env=env, start_new_session=True,
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study.cli", *args],
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     proc.log = log
     return proc
 
@@ -91,10 +114,27 @@ def free_port() -> int:
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -112,8 +152,11 @@ def mlflow_server(tmp_path):
 
 
 def rest(url: str, endpoint: str, payload: dict) -> dict:
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{endpoint}",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -177,8 +220,10 @@ def test_resume_after_the_driver_is_killed_reruns_nothing_and_duplicates_nothing
     forgot = cli("resume", str(spec), "--out", str(out))
     message = output(forgot).strip()
     assert forgot.returncode == 2 and message.count("\n") == 0, message
-    assert message == ("error: resume: search.num_samples differs from the launched sweep (launched 2, now 4); "
-                       "resume with the launch's spec file and --set values")
+    assert message == (
+        "error: resume: search.num_samples differs from the launched sweep (launched 2, now 4); "
+        "resume with the launch's spec file and --set values"
+    )
     finish(cli("resume", str(spec), "--out", str(out), *override))
     runs = trial_runs(client, "crash")
     assert len(runs) == 2, [r.data.tags.get("raptor.trial_id") for r in runs]

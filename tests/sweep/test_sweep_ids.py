@@ -1,4 +1,5 @@
 """Sweep ids, spec hashes and collisions, run names, failure reasons: fast checks on a local SQLite store."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,14 @@ from mlflow.tracking import MlflowClient
 from study.config import ConfigError
 from study.contract import trial_run_name
 from study.sweep.space import as_sweep_spec, load_sweep, spec_hash
-from study.sweep.tracking import (check_no_collision, create_parent_run, ensure_experiment, error_reason, find_parent,
-                                  mark_interrupted)
+from study.sweep.tracking import (
+    check_no_collision,
+    create_parent_run,
+    ensure_experiment,
+    error_reason,
+    find_parent,
+    mark_interrupted,
+)
 
 SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
 
@@ -27,15 +34,23 @@ def test_a_colliding_launch_is_refused_naming_both_hashes_and_resume_finds_its_p
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = ensure_experiment(client, "smoke", tmp_path / "art")
     spec = load_sweep(SMOKE)
-    first = create_parent_run(client, experiment_id, spec, sweep_id="aaa", spec_hash=spec_hash(spec),
-                              spec_text=SMOKE.read_text(), provenance={})
+    first = create_parent_run(
+        client,
+        experiment_id,
+        spec,
+        sweep_id="aaa",
+        spec_hash=spec_hash(spec),
+        spec_text=SMOKE.read_text(),
+        provenance={},
+    )
     check_no_collision(client, experiment_id, spec, spec_hash(spec))  # the same spec again: allowed
     other = as_sweep_spec(SMOKE, {"search.num_samples": 7})
     with pytest.raises(ConfigError) as err:
         check_no_collision(client, experiment_id, other, spec_hash(other))
     assert spec_hash(spec) in str(err.value) and spec_hash(other) in str(err.value) and "--new" in str(err.value)
-    second = create_parent_run(client, experiment_id, other, sweep_id="bbb", spec_hash=spec_hash(other),
-                               spec_text="", provenance={})  # what --new does
+    second = create_parent_run(
+        client, experiment_id, other, sweep_id="bbb", spec_hash=spec_hash(other), spec_text="", provenance={}
+    )  # what --new does
     assert find_parent(client, experiment_id, "aaa") == first and find_parent(client, experiment_id, "bbb") == second
     note = client.get_run(first).data.tags["mlflow.note.content"]
     assert "Primary relation" in note and "name: smoke" in note
@@ -51,9 +66,13 @@ def test_run_names_are_short_and_sortable():
 
 
 def test_a_failed_trial_is_tagged_with_its_reason_and_oom_is_preferred():
-    error = RuntimeError("TrainingFailedError: worker 0 failed\ntorch.OutOfMemoryError: CUDA out of memory. "
-                         "Tried to allocate 2.00 GiB\n(pid=123) see the log")
-    assert error_reason(SimpleNamespace(get_error=lambda: error)).startswith("torch.OutOfMemoryError: CUDA out of memory")
+    error = RuntimeError(
+        "TrainingFailedError: worker 0 failed\ntorch.OutOfMemoryError: CUDA out of memory. "
+        "Tried to allocate 2.00 GiB\n(pid=123) see the log"
+    )
+    assert error_reason(SimpleNamespace(get_error=lambda: error)).startswith(
+        "torch.OutOfMemoryError: CUDA out of memory"
+    )
     assert error_reason(SimpleNamespace(get_error=lambda: ValueError("bad\nlast line"))) == "last line"
 
 

@@ -1,4 +1,5 @@
 """MLflow writes survive a tracking-server outage: buffered with a warning, delivered when it is back."""
+
 import logging
 import os
 import signal
@@ -24,10 +25,27 @@ def free_port() -> int:
 
 
 def start_server(store: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{store / 'server.db'}",
-                             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{store / 'server.db'}",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -106,11 +124,23 @@ def test_sweep_callback_buffers_a_whole_trial_while_the_server_is_down(tmp_path)
 
     out_dir = tmp_path / "trial"
     out_dir.mkdir()
-    (out_dir / "result.json").write_text(json.dumps({
-        "metrics": {"r2.final": 0.9, "acc.ratio": 0.8}, "r2_per_layer": {"all": [0.99, 0.95]},
-        "r2_pooled_per_layer": {"all": [0.995, 0.97], "cls": [0.9, 0.8]},
-        "teacher": {"key": "abc"}, "partition": {"phase_bounds": [[1, 1], [2, 2]]},
-        "data": {"name": "digits", "splits": {"train": 10, "val": 2, "test": 3}, "digest": "d1g3st", "source": {}}}))
+    (out_dir / "result.json").write_text(
+        json.dumps(
+            {
+                "metrics": {"r2.final": 0.9, "acc.ratio": 0.8},
+                "r2_per_layer": {"all": [0.99, 0.95]},
+                "r2_pooled_per_layer": {"all": [0.995, 0.97], "cls": [0.9, 0.8]},
+                "teacher": {"key": "abc"},
+                "partition": {"phase_bounds": [[1, 1], [2, 2]]},
+                "data": {
+                    "name": "digits",
+                    "splits": {"train": 10, "val": 2, "test": 3},
+                    "digest": "d1g3st",
+                    "source": {},
+                },
+            }
+        )
+    )
     params = {"teacher.sd_rate": 0.3, "raptor.k": 2, "distill.stage2.lambda_cls": 0.4, "distill.anneal": 0.2}
     trial = SimpleNamespace(trial_id="abc_00007", config=params, last_result=None)
     callback.on_trial_start(0, [], trial)

@@ -12,6 +12,7 @@ def _writer(payload: bytes, calls: list):
     def create(tmp: Path) -> None:
         calls.append(tmp)
         tmp.write_bytes(payload)
+
     return create
 
 

@@ -1,14 +1,23 @@
 """Property: the config loaders accept a config that then validates, or reject it with one line.
 
 They never crash with another exception, whatever the input."""
-from hypothesis import HealthCheck, given, settings, strategies as st
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from study.config import ConfigError, TrialConfig, build_trial_config, unflatten
 from study.sweep.space import SweepSpec, _validate_space
 
 KNOWN = sorted(TrialConfig().flat())
-leaf = st.one_of(st.none(), st.booleans(), st.integers(-10, 100), st.floats(-2, 2), st.just(float("nan")),
-                 st.text(max_size=8), st.lists(st.integers(0, 3), max_size=3))
+leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 100),
+    st.floats(-2, 2),
+    st.just(float("nan")),
+    st.text(max_size=8),
+    st.lists(st.integers(0, 3), max_size=3),
+)
 keys = st.one_of(st.sampled_from(KNOWN), st.text(min_size=1, max_size=12).filter(lambda s: "." not in s))
 
 
@@ -37,11 +46,16 @@ def test_trial_config_loader_never_crashes(flat):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     base=st.dictionaries(st.sampled_from(KNOWN), leaf, max_size=3),
-    space=st.dictionaries(keys, st.one_of(
-        st.fixed_dictionaries({"uniform": st.tuples(st.floats(-1, 2), st.floats(-1, 2))}),
-        st.fixed_dictionaries({"choice": st.lists(leaf, max_size=3)}),
-        st.fixed_dictionaries({"randint": st.tuples(st.integers(-2, 10), st.integers(-2, 10))}),
-        st.dictionaries(st.text(max_size=5), leaf, max_size=2)), max_size=3),
+    space=st.dictionaries(
+        keys,
+        st.one_of(
+            st.fixed_dictionaries({"uniform": st.tuples(st.floats(-1, 2), st.floats(-1, 2))}),
+            st.fixed_dictionaries({"choice": st.lists(leaf, max_size=3)}),
+            st.fixed_dictionaries({"randint": st.tuples(st.integers(-2, 10), st.integers(-2, 10))}),
+            st.dictionaries(st.text(max_size=5), leaf, max_size=2),
+        ),
+        max_size=3,
+    ),
 )
 def test_sweep_loader_never_crashes(base, space):
     def build():

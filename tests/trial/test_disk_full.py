@@ -1,5 +1,6 @@
 """Disk full (ENOSPC) while writing a cache entry or an output file: a clear OSError, no temp file left
 behind, and no half-written file is ever read back (docs/results/ecosystem.md, fault table)."""
+
 from __future__ import annotations
 
 import errno
@@ -14,6 +15,7 @@ def _disk_full(after_bytes: bytes):
     def write(tmp: Path) -> None:
         tmp.write_bytes(after_bytes)  # part of the content made it to disk
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
     return write
 
 

@@ -2,6 +2,7 @@
 
 Uses the session's tiny teacher (depth 4, k=2 partition, no registers) on <= 32 test samples.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,22 +15,40 @@ import torch
 from PIL import Image
 
 from study.config import DynamicsConfig
-from study.trial.dynamics import swap_readout, trial_dynamics
 from study.science.fidelity import fit_linear_probe
 from study.science.raptor import Raptor
+from study.trial.dynamics import swap_readout, trial_dynamics
 from study.trial.pipeline import build_raptor, evaluate, teacher_features, write_outputs
 
 SMALL = DynamicsConfig(num_samples=32)
-PER_MODEL = ("gamma_cls_mid", "gamma_patch_mid", "speed_cls_mean", "speed_patch_mean", "speed_cls_late_early",
-             "coherence_final", "srank_first", "srank_last", "recovery_last")
+PER_MODEL = (
+    "gamma_cls_mid",
+    "gamma_patch_mid",
+    "speed_cls_mean",
+    "speed_patch_mean",
+    "speed_cls_late_early",
+    "coherence_final",
+    "srank_first",
+    "srank_last",
+    "recovery_last",
+)
 SWAP = ("dyn.swap.baseline_acc", "dyn.swap.intra_acc_mean", "dyn.swap.inter_acc_mean")
 EXPECTED = {f"dyn.{m}.{name}" for m in ("teacher", "raptor") for name in PER_MODEL} | set(SWAP)
 
 
 def _run(prepared, raptor, cfg=SMALL, readout=None):
     model = prepared.teacher.model
-    return trial_dynamics(model, raptor, prepared.states["test"], prepared.labels["test"],
-                          readout or swap_readout(model), prepared.partition.phase_bounds, 0, cfg, seed=0)
+    return trial_dynamics(
+        model,
+        raptor,
+        prepared.states["test"],
+        prepared.labels["test"],
+        readout or swap_readout(model),
+        prepared.partition.phase_bounds,
+        0,
+        cfg,
+        seed=0,
+    )
 
 
 def test_raptor_with_k_equal_depth_has_the_teachers_dynamics(prepared):
@@ -79,8 +98,9 @@ def test_headless_teacher_swaps_are_read_out_by_the_probe(prepared):
 def test_k1_has_no_inter_phase_metric_and_swaps_can_be_switched_off(prepared):
     raptor = Raptor(prepared.teacher.model, [(1, 4)])
     model = prepared.teacher.model
-    metrics, curves = trial_dynamics(model, raptor, prepared.states["test"], prepared.labels["test"], swap_readout(model),
-                                     [(1, 4)], 0, SMALL)
+    metrics, curves = trial_dynamics(
+        model, raptor, prepared.states["test"], prepared.labels["test"], swap_readout(model), [(1, 4)], 0, SMALL
+    )
     assert "dyn.swap.intra_acc_mean" in metrics and "dyn.swap.inter_acc_mean" not in metrics
     metrics, curves = _run(prepared, raptor, DynamicsConfig(num_samples=8, swaps=False, perturb_layer=9))
     assert not any(k.startswith("dyn.swap") for k in metrics) and "swap" not in curves
@@ -101,7 +121,9 @@ def test_evaluate_and_write_outputs_carry_the_dynamics(prepared, tmp_path):
         with Image.open(tmp_path / png) as image:
             assert image.format == "PNG" and image.size[0] > 300
 
-    off = dataclasses.replace(prepared, cfg=cfg.model_copy(update={"dynamics": DynamicsConfig(enabled=False)}), timings={})
+    off = dataclasses.replace(
+        prepared, cfg=cfg.model_copy(update={"dynamics": DynamicsConfig(enabled=False)}), timings={}
+    )
     metrics, r2 = evaluate(off, raptor)
     assert not any(k.startswith("dyn.") for k in metrics)
     write_outputs(off, raptor, metrics, r2, [], tmp_path / "off")

