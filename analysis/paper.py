@@ -6,6 +6,7 @@ import pandas as pd
 
 from analysis.cluster import ClusterFit
 from analysis.sweep import SweepAnalysis
+from study.contract import ACC_FLOOR, ACC_RECOVERED, K_PARAM
 
 PAPER_FIT_R2 = {0.0: "0.88", 0.6: "~0.94"}
 """Regression R^2 of fidelity on similarity by SD rate."""
@@ -57,8 +58,22 @@ def compare_with_paper(analysis: SweepAnalysis) -> pd.DataFrame:
             ours = (f"{row['acc_ratio']:.3f} [{lo:.3f}, {hi:.3f}], {counts}" if lo is not None
                     else f"{row['acc_ratio_note'] or 'undefined'}, {counts}")  # fmt: skip
         paper = f"{PAPER_ACC_RATIO[k]:.3f}" if k in PAPER_ACC_RATIO else "–"
+        if k in per_k.index:
+            ours += floor_cell(analysis.trials, k)
         rows.append([f"acc.ratio (probe accuracy recovered, paper protocol) at k={k}", paper, ours, PAPER_ACC_SETTING])
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def floor_cell(trials: pd.DataFrame, k: int) -> str:
+    """The random-Raptor floor and the normalised recovery at k (trial means), to read beside acc.ratio: when
+    random features already probe well, a ratio near 1 says little (docs/science.md §5). Empty if not logged."""
+    if not {K_PARAM, ACC_FLOOR, ACC_RECOVERED} <= set(trials):
+        return ""
+    at_k = trials[trials[K_PARAM] == k]
+    floor, recovered = at_k[ACC_FLOOR].dropna(), at_k[ACC_RECOVERED].dropna()
+    if floor.empty:
+        return ""
+    return f"; random-Raptor floor {floor.mean():.3f}, acc.recovered {recovered.mean():.3f} (means)"
 
 
 def _r2_cell(row: pd.Series) -> str:
