@@ -69,6 +69,7 @@ def test_writes_are_buffered_while_the_server_is_down_and_arrive_after(tmp_path,
     experiment_id = ensure_experiment(writer.client, "outage", None)
     run_id = writer.client.create_run(experiment_id).info.run_id
     writer.write(lambda c: c.log_batch(run_id, metrics=[Metric("loss", 1.0, 0, 0)]))
+    assert writer.flush(patience_s=30)  # the first write lands while the server is up (the thread is asynchronous)
     stop_server(server)
 
     with caplog.at_level(logging.WARNING, logger="study.sweep.tracking"):
