@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 import yaml
 
+from bench import RESULTS
 from bench.trial_time import markdown
 from study.config import load_trial_config
 from study.contract import (
@@ -48,7 +49,6 @@ from study.contract import (
 )
 from study.trial.pipeline import run_trial
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 METRICS = {  # column -> metric name in result.json (the column is the metric's name but for the first two and last)
     "within_sim": phase_metric("cosine", "within_sim"),
     "contrast": phase_metric("cosine", "contrast"),

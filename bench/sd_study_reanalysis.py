@@ -22,11 +22,11 @@ import pandas as pd
 
 from analysis.report import write_trials_report
 from analysis.sweep import Reading
+from bench import RESULTS, ROOT
 from study.contract import PRIMARY_PREDICTOR, R2_FINAL, TEACHER_KEY_PARAM, TEXT_PARAMS
 
-ROOT = Path(__file__).resolve().parents[1]
-TRIALS = ROOT / "docs/results/sd_study_report/tables/trials.csv"
-OUT = ROOT / "docs/results/sd_study_reanalysis"
+TRIALS = RESULTS / "sd_study_report" / "tables" / "trials.csv"
+OUT = RESULTS / "sd_study_reanalysis"
 
 
 def main() -> None:

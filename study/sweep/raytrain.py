@@ -31,12 +31,11 @@ from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-import study.trial.cache as cache
 from study.config import build_trial_config
 from study.runtime import CheckpointPolicy, setup
 from study.science.distill import run_distillation
 from study.science.raptor import Raptor
-from study.trial.pipeline import OnEpoch, Prepared, build_raptor, teacher_and_states
+from study.trial.pipeline import OnEpoch, Prepared, build_raptor, distill_resumable, teacher_and_states
 
 STATE_FILE = "state.pt"
 
@@ -153,47 +152,27 @@ class RayTrainWorkers:
 
     def _distill_local(self, prepared: Prepared, out_dir: Path, on_epoch: OnEpoch | None) -> tuple[Raptor, list[dict]]:
         """Ray Train local mode: the training function runs here, on the prepared teacher and states."""
-        cfg, timings = prepared.cfg, prepared.timings
+        timings = prepared.timings
         state_dir = out_dir / self.LOCAL_STATE
         state_path = state_dir / STATE_FILE
         out: dict[str, Any] = {}
 
         def train_fn() -> None:
-            resume = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
-            raptor = build_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds)
-            policy = CheckpointPolicy(cfg.runtime, cfg.distill)
-
-            def report(record: dict, state_fn) -> None:
+            def after(record: dict, saved: bool) -> None:
                 t0 = time.perf_counter()
-                checkpoint = None
-                if policy.due(record):
-                    state = state_fn()
-                    cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-                    checkpoint = Checkpoint.from_directory(str(state_dir))
                 if self.report_to_tune:  # inside a Tune trial Ray routes reports through Tune's API (the state
-                    from ray import tune  # file above is what a retried trial resumes from)
+                    from ray import tune  # file is what a retried trial resumes from)
 
                     tune.report(record)
                 else:
+                    checkpoint = Checkpoint.from_directory(str(state_dir)) if saved else None
                     ray.train.report(record, checkpoint=checkpoint)
-                key = "report_s" if checkpoint is None else "checkpoint_s"
+                key = "checkpoint_s" if saved else "report_s"  # a saved epoch's write is already in checkpoint_s
                 timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
                 if on_epoch:
                     on_epoch(record)
 
-            out["history"] = run_distillation(
-                raptor,
-                prepared.states["train"],
-                prepared.states["val"],
-                cfg.distill,
-                cfg.runtime,
-                prepared.device,
-                prepared.teacher.num_registers,
-                cfg.seed,
-                resume=resume,
-                on_epoch=report,
-            )
-            out["raptor"] = raptor
+            out["raptor"], out["history"] = distill_resumable(prepared, state_path, after)
 
         TorchTrainer(
             train_fn,

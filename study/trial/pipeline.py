@@ -200,41 +200,52 @@ class DistillRunner(Protocol):
     ) -> tuple[Raptor, list[dict]]: ...
 
 
+def distill_resumable(
+    prepared: Prepared, state_path: Path, after: Callable[[dict, bool], None] | None = None
+) -> tuple[Raptor, list[dict]]:
+    """Distil the trial's seeded Raptor here, resuming from `state_path` when it exists.
+
+    After every epoch the resumable state goes to `state_path` when the checkpoint policy (`runtime.checkpoint_*`)
+    says so (time added to `timings['checkpoint_s']`), then `after(record, saved)` runs. Both in-process runners
+    (`InProcess`, and Ray Train's local mode in `study.sweep.raytrain`) distil through this."""
+    cfg = prepared.cfg
+    raptor = build_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds)
+    resume = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
+    policy = CheckpointPolicy(cfg.runtime, cfg.distill)
+
+    def on_epoch(record: dict, state_fn) -> None:
+        saved = policy.due(record)
+        if saved:
+            t0 = time.perf_counter()
+            state = state_fn()
+            cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+            prepared.timings["checkpoint_s"] = prepared.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
+        if after:
+            after(record, saved)
+
+    history = run_distillation(
+        raptor,
+        prepared.states["train"],
+        prepared.states["val"],
+        cfg.distill,
+        cfg.runtime,
+        prepared.device,
+        prepared.teacher.num_registers,
+        cfg.seed,
+        resume=resume,
+        on_epoch=on_epoch,
+    )
+    return raptor, history
+
+
 class InProcess:
     """Distil in this process; resumable from `out_dir/distill_state.pt`, written as `runtime.checkpoint_*` say."""
 
     STATE_FILE = "distill_state.pt"
 
     def distill(self, prepared: Prepared, out_dir: Path, on_epoch: OnEpoch | None = None) -> tuple[Raptor, list[dict]]:
-        cfg = prepared.cfg
-        raptor = build_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds)
-        state_path = out_dir / self.STATE_FILE
-        resume = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
-
-        policy = CheckpointPolicy(cfg.runtime, cfg.distill)
-
-        def checkpoint(record: dict, state_fn) -> None:
-            if policy.due(record):
-                t0 = time.perf_counter()
-                state = state_fn()
-                cache.atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-                prepared.timings["checkpoint_s"] = prepared.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
-            if on_epoch:
-                on_epoch(record)
-
-        history = run_distillation(
-            raptor,
-            prepared.states["train"],
-            prepared.states["val"],
-            cfg.distill,
-            cfg.runtime,
-            prepared.device,
-            prepared.teacher.num_registers,
-            cfg.seed,
-            resume=resume,
-            on_epoch=checkpoint,
-        )
-        return raptor, history
+        after = (lambda record, saved: on_epoch(record)) if on_epoch else None
+        return distill_resumable(prepared, out_dir / self.STATE_FILE, after)
 
     def cleanup(self, out_dir: Path) -> None:
         (out_dir / self.STATE_FILE).unlink(missing_ok=True)
