@@ -36,6 +36,24 @@ SWAP_STYLES = {SWAP_METRICS[0]: ("unswapped", "k"), SWAP_METRICS[1]: ("intra-pha
                SWAP_METRICS[2]: ("inter-phase swap", "tab:red")}  # fmt: skip
 
 
+EMERGENCE_PANELS = (
+    ("val_acc", "validation accuracy"),
+    ("mean_sim", "mean layer-layer similarity"),
+    ("k3.within_sim", "within-phase similarity (DP, k = 3)"),
+    ("k3.contrast", "within − between phase similarity (k = 3)"),
+)
+"""(key of an emergence snapshot, y label): the panels of `emergence_curves`."""
+
+
+@dataclass(frozen=True)
+class EmergenceTrace:
+    """One teacher's phase snapshots across training (result.json ``teacher.emergence``), records with an 'epoch'."""
+
+    label: str
+    sd: float
+    records: Sequence[Mapping[str, float]]
+
+
 @dataclass(frozen=True)
 class SimilarityPanel:
     """One layer-layer similarity matrix (layers 1..L) and its phases as 1-based inclusive bounds."""
@@ -218,6 +236,24 @@ def dynamics_curves(traces: Sequence[DynamicsTrace]) -> Figure:
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=palette[c], label=trace.label) for trace, c in zip(traces, codes, strict=True)]
     handles += [Line2D([], [], color="grey", ls=ls, label=name) for ls, name in (("-", "teacher"), ("--", "Raptor"))]
+    axes[0].legend(handles=handles, fontsize=7)
+    return figure
+
+
+def emergence_curves(traces: Sequence[EmergenceTrace]) -> Figure:
+    """`EMERGENCE_PANELS` against epochs of teacher training (0 = init), one line per teacher coloured by SD rate."""
+    figure = Figure(figsize=(PANEL * len(EMERGENCE_PANELS), PANEL), layout="constrained")
+    axes = figure.subplots(1, len(EMERGENCE_PANELS), squeeze=False).ravel()
+    codes, levels = pd.factorize(pd.Series([t.sd for t in traces], dtype=float), sort=True, use_na_sentinel=False)
+    palette = colormaps["plasma"](np.linspace(0.0, 0.85, max(1, len(levels))))
+    for ax, (key, ylabel) in zip(axes, EMERGENCE_PANELS, strict=True):
+        for trace, code in zip(traces, codes, strict=True):
+            frame = pd.DataFrame(trace.records)
+            if key in frame:
+                ax.plot(frame["epoch"], frame[key], marker="o", ms=3, color=palette[code], alpha=0.8)
+        ax.set(xlabel="teacher epoch (0 = init)", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=palette[c], label=f"{SD_PARAM} {sd:g}") for c, sd in enumerate(levels)]
     axes[0].legend(handles=handles, fontsize=7)
     return figure
 

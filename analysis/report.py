@@ -27,6 +27,7 @@ from study.contract import (
     ACC_RATIO,
     DYNAMICS_KEY,
     DYNAMICS_PREFIX,
+    EMERGENCE_KEY,
     FIDELITY_METRICS,
     K_PARAM,
     PHASE_KINDS,
@@ -37,7 +38,10 @@ from study.contract import (
     SWAP_METRICS,
     TEACHER_DYNAMICS_PREFIXES,
     TEACHER_KEY_PARAM,
+    TEACHER_SEED_PARAM,
+    emergence_metric,
 )
+from study.science.emergence import onset
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ SUMMARY_FILE = "summary.json"
 PARAM_SECTIONS = ("data.", "teacher.", "raptor.", "distill.", "similarity.", "dynamics.", "runtime.", "seed", "name")
 TABLE_DIR = "tables"
 N_TEACHERS_SHOWN = 3
+EMERGENCE_ONSET = 0.9
+"""Fraction of a snapshot curve's change from init to end that defines its onset epoch."""
 N_PARALLEL_PARAMS = 6
 SLOPE_CI, BOOT_SLOPE_CI, BOOT_R_CI = "slope CI (OLS)", "slope CI (boot)", "r CI (boot)"
 FIT_COLUMNS_SHOWN = ["y", "x", "n", "n_teachers", "n_dropped", "r2", "slope", SLOPE_CI, BOOT_SLOPE_CI, "slope_p_adj",
@@ -128,9 +134,13 @@ def write_trials_report(
     analysis = analyse_sweep(trials, params, reading=reading, n_resamples=n_resamples, seed=seed)
     comparison = compare_with_paper(analysis) if analysis.counts.finished else None
     sections = [_summary(source, trials, analysis)]
+    emergence: list[figures.EmergenceTrace] = []
     if comparison is not None:
         chosen = _pick_teachers(analysis.trials, N_TEACHERS_SHOWN)
-        fetched = results(chosen["run_id"]) if results else {}
+        per_level = _one_teacher_per_sd(analysis.trials)
+        wanted = list(dict.fromkeys([*chosen["run_id"], *per_level["run_id"]]))
+        fetched = results(wanted) if results else {}
+        emergence = _emergence_traces(per_level, fetched)
         sections += [
             _primary_section(analysis),
             _levels_section(analysis),
@@ -145,6 +155,7 @@ def write_trials_report(
             ),
             _exploratory_section(analysis),
             _similarity_section(chosen, fetched),
+            _emergence_section(emergence, len(per_level)),
             _dynamics_section(analysis, chosen, fetched),
             _fidelity_section(analysis),
             _group_section(analysis.by_sd, analysis.best, f"Naive fits per SD rate ({SD_PARAM})"),
@@ -173,6 +184,7 @@ def write_trials_report(
         "primary_by_sd": analysis.per_sd,
         "primary_by_k": analysis.per_k,
         "exploratory": analysis.exploratory,
+        **({"emergence": emergence_table(emergence)} if emergence else {}),
         **({"paper_comparison": comparison} if comparison is not None else {}),
     }
     written += _write_tables(tables, out_dir / TABLE_DIR)
@@ -470,6 +482,64 @@ def _dynamics_section(analysis: SweepAnalysis, chosen: pd.DataFrame, results: di
     if len(summary):
         blocks.append(Table("dyn.* metrics per SD rate: mean ± std (n)", _per_sd(summary)))
     return Section("Dynamics", blocks)
+
+
+def _one_teacher_per_sd(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per SD rate, one trial (`_pick_teachers` columns) of its lowest-seed teacher with emergence snapshots (else of
+    its lowest-seed teacher): whose emergence curves to show."""
+    by_run = trials.set_index("run_id")
+    tracked = by_run.get(emergence_metric("val_acc"), pd.Series(np.nan, index=by_run.index)).notna()
+    chosen = trials[trials["run_id"].map(tracked).astype(bool)]
+    frame = pd.concat([_pick_teachers(chosen, len(chosen)), _pick_teachers(trials, len(trials))])
+    frame = frame.drop_duplicates("teacher").assign(
+        untracked=lambda f: ~f["run_id"].map(tracked).astype(bool),
+        seed=lambda f: f["run_id"].map(by_run.get(TEACHER_SEED_PARAM, pd.Series(np.nan, index=by_run.index))),
+    )
+    frame = frame.sort_values(["sd", "untracked", "seed"], na_position="last")
+    return frame.drop(columns="untracked").groupby("sd", dropna=False).head(1).reset_index(drop=True)
+
+
+def emergence_table(traces: Iterable[figures.EmergenceTrace], fraction: float = EMERGENCE_ONSET) -> pd.DataFrame:
+    """Per teacher: final validation accuracy and the epoch at which each `figures.EMERGENCE_PANELS` curve has covered
+    `fraction` of its change from init to the end of training (`study.science.emergence.onset`)."""
+    rows = []
+    for trace in traces:
+        frame = pd.DataFrame(trace.records).sort_values("epoch")
+        row = {"teacher": trace.label, "sd": trace.sd, "epochs": int(frame["epoch"].max())}
+        for key, _ in figures.EMERGENCE_PANELS:
+            if key in frame:
+                row[f"{key} init"] = float(frame[key].iloc[0])
+                row[f"{key} end"] = float(frame[key].iloc[-1])
+                row[f"{key} onset"] = onset(frame["epoch"], frame[key], fraction)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _emergence_traces(per_level: pd.DataFrame, results: dict[str, dict]) -> list[figures.EmergenceTrace]:
+    """The `_one_teacher_per_sd` teachers' snapshots across training (``teacher.track_phases``), where recorded."""
+    return [
+        figures.EmergenceTrace(_trial_label(row).rsplit(" · k=", 1)[0], float(row.sd), records)
+        for row in per_level.itertuples(index=False)
+        if (records := results.get(row.run_id, {}).get("teacher", {}).get(EMERGENCE_KEY))
+    ]
+
+
+def _emergence_section(traces: list[figures.EmergenceTrace], n_levels: int) -> Section:
+    """Emergence figure and onset table of `_emergence_traces`."""
+    if not traces:
+        return Section(
+            "Emergence of the phases during teacher training",
+            [Note("No teacher of this sweep was trained with teacher.track_phases: nothing to show.")],
+        )
+    blocks: list = [
+        f"When does the block structure appear? For one teacher per SD rate ({len(traces)} of {n_levels} "
+        "carry snapshots), the layer-layer cosine similarity on a fixed validation subset and its exact DP partition, "
+        f"taken at init (epoch 0) and during training (study/science/emergence.py). 'onset': the first snapshot at "
+        f"which a curve has covered {EMERGENCE_ONSET:.0%} of its change from init to the end.",
+        Image("emergence", figures.to_png(figures.emergence_curves(traces)), "Phase structure across teacher training"),
+        Table("Emergence per teacher", emergence_table(traces)),
+    ]
+    return Section("Emergence of the phases during teacher training", blocks)
 
 
 def _fidelity_section(analysis: SweepAnalysis) -> Section:

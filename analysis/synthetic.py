@@ -31,6 +31,7 @@ from study.contract import (
     ACC_TEACHER,
     DATA_KEY,
     DYNAMICS_KEY,
+    EMERGENCE_KEY,
     FAILED,
     FINISHED,
     K_PARAM,
@@ -124,6 +125,7 @@ def write_synthetic_sweep(
             dyn_metrics, result[DYNAMICS_KEY] = _dynamics(depth, sd + 0.05 * ts, bounds, metrics[R2_FINAL],
                                                           metrics[TEACHER_TEST_ACC], dynamics_rng)  # fmt: skip
             metrics |= dyn_metrics
+            result[EMERGENCE_KEY] = planted_emergence(sd)
         run_id = _log_trial(client, experiment_id, parent_id, experiment, index, config, FINISHED, metrics, result)
         truth.append({"run_id": run_id, "status": FINISHED, **_flat(config), **metrics})
     for index in range(n_failed + n_pruned):
@@ -140,6 +142,32 @@ def write_synthetic_sweep(
         truth.append({"run_id": run_id, "status": status, **_flat(config)})
     client.set_terminated(parent_id, "FINISHED")
     return SyntheticSweep(experiment, parent_id, pd.DataFrame(truth))
+
+
+EMERGENCE_EPOCHS = 8
+
+
+def planted_onset(sd: float) -> int:
+    """The epoch at which a synthetic teacher's phase contrast jumps to its final value: later at higher SD."""
+    return 2 if sd < 0.3 else 4
+
+
+def planted_emergence(sd: float) -> list[dict[str, float]]:
+    """Phase snapshots at epochs 0..EMERGENCE_EPOCHS (as `study.science.emergence.phase_snapshot` keys): accuracy
+    rises linearly; the k = 3 contrast is 0 until `planted_onset(sd)`, then 0.2; similarity falls as it appears."""
+    records = []
+    for epoch in range(EMERGENCE_EPOCHS + 1):
+        structured = epoch >= planted_onset(sd)
+        records.append(
+            {
+                "epoch": epoch,
+                "val_acc": 0.1 + 0.8 * epoch / EMERGENCE_EPOCHS,
+                "mean_sim": 0.99 - (0.2 if structured else 0.0),
+                "k3.within_sim": 0.99 - (0.05 if structured else 0.0),
+                "k3.contrast": 0.2 if structured else 0.0,
+            }
+        )
+    return records
 
 
 def phase_metrics(similarity: np.ndarray, bounds: Sequence[Sequence[int]]) -> dict[str, float]:
@@ -363,7 +391,11 @@ def _log_trial(
             "metrics": scalars,
             "r2_per_layer": per_layer,
             "history": records,
-            "teacher": {"key": teacher_key, "depth": config["teacher"]["depth"]},
+            "teacher": {
+                "key": teacher_key,
+                "depth": config["teacher"]["depth"],
+                **({EMERGENCE_KEY: result.pop(EMERGENCE_KEY)} if EMERGENCE_KEY in result else {}),
+            },
             DATA_KEY: {
                 "name": config["data"]["name"],
                 "splits": {"train": 1000, "val": 125, "test": 250},

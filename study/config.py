@@ -61,6 +61,10 @@ class DataConfig(_Strict):
         return self
 
 
+TRACKING_FIELDS = ("track_phases", "track_samples")
+"""Teacher fields that only choose read-outs taken during training: outside `TrialConfig.teacher_key`."""
+
+
 class TeacherConfig(_Strict):
     """A timm VisionTransformer: trained from scratch, or loaded (timm name / checkpoint / converted ONNX file)."""
 
@@ -89,6 +93,15 @@ class TeacherConfig(_Strict):
     weight_decay: float = Field(0.05, ge=0.0, le=1.0)
     warmup_epochs: int = Field(3, ge=0)
     seed: int = Field(0, ge=0)
+    track_phases: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="every N epochs of training from scratch (0: off), the phase structure of the teacher's layers "
+        "(study/science/emergence.py) on `track_samples` validation images, kept with the teacher and logged by "
+        "its trials as teacher.emergence.* step metrics; does not change the weights or the cache key",
+    )
+    track_samples: int = Field(512, ge=16, le=100_000, description="validation images of each phase snapshot")
 
     @model_validator(mode="before")
     @classmethod
@@ -319,7 +332,8 @@ class TrialConfig(_Strict):
     def teacher_key(self) -> str:
         """Cache key of the teacher: hash of exactly what determines its weights (data + teacher)."""
         data = self.data.model_dump(mode="json", exclude={"raptor_samples"})  # the teacher never sees that cap
-        payload = {"data": data, "teacher": self.teacher.model_dump(mode="json")}
+        teacher = self.teacher.model_dump(mode="json", exclude=set(TRACKING_FIELDS))  # read-outs, not weights
+        payload = {"data": data, "teacher": teacher}
         if self.data.max_samples is not None:  # capped splits became stratified random draws (docs/science.md §5)
             payload["subsets"] = "stratified"
         return stable_hash(payload)

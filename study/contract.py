@@ -207,6 +207,17 @@ def swap_metric(kind: str) -> str:
     return dynamics_metric("swap", f"{kind}_acc_mean")
 
 
+EMERGENCE_PREFIX = "teacher.emergence."
+"""The teacher's phase snapshots across its training (``teacher.track_phases``; study/science/emergence.py), logged by
+each of its trials at step = epochs done (0 = init): ``teacher.emergence.{val_acc, mean_sim, k2.within_sim, ...}``."""
+EMERGENCE_KEY = "emergence"
+"""Entry of result.json's ``teacher`` record holding those snapshots (a list of records with an ``epoch``)."""
+
+
+def emergence_metric(key: str) -> str:
+    return f"{EMERGENCE_PREFIX}{key}"
+
+
 SUMMARY_PREFIXES = ("trials.", "best.")
 """Parent-run metrics: ``trials.{status}`` counts, ``trials.orphaned``, ``best.{objective}``."""
 
@@ -229,7 +240,17 @@ DATA_KEY = "data"
 MODEL_ARTIFACT = "model"
 """Artifact path of the Raptor as an MLflow PyTorch model (``record.log_model``)."""
 
-METRIC_PREFIXES = ("r2.", "r2_pooled.", "acc.", PHASE_PREFIX, DYNAMICS_PREFIX, "stage1.", "stage2.", *SUMMARY_PREFIXES)
+METRIC_PREFIXES = (
+    "r2.",
+    "r2_pooled.",
+    "acc.",
+    PHASE_PREFIX,
+    DYNAMICS_PREFIX,
+    EMERGENCE_PREFIX,
+    "stage1.",
+    "stage2.",
+    *SUMMARY_PREFIXES,
+)
 METRIC_NAMES = frozenset({TEACHER_TEST_ACC, VAL_R2, *PARTITION_METRICS, *CLASS_SHARE_METRICS})
 """What a metric name looks like: the names above or a name under these prefixes (used by the literal grep test)."""
 

@@ -14,6 +14,7 @@ Imports MLflow but not Ray, so the analysis can use it without starting Ray.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from study.contract import (
     DATA_KEY,
+    EMERGENCE_KEY,
     EPOCH_KEYS,
     FAILURE_TAG,
     LAYER_RESULT_KEYS,
@@ -39,6 +41,7 @@ from study.contract import (
     SWEEP_TAG,
     TEACHER_KEY_PARAM,
     TRIAL_ID_TAG,
+    emergence_metric,
     epoch_metric,
     layer_metric,
 )
@@ -123,6 +126,12 @@ def result_values(result: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     for entry, prefix in LAYER_RESULT_KEYS.items():  # strict and pooled R^2 per layer
         for group, per_layer in (result.get(entry) or {}).items():
             values += [(layer_metric(group, prefix), value, layer) for layer, value in enumerate(per_layer, start=1)]
+    for snapshot in (result.get("teacher") or {}).get(EMERGENCE_KEY) or []:  # the teacher across its training
+        values += [
+            (emergence_metric(key), value, int(snapshot["epoch"]))
+            for key, value in snapshot.items()
+            if key != "epoch" and value is not None and math.isfinite(value)
+        ]
     return values
 
 

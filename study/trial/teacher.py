@@ -29,7 +29,10 @@ from study.runtime import (
     use_graphs,
     warmup_cosine,
 )
-from study.trial.data import ImageSpec, Splits, native_spec
+from study.science.emergence import phase_snapshot
+from study.science.sampling import stratified_subset
+from study.science.states import teacher_states
+from study.trial.data import ImageSpec, Splits, dataset_labels, native_spec
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Teacher:
     spec: ImageSpec
     key: str
     test_acc: float | None  # head accuracy on the test split (teachers trained here), else None
+    emergence: list[dict] | None = None  # phase snapshots across training (`teacher.track_phases`), else None
 
     @property
     def depth(self) -> int:
@@ -155,12 +159,42 @@ def accuracy(
     return correct / max(1, total)
 
 
+def phase_tracker(
+    splits: Splits, cfg: TrialConfig, device: torch.device
+) -> Callable[[VisionTransformer], dict[str, float]]:
+    """model -> its `phase_snapshot` on a fixed stratified draw of `teacher.track_samples` validation images.
+
+    Runs in eval mode without gradients and draws no random numbers, so tracking leaves training unchanged."""
+    chosen = stratified_subset(
+        dataset_labels(splits.val), cfg.teacher.track_samples, cfg.data.split_seed + 13, num_items=len(splits.val)
+    )
+    images = torch.stack([splits.val[int(i)][0] for i in chosen])
+
+    @torch.no_grad()
+    def snapshot(model: VisionTransformer) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        with autocast(device, cfg.runtime.amp):
+            states = torch.cat([teacher_states(model, part.to(device)).float() for part in images.split(256)])
+        model.train(was_training)
+        return phase_snapshot(states, int(getattr(model, "num_reg_tokens", 0) or 0))
+
+    return snapshot
+
+
 def train_scratch(
-    model: VisionTransformer, splits: Splits, cfg: TrialConfig, device: torch.device, resume_path: Path
-) -> list[dict]:
+    model: VisionTransformer,
+    splits: Splits,
+    cfg: TrialConfig,
+    device: torch.device,
+    resume_path: Path,
+    track: Callable[[VisionTransformer], dict[str, float]] | None = None,
+) -> tuple[list[dict], list[dict]]:
     """AdamW + warmup-cosine training on the train split, resumable from `resume_path`.
 
-    Returns the per-epoch history [{'epoch', 'loss', 'val_acc'}]."""
+    Returns the per-epoch history [{'epoch', 'loss', 'val_acc'}] and, with `track` and `teacher.track_phases` = N,
+    the emergence records [{'epoch': epochs done (0 = init), 'val_acc', **track(model)}] at init, every N epochs
+    and at the end (else [])."""
     t, rt = cfg.teacher, cfg.runtime
     generator = seed_everything(t.seed)
     loader = DataLoader(
@@ -180,6 +214,8 @@ def train_scratch(
     optimizer = adamw(model.parameters(), t.lr, t.weight_decay, device, rt.fused_adamw)
     scheduler = warmup_cosine(optimizer, t.epochs * len(loader), t.warmup_epochs * len(loader))
     history: list[dict] = []
+    emergence: list[dict] = []
+    every = t.track_phases if track is not None else 0
     start_epoch = 0
     if resume_path.is_file():
         # on CPU: generator states must be CPU ByteTensors (load_state_dict moves the rest to the model's device)
@@ -193,7 +229,17 @@ def train_scratch(
             if state.get("cuda_rng") is not None and device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
         history, start_epoch = state["history"], state["epoch"] + 1
+        emergence = state.get("emergence", [])
         log.info("resuming teacher training at epoch %d", start_epoch)
+
+    def snapshot(epochs_done: int, val_acc: float | None = None) -> dict:
+        # the global RNG (drop-path masks) must not see the read-out: DataLoader iterators draw a base seed from it
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            val_acc = accuracy(model, splits.val, device, amp=rt.amp) if val_acc is None else val_acc
+            return {"epoch": epochs_done, "val_acc": val_acc, **track(model)}
+
+    if every and start_epoch == 0:
+        emergence.append(snapshot(0))
 
     def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with autocast(device, rt.amp):
@@ -220,6 +266,8 @@ def train_scratch(
                 "val_acc": accuracy(model, splits.val, device, amp=rt.amp),
             }
             history.append(record)
+            if every and ((epoch + 1) % every == 0 or epoch + 1 == t.epochs):
+                emergence.append(snapshot(epoch + 1, record["val_acc"]))
             bar.update(task, advance=1, info=f"loss {record['loss']:.3f} val_acc {record['val_acc']:.3f}")
             state = {
                 "model": model.state_dict(),
@@ -227,12 +275,13 @@ def train_scratch(
                 "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(),
                 "history": history,
+                "emergence": emergence,
                 "epoch": epoch,
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             }
             cache.atomic_write(resume_path, lambda tmp: torch.save(state, tmp))
-    return history
+    return history, emergence
 
 
 def _freeze(model: VisionTransformer) -> VisionTransformer:
@@ -268,7 +317,8 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[I
         splits = splits_for(spec)
         seed_everything(cfg.teacher.seed)  # the init is part of what teacher.seed (and the cache key) determines
         model = build_scratch_model(cfg, spec, splits.num_classes)
-        history = train_scratch(model, splits, cfg, device, resume_path=folder / f"{key}.resume.pt")
+        track = phase_tracker(splits, cfg, device) if cfg.teacher.track_phases else None
+        history, emergence = train_scratch(model, splits, cfg, device, folder / f"{key}.resume.pt", track)
         test_acc = accuracy(model, splits.test, device, amp=cfg.runtime.amp)
         torch.save(
             {
@@ -278,6 +328,7 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[I
                 "teacher": cfg.teacher.model_dump(mode="json"),
                 "data": cfg.data.model_dump(mode="json"),
                 "history": history,
+                "emergence": emergence,
                 "test_acc": test_acc,
             },
             tmp,
@@ -289,4 +340,4 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[I
     model = build_scratch_model(cfg, spec, saved["num_classes"])
     model.load_state_dict(saved["state_dict"])
     set_fused_attn(model, cfg.runtime.fused_attn)
-    return Teacher(_freeze(model).to(device), spec, key, saved["test_acc"])
+    return Teacher(_freeze(model).to(device), spec, key, saved["test_acc"], saved.get("emergence") or None)

@@ -46,7 +46,7 @@ def report(store, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_html_is_self_contained_with_embedded_figures(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
     sources = IMG.findall(page)
-    assert len(sources) == 8  # similarity, dynamics, swaps, scatter, per-layer, accuracy, importances, parallel
+    assert len(sources) == 9  # similarity, dynamics, swaps, emergence, scatter, per-layer, accuracy, importances, parallel
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,7 +78,7 @@ def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
     folder = report.parent
     markdown = (folder / "report.md").read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)
-    assert len(links) == 8 and all((folder / link).is_file() for link in links)
+    assert len(links) == 9 and all((folder / link).is_file() for link in links)
     assert "| finding | paper | this sweep | paper setting |" in markdown
     for name in (
         "trials",
@@ -141,3 +141,17 @@ def test_zero_finished_trials_and_no_sweep_run(store, tmp_path: Path) -> None:
     page = (tmp_path / "report.html").read_text(encoding="utf-8")  # written before the lookup failed
     assert "0 finished, 2 failed" in page and "No finished trials: nothing to fit." in page
     assert "<img" not in page
+
+
+def test_emergence_section(report: Path) -> None:
+    """One teacher per SD rate; the planted onset of the phase contrast is read back per teacher."""
+    from analysis.synthetic import planted_onset
+
+    page = report.read_text(encoding="utf-8")
+    section = page[page.index("<h2>Emergence of the phases") : page.index("<h2>Dynamics</h2>")]
+    assert '<img alt="Phase structure across teacher training" src="data:image/png;base64,' in section
+    assert "(2 of 2 carry snapshots)" in section
+    table = pd.read_csv(report.parent / "tables" / "emergence.csv")
+    onsets = table.set_index("sd")["k3.contrast onset"]
+    assert onsets[0.0] == planted_onset(0.0) and onsets[0.6] == planted_onset(0.6)
+    assert (table["val_acc end"] > table["val_acc init"]).all()

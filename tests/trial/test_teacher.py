@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -102,7 +103,7 @@ def test_interrupted_training_resumes_from_the_resume_file(make_cfg, tmp_path, m
         return build_scratch_model(cfg, spec, splits.num_classes)
 
     reference = fresh_model()
-    reference_history = train_scratch(reference, splits, cfg, cpu, resume_path=tmp_path / "ref.resume.pt")
+    reference_history, _ = train_scratch(reference, splits, cfg, cpu, resume_path=tmp_path / "ref.resume.pt")
 
     real_accuracy = teacher_mod.accuracy
     evaluated = []
@@ -124,13 +125,45 @@ def test_interrupted_training_resumes_from_the_resume_file(make_cfg, tmp_path, m
     monkeypatch.setattr(teacher_mod, "accuracy", lambda *a, **k: epochs_run.append(1) or real_accuracy(*a, **k))
     resumed = fresh_model()  # a new process would start from a fresh model; the resume file overrides it
     torch.manual_seed(12345)  # ... and from another global RNG state
-    history = train_scratch(resumed, splits, cfg, cpu, resume_path=resume_path)
+    history, _ = train_scratch(resumed, splits, cfg, cpu, resume_path=resume_path)
     assert len(epochs_run) == 1, "only epoch 1 is trained after resuming"
     assert [r["epoch"] for r in history] == [0, 1]
     assert history[0] == reference_history[0]
     assert history[1]["loss"] == pytest.approx(reference_history[1]["loss"], rel=1e-5)
     for (name, a), b in zip(resumed.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_phase_tracking_records_snapshots_and_leaves_training_unchanged(make_cfg, tmp_path, cpu):
+    """`teacher.track_phases: 1` snapshots the phase structure at init and after each epoch; the weights are those
+    of an untracked run (the snapshots draw no random numbers) and the teacher key is the same."""
+    tracked = make_cfg(
+        tmp_path / "a",
+        {
+            "teacher.epochs": 2,
+            "data.max_samples": 256,
+            "teacher.sd_rate": 0.3,
+            "teacher.track_phases": 1,
+            "teacher.track_samples": 40,
+        },
+    )
+    plain = make_cfg(tmp_path / "b", {"teacher.epochs": 2, "data.max_samples": 256, "teacher.sd_rate": 0.3})
+    assert tracked.teacher_key() == plain.teacher_key()
+    with_track = load_teacher(tracked, cpu, lambda spec: load_splits(tracked.data, spec))
+    without = load_teacher(plain, cpu, lambda spec: load_splits(plain.data, spec))
+    for name, value in with_track.model.state_dict().items():
+        assert torch.equal(value, without.model.state_dict()[name]), name
+    assert without.emergence is None
+    records = with_track.emergence
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    for record in records:
+        assert 0.0 <= record["val_acc"] <= 1.0
+        assert {"mean_sim", "adjacent_sim", "k2.within_sim", "k4.contrast"} <= set(record)
+        assert "k5.within_sim" not in record  # the tiny teacher has 4 blocks
+        assert record["k2.within_sim"] >= record["k2.between_sim"]  # DP puts similar layers together
+    # cached with the teacher: a cache hit returns the same snapshots
+    again = load_teacher(tracked, cpu, lambda spec: pytest.fail("a cache hit must not load data"))
+    assert pd.DataFrame(again.emergence).equals(pd.DataFrame(records))  # NaN where a k has one layer per phase
 
 
 def test_checkpoint_teacher_reproduces_the_saved_model(tmp_path, cpu):
