@@ -4,6 +4,7 @@
 # bench/device_wheels.sh and bench/pack_fashion.sh; for `pretrained` also .teacher/, see
 # docs/results/pretrained_vit_s14/README.md):
 #   bash bench/gpu_study.sh sd_even|sd_odd|pretrained|ablation [SECONDS]
+# (Study 1 = sd_even + sd_odd: two self-contained sweeps, 20 + 15 teachers; the report merges them.)
 # Each chunk is a sweep of its own teachers into the same store (runs_gpu/, kept while the machine is);
 # a chunk cut off by SECONDS is continued by running it again (`resume`). What comes back under $OUT:
 # the MLflow store, every trial's result.json, the sweep's console log and GPU utilisation samples.
@@ -18,7 +19,6 @@ sampler=$!
 case $chunk in
   sd_even) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_even --set "space.teacher.sd_rate={choice: [0.0, 0.2, 0.4, 0.6]}") ;;
   sd_odd) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_odd --set "space.teacher.sd_rate={choice: [0.1, 0.3, 0.5]}") ;;
-  sd_core) spec=search_spaces/fashion_sd_study.yaml; sets=(--set data.path=$PWD/.data/fashion-mnist --set name=fashion_sd_core --set "space.teacher.sd_rate={choice: [0.0, 0.3, 0.6]}") ;;
   pretrained) spec=search_spaces/pretrained_vit_s14.yaml
     sets=(--set teacher.source=checkpoint --set teacher.preset=null --set teacher.timm_name=vit_small_patch14_dinov2
           --set teacher.checkpoint="$PWD/.teacher/vit_s14_focus_112_fp16.pt" --set data.image_size=112) ;;
@@ -27,6 +27,7 @@ case $chunk in
           --set teacher.checkpoint="$PWD/.teacher/vit_s14_focus_112_fp16.pt" --set data.image_size=112) ;;
   *) echo "unknown chunk $chunk"; exit 2 ;;
 esac
+sets+=(--set data.path="$PWD/.data/fashion-mnist")  # the carried pack (bench/pack_fashion.sh), not the Debian folder
 name=$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$spec")
 for s in "${sets[@]}"; do case $s in name=*) name=${s#name=} ;; esac; done
 start=$(date +%s)
