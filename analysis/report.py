@@ -183,6 +183,7 @@ def write_trials_report(
         "dynamics_by_sd": analysis.dynamics,
         "primary_by_sd": analysis.per_sd,
         "primary_by_k": analysis.per_k,
+        "secondary_by_sd": analysis.per_sd_secondary,
         "exploratory": analysis.exploratory,
         **({"emergence": emergence_table(emergence)} if emergence else {}),
         **({"paper_comparison": comparison} if comparison is not None else {}),
@@ -219,6 +220,7 @@ def summary_record(analysis: SweepAnalysis) -> dict:
         "unadjusted": analysis.primary_unadjusted.summary() if analysis.primary_unadjusted is not None else None,
         "per_sd": _records(analysis.per_sd, {"level": "sd"}, PAPER_FIT_R2),
         "per_k": _records(analysis.per_k, {"level": "k"}, PAPER_ACC_RATIO),
+        "per_sd_secondary": _records(analysis.per_sd_secondary, {"level": "sd"}, None),
         "sd_trend": [fit.summary() for fit in analysis.sd_trends],
         "power": analysis.power.summary() if analysis.power is not None else None,
         "exploratory": _records(analysis.exploratory, {}, None),
@@ -383,6 +385,26 @@ def _levels_section(analysis: SweepAnalysis) -> Section:
             ]
             shown["paper acc.ratio"] = [PAPER_ACC_RATIO.get(int(k), np.nan) for k in table["level"]]
         blocks.append(Table(f"Primary relation per {name} ({by})", shown))
+    secondary = analysis.per_sd_secondary
+    if len(secondary):
+        blocks.append(
+            Table(
+                f"Same predictor, other targets, per SD rate ({SD_PARAM}; same covariates, teacher as the unit)",
+                pd.DataFrame(
+                    {
+                        "target": secondary["target"],
+                        SD_PARAM: secondary["level"],
+                        "n_teachers": secondary["n_teachers"],
+                        "slope": secondary["slope"],
+                        "slope 95% CI": [_ci(*c) for c in secondary["slope_ci"]],
+                        "R²": secondary["r2"],
+                        "R² 95% CI": [_ci(*c) for c in secondary["r2_ci"]],
+                        "p": secondary["p"],
+                        "note": secondary["note"],
+                    }
+                ),  # fmt: skip
+            )
+        )
     for fit in analysis.sd_trends:
         blocks.append(
             f"SD -> {fit.target} (cluster-level, {K_PARAM} adjusted): "

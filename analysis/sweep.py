@@ -42,12 +42,16 @@ from study.contract import (
     PHASE_PREFIX,
     PRIMARY_PREDICTOR,
     PRIMARY_TARGET,
+    R2_FINAL,
     SD_PARAM,
     TEACHER_DYNAMICS_PREFIXES,
     TEACHER_KEY_PARAM,
 )
 
 DYNAMICS_COLUMNS = ["metric", "sd", "mean", "std", "n"]
+SECONDARY_TARGETS = (R2_FINAL, PAPER_ACC_METRIC)
+"""Targets refitted per SD rate beside the primary one (same predictor and covariates): the strict R^2 and the
+paper-protocol accuracy ratio, so a report can say whether the per-SD picture depends on the fidelity measure."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class SweepAnalysis:
     """The same without covariates (to show what adjusting for k and the knobs changes)."""
     per_sd: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_k: pd.DataFrame = field(default_factory=pd.DataFrame)
+    per_sd_secondary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """`per_sd` for each of `SECONDARY_TARGETS` (other than the primary target), column ``target``."""
     sd_trends: list[ClusterFit] = field(default_factory=list)
     """SD rate -> the primary predictor and target, teacher as the unit, k adjusted."""
     power: Power | None = None
@@ -212,6 +218,11 @@ def _clustered(
     covariates = tuple(searched_covariates(trials, params))
     primary = cluster_fit(trials, x, y, covariates, **options)
     per_sd = _per_level(trials, SD_PARAM, x, y, covariates, options)
+    secondary = [
+        _per_level(trials, SD_PARAM, x, target, covariates, options).assign(target=target)
+        for target in SECONDARY_TARGETS
+        if target != y and target in trials
+    ]
     per_k = _per_level(trials, K_PARAM, x, y, [c for c in covariates if c != K_PARAM], options)
     if len(per_k) and PAPER_ACC_METRIC in trials:
         accuracy = [cluster_mean(group[PAPER_ACC_METRIC], group[TEACHER_KEY_PARAM], **options)
@@ -231,6 +242,7 @@ def _clustered(
         "primary_unadjusted": cluster_fit(trials, x, y, (), **options) if covariates else primary,
         "per_sd": per_sd,
         "per_k": per_k,
+        "per_sd_secondary": pd.concat(secondary, ignore_index=True) if secondary else pd.DataFrame(),
         "sd_trends": trends,
         "power": power(primary, trials),
         "exploratory": exploratory_ranking(trials, y, predictors, covariates, **options),

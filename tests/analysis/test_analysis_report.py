@@ -46,7 +46,8 @@ def report(store, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_html_is_self_contained_with_embedded_figures(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
     sources = IMG.findall(page)
-    assert len(sources) == 9  # similarity, dynamics, swaps, emergence, scatter, per-layer, accuracy, importances, parallel
+    # similarity, emergence, dynamics, swaps, scatter, per-layer, accuracy, importances, parallel coordinates
+    assert len(sources) == 9
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,6 +20,7 @@ from analysis.cluster import (
 )
 from analysis.load import load_trials
 from analysis.report import write_report
+from analysis.sweep import SECONDARY_TARGETS
 from analysis.synthetic import simulate_clustered, write_clustered_sweep
 from study.sweep.space import SweepSpec
 
@@ -183,6 +184,9 @@ def test_report_summary_json_of_the_null_store(null_store, tmp_path):
     assert [row["sd"] for row in summary["per_sd"]] == [0.0, 0.2, 0.4, 0.6]
     assert all(row["r2"] is None and row["note"].startswith("too few teachers") for row in summary["per_sd"])
     assert [row["k"] for row in summary["per_k"]] == [2, 3, 4] and summary["per_k"][0]["paper"] == 0.96
+    secondary = {(row["target"], row["sd"]) for row in summary["per_sd_secondary"]}  # the other targets it carries
+    assert "r2.final" in SECONDARY_TARGETS and "acc.ratio" in SECONDARY_TARGETS  # the clustered store has no acc.*
+    assert secondary == {("r2.final", sd) for sd in (0.0, 0.2, 0.4, 0.6)}
     assert summary["power"]["statement"].startswith("With 6 teachers")
     assert {row["predictor"] for row in summary["exploratory"]} >= {X} and "p_holm" in summary["exploratory"][0]
     page = (tmp_path / "report.md").read_text()
