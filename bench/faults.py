@@ -241,24 +241,43 @@ def node_kill(out: Path) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
         victim = state[0].parent.parent.name
+        time.sleep(3)  # the state comes at stage 1's end at the latest: a few s more put the kill mid-stage-2
         killed = time.time()
         processes = cluster.kill_node(worker)
         cluster.start_node(num_cpus=1)
         joined = time.time() - killed
+
+        def trained_again() -> bool:  # the rerun writes its state every 5 epochs (and result.json at the end)
+            done = state[0].parent.parent / "result.json"
+            return done.is_file() or (state[0].is_file() and state[0].stat().st_mtime > killed)
+
+        # MLflow's metric timestamps are when the callback's writer applied them, which lags on a loaded machine:
+        # the state file's time is when the rerun trained again
+        wait_for(trained_again, every=0.2)
+        recovered = time.time() - killed
         log = finish(proc)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     lost, dup = summary(client, "f-node", 2)
     runs = {r.data.tags["raptor.trial_id"]: r for r in trial_runs(client, "f-node")}
-    after = [t for t in epoch_times(client, runs[victim].info.run_id) if t > killed] if victim in runs else []
     return {
         "fault": "worker node of a 2-node loopback cluster SIGKILLed mid-trial (all its processes), a "
         "replacement node started",
+        "kill_step": max(
+            (
+                m.step
+                for m in client.get_metric_history(runs[victim].info.run_id, epoch_metric(2, "loss"))
+                if m.timestamp / 1000 < killed
+            ),
+            default=None,
+        )
+        if victim in runs
+        else None,
         "action": f"{processes} processes killed; Tune's FailureConfig(max_failures=1) reran the trial on the "
-        f"replacement node (joined {joined:.1f} s after the kill) from its last distillation state, in the same "
-        "MLflow run; the next trial ran there too",
+        f"replacement node (joined {joined:.1f} s after the kill), resuming from the distillation state the killed "
+        "run left (pipeline.distill_resumable), in the same MLflow run; the next trial ran there too",
         "trials_lost": lost,
         "runs_duplicated": dup,
-        "recovery_s": round(after[0] - killed, 1) if after else None,
+        "recovery_s": round(recovered, 1),
         "victim": victim,
         "sweep_log": log,
     }

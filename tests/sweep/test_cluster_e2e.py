@@ -127,5 +127,5 @@ def test_a_killed_worker_node_loses_and_duplicates_no_trial(tmp_path):
     victim = next(r for r in runs if r.data.tags["raptor.trial_id"] == row["victim"])
     steps = [m.step for m in client.get_metric_history(victim.info.run_id, "stage2.loss")]
     assert sorted(steps) == list(range(150))  # the killed trial's history: every epoch once, across the rerun
-    assert row["recovery_s"] is not None and row["recovery_s"] > 0  # it trained again after the kill
+    assert row["recovery_s"] > 0  # the rerun wrote a newer state (trained again) after the kill
     print(f"node-kill fault: {time.monotonic() - t0:.0f} s in all, recovery {row['recovery_s']} s")
