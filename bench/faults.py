@@ -121,7 +121,9 @@ def driver_kill(out: Path) -> dict:
 
 def process_table() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) of every process on this machine."""
-    rows = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+    # -ww: whole command lines (ps cuts them at $COLUMNS, which pytest sets, and a node's temp dir comes late)
+    command = ["ps", "-eww", "-o", "pid=,ppid=,args="]
+    rows = subprocess.run(command, capture_output=True, text=True).stdout.splitlines()
     table = {}
     for row in rows:
         pid, ppid, *args = row.split(None, 2)
@@ -188,6 +190,9 @@ class LoopbackCluster:
     def kill_node(self, temp_dir: str) -> int:
         """SIGKILL every process of the node at once; returns how many there were."""
         pids = self.node_pids(temp_dir)
+        table = process_table()
+        if not any("raylet" in table.get(pid, (0, ""))[1] for pid in pids):
+            raise RuntimeError(f"no raylet of the node {temp_dir} found among {pids}: nothing to kill")
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
