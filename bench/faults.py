@@ -6,6 +6,8 @@ fault, what the system did, trials lost, runs duplicated, time to recover.
 Scenarios (tiny digits trials, real Ray / Ray Train / MLflow):
   worker-kill   SIGKILL a Ray Train worker mid-stage; FailureConfig restarts it from its checkpoint
   driver-kill   SIGKILL the sweep driver (and its local Ray) mid-sweep; `raptor-study resume`
+  node-kill     SIGKILL every process of the worker node of a 2-node loopback cluster while a trial runs on it;
+                FailureConfig reruns it on a replacement node, from its last distillation state
   cache-corrupt flip bytes in a cached teacher; the next trial detects it and rebuilds
 """
 
@@ -14,15 +16,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from bench import RESULTS
 from study.contract import epoch_metric
-from tests.sweep.test_sweep_e2e import cli, finish, tiny_spec, train_worker_pids, trial_runs  # shared scenario helpers
+from study.sweep.raytrain import RayTrainWorkers
+from tests.sweep.test_sweep_e2e import (  # shared scenario helpers
+    cli,
+    finish,
+    free_port,
+    output,
+    tiny_spec,
+    train_worker_pids,
+    trial_runs,
+)
+
+RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def wait_for(predicate, timeout: float = 600, every: float = 0.5):
@@ -100,6 +119,175 @@ def driver_kill(out: Path) -> dict:
     }
 
 
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process on this machine."""
+    # -ww: whole command lines (ps cuts them at $COLUMNS, which pytest sets, and a node's temp dir comes late)
+    command = ["ps", "-eww", "-o", "pid=,ppid=,args="]
+    rows = subprocess.run(command, capture_output=True, text=True).stdout.splitlines()
+    table = {}
+    for row in rows:
+        pid, ppid, *args = row.split(None, 2)
+        table[int(pid)] = (int(ppid), args[0] if args else "")
+    return table
+
+
+class LoopbackCluster:
+    """A Ray cluster of nodes on 127.0.0.1, each started by `ray start` with its own temp dir.
+
+    A node's processes are those whose command line names its temp dir (raylet, agents, log monitor) and
+    their descendants (the worker processes, whose titles Ray rewrites); `kill_node` SIGKILLs exactly
+    those by pid, and `stop` ends every node's, never another Ray on this machine. Token authentication
+    (on by default for `ray start --head` since Ray 2.5x) uses a token of its own."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[str] = []  # temp dirs, the head's first
+        self.token = Path(tempfile.mkdtemp(prefix="rtok", dir="/tmp")) / "auth_token"
+        self.token.write_text(secrets.token_hex(32))
+
+    @contextmanager
+    def environment(self):
+        """The token for processes that join the cluster (the sweep CLI); restored afterwards."""
+        before = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(self.token)
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+            else:
+                os.environ["RAY_AUTH_TOKEN_PATH"] = before
+
+    def start_node(self, num_cpus: int, head: bool = False) -> str:
+        """Start a node (the head first) and return its temp dir (short: Unix socket paths are limited)."""
+        temp_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")
+        where = ["--address", self.address]
+        if head:
+            where = ["--head", "--port", str(self.port), "--include-dashboard=false"]
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token)}
+        self.nodes.append(temp_dir)
+        subprocess.run(
+            [RAY, "start", *where, "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus)]
+            + ["--disable-usage-stats", "--temp-dir", temp_dir],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+        return temp_dir
+
+    def node_pids(self, temp_dir: str) -> list[int]:
+        table = process_table()
+        found = {pid for pid, (_, args) in table.items() if temp_dir in args and pid != os.getpid()}
+        grew = True
+        while grew:
+            children = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
+            found |= children
+            grew = bool(children)
+        return sorted(found)
+
+    def kill_node(self, temp_dir: str) -> int:
+        """SIGKILL every process of the node at once; returns how many there were."""
+        pids = self.node_pids(temp_dir)
+        table = process_table()
+        if not any("raylet" in table.get(pid, (0, ""))[1] for pid in pids):
+            raise RuntimeError(f"no raylet of the node {temp_dir} found among {pids}: nothing to kill")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(pids)
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for temp_dir in reversed(self.nodes):
+                for pid in self.node_pids(temp_dir):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(3)
+        for temp_dir in self.nodes:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(self.token.parent, ignore_errors=True)
+
+    def __enter__(self) -> LoopbackCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def node_kill(out: Path) -> dict:
+    """2-node loopback cluster: a head with no CPU (it holds the sweep driver only, so every trial runs on the
+    worker node) and one 1-CPU worker node; 2 trials, one at a time. Once the first trial has written a
+    distillation state, every process of the worker node is SIGKILLed and a replacement node is started (what an
+    autoscaler does). Tune's FailureConfig reruns the trial there; it resumes from its state file."""
+    # ~0.2 s per tiny epoch here: 150 stage-2 epochs keep a trial running long enough to be hit mid-stage
+    spec = tiny_spec(
+        out, "f-node", num_samples=2, max_concurrent=1, stage2_epochs=150, runtime={"checkpoint_epochs": 5}
+    )
+    root = out / "node"
+    with LoopbackCluster() as cluster, cluster.environment():
+        cluster.start_node(num_cpus=0, head=True)
+        worker = cluster.start_node(num_cpus=1)
+        proc = cli("sweep", str(spec), "--address", cluster.address, "--out", str(root))
+
+        def states() -> list[Path]:  # a trial's resumable distillation state (Ray Train local mode)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the sweep ended before a trial wrote its state:\n{output(proc)[-3000:]}")
+            return list((root / "trials" / "f-node").glob(f"*/{RayTrainWorkers.LOCAL_STATE}/*.pt"))
+
+        try:
+            state = wait_for(states, every=0.2)
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        victim = state[0].parent.parent.name
+        time.sleep(3)  # the state comes at stage 1's end at the latest: a few s more put the kill mid-stage-2
+        killed = time.time()
+        processes = cluster.kill_node(worker)
+        cluster.start_node(num_cpus=1)
+        joined = time.time() - killed
+
+        def trained_again() -> bool:  # the rerun writes its state every 5 epochs (and result.json at the end)
+            done = state[0].parent.parent / "result.json"
+            return done.is_file() or (state[0].is_file() and state[0].stat().st_mtime > killed)
+
+        # MLflow's metric timestamps are when the callback's writer applied them, which lags on a loaded machine:
+        # the state file's time is when the rerun trained again
+        wait_for(trained_again, every=0.2)
+        recovered = time.time() - killed
+        log = finish(proc)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    lost, dup = summary(client, "f-node", 2)
+    runs = {r.data.tags["raptor.trial_id"]: r for r in trial_runs(client, "f-node")}
+    return {
+        "fault": "worker node of a 2-node loopback cluster SIGKILLed mid-trial (all its processes), a "
+        "replacement node started",
+        "kill_step": max(
+            (
+                m.step
+                for m in client.get_metric_history(runs[victim].info.run_id, epoch_metric(2, "loss"))
+                if m.timestamp / 1000 < killed
+            ),
+            default=None,
+        )
+        if victim in runs
+        else None,
+        "action": f"{processes} processes killed; Tune's FailureConfig(max_failures=1) reran the trial on the "
+        f"replacement node (joined {joined:.1f} s after the kill), resuming from the distillation state the killed "
+        "run left (pipeline.distill_resumable), in the same MLflow run; the next trial ran there too",
+        "trials_lost": lost,
+        "runs_duplicated": dup,
+        "recovery_s": round(recovered, 1),
+        "victim": victim,
+        "sweep_log": log,
+    }
+
+
 def cache_corrupt(out: Path) -> dict:
     from study.config import load_trial_config
     from study.trial.pipeline import prepare
@@ -141,7 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [cache_corrupt(out), worker_kill(out), driver_kill(out)]
+    rows = [cache_corrupt(out), worker_kill(out), driver_kill(out), node_kill(out)]
     lines = [
         "| fault | what the system did | trials lost | runs duplicated | time to recover (s) |",
         "|---|---|---|---|---|",

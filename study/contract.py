@@ -239,6 +239,12 @@ DATA_KEY = "data"
 """result.json entry naming the trial's dataset: name, split sizes, digest (logged with ``log_inputs``)."""
 MODEL_ARTIFACT = "model"
 """Artifact path of the Raptor as an MLflow PyTorch model (``record.log_model``)."""
+RAPTOR_FILE = "raptor.pt"
+"""The trial folder's Raptor: ``state_dict``, ``phase_bounds``, ``config``; with ``record.log_model`` also the
+pickled module (``RAPTOR_MODULE_KEY``) and a few x_0 test rows (``RAPTOR_EXAMPLE_KEY``): what the MLflow model is
+logged from."""
+RAPTOR_MODULE_KEY = "module"
+RAPTOR_EXAMPLE_KEY = "input_example"
 
 METRIC_PREFIXES = (
     "r2.",

@@ -140,10 +140,28 @@ class Raptor(nn.Module):
         [B, T, D] -> [B, 2D]."""
         return probe_features(self.stem.norm, x_last, self.num_registers)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> the teacher head's logits on the Raptor's final state (a drop-in model)."""
-        x = embed(self.stem, images)
+    def final(self, x0: torch.Tensor) -> torch.Tensor:
+        """x_0 [B, T, D] -> the Raptor's last state xhat_L [B, T, D] (the rollout without keeping every layer)."""
         scales = self.cond()
+        x = x0
         for layer in range(1, self.num_layers + 1):
             x = self.step(x, layer, scales)
-        return self.stem.forward_head(self.stem.norm(x))
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> the teacher head's logits on the Raptor's final state (a drop-in model)."""
+        return self.stem.forward_head(self.stem.norm(self.final(embed(self.stem, images))))
+
+
+class RaptorTokens(nn.Module):
+    """A Raptor as a model of token states: x_0 [B, T, D] -> xhat_L [B, T, D] (`Raptor.final`).
+
+    The form logged to MLflow (`record.log_model`): its input is what the Raptor was distilled on, the
+    teacher's embedded tokens, so any x_0 from the trial's cached states runs through it."""
+
+    def __init__(self, raptor: Raptor):
+        super().__init__()
+        self.raptor = raptor.eval()
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.raptor.final(x0)

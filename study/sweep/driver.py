@@ -145,7 +145,7 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
         local=res.local_train,
     )
     try:
-        result = run_trial(cfg, out_dir, runner=runner)
+        result = run_trial(cfg, out_dir, runner=runner, keep_model=spec.record.log_model)
     except Exception as err:
         if not (spec.search.oom_retry and is_oom_text(f"{type(err).__name__}: {err}")) or cfg.distill.batch_size < 2:
             raise
@@ -166,7 +166,7 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
             report_to_tune=True,
             local=res.local_train,
         )
-        result = run_trial(cfg, out_dir, runner=runner)
+        result = run_trial(cfg, out_dir, runner=runner, keep_model=spec.record.log_model)
     tune.report({**result["metrics"], "out_dir": str(out_dir)})
 
 

@@ -2,11 +2,12 @@
 
 A trial is written in the steps a sweep sees it: `create_trial_run` (tags) ->
 `log_params` (its flat config) -> `log_epochs` (per-epoch curves, during training)
--> `log_result` (final metrics, per-layer R^2, tags, dataset inputs, artifacts)
--> `end_trial` (status). The Tune callback (`study.sweep.tracking`) calls them
-one by one as events arrive; `log_trial` calls them all at once for a finished
-trial (`analysis.synthetic`). Names come from `study.contract`; `analysis.load`
-reads what this writes. Values go in `log_batch` calls (never one call per value).
+-> `log_result` (final metrics, per-layer R^2, tags, dataset inputs, artifacts and, with the
+spec's ``record.log_model``, the Raptor as an MLflow PyTorch model: `log_model`) -> `end_trial`
+(status). The Tune callback (`study.sweep.tracking`) calls them one by one as events
+arrive; `log_trial` calls them all at once for a finished trial (`analysis.synthetic`).
+Names come from `study.contract`; `analysis.load` reads what this writes. Values go in
+`log_batch` calls (never one call per value).
 
 Imports MLflow but not Ray, so the analysis can use it without starting Ray.
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,12 @@ from study.contract import (
     FAILURE_TAG,
     LAYER_RESULT_KEYS,
     MLFLOW_END_STATUS,
+    MODEL_ARTIFACT,
     PARENT_TAG,
     PHASE_BOUNDS_TAG,
+    RAPTOR_EXAMPLE_KEY,
+    RAPTOR_FILE,
+    RAPTOR_MODULE_KEY,
     RESULT_ARTIFACT,
     ROLE_TAG,
     ROLE_TRIAL,
@@ -162,10 +169,13 @@ def log_result(
     *,
     out_dir: Path | None = None,
     logged: Steps | None = None,
+    model: bool = False,
+    register_as: str | None = None,
 ) -> None:
     """Everything a finished trial adds: metrics, per-layer R^2, tags, dataset inputs and artifacts.
 
-    With `out_dir` its files are the artifacts; else ``result.json`` is written from `result`."""
+    With `out_dir` its files are the artifacts; else ``result.json`` is written from `result`. With `model`
+    (``record.log_model``) the Raptor in `out_dir` is also logged as an MLflow model (`log_model`)."""
     log_metrics(client, run_id, result_values(result), logged)
     tags = []
     if "teacher" in result:
@@ -180,6 +190,78 @@ def log_result(
         client.log_artifacts(run_id, str(out_dir))
     else:
         client.log_text(run_id, json.dumps(result), RESULT_ARTIFACT)
+    if model:
+        if out_dir is None:
+            raise ValueError("record.log_model: the trial's folder (out_dir) holds the Raptor; none was given")
+        log_model(client, run_id, out_dir, register_as)
+
+
+def pinned(package: str) -> str:
+    """``name==version`` of an installed package, without a local build label (``2.5.1+cu124`` -> ``2.5.1``)."""
+    from importlib.metadata import version
+
+    return f"{package}=={version(package).split('+')[0]}"
+
+
+@contextmanager
+def global_tracking_uri(uri: str):
+    """MLflow's global tracking URI set to `uri` for a call that takes a run but not a store (MLflow 3's
+    ``log_model``), then put back, ``MLFLOW_TRACKING_URI`` included (MLflow's own helper unsets it)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def log_model(client: MlflowClient, run_id: str, out_dir: Path, register_as: str | None = None):
+    """The trial's Raptor as an MLflow PyTorch model at `MODEL_ARTIFACT` of the run, once per run.
+
+    The model is `RaptorTokens`: x_0 tokens [B, T, D] float32 -> the Raptor's final tokens [B, T, D]; its signature
+    is inferred from the test rows saved with it (also its input example). `register_as`: a new version of that
+    registered model. The `study` package goes with it (``code_paths``), so ``mlflow.pytorch.load_model`` unpickles
+    it without this checkout. Returns MLflow's ModelInfo, or None when the run already has its model (a trial
+    replayed after a crash keeps the one it logged)."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    import study
+    from study.science.raptor import RaptorTokens
+
+    run = client.get_run(run_id)
+    if run.outputs is not None and run.outputs.model_outputs:
+        return None
+    saved = torch.load(out_dir / RAPTOR_FILE, map_location="cpu", weights_only=False)
+    if RAPTOR_MODULE_KEY not in saved:
+        raise ValueError(f"record.log_model: {out_dir / RAPTOR_FILE} holds weights only (its trial ran without it)")
+    model = RaptorTokens(saved[RAPTOR_MODULE_KEY].float())
+    example = saved[RAPTOR_EXAMPLE_KEY].float().numpy()
+    with torch.no_grad():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    # in the run's experiment (left to itself, log_model would put it in the global active experiment)
+    logged = client.create_logged_model(
+        run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id, params=run.data.params
+    )
+    with global_tracking_uri(client.tracking_uri):
+        return mlflow.pytorch.log_model(
+            model,
+            name=MODEL_ARTIFACT,
+            model_id=logged.model_id,
+            run_id=run_id,
+            signature=signature,
+            input_example=example,
+            registered_model_name=register_as,
+            # pickled, not torch.export'ed (MLflow's newer default): an exported program is fixed to the example's
+            # batch size and has no eval()/state_dict; the pickle loads as the RaptorTokens module itself
+            serialization_format="pickle",
+            code_paths=[str(Path(study.__file__).parent)],
+            pip_requirements=[pinned(p) for p in ("torch", "timm", "numpy", "pydantic")],
+        )
 
 
 def end_trial(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
@@ -208,8 +290,11 @@ def log_trial(
     result: Mapping[str, Any] | None,
     status: str,
     out_dir: Path | None = None,
+    model: bool = False,
+    register_as: str | None = None,
 ) -> str:
-    """A whole trial in one call, in the same steps the Tune callback takes. Returns the run id."""
+    """A whole trial in one call, in the same steps the Tune callback takes (`model`, `register_as`: the spec's
+    ``record``, as in `log_result`). Returns the run id."""
     run_id = create_trial_run(
         client,
         experiment_id,
@@ -224,6 +309,6 @@ def log_trial(
     logged: Steps = {}
     log_epochs(client, run_id, history, logged)
     if result is not None:
-        log_result(client, run_id, result, out_dir=out_dir, logged=logged)
+        log_result(client, run_id, result, out_dir=out_dir, logged=logged, model=model, register_as=register_as)
     end_trial(client, run_id, status)
     return run_id

@@ -14,6 +14,7 @@ A sweep file has these sections (all but `name` optional):
     resources:  {driver_cpu: 1, driver_gpu: 0, workers: 1, worker_cpu: 0, worker_gpu: 0}
     purpose:    correlation                          # or tuning (default correlation)
     analysis:   {primary: {predictor: phase.cosine.within_sim, target: r2_pooled.final}}   # the default
+    record:     {log_model: false, register_as: null}   # the Raptor as an MLflow model (+ registry name)
 
 `purpose` and `analysis` pre-register how the sweep is read (docs/science.md §7). A correlation
 sweep measures the similarity-fidelity relation, so it may not stop trials early: an early-stopping
@@ -195,6 +196,33 @@ class AnalysisConfig(_Strict):
     primary: PrimaryRelation = PrimaryRelation()
 
 
+class RecordConfig(_Strict):
+    """What MLflow records of a trial beyond its params, metrics and folder of artifacts (study/sweep/record.py)."""
+
+    log_model: bool = Field(
+        False,
+        description="log each finished trial's Raptor as an MLflow PyTorch model (artifact 'model'): input x_0 "
+        "tokens [B, T, D] float32 (the teacher's embedded tokens), output the Raptor's final tokens "
+        "[B, T, D]; with a signature and a few test rows as input example",
+    )
+    register_as: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="register every logged model as a new version of this registered model (needs log_model)",
+    )
+
+    @model_validator(mode="after")
+    def _register_needs_model(self) -> RecordConfig:
+        if self.register_as is not None and not self.log_model:
+            raise ValueError(
+                f"record.register_as: registers the logged model, so it needs record.log_model: true "
+                f"(got register_as={self.register_as!r} with log_model false)"
+            )
+        return self
+
+
 class SweepSpec(_Strict):
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -209,6 +237,7 @@ class SweepSpec(_Strict):
         "tuning: find good settings (early stopping allowed, correlations conditional on survival)",
     )
     analysis: AnalysisConfig = AnalysisConfig()
+    record: RecordConfig = RecordConfig()
 
     @model_validator(mode="after")
     def _no_early_stopping_in_correlation(self) -> SweepSpec:
@@ -255,7 +284,18 @@ def _validate_space(spec: SweepSpec) -> None:
             raise ConfigError(f"space: {err} (at {where})") from None
 
 
-SPEC_SECTIONS = ("name", "description", "base", "space", "search", "scheduler", "resources", "purpose", "analysis")
+SPEC_SECTIONS = (
+    "name",
+    "description",
+    "base",
+    "space",
+    "search",
+    "scheduler",
+    "resources",
+    "purpose",
+    "analysis",
+    "record",
+)
 
 
 def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -309,10 +349,12 @@ def spec_text(spec: SweepSpec | dict[str, Any] | str | Path) -> str:
 
 
 def spec_hash(spec: SweepSpec) -> str:
-    """Hash of what defines the sweep (overrides applied; the description and the Optuna storage location
-    excluded): two launches with the same hash run the same study."""
+    """Hash of what defines the sweep (overrides applied; the description, the Optuna storage location and what
+    MLflow records beyond the trials' results, `record`, excluded): two launches with the same hash run the same
+    study."""
     tree = spec.model_dump(mode="json")
     tree.pop("description", None)
+    tree.pop("record", None)
     tree["search"].pop("storage", None)
     return stable_hash(tree, length=12)
 
@@ -335,7 +377,7 @@ def sweep_from_tree(tree: Any, path: str | Path, overrides: dict[str, Any] | Non
     return spec
 
 
-NEWER_SECTIONS = ("purpose", "analysis")
+NEWER_SECTIONS = ("purpose", "analysis", "record")
 """Spec sections added after sweeps were already launched; `resume` of such a sweep takes their defaults."""
 
 

@@ -4,7 +4,8 @@ All MLflow writes happen in the sweep driver through a Ray Tune `Callback`
 (`MlflowTrialCallback`), so trial processes never talk to the tracking store.
 Ray's own `MLflowLoggerCallback` logs flat results only; this one adds what a
 study needs: parent/child runs, the full trial config as params, per-layer
-R^2 as metric steps, artifacts (figures, result.json, the Raptor weights),
+R^2 as metric steps, artifacts (figures, result.json, the Raptor weights; the Raptor as an MLflow model
+with the spec's `record.log_model`),
 pruned/failed status, one run per trial across `resume` (runs are found again
 by their `raptor.trial_id` tag and steps are never logged twice), and
 buffering with retries while a tracking server is unreachable.
@@ -53,7 +54,7 @@ from study.contract import (
     trial_run_name,
 )
 from study.sweep.record import create_trial_run, end_trial, log_epochs, log_params, log_result
-from study.sweep.space import SweepSpec
+from study.sweep.space import RecordConfig, SweepSpec
 
 console = Console()
 
@@ -439,10 +440,17 @@ class MlflowTrialCallback(Callback):
             return
         out_dir = Path(result["out_dir"])
         saved = json.loads((out_dir / RESULT_ARTIFACT).read_text())
+        record = getattr(self.spec, "record", None) or RecordConfig()  # a spec pickled before `record` existed
         self._write(
             trial,
             lambda c, run_id: log_result(
-                c, run_id, saved, out_dir=out_dir, logged=self.logged_steps.setdefault(trial.trial_id, {})
+                c,
+                run_id,
+                saved,
+                out_dir=out_dir,
+                logged=self.logged_steps.setdefault(trial.trial_id, {}),
+                model=record.log_model,
+                register_as=record.register_as,
             ),
         )
         self._finish(trial, FINISHED)

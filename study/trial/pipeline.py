@@ -47,6 +47,9 @@ from study.contract import (
     EMERGENCE_KEY,
     PHASE_KINDS,
     R2_KINDS,
+    RAPTOR_EXAMPLE_KEY,
+    RAPTOR_FILE,
+    RAPTOR_MODULE_KEY,
     TEACHER_TEST_ACC,
     VAL_R2,
     class_share_metric,
@@ -68,6 +71,9 @@ from study.trial.onnx_vit import check_teacher_source
 from study.trial.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
+
+MODEL_EXAMPLE_ROWS = 4
+"""Test rows kept as the logged model's input example (`write_outputs` with ``keep_model``)."""
 
 
 @dataclass
@@ -419,8 +425,12 @@ def write_outputs(
     r2_per_layer: dict[str, list[float]],
     history: list[dict],
     out_dir: Path,
+    keep_model: bool = False,
 ) -> dict:
-    """Write Parquet tables, figures, config, the Raptor weights and (last) result.json into `out_dir`."""
+    """Write Parquet tables, figures, config, the Raptor weights and (last) result.json into `out_dir`.
+
+    `keep_model` (a sweep's ``record.log_model``) also pickles the Raptor module and a few x_0 rows of the test
+    split into the weights file, from which the sweep's MLflow writer logs it as a model (`RAPTOR_FILE`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg, teacher = prepared.cfg, prepared.teacher
     result = {
@@ -472,10 +482,11 @@ def write_outputs(
         figures.save(figures.dynamics_figure(prepared.dynamics), out_dir / "dynamics.png", dpi=110)
         if "swap" in prepared.dynamics:
             figures.save(figures.layer_swaps_figure(prepared.dynamics["swap"]), out_dir / "layer_swaps.png")
-    torch.save(
-        {"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()},
-        out_dir / "raptor.pt",
-    )
+    saved = {"state_dict": raptor.state_dict(), "phase_bounds": raptor.phase_bounds, "config": cfg.to_dict()}
+    if keep_model:  # the module shares its tensors with the state dict: torch.save stores them once
+        rows = np.asarray(prepared.states["test"][:MODEL_EXAMPLE_ROWS, 0], dtype=np.float32)
+        saved |= {RAPTOR_MODULE_KEY: raptor, RAPTOR_EXAMPLE_KEY: torch.from_numpy(np.ascontiguousarray(rows))}
+    torch.save(saved, out_dir / RAPTOR_FILE)
     result["timings"]["write_s"] = time.perf_counter() - t0
     result["timings"]["written_unix"] = time.time()  # wall clock: a sweep lines trials up against Tune's events
     # written last and atomically: its presence marks the trial folder complete
@@ -484,9 +495,14 @@ def write_outputs(
 
 
 def run_trial(
-    cfg: TrialConfig, out_dir: Path, runner: DistillRunner | None = None, on_epoch: OnEpoch | None = None
+    cfg: TrialConfig,
+    out_dir: Path,
+    runner: DistillRunner | None = None,
+    on_epoch: OnEpoch | None = None,
+    keep_model: bool = False,
 ) -> dict:
-    """Run every stage of one trial and write its folder; `runner` picks where distillation runs."""
+    """Run every stage of one trial and write its folder; `runner` picks where distillation runs;
+    `keep_model` keeps what an MLflow model is logged from (`write_outputs`)."""
     runner = runner or InProcess()
     t_start, started_unix = time.perf_counter(), time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -499,7 +515,7 @@ def run_trial(
     metrics, r2_per_layer = evaluate(prepared, raptor.to(prepared.device))
     prepared.timings["evaluate_s"] = time.perf_counter() - t0
     prepared.timings["total_s"] = time.perf_counter() - t_start
-    result = write_outputs(prepared, raptor, metrics, r2_per_layer, history, out_dir)
+    result = write_outputs(prepared, raptor, metrics, r2_per_layer, history, out_dir, keep_model=keep_model)
     if hasattr(runner, "cleanup"):
         runner.cleanup(out_dir)
     return result

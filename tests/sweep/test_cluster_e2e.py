@@ -108,3 +108,24 @@ def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the trial completed, one run
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "stage2.loss")]
     assert sorted(steps) == list(range(6))  # one continuous history: every epoch once
+
+
+def test_a_killed_worker_node_loses_and_duplicates_no_trial(tmp_path):
+    """Fault 12 of docs/results/ecosystem.md, as `bench.faults.node_kill` runs it: every process of the worker node
+    SIGKILLed while a trial runs on it, a replacement node started; Tune's FailureConfig reruns the trial there."""
+    from bench.faults import node_kill
+
+    t0 = time.monotonic()
+    row = node_kill(tmp_path)
+    assert "sweep f-node: 2 trials" in row["sweep_log"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'node' / 'mlflow.db'}")
+    runs = trial_runs(client, "f-node")
+    ids = [r.data.tags["raptor.trial_id"] for r in runs]
+    assert len(ids) == 2 and len(set(ids)) == 2  # one run per trial
+    assert all(r.info.status == "FINISHED" for r in runs)  # none lost
+    assert (row["trials_lost"], row["runs_duplicated"]) == (0, 0)
+    victim = next(r for r in runs if r.data.tags["raptor.trial_id"] == row["victim"])
+    steps = [m.step for m in client.get_metric_history(victim.info.run_id, "stage2.loss")]
+    assert sorted(steps) == list(range(150))  # the killed trial's history: every epoch once, across the rerun
+    assert row["recovery_s"] > 0  # the rerun wrote a newer state (trained again) after the kill
+    print(f"node-kill fault: {time.monotonic() - t0:.0f} s in all, recovery {row['recovery_s']} s")
