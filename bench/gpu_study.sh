@@ -35,6 +35,8 @@ if [ -d "$runs/ray/$name" ]; then verb=resume; else verb=sweep; fi
 timeout --signal=INT "$budget" python3 -m study $verb "$spec" --out "$runs" "${sets[@]}" 2>&1 | tee "$out/$chunk.log" | tail -40
 echo "chunk $chunk: $verb exit ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"
 kill $sampler 2>/dev/null
-# what comes back: the store and every result.json (weights and figures stay behind: the 64 MiB cap)
-tar -czf "$out/$chunk.store.tgz" -C "$runs" mlflow.db $(cd "$runs" && find trials -name result.json) 2>/dev/null
+# what comes back: the store, every result.json and the sweeps' saved specs (weights and figures stay behind: the
+# 64 MiB cap); locally, copy each result.json to its run's artifact folder for `raptor-study report`
+tar -czf "$out/$chunk.store.tgz" -C "$runs" mlflow.db $(cd "$runs" && find trials -name result.json) \
+  $(cd "$runs" && find mlartifacts -name sweep_spec.json 2>/dev/null) 2>/dev/null
 echo "repo root on the device: $PWD"; ls -la "$out"
