@@ -183,9 +183,13 @@ def analyse_sweep(
 def with_teacher_counts(fits: pd.DataFrame, trials: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     """``fits`` (naive, one row per (y, x) and level of ``by``) with ``n_teachers``: distinct teachers among the
     complete pairs of each row, so every fit states both counts (docs/science.md §7); NaN without teacher.key."""
+    # only the columns read below: filtering the whole trials table (hundreds of metric columns) row by row took
+    # seconds per report (docs/results/throughput.md, smoke sweep)
+    needed = dict.fromkeys([by, TEACHER_KEY_PARAM, *fits.get("x", []), *fits.get("y", [])])
+    narrow = trials[[c for c in needed if c is not None and c in trials]]
     counts = []
     for row in fits.itertuples(index=False):
-        rows = trials if by is None else trials[trials[by] == row.level]
+        rows = narrow if by is None else narrow[narrow[by] == row.level]
         complete = rows.dropna(subset=[row.x, row.y]) if {row.x, row.y} <= set(rows) else rows.iloc[:0]
         counts.append(complete[TEACHER_KEY_PARAM].nunique() if TEACHER_KEY_PARAM in complete else math.nan)
     position = list(fits.columns).index("n") + 1 if "n" in fits else len(fits.columns)
