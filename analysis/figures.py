@@ -7,6 +7,7 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,11 +19,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
-from scipy import stats
 
-from analysis.fit import CONFIDENCE, mean_ci, ols_band
-from analysis.importance import Importances
 from study.contract import ACC_RATIO, K_PARAM, SD_PARAM, SWAP_METRICS
+
+if TYPE_CHECKING:
+    from analysis.importance import Importances
+
+# The report's figures import the statistics (analysis.fit: statsmodels, scipy.stats) where they draw: a trial's
+# process draws its own figures only and does not pay for those imports (docs/results/throughput.md, smoke sweep).
 
 PANEL = 4.2
 """Side of one panel, inches."""
@@ -279,6 +283,8 @@ def swap_accuracy(summary: pd.DataFrame) -> Figure:
 def fidelity_scatter(trials: pd.DataFrame, fits: pd.DataFrame, color_by: str = SD_PARAM, band: bool = True) -> Figure:
     """One panel per fit row: y against x, points coloured by ``color_by``; with ``band`` the trial-level OLS line
     and its 95% confidence band (naive: trials as independent), without it the numbers in the title only."""
+    from analysis.fit import CONFIDENCE, ols_band
+
     figure = Figure(figsize=(PANEL * len(fits), PANEL), layout="constrained")
     axes = figure.subplots(1, len(fits), squeeze=False).ravel()
     colour = pd.to_numeric(trials[color_by], errors="coerce") if color_by in trials else pd.Series(np.nan, trials.index)
@@ -310,6 +316,10 @@ def fidelity_scatter(trials: pd.DataFrame, fits: pd.DataFrame, color_by: str = S
 
 def layer_curves(trials: pd.DataFrame, columns: Sequence[str], by: str = K_PARAM) -> Figure:
     """Per-layer R^2 (list columns) by ``by``: mean over trials with a 95% t-interval band."""
+    from scipy import stats
+
+    from analysis.fit import CONFIDENCE
+
     figure = Figure(figsize=(PANEL * len(columns), PANEL), layout="constrained")
     axes = figure.subplots(1, len(columns), squeeze=False).ravel()
     for ax, column in zip(axes, columns, strict=True):
@@ -334,6 +344,8 @@ def accuracy_vs_k(
     trials: pd.DataFrame, paper: Mapping[int, float], metric: str = ACC_RATIO, by: str = K_PARAM
 ) -> Figure:
     """Accuracy recovery per k: trials (jittered), mean with 95% t-interval, and the paper's anchors."""
+    from analysis.fit import CONFIDENCE, mean_ci
+
     figure = Figure(figsize=(PANEL * 1.4, PANEL), layout="constrained")
     ax = figure.subplots()
     jitter = np.random.default_rng(0)

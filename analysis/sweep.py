@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from analysis.cluster import (
@@ -189,11 +190,28 @@ def analyse_sweep(
 def with_teacher_counts(fits: pd.DataFrame, trials: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     """``fits`` (naive, one row per (y, x) and level of ``by``) with ``n_teachers``: distinct teachers among the
     complete pairs of each row, so every fit states both counts (docs/science.md §7); NaN without teacher.key."""
+    # boolean masks on arrays, not a filtered trials table per row: the table has hundreds of columns and every
+    # pandas filter deep-copies its attrs, which took seconds per report (docs/results/throughput.md, smoke sweep)
+    present: dict[str, np.ndarray] = {}
+
+    def complete(column: str) -> np.ndarray:
+        if column not in present:
+            present[column] = trials[column].notna().to_numpy()
+        return present[column]
+
+    teachers = trials[TEACHER_KEY_PARAM] if TEACHER_KEY_PARAM in trials else None
     counts = []
     for row in fits.itertuples(index=False):
-        rows = trials if by is None else trials[trials[by] == row.level]
-        complete = rows.dropna(subset=[row.x, row.y]) if {row.x, row.y} <= set(rows) else rows.iloc[:0]
-        counts.append(complete[TEACHER_KEY_PARAM].nunique() if TEACHER_KEY_PARAM in complete else math.nan)
+        if teachers is None:
+            counts.append(math.nan)
+            continue
+        if not {row.x, row.y} <= set(trials):
+            counts.append(0)
+            continue
+        keep = complete(row.x) & complete(row.y)
+        if by is not None:
+            keep = keep & (trials[by] == row.level).to_numpy()
+        counts.append(teachers[keep].nunique())
     position = list(fits.columns).index("n") + 1 if "n" in fits else len(fits.columns)
     fits = fits.copy()
     fits.insert(position, "n_teachers", pd.Series(counts, index=fits.index, dtype=float))

@@ -34,8 +34,9 @@ from study.contract import (
 )
 from study.sweep.space import load_sweep
 from study.trial.idx import load_fashion_arrays
-from study.trial.onnx_vit import build_onnx_model, convert_onnx_vit, preset_path
+from study.trial.onnx_vit import build_onnx_model, convert_onnx_vit
 from study.trial.pipeline import run_trial
+from study.trial.sources import preset_path
 
 TINY = {
     "data.max_samples": 200,

@@ -42,10 +42,10 @@ def check_writable(folder: Path, flag: str) -> Path:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from study.trial.pipeline import run_trial
-
     cfg = load_trial_config(args.config, parse_overrides(args.set))
     out_dir = check_writable(Path(args.out) / cfg.name, "--out")
+    from study.trial.pipeline import run_trial  # torch and the rest: only once the input is known good
+
     console.print(f"[bold]trial[/bold] {cfg.name} -> {out_dir}")
     result = run_trial(cfg, out_dir)
     table = Table(title=f"trial {cfg.name}")
@@ -86,6 +86,10 @@ def tracking_uri_of(args: argparse.Namespace, root: str) -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     enable_ray_token_auth(address)
+    from study.sweep.space import as_sweep_spec
+
+    overrides = parse_overrides(args.set)
+    as_sweep_spec(args.spec, overrides)  # a bad spec fails here, before Ray and MLflow are imported
     from study.sweep.driver import SweepInterrupted, run_sweep
 
     out_root = check_writable(Path(args.out), "--out")
@@ -96,7 +100,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             address=address,
             tracking_uri=tracking_uri_of(args, args.out),
             resume=args.command == "resume",
-            overrides=parse_overrides(args.set),
+            overrides=overrides,
             new=getattr(args, "new", False),
             verbose=args.verbose,
         )
@@ -106,8 +110,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import write_report
-
     uri = tracking_uri_of(args, args.runs)
     missing = missing_experiments(uri, args.experiments)
     if missing:
@@ -116,6 +118,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"(known: {', '.join(known_experiments(uri)) or 'none'}; --runs / --tracking-uri)"
         )
     out_dir = check_writable(Path(args.out or Path(args.runs) / "reports" / "-".join(args.experiments)), "--out")
+    from analysis.report import write_report  # the statistics and figures: only once the input is known good
+
     path = write_report(args.experiments, uri, out_dir, log_to_mlflow=args.log_to_mlflow)
     console.print(f"report: {path}  (Markdown and figures beside it)")
     return 0

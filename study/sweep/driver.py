@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,6 @@ from study.contract import (
     trials_count_metric,
 )
 from study.sweep.monitor import SweepMonitor, TimedCallback
-from study.sweep.raytrain import RayTrainWorkers
 from study.sweep.space import SweepSpec, as_sweep_spec, check_same_spec, spec_hash, spec_text
 from study.sweep.tracking import (
     MlflowTrialCallback,
@@ -71,9 +71,7 @@ from study.sweep.tracking import (
     trial_name,
 )
 from study.trial.cache import atomic_write
-from study.trial.data import check_data_source
-from study.trial.onnx_vit import check_teacher_source
-from study.trial.pipeline import run_trial
+from study.trial.sources import check_data_source, check_teacher_source
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -126,7 +124,13 @@ class SweepPaths:
 
 # ----------------------------------------------------------------------------- trial driver
 def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> None:
-    """A Tune trial: the one trial pipeline with its distillation on Ray Train workers, then a report."""
+    """A Tune trial: the one trial pipeline with its distillation on Ray Train workers, then a report.
+
+    The pipeline (torch, timm, scikit-learn, matplotlib) is imported here, in the trial's process: the sweep
+    driver's process never trains, and importing it there cost seconds per launch (docs/results/throughput.md)."""
+    from study.sweep.raytrain import RayTrainWorkers
+    from study.trial.pipeline import run_trial
+
     trial_id = tune.get_context().get_trial_id()
     out_dir = paths.trials(spec.name) / trial_id
     if (out_dir / "result.json").is_file():  # finished before a crash that Tune's state had not saved yet
@@ -457,44 +461,68 @@ def _run_locked(
     launched = paths.launched_spec(spec.name)
     if resume and launched.is_file():
         check_same_spec(json.loads(launched.read_text()), spec)
-    client = MlflowClient(tracking_uri)
-    artifact_root = paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None
-    try:
-        experiment_id = ensure_experiment(client, spec.name, artifact_root)
-    except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
-        raise ConfigError(
-            f"--tracking-uri: cannot use MLflow tracking store {redact(tracking_uri)!r} ({str(err).splitlines()[0]})"
-        ) from None
-    if resume:
-        id_file = paths.sweep_id_file(spec.name)
-        sweep_id = id_file.read_text().strip() if id_file.is_file() else ""
-        parent_run_id = find_parent(client, experiment_id, sweep_id) if sweep_id else None
-        if parent_run_id is None:  # a store written before sweep ids: the one parent of this name
-            parents = sweep_parents(client, experiment_id, spec.name)
-            if not parents:
-                raise ConfigError(
-                    f"resume: no parent run of sweep '{spec.name}' (sweep id {sweep_id or '?'}) in "
-                    f"{redact(tracking_uri)}; was it launched with another --tracking-uri?"
-                )
-            parent_run_id = parents[0].info.run_id
-        reopen_parent(client, parent_run_id)
-    else:
-        if not new:
-            check_no_collision(client, experiment_id, spec, digest)
-        sweep_id = uuid.uuid4().hex[:12]
-        parent_run_id = create_parent_run(
-            client,
-            experiment_id,
-            spec,
-            sweep_id=sweep_id,
-            spec_hash=digest,
-            spec_text=text,
-            provenance=source_provenance(),
-        )
+
+    def setup_tracking() -> tuple[MlflowClient, str, str, str]:
+        """The MLflow side of the launch: store (a new SQLite store creates its schema: seconds), experiment,
+        parent run. Runs in a thread while Ray starts."""
+        t0 = time.perf_counter()
+        client = MlflowClient(tracking_uri)
+        artifact_root = paths.root / "mlartifacts" if tracking_uri.startswith("sqlite") else None
+        try:
+            experiment_id = ensure_experiment(client, spec.name, artifact_root)
+        except Exception as err:  # noqa: BLE001 - any failure to reach the store is a setup error
+            raise ConfigError(
+                f"--tracking-uri: cannot use MLflow tracking store {redact(tracking_uri)!r} "
+                f"({str(err).splitlines()[0]})"
+            ) from None
+        if resume:
+            id_file = paths.sweep_id_file(spec.name)
+            sweep_id = id_file.read_text().strip() if id_file.is_file() else ""
+            parent_run_id = find_parent(client, experiment_id, sweep_id) if sweep_id else None
+            if parent_run_id is None:  # a store written before sweep ids: the one parent of this name
+                parents = sweep_parents(client, experiment_id, spec.name)
+                if not parents:
+                    raise ConfigError(
+                        f"resume: no parent run of sweep '{spec.name}' (sweep id {sweep_id or '?'}) in "
+                        f"{redact(tracking_uri)}; was it launched with another --tracking-uri?"
+                    )
+                parent_run_id = parents[0].info.run_id
+            reopen_parent(client, parent_run_id)
+        else:
+            if not new:
+                check_no_collision(client, experiment_id, spec, digest)
+            sweep_id = uuid.uuid4().hex[:12]
+            parent_run_id = create_parent_run(
+                client,
+                experiment_id,
+                spec,
+                sweep_id=sweep_id,
+                spec_hash=digest,
+                spec_text=text,
+                provenance=source_provenance(),
+            )
+        clock["mlflow_setup_s"] = time.perf_counter() - t0
+        return client, experiment_id, sweep_id, parent_run_id
+
     clock = {"setup_s": time.perf_counter() - t_start}
-    t0 = time.perf_counter()
-    connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
-    clock["ray_init_s"] = time.perf_counter() - t0
+    # The tracking store's setup runs while Ray starts (docs/results/throughput.md, lever 4: both take seconds)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-setup") as pool:
+        tracking = pool.submit(setup_tracking)
+        t0 = time.perf_counter()
+        try:
+            connect_ray(address, verbose, logs_link=paths.logs(spec.name) / "ray")
+        except BaseException:
+            tracking.cancel()
+            raise
+        clock["ray_init_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            client, experiment_id, sweep_id, parent_run_id = tracking.result()
+        except ConfigError:
+            if not address:
+                ray.shutdown()  # the local Ray this call started
+            raise
+        clock["setup_s"] += time.perf_counter() - t0  # waiting for the store after Ray was up
     if not resume:
         atomic_write(launched, lambda tmp: tmp.write_text(json.dumps(spec.model_dump(mode="json"), indent=1)))
         atomic_write(paths.sweep_id_file(spec.name), lambda tmp: tmp.write_text(sweep_id))

@@ -21,10 +21,7 @@ import time
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from study.contract import (
     DATA_KEY,
@@ -52,6 +49,13 @@ from study.contract import (
     epoch_metric,
     layer_metric,
 )
+
+if TYPE_CHECKING:
+    from mlflow.entities import DatasetInput
+    from mlflow.tracking import MlflowClient
+
+# MLflow's entities are imported where a write builds them: a trial's process imports this module (through the sweep
+# driver) but never writes to MLflow, and importing MLflow there cost seconds (docs/results/throughput.md, smoke sweep).
 
 BATCH_METRICS, BATCH_PARAMS = 1000, 100  # MLflow's log_batch limits
 Steps = dict[str, int]
@@ -92,6 +96,8 @@ def create_trial_run(
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any], existing: Iterable[str] = ()) -> None:
     """The flat trial config as params (dotted keys, the spec's names); keys in `existing` are skipped."""
+    from mlflow.entities import Param
+
     skip = set(existing)
     items = [Param(k, param_value(v)) for k, v in params.items() if k not in skip]
     for start in range(0, len(items), BATCH_PARAMS):
@@ -102,6 +108,8 @@ def log_metrics(
     client: MlflowClient, run_id: str, values: Iterable[tuple[str, float, int]], logged: Steps | None = None
 ) -> None:
     """(name, value, step) triples in batches; steps at or below `logged[name]` are skipped, `logged` updated."""
+    from mlflow.entities import Metric
+
     logged = {} if logged is None else logged
     now = _now_ms()
     fresh = [Metric(key, float(value), now, step) for key, value, step in values if step > logged.get(key, -1)]
@@ -145,6 +153,8 @@ def result_values(result: Mapping[str, Any]) -> list[tuple[str, float, int]]:
 def dataset_inputs(data: Mapping[str, Any]) -> list[DatasetInput]:
     """One MLflow dataset input per split from a result.json ``data`` entry: named ``{dataset}-{split}``, with
     the split's digest (MLflow keeps one input per name and digest), its size as profile and the split as context."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
     source = json.dumps(data.get("source", {}), sort_keys=True)
     digests = data.get("digests", {})
     return [
@@ -176,6 +186,8 @@ def log_result(
 
     With `out_dir` its files are the artifacts; else ``result.json`` is written from `result`. With `model`
     (``record.log_model``) the Raptor in `out_dir` is also logged as an MLflow model (`log_model`)."""
+    from mlflow.entities import RunTag
+
     log_metrics(client, run_id, result_values(result), logged)
     tags = []
     if "teacher" in result:
@@ -266,6 +278,8 @@ def log_model(client: MlflowClient, run_id: str, out_dir: Path, register_as: str
 
 def end_trial(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
     """Tag the outcome and end the run; a run already ended so keeps its end time (a trial replayed after a crash)."""
+    from mlflow.entities import RunTag
+
     mlflow_status = MLFLOW_END_STATUS[status]
     run = client.get_run(run_id)
     if run.info.status == mlflow_status and run.data.tags.get(STATUS_TAG) == status:

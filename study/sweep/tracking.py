@@ -22,10 +22,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from rich.console import Console
 
@@ -55,6 +53,12 @@ from study.contract import (
 )
 from study.sweep.record import create_trial_run, end_trial, log_epochs, log_params, log_result
 from study.sweep.space import RecordConfig, SweepSpec
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# MLflow itself is imported where it is used (as in study.sweep.record): trial processes import this module through
+# the sweep driver but never talk to the tracking store.
 
 console = Console()
 
@@ -102,6 +106,8 @@ class ResilientWriter:
     """
 
     def __init__(self, tracking_uri: str, background: bool = True):
+        from mlflow.tracking import MlflowClient
+
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.background = background
@@ -515,6 +521,8 @@ def start_system_metrics(run_id: str, tracking_uri: str):
 def finish_parent(
     client: MlflowClient, parent_run_id: str, summary: dict[str, float], status: str = "FINISHED"
 ) -> None:
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
     client.set_terminated(parent_run_id, status=status)

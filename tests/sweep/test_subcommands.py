@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_tracking import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "search_spaces" / "smoke.yaml")
@@ -86,12 +86,6 @@ def test_ui_on_an_http_uri_prints_it_instead_of_serving(tmp_path):
     proc = cli("ui", env={"MLFLOW_TRACKING_URI": "http://user:secret@mlflow.example:5000"})
     assert proc.returncode == 0, proc.stderr
     assert "http://***@mlflow.example:5000" in proc.stdout and "secret" not in proc.stdout + proc.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def group_alive(pgid: int) -> bool:

@@ -25,6 +25,7 @@ def free_port() -> int:
 
 
 def start_server(store: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder under `store`."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -45,6 +46,8 @@ def start_server(store: Path, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        # no job runner: MLflow 3.x starts two extra huey consumer processes for it, which nothing here uses
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

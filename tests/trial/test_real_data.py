@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from study.config import ConfigError, DataConfig, load_trial_config
-from study.trial.data import FASHION_SPEC, ImageSpec, check_data_source, load_splits, native_spec
-from study.trial.idx import FASHION_FILES, FASHION_MNIST_DIR, parse_idx, read_idx
+from study.trial.data import FASHION_SPEC, ImageSpec, load_splits, native_spec
+from study.trial.idx import parse_idx, read_idx
+from study.trial.sources import FASHION_FILES, FASHION_MNIST_DIR, check_data_source
 
 REAL = Path(FASHION_MNIST_DIR)
 HAVE_REAL = all((REAL / f"{stem}.gz").is_file() for stem in FASHION_FILES.values())
