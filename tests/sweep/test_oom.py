@@ -22,7 +22,7 @@ SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
 def fake_ray(monkeypatch):
     seen = {"batch": [], "reports": [], "runners": []}
 
-    def run_trial(cfg, out_dir, runner):
+    def run_trial(cfg, out_dir, runner, keep_model=False):
         seen["batch"].append(cfg.distill.batch_size)
         if len(seen["batch"]) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
