@@ -41,7 +41,6 @@ from study.contract import (
     TEACHER_SEED_PARAM,
     emergence_metric,
 )
-from study.science.emergence import onset
 
 log = logging.getLogger(__name__)
 
@@ -524,6 +523,8 @@ def _one_teacher_per_sd(trials: pd.DataFrame) -> pd.DataFrame:
 def emergence_table(traces: Iterable[figures.EmergenceTrace], fraction: float = EMERGENCE_ONSET) -> pd.DataFrame:
     """Per teacher: final validation accuracy and the epoch at which each `figures.EMERGENCE_PANELS` curve has covered
     `fraction` of its change from init to the end of training (`study.science.emergence.onset`)."""
+    from study.science.emergence import onset  # here: the module imports torch, which a report rarely needs
+
     rows = []
     for trace in traces:
         frame = pd.DataFrame(trace.records).sort_values("epoch")
