@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from test_tracking import free_port, start_server, stop_server
+
+from tests.sweep.test_tracking import free_port, start_server, stop_server  # importable from bench too
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
