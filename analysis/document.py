@@ -80,6 +80,15 @@ def format_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({c: [format_cell(v, str(c)) for v in frame[c].tolist()] for c in frame.columns}, dtype=object)
 
 
+def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a GitHub Markdown table, cells through `format_cell` (text cells as they are)."""
+    cells = format_frame(frame)
+    header = [str(c) for c in cells.columns]
+    rows = [[v.replace("|", "\\|") for v in row] for row in cells.itertuples(index=False)]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(table + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def render_html(title: str, sections: Sequence[Section]) -> str:
     """A standalone HTML page: inline CSS, images as data URIs."""
     body = [f"<h1>{html.escape(title)}</h1>"]
@@ -138,12 +147,7 @@ def _markdown_block(block: str | Note | Image | Table) -> str:
     if isinstance(block, Image):
         return f"![{block.caption}]({IMAGE_DIR}/{block.name}.png)\n\n*{block.caption}*"
     if isinstance(block, Table):
-        cells = format_frame(block.frame)
-        header = [str(c) for c in cells.columns]
-        rows = [[v.replace("|", "\\|") for v in row] for row in cells.itertuples(index=False)]
-        table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        table += ["| " + " | ".join(row) + " |" for row in rows]
-        return f"*{block.caption}*\n\n" + "\n".join(table)
+        return f"*{block.caption}*\n\n" + markdown_table(block.frame)
     if isinstance(block, Note):
         return f"> **Note:** {block.text}"
     return block

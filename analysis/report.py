@@ -507,14 +507,14 @@ def _dynamics_section(analysis: SweepAnalysis, chosen: pd.DataFrame, results: di
 
 def _one_teacher_per_sd(trials: pd.DataFrame) -> pd.DataFrame:
     """Per SD rate, one trial (`_pick_teachers` columns) of its lowest-seed teacher with emergence snapshots (else of
-    its lowest-seed teacher): whose emergence curves to show."""
+    its lowest-seed teacher): whose emergence curves to show. Snapshots belong to the teacher, so every trial of a
+    teacher carries them or none does."""
+    frame = _pick_teachers(trials, len(trials))
     by_run = trials.set_index("run_id")
-    tracked = by_run.get(emergence_metric("val_acc"), pd.Series(np.nan, index=by_run.index)).notna()
-    chosen = trials[trials["run_id"].map(tracked).astype(bool)]
-    frame = pd.concat([_pick_teachers(chosen, len(chosen)), _pick_teachers(trials, len(trials))])
-    frame = frame.drop_duplicates("teacher").assign(
-        untracked=lambda f: ~f["run_id"].map(tracked).astype(bool),
-        seed=lambda f: f["run_id"].map(by_run.get(TEACHER_SEED_PARAM, pd.Series(np.nan, index=by_run.index))),
+    missing = pd.Series(np.nan, index=by_run.index)
+    frame = frame.assign(
+        untracked=frame["run_id"].map(by_run.get(emergence_metric("val_acc"), missing)).isna(),
+        seed=frame["run_id"].map(by_run.get(TEACHER_SEED_PARAM, missing)),
     )
     frame = frame.sort_values(["sd", "untracked", "seed"], na_position="last")
     return frame.drop(columns="untracked").groupby("sd", dropna=False).head(1).reset_index(drop=True)

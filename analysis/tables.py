@@ -10,23 +10,15 @@ For sweeps whose rows are not a correlation over teachers (one pretrained teache
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
-from analysis.load import load_trials
-from study.contract import FINISHED, RESULT_ARTIFACT, STATUS_TAG
-
-
-def finished(trials: pd.DataFrame) -> pd.DataFrame:
-    """The finished trials of a `load_trials` table."""
-    return trials[trials[STATUS_TAG] == FINISHED] if STATUS_TAG in trials else trials
+from analysis.document import markdown_table
+from analysis.fit import split_by_status
+from analysis.load import load_results, load_trials
 
 
 def group_table(trials: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
@@ -57,24 +49,9 @@ def layer_table(results: Sequence[dict], by: Sequence[str], entry: str = "r2_per
     return frame.reset_index()
 
 
-def fetch_results(run_ids: Sequence[str], tracking_uri: str | None) -> list[dict]:
-    """result.json of each run (runs without one are skipped)."""
-    client, out = MlflowClient(tracking_uri), []
-    with tempfile.TemporaryDirectory() as tmp:
-        for run_id in run_ids:
-            try:
-                out.append(json.loads(Path(client.download_artifacts(run_id, RESULT_ARTIFACT, tmp)).read_text()))
-            except Exception:  # noqa: BLE001 - a run without its artifact is left out, the caller counts
-                continue
-    return out
-
-
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub Markdown table; floats to `digits` significant digits."""
-    cells = table.map(lambda v: f"{v:.{digits}g}" if isinstance(v, float) and not math.isnan(v) else str(v))
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells.to_numpy().tolist()]
-    return "\n".join(lines)
+    """`document.markdown_table` of `table` with floats to `digits` significant digits (NaN: '–')."""
+    return markdown_table(table.map(lambda v: f"{v:.{digits}g}" if isinstance(v, float) and not math.isnan(v) else v))
 
 
 def _mean_std(values: pd.Series) -> str:
@@ -92,13 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri")
     parser.add_argument("--layers", action="store_true", help="also per-layer R^2 (strict and pooled) per group")
     args = parser.parse_args(argv)
-    trials = finished(load_trials(args.experiments, args.tracking_uri))
+    trials, _ = split_by_status(load_trials(args.experiments, args.tracking_uri))
     missing = [c for c in args.by if c not in trials]
     if missing:
         parser.error(f"--by: no param {', '.join(missing)} in the trials of {', '.join(args.experiments)}")
     print(to_markdown(group_table(trials, args.by, args.metrics)))
     if args.layers:
-        results = fetch_results(list(trials["run_id"]), args.tracking_uri)
+        results = list(load_results(trials["run_id"], args.tracking_uri).values())
         for entry in ("r2_per_layer", "r2_pooled_per_layer"):
             print(f"\n{entry} (mean over {len(results)} trials' result.json)\n")
             print(to_markdown(layer_table(results, args.by, entry)))
