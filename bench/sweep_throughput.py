@@ -419,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     warm_s = warm_cache(base, out)
     print(f"loop: {args.trials} trials in this process ...", flush=True)
     loop = run_loop(base, seeds, out, args.device)
+    json_path = Path(args.json) if args.json else out / "sweep_throughput.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    # the loop's half is written at once, so a run cut short still keeps it
+    partial = {"label": args.label, "device": args.device, "trials": args.trials, "base": base}
+    json_path.write_text(json.dumps({**partial, "warm_cache_s": warm_s, "machine": started, "loop": loop}, indent=1))
+    print(f"loop: {loop['per_trial_s']:.1f} s/trial, gpu busy {_pct(loop['gpu']['util_mean_pct'])}%", flush=True)
     if args.device == "cuda":
         plan = pack_trials(
             loop["peak_gpu_mem_bytes"],
@@ -436,10 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gpus = torch.cuda.device_count() if args.device == "cuda" else 1
     report = {
-        "label": args.label,
-        "device": args.device,
-        "trials": args.trials,
-        "base": base,
+        **partial,
         "warm_cache_s": warm_s,
         "machine": started,
         "load_avg_1m_end": os.getloadavg()[0],
@@ -448,8 +451,6 @@ def main(argv: list[str] | None = None) -> int:
         "trials_per_gpu_hour": {"loop": 3600 / loop["per_trial_s"] / gpus, "sweep": 3600 / sweep["per_trial_s"] / gpus},
         "overhead_pct": 100 * (sweep["per_trial_s"] - loop["per_trial_s"]) / loop["per_trial_s"],
     }
-    json_path = Path(args.json) if args.json else out / "sweep_throughput.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=1))
     print(render(report))
     print(f"JSON: {json_path}")
