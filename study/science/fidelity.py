@@ -16,7 +16,10 @@ so it also counts the spread of the per-feature means and r2_pooled >= r2 always
 Linear probe (docs/science.md §5, the paper's protocol): features = final-norm cls token
 concatenated with the final-norm mean patch token (`probe_features`); StandardScaler;
 multinomial logistic regression (lbfgs) with C = PROBE_C and at most PROBE_MAX_ITER
-iterations, fit on the train split and scored on the test split.
+iterations, fit on the train split and scored on the test split. The fit runs on PROBE_THREADS
+BLAS thread(s): lbfgs on [N ~ 10^3, 2D ~ 10^2-10^3] features is a loop of small matmuls, which
+many BLAS threads slow down (docs/results/throughput.md: 1,500 x 384 Fashion features, 0.7 s on
+1 thread vs 2.3 s on 2), and one thread makes the fitted probe the same on every machine.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 
 def token_groups(num_registers: int) -> dict[str, slice]:
@@ -111,6 +115,8 @@ PROBE_C = 1.0
 teacher, Raptor and floor probes are the same recipe."""
 PROBE_MAX_ITER = 1000
 """Iteration budget of the probe's lbfgs solver."""
+PROBE_THREADS = 1
+"""BLAS threads of a probe fit (module docstring)."""
 
 
 def probe_features(norm: Any, x_last: torch.Tensor, num_registers: int) -> torch.Tensor:
@@ -124,7 +130,8 @@ def probe_features(norm: Any, x_last: torch.Tensor, num_registers: int) -> torch
 def fit_linear_probe(features: Any, labels: Any, seed: int = 0) -> Pipeline:
     """Standardise then multinomial logistic regression (C = PROBE_C, PROBE_MAX_ITER); features [N, D], labels [N]."""
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER, random_state=seed))
-    return probe.fit(_numpy(features), _numpy(labels))
+    with threadpool_limits(PROBE_THREADS, user_api="blas"):
+        return probe.fit(_numpy(features), _numpy(labels))
 
 
 def own_probe_accuracy(train_feats: Any, train_labels: Any, test_feats: Any, test_labels: Any, seed: int = 0) -> float:
