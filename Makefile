@@ -36,9 +36,8 @@ data:
 	else echo "Fashion-MNIST: needs root + apt: apt-get install dataset-fashion-mnist (or set data.path)"; exit 1; fi
 
 demo: setup
-	$(BIN)/raptor-study sweep search_spaces/smoke.yaml --out $(OUT) || \
-	  $(BIN)/raptor-study resume search_spaces/smoke.yaml --out $(OUT)
-	$(BIN)/raptor-study report smoke --runs $(OUT) --out $(OUT)/reports/smoke --log-to-mlflow
+	$(BIN)/raptor-study sweep search_spaces/smoke.yaml --out $(OUT) --report || \
+	  $(BIN)/raptor-study resume search_spaces/smoke.yaml --out $(OUT) --report
 	@echo ""
 	@echo "Done. Look at:"
 	@echo "  report:   $(OUT)/reports/smoke/report.html"

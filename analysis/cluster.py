@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 from scipy import stats
+from statsmodels.regression.linear_model import OLS
 from statsmodels.regression.mixed_linear_model import MixedLM
 from statsmodels.stats.multitest import multipletests
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
@@ -495,14 +495,14 @@ def _model_p(design: _Design, mixed: bool) -> tuple[str, float, float, float, st
     keep = [0, 1] + [i for i in range(2, means_x.shape[1]) if np.ptp(means_x[:, i]) > 0]
     if design.n_teachers - len(keep) < 1:
         keep = [0, 1]  # too few teachers for the covariates at the teacher level
-    ols = sm.OLS(means_y, means_x[:, keep]).fit()
+    ols = OLS(means_y, means_x[:, keep]).fit()
     note = f"{reason}: p from OLS on {design.n_teachers} teacher means"
     return TEACHER_MEANS, float(ols.params[1]), float(ols.bse[1]), float(ols.pvalues[1]), note
 
 
 def _naive(design: _Design, n_resamples: int, rng: np.random.Generator) -> NaiveFit:
     """The same estimate with trials as independent units: OLS t-interval and p, bootstrap over trials for R^2."""
-    ols = sm.OLS(design.y, design.x).fit()
+    ols = OLS(design.y, design.x).fit()
     lo, hi = ols.conf_int(alpha=1 - CONFIDENCE)[1]
     singles = _sufficient(design.x, design.y, np.arange(len(design.y)), len(design.y))
     slope, r2 = _slope_r2(*(s.sum(axis=0)[None] for s in singles))

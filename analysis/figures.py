@@ -81,7 +81,7 @@ def to_png(figure: Figure, dpi: int = 110) -> bytes:
     """The figure as PNG bytes, rendered by the Agg canvas."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=dpi)  # constrained layout already fits the content: one draw, not two
     return buffer.getvalue()
 
 

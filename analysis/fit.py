@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 from scipy import stats
+from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.multitest import multipletests
+from statsmodels.tools.tools import add_constant
 
 from study.contract import FIDELITY_METRICS, FINISHED, K_PARAM, PHASE_METRICS, SD_PARAM, STATUSES, TEACHER_KEY_PARAM
 
@@ -108,7 +109,7 @@ def fit_pair(
     constant = [name for name, v in ((base["x"], xv), (base["y"], yv)) if np.ptp(v) == 0]
     if constant:
         return PairFit(**base, note=f"constant {' and '.join(constant)}: correlation undefined")
-    ols = sm.OLS(yv, sm.add_constant(xv)).fit()
+    ols = OLS(yv, add_constant(xv)).fit()
     lo, hi = ols.conf_int(alpha=1 - CONFIDENCE)[1]
     pearson = stats.pearsonr(xv, yv)
     spearman = stats.spearmanr(xv, yv)
@@ -207,9 +208,9 @@ def ols_band(x: pd.Series, y: pd.Series, points: int = 100) -> pd.DataFrame | No
     frame = pd.DataFrame({"x": pd.to_numeric(x, errors="coerce"), "y": pd.to_numeric(y, errors="coerce")}).dropna()
     if len(frame) < MIN_FIT_N or np.ptp(frame["x"]) == 0 or np.ptp(frame["y"]) == 0:
         return None
-    ols = sm.OLS(frame["y"].to_numpy(float), sm.add_constant(frame["x"].to_numpy(float))).fit()
+    ols = OLS(frame["y"].to_numpy(float), add_constant(frame["x"].to_numpy(float))).fit()
     grid = np.linspace(frame["x"].min(), frame["x"].max(), points)
-    band = ols.get_prediction(sm.add_constant(grid)).summary_frame(alpha=1 - CONFIDENCE)
+    band = ols.get_prediction(add_constant(grid)).summary_frame(alpha=1 - CONFIDENCE)
     return pd.DataFrame({"x": grid, "fit": band["mean"], "lo": band["mean_ci_lower"], "hi": band["mean_ci_upper"]})
 
 

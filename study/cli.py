@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from study.config import ConfigError, load_trial_config
+from study.contract import FAILED, FINISHED
 
 console = Console()
 err_console = Console(stderr=True)
@@ -89,16 +90,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from study.sweep.space import as_sweep_spec
 
     overrides = parse_overrides(args.set)
-    as_sweep_spec(args.spec, overrides)  # a bad spec fails here, before Ray and MLflow are imported
+    name = as_sweep_spec(args.spec, overrides).name  # a bad spec fails here, before Ray and MLflow are imported
     from study.sweep.driver import SweepInterrupted, run_sweep
 
     out_root = check_writable(Path(args.out), "--out")
+    report_dir = check_writable(out_root / "reports" / name, "--out") if args.report else None
+    uri = tracking_uri_of(args, args.out)
     try:
         table = run_sweep(
             args.spec,
             out_root,
             address=address,
-            tracking_uri=tracking_uri_of(args, args.out),
+            tracking_uri=uri,
             resume=args.command == "resume",
             overrides=overrides,
             new=getattr(args, "new", False),
@@ -106,10 +109,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     except SweepInterrupted:
         return 130
-    return 0 if len(table) and (table["status"] != "failed").all() else 1
+    if report_dir is not None and (table["status"] == FINISHED).any():
+        from analysis.report import write_report
+
+        path = write_report([name], uri, report_dir, log_to_mlflow=True)
+        console.print(f"report: {path}  (Markdown and figures beside it; also logged to the sweep's MLflow run)")
+    return 0 if len(table) and (table["status"] != FAILED).all() else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if not args.verbose:  # one progress bar per downloaded result.json otherwise
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri_of(args, args.runs)
     missing = missing_experiments(uri, args.experiments)
     if missing:
@@ -281,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="launch even if the experiment holds a sweep of this name with another spec hash",
             )
+        sweep.add_argument(
+            "--report",
+            action="store_true",
+            help="when the sweep ends, write its report to OUT/reports/NAME and log it to the sweep's MLflow run "
+            "(what `raptor-study report NAME --log-to-mlflow` does, without a second process)",
+        )
         sweep.add_argument(
             "--set",
             action="append",

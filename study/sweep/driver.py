@@ -187,6 +187,10 @@ def quiet_console(verbose: bool) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new engine prints its tables even at verbose=0
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    # MLflow sets its own loggers' level when it is imported (from MLFLOW_LOGGING_LEVEL, default INFO), which undoes
+    # the setLevel below when MLflow is imported later, as it now is; and its artifact downloads draw progress bars
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:

@@ -12,6 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_sweep_e2e import cli, output, tiny_spec, trial_runs
 
+from analysis.report import REPORT_ARTIFACT_DIR
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
@@ -57,7 +59,7 @@ def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
     message = output(other, timeout=300).strip().splitlines()
     assert other.returncode == 2 and "spec hash" in message[-1] and tags["raptor.spec_hash"] in message[-1], message
 
-    resumed = output(cli("resume", str(spec), "--out", str(out)), timeout=900)
+    resumed = output(cli("resume", str(spec), "--out", str(out), "--report"), timeout=900)
     runs = trial_runs(client, "cc")
     assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs), resumed[-3000:]
     assert len({r.data.tags["raptor.trial_id"] for r in runs}) == 3  # nothing duplicated
@@ -65,6 +67,11 @@ def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
     assert all(r.data.tags["raptor.sweep_id"] == sweep_id for r in runs)
     assert all(r.info.run_name.startswith("sd") and r.info.run_name[-4:].isdigit() for r in runs)
     assert all(r.inputs.dataset_inputs for r in runs)
+    # --report: the report written by the sweep's own process, and logged to the sweep's parent run
+    assert f"report: {out / 'reports' / 'cc' / 'report.html'}" in resumed, resumed[-3000:]
+    assert (out / "reports" / "cc" / "report.md").is_file()
+    logged = [a.path for a in client.list_artifacts(parent[0].info.run_id)]
+    assert REPORT_ARTIFACT_DIR in logged, logged
     journal = out / "ray" / "cc" / "optuna.journal"
     assert f"optuna-dashboard {journal}" in resumed
     study = optuna.load_study(study_name=f"cc-{sweep_id}", storage=JournalStorage(JournalFileBackend(str(journal))))
