@@ -220,14 +220,31 @@ class LoopbackCluster:
         self.stop()
 
 
+NODE_KILL_EPOCHS = 40
+"""Stage-2 epochs of the node-kill scenario's trials: the kill lands at a stage-2 state write (every
+NODE_KILL_STATE_EVERY epochs) that is not the stage's last."""
+NODE_KILL_STATE_EVERY = 5
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:  # between the atomic write's unlink and rename
+        return 0
+
+
 def node_kill(out: Path) -> dict:
     """2-node loopback cluster: a head with no CPU (it holds the sweep driver only, so every trial runs on the
     worker node) and one 1-CPU worker node; 2 trials, one at a time. Once the first trial has written a
     distillation state, every process of the worker node is SIGKILLed and a replacement node is started (what an
     autoscaler does). Tune's FailureConfig reruns the trial there; it resumes from its state file."""
-    # ~0.2 s per tiny epoch here: 150 stage-2 epochs keep a trial running long enough to be hit mid-stage
     spec = tiny_spec(
-        out, "f-node", num_samples=2, max_concurrent=1, stage2_epochs=150, runtime={"checkpoint_epochs": 5}
+        out,
+        "f-node",
+        num_samples=2,
+        max_concurrent=1,
+        stage2_epochs=NODE_KILL_EPOCHS,
+        runtime={"checkpoint_epochs": NODE_KILL_STATE_EVERY},
     )
     root = out / "node"
     with LoopbackCluster() as cluster, cluster.environment():
@@ -246,7 +263,10 @@ def node_kill(out: Path) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
         victim = state[0].parent.parent.name
-        time.sleep(3)  # the state comes at stage 1's end at the latest: a few s more put the kill mid-stage-2
+        # the first state is written at stage 1's end (1 epoch) at the latest; kill once it has been written again
+        # (a stage-2 epoch divisible by NODE_KILL_STATE_EVERY): mid-stage-2 however fast the machine
+        first = _mtime_ns(state[0])
+        wait_for(lambda: _mtime_ns(state[0]) > first, every=0.1)
         killed = time.time()
         processes = cluster.kill_node(worker)
         cluster.start_node(num_cpus=1)

@@ -113,7 +113,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from analysis.report import write_report
 
         path = write_report([name], uri, report_dir, log_to_mlflow=True)
-        console.print(f"report: {path}  (Markdown and figures beside it; also logged to the sweep's MLflow run)")
+        note = "Markdown and figures beside it; also logged to the sweep's MLflow run"
+        console.print(f"report: {path}  ({note})", soft_wrap=True)
     return 0 if len(table) and (table["status"] != FAILED).all() else 1
 
 
@@ -131,7 +132,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report  # the statistics and figures: only once the input is known good
 
     path = write_report(args.experiments, uri, out_dir, log_to_mlflow=args.log_to_mlflow)
-    console.print(f"report: {path}  (Markdown and figures beside it)")
+    console.print(f"report: {path}  (Markdown and figures beside it)", soft_wrap=True)
     return 0
 
 

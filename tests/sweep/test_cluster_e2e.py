@@ -113,7 +113,7 @@ def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
 def test_a_killed_worker_node_loses_and_duplicates_no_trial(tmp_path):
     """Fault 12 of docs/results/ecosystem.md, as `bench.faults.node_kill` runs it: every process of the worker node
     SIGKILLed while a trial runs on it, a replacement node started; Tune's FailureConfig reruns the trial there."""
-    from bench.faults import node_kill
+    from bench.faults import NODE_KILL_EPOCHS, node_kill
 
     t0 = time.monotonic()
     row = node_kill(tmp_path)
@@ -126,6 +126,6 @@ def test_a_killed_worker_node_loses_and_duplicates_no_trial(tmp_path):
     assert (row["trials_lost"], row["runs_duplicated"]) == (0, 0)
     victim = next(r for r in runs if r.data.tags["raptor.trial_id"] == row["victim"])
     steps = [m.step for m in client.get_metric_history(victim.info.run_id, "stage2.loss")]
-    assert sorted(steps) == list(range(150))  # the killed trial's history: every epoch once, across the rerun
+    assert sorted(steps) == list(range(NODE_KILL_EPOCHS))  # every epoch once, across the rerun
     assert row["recovery_s"] > 0  # the rerun wrote a newer state (trained again) after the kill
     print(f"node-kill fault: {time.monotonic() - t0:.0f} s in all, recovery {row['recovery_s']} s")
