@@ -50,7 +50,7 @@ lint: setup
 
 test: setup pretrained lint
 	-@$(MAKE) --no-print-directory data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2   # two pytest-xdist workers: the e2e tests wait on processes half the time
 
 ui: setup
 	$(BIN)/raptor-study ui --out $(OUT)

@@ -392,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override the sweep's resources.* (e.g. worker_gpu=0.25)",
     )
+    parser.add_argument(
+        "--loop-threads",
+        type=int,
+        help="runtime.num_threads of the loop's trials only (default: the trial's own), e.g. 2 for a loop that uses "
+        "every core of a 2-core box while the sweep packs 1-thread trials",
+    )
     parser.add_argument("--out", help="work folder (default: a fresh temp folder)")
     parser.add_argument("--json", help="where the JSON goes (default: OUT/sweep_throughput.json)")
     parser.add_argument("--label", default="", help="a name for this measurement, kept in the JSON")
@@ -401,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is visible")
     if args.trials < 1:
         parser.error("--trials: must be >= 1")
+    if args.loop_threads is not None and args.loop_threads < 1:
+        parser.error("--loop-threads: must be >= 1")
 
     out = Path(args.out or tempfile.mkdtemp(prefix="sweep_throughput_")).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -418,11 +426,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm cache (teacher + states, not timed) in {out} ...", flush=True)
     warm_s = warm_cache(base, out)
     print(f"loop: {args.trials} trials in this process ...", flush=True)
-    loop = run_loop(base, seeds, out, args.device)
+    loop_base = deep_merge(base, {"runtime": {"num_threads": args.loop_threads}}) if args.loop_threads else base
+    loop = run_loop(loop_base, seeds, out, args.device)
     json_path = Path(args.json) if args.json else out / "sweep_throughput.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     # the loop's half is written at once, so a run cut short still keeps it
-    partial = {"label": args.label, "device": args.device, "trials": args.trials, "base": base}
+    partial = {
+        "label": args.label,
+        "device": args.device,
+        "trials": args.trials,
+        "base": base,
+        "loop_threads": args.loop_threads,
+    }
     json_path.write_text(json.dumps({**partial, "warm_cache_s": warm_s, "machine": started, "loop": loop}, indent=1))
     print(f"loop: {loop['per_trial_s']:.1f} s/trial, gpu busy {_pct(loop['gpu']['util_mean_pct'])}%", flush=True)
     if args.device == "cuda":
