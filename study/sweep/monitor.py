@@ -135,8 +135,22 @@ class SweepMonitor(Callback):
             self.live.start()
 
     def on_step_end(self, iteration, trials, **info) -> None:
+        self._count_restored(trials)
         if self.live is not None:
             self.live.update(self.render())
+
+    def _count_restored(self, trials) -> None:
+        """Trials that ended before a resume come back from Tune's state without hooks: count them (and their
+        objective) once, so a resumed sweep's view says how many are done in all."""
+        for trial in trials:
+            if trial.trial_id in self.status or trial.status not in ("TERMINATED", "ERROR"):
+                continue
+            result = trial.last_result or {}
+            if trial.status == "ERROR":
+                self.status[trial.trial_id] = "failed"
+            else:
+                self.status[trial.trial_id] = "finished" if R2_FINAL in result else "stopped"
+            self._consider(result.get(self.metric))
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.events.setdefault(trial.trial_id, {})["start_unix"] = time.time()
@@ -147,7 +161,9 @@ class SweepMonitor(Callback):
         event.setdefault("first_result_unix", time.time())
         event["last_result_unix"] = time.time()
         event["results"] = event.get("results", 0) + 1
-        value = result.get(self.metric)
+        self._consider(result.get(self.metric))
+
+    def _consider(self, value) -> None:
         if isinstance(value, (int, float)) and math.isfinite(value):
             if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
                 self.best = float(value)
@@ -162,6 +178,7 @@ class SweepMonitor(Callback):
         self.status[trial.trial_id] = "failed"
 
     def on_experiment_end(self, trials, **info) -> None:
+        self._count_restored(trials)
         if self.live is not None:
             self.live.update(self.render())
             self.live.stop()
@@ -190,7 +207,7 @@ class SweepMonitor(Callback):
         ended = [e["end_unix"] - e["start_unix"] for e in self.events.values() if "end_unix" in e and "start_unix" in e]
         if not ended:
             return None
-        left = self.total - len(ended)
+        left = self.total - sum(1 for status in self.status.values() if status != "running")
         return sum(ended) / len(ended) * math.ceil(left / self.concurrency)
 
     def render(self) -> Table:

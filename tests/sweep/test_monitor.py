@@ -12,8 +12,8 @@ from rich.console import Console
 from study.sweep.monitor import SweepMonitor, TimedCallback
 
 
-def trial(trial_id: str, last_result: dict | None = None):
-    return SimpleNamespace(trial_id=trial_id, last_result=last_result or {})
+def trial(trial_id: str, last_result: dict | None = None, status: str = "RUNNING"):
+    return SimpleNamespace(trial_id=trial_id, last_result=last_result or {}, status=status)
 
 
 class SlowCallback:
@@ -79,3 +79,25 @@ def test_monitor_and_timed_callback_pickle_without_their_live_state(tmp_path):
     monitor.on_trial_start(0, [], trial("a"))
     restored = pickle.loads(pickle.dumps(monitor))
     assert restored.events == {} and restored.name == "demo" and isinstance(restored.mlflow.inner, SlowCallback)
+
+
+def test_a_resumed_sweep_counts_the_trials_that_ended_before_it(tmp_path):
+    """On resume Tune restores ended trials without calling their hooks; the view still counts them."""
+    monitor = SweepMonitor("demo", 4, 2, "val_r2", "max", tmp_path / "events.json", live=False)
+    done = trial("a", {"r2.final": 0.9, "val_r2": 0.8}, status="TERMINATED")
+    pruned = trial("b", {"val_r2": 0.95}, status="TERMINATED")  # stopped early: no final metric
+    broken = trial("c", status="ERROR")
+    pending = trial("d", status="PENDING")
+    monitor.on_step_end(0, [done, pruned, broken, pending])
+    monitor.on_step_end(1, [done, pruned, broken, pending])  # counted once
+    assert monitor.counts() == {"running": 0, "finished": 1, "stopped": 1, "failed": 1}
+    assert monitor.best == 0.95
+    monitor.on_trial_start(1, [], pending)
+    pending.last_result, pending.status = {"r2.final": 0.7}, "TERMINATED"
+    monitor.on_trial_complete(1, [], pending)
+    assert monitor.counts() == {"running": 0, "finished": 2, "stopped": 1, "failed": 1}
+    assert monitor.eta_s() == 0.0  # all 4 ended
+    # a resume of a sweep that had ended: no step runs, the experiment's end still counts the restored trials
+    again = SweepMonitor("demo", 4, 2, "val_r2", "max", tmp_path / "events2.json", live=False)
+    again.on_experiment_end([done, pruned, broken, pending])
+    assert again.counts() == {"running": 0, "finished": 2, "stopped": 1, "failed": 1}
