@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -143,10 +144,10 @@ class SweepMonitor(Callback):
         """Trials that ended before a resume come back from Tune's state without hooks: count them (and their
         objective) once, so a resumed sweep's view says how many are done in all."""
         for trial in trials:
-            if trial.trial_id in self.status or trial.status not in ("TERMINATED", "ERROR"):
+            if trial.trial_id in self.status or trial.status not in (Trial.TERMINATED, Trial.ERROR):
                 continue
             result = trial.last_result or {}
-            if trial.status == "ERROR":
+            if trial.status == Trial.ERROR:
                 self.status[trial.trial_id] = "failed"
             else:
                 self.status[trial.trial_id] = "finished" if R2_FINAL in result else "stopped"
