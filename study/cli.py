@@ -109,7 +109,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     except SweepInterrupted:
         return 130
-    if report_dir is not None and (table["status"] == FINISHED).any():
+    if report_dir is not None and not (len(table) and (table["status"] == FINISHED).any()):
+        console.print("report: not written, no trial finished", soft_wrap=True)
+    elif report_dir is not None:
         from analysis.report import write_report
 
         path = write_report([name], uri, report_dir, log_to_mlflow=True)

@@ -66,3 +66,37 @@ def test_tiny_trial_via_main(capsys, tmp_path, tiny_overrides, prepared):
     result = json.loads((tmp_path / "cli" / "result.json").read_text())
     assert result["config"]["name"] == "cli" and result["config"]["teacher"]["depth"] == 4
     assert result["teacher"]["key"] == prepared.teacher.key, "the CLI trial reuses the cached teacher"
+
+
+@pytest.mark.parametrize(
+    ("statuses", "exit_code"), [(["finished"], 0), (["finished", "failed"], 1), (["failed"], 1), ([], 1)]
+)
+def test_sweep_report_flag_writes_the_report_in_the_same_process(monkeypatch, capsys, tmp_path, statuses, exit_code):
+    """`sweep --report`: after the sweep, the report of that sweep (its name after --set) goes to OUT/reports/NAME
+    and to its MLflow run; with no finished trial it says so instead."""
+    import pandas as pd
+
+    import analysis.report
+    import study.sweep.driver
+
+    calls = {}
+
+    def fake_sweep(spec, out_root, **kwargs):
+        calls["sweep"] = kwargs["tracking_uri"]
+        return pd.DataFrame({"status": statuses})
+
+    def fake_report(experiments, uri, out_dir, log_to_mlflow=False):
+        calls["report"] = (experiments, uri, out_dir, log_to_mlflow)
+        return out_dir / "report.html"
+
+    monkeypatch.setattr(study.sweep.driver, "run_sweep", fake_sweep)
+    monkeypatch.setattr(analysis.report, "write_report", fake_report)
+    out = tmp_path / "runs"
+    code = main(["sweep", "search_spaces/smoke.yaml", "--out", str(out), "--report", "--set", "name=demo2"])
+    shown = capsys.readouterr().out
+    assert code == exit_code
+    if "finished" in statuses:
+        assert calls["report"] == (["demo2"], calls["sweep"], out / "reports" / "demo2", True)
+        assert f"report: {out / 'reports' / 'demo2' / 'report.html'}" in shown
+    else:
+        assert "report" not in calls and "report: not written, no trial finished" in shown
