@@ -109,14 +109,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     except SweepInterrupted:
         return 130
-    if report_dir is not None and not (len(table) and (table["status"] == FINISHED).any()):
-        console.print("report: not written, no trial finished", soft_wrap=True)
-    elif report_dir is not None:
-        from analysis.report import write_report
+    if report_dir is not None:
+        if len(table) and (table["status"] == FINISHED).any():
+            from analysis.report import write_report
 
-        path = write_report([name], uri, report_dir, log_to_mlflow=True)
-        note = "Markdown and figures beside it; also logged to the sweep's MLflow run"
-        console.print(f"report: {path}  ({note})", soft_wrap=True)
+            path = write_report([name], uri, report_dir, log_to_mlflow=True)
+            note = "Markdown and figures beside it; also logged to the sweep's MLflow run"
+            console.print(f"report: {path}  ({note})", soft_wrap=True)
+        else:
+            console.print("report: not written, no trial finished", soft_wrap=True)
     return 0 if len(table) and (table["status"] != FAILED).all() else 1
 
 
