@@ -28,6 +28,7 @@ the levers-off column).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -210,13 +211,14 @@ def mean_stages(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- the two paths
-def run_loop(base: dict, seeds: list[int], out: Path, device: str) -> dict[str, Any]:
-    spec = load_sweep(_write_spec(out / "loop_spec.yaml", "loop", base, seeds, {"max_concurrent": 1}, None))
+def run_loop(base: dict, space: dict[str, list], out: Path, device: str) -> dict[str, Any]:
+    spec = load_sweep(_write_spec(out / "loop_spec.yaml", "loop", base, space, {"max_concurrent": 1}, None))
     walls, stages, results = [], [], []
+    points = grid_points(space)
     with GpuSampler(device == "cuda") as gpu:
         t0 = time.perf_counter()
-        for seed in seeds:
-            cfg = spec.trial_config({"seed": seed}, name=f"loop-seed{seed}")
+        for point in points:
+            cfg = spec.trial_config(point, name="loop-" + "-".join(f"{k}{v}" for k, v in point.items()))
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
@@ -228,7 +230,7 @@ def run_loop(base: dict, seeds: list[int], out: Path, device: str) -> dict[str, 
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return {
         "wall_s": wall,
-        "per_trial_s": wall / len(seeds),
+        "per_trial_s": wall / len(points),
         "trial_wall_s": walls,
         "stages": mean_stages(stages),
         "gpu": gpu.summary(),
@@ -238,10 +240,10 @@ def run_loop(base: dict, seeds: list[int], out: Path, device: str) -> dict[str, 
 
 
 def run_sweep_path(
-    base: dict, seeds: list[int], out: Path, device: str, resources: dict, max_concurrent: int
+    base: dict, space: dict[str, list], out: Path, device: str, resources: dict, max_concurrent: int
 ) -> dict[str, Any]:
     spec_path = _write_spec(
-        out / "sweep_spec.yaml", "throughput", base, seeds, {"max_concurrent": max_concurrent}, resources
+        out / "sweep_spec.yaml", "throughput", base, space, {"max_concurrent": max_concurrent}, resources
     )
     root = out / "sweep"
     with GpuSampler(device == "cuda") as gpu:
@@ -294,11 +296,30 @@ def _compiled(result: dict) -> bool:
     return runtime["compile"] is True or (runtime["compile"] == "auto" and runtime["device"] == "cuda")
 
 
-def _write_spec(path: Path, name: str, base: dict, seeds: list[int], search: dict, resources: dict | None) -> Path:
+def grid_points(space: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of the space's values (the trials of a grid sweep over it), as dotted-key params."""
+    keys = list(space)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*space.values())]
+
+
+def trial_space(trials: int, teachers: int, teacher_seed0: int) -> dict[str, list]:
+    """The bench's trials as a grid: `trials` Raptor seeds on the warm teacher (`teachers` = 0), or
+    `teachers` teacher seeds from `teacher_seed0` x trials / teachers Raptor seeds, teachers trained inside."""
+    if not teachers:
+        return {"seed": list(range(trials))}
+    return {
+        "teacher.seed": list(range(teacher_seed0, teacher_seed0 + teachers)),
+        "seed": list(range(trials // teachers)),
+    }
+
+
+def _write_spec(
+    path: Path, name: str, base: dict, space: dict[str, list], search: dict, resources: dict | None
+) -> Path:
     spec = {
         "name": name,
         "base": base,
-        "space": {"seed": {"choice": seeds}},
+        "space": {key: {"choice": values} for key, values in space.items()},
         "search": {"sampler": "grid", "metric": VAL_R2, "mode": "max", "num_samples": 1, **search},
         "scheduler": {"type": "none"},
     }
@@ -310,11 +331,12 @@ def _write_spec(path: Path, name: str, base: dict, seeds: list[int], search: dic
 
 
 def warm_cache(base: dict, out: Path) -> float:
-    """Train the teacher and extract its states once (not timed against either path)."""
+    """Train the base's teacher and extract its states once (not timed against either path): the shared
+    teacher of the default trials; with --teachers, it warms the data and the compile cache only."""
     warm = deep_merge(
         base, {"distill": {"stage1": {"epochs": 0}, "stage2": {"epochs": 0}}, "dynamics": {"enabled": False}}
     )
-    spec = load_sweep(_write_spec(out / "warm_spec.yaml", "warm", warm, [0], {"max_concurrent": 1}, None))
+    spec = load_sweep(_write_spec(out / "warm_spec.yaml", "warm", warm, {"seed": [0]}, {"max_concurrent": 1}, None))
     t0 = time.perf_counter()
     run_trial(spec.trial_config({"seed": 0}, name="warmup"), out / "warmup")
     return time.perf_counter() - t0
@@ -384,6 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-concurrent", type=int, help="sweep trials at once (default: 1 on cpu, as many as fit on the GPU on cuda)"
     )
+    parser.add_argument(
+        "--teachers",
+        type=int,
+        default=0,
+        help="train this many teachers inside each path, each shared by trials / teachers trials (as the study's "
+        "trials share theirs); the loop and the sweep get different teacher seeds, so neither finds the other's "
+        "(default 0: every trial shares one teacher trained before either path is timed)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base trial field")
     parser.add_argument(
         "--resources",
@@ -407,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is visible")
     if args.trials < 1:
         parser.error("--trials: must be >= 1")
+    if args.teachers < 0 or (args.teachers and args.trials % args.teachers):
+        parser.error(f"--teachers: must be >= 0 and divide --trials ({args.trials}), got {args.teachers}")
     if args.loop_threads is not None and args.loop_threads < 1:
         parser.error("--loop-threads: must be >= 1")
 
@@ -420,14 +452,16 @@ def main(argv: list[str] | None = None) -> int:
         base["data"].pop("max_samples", None)
     base = deep_merge(base, unflatten(parse_overrides(args.set)))
     base = deep_merge(base, {"runtime": {"cache_dir": str(out / "cache")}})
-    seeds = list(range(args.trials))
+    # teacher seeds 1000+ (loop) and 2000+ (sweep): new teachers in each path, none the warm-up's
+    loop_space = trial_space(args.trials, args.teachers, 1000)
+    sweep_space = trial_space(args.trials, args.teachers, 2000)
 
     started = machine()
     print(f"warm cache (teacher + states, not timed) in {out} ...", flush=True)
     warm_s = warm_cache(base, out)
     print(f"loop: {args.trials} trials in this process ...", flush=True)
     loop_base = deep_merge(base, {"runtime": {"num_threads": args.loop_threads}}) if args.loop_threads else base
-    loop = run_loop(loop_base, seeds, out, args.device)
+    loop = run_loop(loop_base, loop_space, out, args.device)
     json_path = Path(args.json) if args.json else out / "sweep_throughput.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     # the loop's half is written at once, so a run cut short still keeps it
@@ -435,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "label": args.label,
         "device": args.device,
         "trials": args.trials,
+        "teachers": args.teachers,
         "base": base,
         "loop_threads": args.loop_threads,
     }
@@ -453,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     resources = {**resources, **parse_overrides(args.resources)}
     max_concurrent = args.max_concurrent or max_concurrent
     print(f"sweep: {args.trials} trials, {max_concurrent} at a time, resources {resources} ...", flush=True)
-    sweep = run_sweep_path(base, seeds, out, args.device, resources, max_concurrent)
+    sweep = run_sweep_path(base, sweep_space, out, args.device, resources, max_concurrent)
 
     gpus = torch.cuda.device_count() if args.device == "cuda" else 1
     report = {

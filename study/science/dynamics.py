@@ -113,8 +113,10 @@ def perturbation_angles(
     `run_layers` (so only the perturbation differs). Returns [L - layer + 1], entry 0 for
     x_layer itself (the injected angle) and entry m - layer for layer m = layer+1..L: the
     mean over samples and tokens of the angle between the normalised perturbed and clean
-    token states. Angles ignore the stream's norm, so a map that only rescales the stream
-    leaves them unchanged (a Euclidean distance would grow with the norm). Noise draws come
+    token states. Clean and perturbed states of a chunk go through `run_layers` as one batch
+    (clean first); a map that treats samples independently gives the same states as two calls.
+    Angles ignore the stream's norm, so a map that only rescales the stream leaves them
+    unchanged (a Euclidean distance would grow with the norm). Noise draws come
     from a CPU generator seeded with `seed`.
     """
     num_layers = states.shape[1] - 1
@@ -126,8 +128,9 @@ def perturbation_angles(
         x = x.to(device)
         noise = torch.randn(x.shape, generator=generator).to(device)
         noise = noise * (eps * x.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True))
-        clean = torch.stack([x, *run_layers(x, layer, num_layers)], dim=1)  # [B, L-layer+1, T, D]
-        perturbed = torch.stack([x + noise, *run_layers(x + noise, layer, num_layers)], dim=1)
+        both = torch.cat([x, x + noise])  # clean and perturbed rolled as one batch: half the kernel launches
+        both = torch.stack([both, *run_layers(both, layer, num_layers)], dim=1)  # [2B, L-layer+1, T, D]
+        clean, perturbed = both.split(len(x))
         total = total + _token_angle(perturbed, clean).double().mean(dim=2).sum(dim=0)
     return (total / len(states)).cpu().numpy()
 

@@ -49,6 +49,15 @@ from study.science.raptor import Raptor
 Readout = Callable[[torch.Tensor], torch.Tensor]
 
 
+def rollout_chunk(device: torch.device | str) -> int:
+    """Samples per forward pass in the perturbation roll-outs and layer swaps: 64 on CPU; 512 on a GPU,
+    where these small passes are bound by kernel launches and host syncs, more so with trials packed on
+    one GPU (docs/results/throughput.md), so fewer, larger batches finish sooner. Beyond rounding the
+    chunk changes one thing: the perturbation noise is drawn chunk by chunk, which gives the same draw
+    as one call when a sample holds a multiple of 16 values (T x D; 50 x 192 and 257 x 384 do)."""
+    return 512 if torch.device(device).type == "cuda" else 64
+
+
 def swap_readout(model: VisionTransformer, probe: Any = None) -> Readout:
     """x_L [B, T, D] -> logits: the teacher's own head if it has classes, else `probe` on norm(x_L)[:, 0].
 
@@ -112,7 +121,9 @@ def _curves(
         **{f"speed_{group}": values for group, values in speed.items()},
         "coherence": patch_coherence(states, num_registers),
         "stable_rank": update_stable_rank(states),
-        "recovery": perturbation_recovery(run_layers, states, perturb_layer, eps, seed, chunk=64, device=device),
+        "recovery": perturbation_recovery(
+            run_layers, states, perturb_layer, eps, seed, chunk=rollout_chunk(device), device=device
+        ),
     }
     return {name: [float(v) for v in values] for name, values in curves.items()}
 
@@ -180,7 +191,7 @@ def trial_dynamics(
             readout,
             np.asarray(labels[:n]),
             [(1, 1), *intra, *inter],
-            chunk=64,
+            chunk=rollout_chunk(device),
             device=device,
         )
         curves["swap"] = {

@@ -134,12 +134,13 @@ def test_perturbation_noise_has_relative_norm_eps_per_token_and_is_seeded():
 
     states = torch.randn(3, 3, 4, 5, generator=torch.Generator().manual_seed(6))
     first = perturbation_recovery(spy, states, layer=1, eps=0.05, seed=7)
-    clean, perturbed = seen
+    (both,) = seen  # clean and perturbed states rolled as one batch, clean first
+    clean, perturbed = both.split(len(states))
     torch.testing.assert_close(clean, states[:, 1])
     torch.testing.assert_close((perturbed - clean).norm(dim=-1), 0.05 * clean.norm(dim=-1))
     np.testing.assert_allclose(first, [1.0], rtol=1e-5)
     perturbation_recovery(spy, states, layer=1, eps=0.05, seed=7)
-    torch.testing.assert_close(seen[3], perturbed)
+    torch.testing.assert_close(seen[1], both)
     with pytest.raises(ValueError):
         perturbation_recovery(spy, states, layer=2, eps=0.05, seed=7)
 
