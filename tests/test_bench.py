@@ -134,3 +134,56 @@ def test_gpu_bench_quick_cpu_run_writes_the_documented_json(tmp_path):
         (c, d) for c in ("vit_quick", "digits_quick") for d in ("float32", "float16")
     }
     assert (tmp_path / "gpu_bench.md").read_text().startswith(f"# gpu_bench: {doc['info']['device']}")
+
+
+def test_sweep_throughput_grid_gives_the_sweep_and_the_loop_the_same_trials():
+    from bench.sweep_throughput import grid_points, trial_space
+
+    assert trial_space(4, 0, 1000) == {"seed": [0, 1, 2, 3]}
+    space = trial_space(6, 2, 2000)
+    assert space == {"teacher.seed": [2000, 2001], "seed": [0, 1, 2]}
+    points = grid_points(space)
+    assert len(points) == 6 and len({tuple(p.items()) for p in points}) == 6
+    assert {p["teacher.seed"] for p in points} == {2000, 2001}
+    assert sum(p["teacher.seed"] == 2000 for p in points) == 3  # each teacher shared by trials / teachers
+
+
+def test_sweep_throughput_stage_split_from_a_result():
+    from bench.sweep_throughput import compile_estimate, trial_stages
+
+    history = [
+        {"stage": "stage1", "seconds": 10.0},
+        {"stage": "stage1", "seconds": 2.0},
+        {"stage": "stage1", "seconds": 3.0},
+        {"stage": "stage2", "seconds": 4.0},
+    ]
+    assert compile_estimate(history, compiled=False) == 0.0
+    assert compile_estimate(history, compiled=True) == pytest.approx(7.5)  # 10 - median(2, 3); one-epoch stage: 0
+    timings = {
+        "teacher_and_states_s": 1.0,
+        "similarity_s": 2.0,
+        "distill_s": 20.0,
+        "checkpoint_s": 0.5,
+        "evaluate_s": 3.0,
+        "dynamics_s": 1.25,
+        "write_s": 0.75,
+    }
+    stages = trial_stages({"timings": timings, "history": history}, compiled=True)
+    assert stages["compile (first-epoch excess)"] == pytest.approx(7.5)
+    assert stages["epochs (train + val)"] == pytest.approx(19.0 - 7.5)
+    assert stages["distill: other"] == pytest.approx(20.0 - 19.0 - 0.5)
+    assert stages["evaluate (fidelity, probe)"] == pytest.approx(1.75) and stages["dynamics"] == 1.25
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [(["--trials", "0"], "--trials"), (["--trials", "4", "--teachers", "3"], "--teachers")],
+)
+def test_sweep_throughput_rejects_bad_counts_before_any_work(argv, field, tmp_path, capsys):
+    from bench.sweep_throughput import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "work")])
+    assert exit_info.value.code == 2
+    assert field in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
