@@ -22,7 +22,9 @@ width 48); `--device cuda` the Fashion-MNIST teacher study trial (the base of
 search_spaces/fashion_sd_study.yaml: 12 blocks, width 192, patch 4, 28 px). `--data` picks the
 dataset (`digits` is upscaled to 28 px on cuda); `--set KEY=VALUE` overrides base fields, and
 `--resources KEY=VALUE` the sweep's resources (e.g. `train_mode=workers reuse_actors=false` for
-the levers-off column).
+the levers-off column). `--teachers N` trains N teachers inside each path, each shared by
+trials / N trials, as in the study (default: one teacher trained before either path is timed);
+`--mps` runs both paths under CUDA MPS.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +167,30 @@ class GpuSampler:
             "util_mean_pct": self.mean(),
             "mem_used_max_mib": max(self.memory_mib) if self.memory_mib else None,
         }
+
+
+@contextmanager
+def mps_daemon(enabled: bool) -> Iterator[str | None]:
+    """CUDA MPS (Multi-Process Service) for this process and every process it starts, Ray's included:
+    starts `nvidia-cuda-mps-control -d` on pipe and log folders of its own, exported through
+    CUDA_MPS_PIPE_DIRECTORY / CUDA_MPS_LOG_DIRECTORY, and quits it at exit. With it, the kernels of
+    trials packed on one GPU run concurrently instead of time-sliced. Must run before CUDA starts
+    in this process. Yields the folder (None when not enabled). The GPU's settings are untouched."""
+    if not enabled:
+        yield None
+        return
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        raise SystemExit("--mps: nvidia-cuda-mps-control is not on PATH")
+    root = Path(tempfile.mkdtemp(prefix="mps_"))
+    for name, sub in (("CUDA_MPS_PIPE_DIRECTORY", "pipe"), ("CUDA_MPS_LOG_DIRECTORY", "log")):
+        (root / sub).mkdir()
+        os.environ[name] = str(root / sub)
+    subprocess.run([control, "-d"], check=True, timeout=60)
+    try:
+        yield str(root)
+    finally:
+        subprocess.run([control], input="quit\n", text=True, timeout=60, check=False)
 
 
 # ----------------------------------------------------------------------------- stage split
@@ -428,11 +456,23 @@ def main(argv: list[str] | None = None) -> int:
         help="runtime.num_threads of the loop's trials only (default: the trial's own), e.g. 2 for a loop that uses "
         "every core of a 2-core box while the sweep packs 1-thread trials",
     )
+    parser.add_argument(
+        "--mps",
+        action="store_true",
+        help="run both paths under CUDA MPS (started and stopped by the bench), so packed trials' kernels overlap",
+    )
     parser.add_argument("--out", help="work folder (default: a fresh temp folder)")
     parser.add_argument("--json", help="where the JSON goes (default: OUT/sweep_throughput.json)")
     parser.add_argument("--label", default="", help="a name for this measurement, kept in the JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
+    if args.mps and args.device != "cuda":
+        parser.error("--mps: only with --device cuda")
+    with mps_daemon(args.mps):
+        return _bench(parser, args)
+
+
+def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     if args.trials < 1:
@@ -470,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "trials": args.trials,
         "teachers": args.teachers,
+        "mps": args.mps,
         "base": base,
         "loop_threads": args.loop_threads,
     }

@@ -177,7 +177,11 @@ def test_sweep_throughput_stage_split_from_a_result():
 
 @pytest.mark.parametrize(
     ("argv", "field"),
-    [(["--trials", "0"], "--trials"), (["--trials", "4", "--teachers", "3"], "--teachers")],
+    [
+        (["--trials", "0"], "--trials"),
+        (["--trials", "4", "--teachers", "3"], "--teachers"),
+        (["--device", "cpu", "--mps"], "--mps"),
+    ],
 )
 def test_sweep_throughput_rejects_bad_counts_before_any_work(argv, field, tmp_path, capsys):
     from bench.sweep_throughput import main

@@ -19,6 +19,7 @@ from study.science.partition import phase_labels
 from study.science.similarity import iter_chunks
 
 RunLayers = Callable[[torch.Tensor, int, int], Sequence[torch.Tensor]]
+HOST_EIGH_MAX = 128  # update_stable_rank: Grams up to this size are decomposed on the CPU
 
 
 @torch.no_grad()
@@ -75,13 +76,19 @@ def update_stable_rank(states: Any, chunk: int = 256) -> np.ndarray:
     U_l is [T, D] per sample; ||U||_2^2 is the top eigenvalue of the smaller Gram matrix
     (same as the squared top singular value, cheaper than an SVD). A zero update has
     stable rank 0. Mean over samples; returns [L], entry l-1 for x_{l-1} -> x_l.
+
+    Grams of at most HOST_EIGH_MAX rows are decomposed on the CPU wherever the states are: a
+    GPU solves a batch of such matrices one by one with a host sync each (H200, 1,536 Grams of
+    50 x 50: 0.45 s, 4.7 s with 8 trials on the GPU, vs 0.14 s on the CPU; 257 x 257: 3.4 s on
+    the GPU, 5.9 s on the CPU; docs/results/throughput.md).
     """
     total = 0.0
     for x in iter_chunks(states, chunk):
         update = x[:, 1:] - x[:, :-1]  # [B, L, T, D]
         tokens, channels = update.shape[-2:]
         gram = (update @ update.mT if tokens <= channels else update.mT @ update).double()
-        top = torch.linalg.eigvalsh(gram)[..., -1]
+        top = torch.linalg.eigvalsh(gram.cpu() if gram.shape[-1] <= HOST_EIGH_MAX else gram)[..., -1]
+        top = top.to(gram.device)
         frobenius = torch.diagonal(gram, dim1=-2, dim2=-1).sum(dim=-1)
         rank = torch.where(top > 0, frobenius / top, 0.0)
         total = total + rank.sum(dim=0)

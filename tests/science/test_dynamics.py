@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from study.science.dynamics import (
+    HOST_EIGH_MAX,
     angular_speed,
     directional_convergence,
     layer_swap_accuracy,
@@ -81,6 +82,19 @@ def test_stable_rank_of_rank_one_orthogonal_and_zero_updates():
     np.testing.assert_allclose(update_stable_rank(states, chunk=3), [1.0, tokens, 0.0], rtol=1e-4)
     wide = states.transpose(-1, -2).contiguous()  # T > D takes the other Gram matrix
     np.testing.assert_allclose(update_stable_rank(wide), [1.0, tokens, 0.0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("tokens", [7, HOST_EIGH_MAX + 2])  # Gram decomposed on the host / where the states are
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+def test_update_stable_rank_equals_the_svd_definition_on_any_device(tokens, device):
+    states = torch.randn(3, 4, tokens, HOST_EIGH_MAX + 3, generator=torch.Generator().manual_seed(2))
+    update = (states[:, 1:] - states[:, :-1]).double()
+    singular = torch.linalg.svdvals(update)
+    reference = ((singular**2).sum(-1) / singular[..., 0] ** 2).mean(0).numpy()
+    np.testing.assert_allclose(update_stable_rank(states.to(device), chunk=2), reference, rtol=1e-6)
 
 
 def scaling_run_layers(factor, centre=0.0):
