@@ -189,8 +189,10 @@ def mps_daemon(enabled: bool) -> Iterator[str | None]:
     subprocess.run([control, "-d"], check=True, timeout=60)
     try:
         yield str(root)
-    finally:
-        subprocess.run([control], input="quit\n", text=True, timeout=60, check=False)
+    finally:  # `quit` waits for every client to exit, this process included: ask, do not wait
+        quit_ = subprocess.Popen([control], stdin=subprocess.PIPE, text=True)
+        quit_.stdin.write("quit\n")
+        quit_.stdin.close()
 
 
 # ----------------------------------------------------------------------------- stage split
