@@ -633,10 +633,17 @@ def results_table(grid, spec: SweepSpec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def short_headers(columns: list[str]) -> list[str]:
+    """Table headers: the last part of dotted names (teacher.sd_rate -> sd_rate), the whole name where the last
+    part is shared (teacher.seed beside seed) and for the headline metrics."""
+    tails = [c if c in (R2_FINAL, ACC_RATIO) else c.rsplit(".", 1)[-1] for c in columns]
+    return [tail if tails.count(tail) == 1 else column for column, tail in zip(columns, tails, strict=True)]
+
+
 def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking_uri: str) -> None:
     view = Table(title=f"sweep {spec.name}: {len(table)} trials")
-    for column in table.columns:  # short headers: the last part of dotted names
-        view.add_column(column if column in (R2_FINAL, ACC_RATIO) else column.rsplit(".", 1)[-1], justify="right")
+    for header in short_headers(list(table.columns)):
+        view.add_column(header, justify="right")
     for _, row in table.iterrows():
         view.add_row(*("" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     console.print(view)

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.config import ConfigError
-from study.contract import trial_run_name
+from study.contract import ACC_RATIO, R2_FINAL, VAL_R2, trial_run_name
 from study.sweep.space import as_sweep_spec, load_sweep, spec_hash
 from study.sweep.tracking import (
     check_no_collision,
@@ -110,3 +110,11 @@ def test_the_callback_tags_a_failed_trial_with_its_reason_and_prints_one_line(tm
     assert run.data.tags["raptor.sweep_id"] == "s1" and run.info.run_name == "sd0-s0-k2-0001"
     printed = [line for line in capsys.readouterr().out.splitlines() if "t_00001 failed" in line]
     assert len(printed) == 1 and "out of memory" in printed[0]
+
+
+def test_result_table_headers_are_short_unless_two_columns_share_a_last_part():
+    from study.sweep.driver import short_headers
+
+    columns = ["trial_id", "status", "teacher.seed", "seed", "teacher.sd_rate", VAL_R2, R2_FINAL, ACC_RATIO]
+    expected = ["trial_id", "status", "teacher.seed", "seed", "sd_rate", VAL_R2, R2_FINAL, ACC_RATIO]
+    assert short_headers(columns) == expected
