@@ -277,9 +277,9 @@ def run_sweep_path(
     )
     root = out / "sweep"
     with GpuSampler(device == "cuda") as gpu:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         table = run_sweep(spec_path, root)
-        wall = time.perf_counter() - t0
+        wall, driver_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     n = len(table)
     clock = json.loads((root / "ray" / "throughput" / "sweep_timings.json").read_text())
     events_path = root / "ray" / "throughput" / "events.json"
@@ -314,6 +314,7 @@ def run_sweep_path(
         "max_concurrent": max_concurrent,
         "resources": resources,
         "sweep_timings": clock,
+        "driver_cpu_s": driver_cpu,  # CPU seconds of the sweep's driver process (all its threads), not its children
         "stages": {**sweep_level, **per_trial},
         "mlflow_blocking_per_trial_s": statistics.fmean(mlflow_s or [0.0]),
         "gpu": gpu.summary(),
