@@ -183,6 +183,8 @@ class SweepMonitor(Callback):
         if self.live is not None:
             self.live.update(self.render())
             self.live.stop()
+            if not self.live.console.is_terminal:  # rich ends the view with a newline on terminals only
+                self.live.console.line()
             self.live = None
         for trial_id, seconds in (self.mlflow.seconds if self.mlflow else {}).items():
             self.events.setdefault(trial_id, {})["mlflow_s"] = seconds

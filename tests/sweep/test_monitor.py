@@ -61,6 +61,7 @@ def test_progress_counts_best_eta_and_events(tmp_path):
     console.file.close()
     shown = (tmp_path / "console.txt").read_text()
     assert "sweep demo" in shown and "1 finished" in shown and "1 failed" in shown and "best val_r2 (max): 0.7" in shown
+    assert shown.endswith("\n")  # what is printed next (the result table) starts on a line of its own
     events = json.loads((tmp_path / "events.json").read_text())
     assert set(events["trials"]) == {"a", "b", "c"}
     first = events["trials"]["a"]
