@@ -176,7 +176,9 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
 
 # ----------------------------------------------------------------------------- sweep
 QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "mlflow", "alembic", "optuna")
-RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+# Ray's notices at WARNING that need no action: a new local cluster uses token authentication (its default, which
+# we keep); Tune writes no TensorBoard files where tensorboardX is not installed (MLflow is the tracker)
+RAY_NOTICE_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray.tune.utils.callback")
 
 
 def quiet_console(verbose: bool) -> None:
@@ -194,8 +196,8 @@ def quiet_console(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    # Ray announces at WARNING that a new local cluster uses token authentication (its default, which we keep)
-    logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
+    for name in RAY_NOTICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import optuna
 
