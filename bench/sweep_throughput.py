@@ -24,7 +24,8 @@ dataset (`digits` is upscaled to 28 px on cuda); `--set KEY=VALUE` overrides bas
 `--resources KEY=VALUE` the sweep's resources (e.g. `train_mode=workers reuse_actors=false` for
 the levers-off column). `--teachers N` trains N teachers inside each path, each shared by
 trials / N trials, as in the study (default: one teacher trained before either path is timed);
-`--mps` runs both paths under CUDA MPS.
+`--mps` runs both paths under CUDA MPS. `--loop-trials M` runs the loop over the first M trials only
+(whole teacher groups; per-trial figures compare), so a long sweep and its loop fit one time limit.
 """
 
 from __future__ import annotations
@@ -445,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         "trials share theirs); the loop and the sweep get different teacher seeds, so neither finds the other's "
         "(default 0: every trial shares one teacher trained before either path is timed)",
     )
+    parser.add_argument(
+        "--loop-trials",
+        type=int,
+        help="trials of the loop (default: --trials): the first whole teacher groups of the same grid, for a sweep "
+        "long enough to reach its steady state while the loop, whose trials are alike, fits the same time limit",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base trial field")
     parser.add_argument(
         "--resources",
@@ -482,6 +489,13 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--trials: must be >= 1")
     if args.teachers < 0 or (args.teachers and args.trials % args.teachers):
         parser.error(f"--teachers: must be >= 0 and divide --trials ({args.trials}), got {args.teachers}")
+    loop_trials = args.loop_trials or args.trials
+    per_teacher = args.trials // args.teachers if args.teachers else 1
+    if not 1 <= loop_trials <= args.trials or loop_trials % per_teacher:
+        parser.error(
+            f"--loop-trials: must be in [1, {args.trials}] and a multiple of the trials per teacher ({per_teacher}), "
+            f"got {loop_trials}"
+        )
     if args.loop_threads is not None and args.loop_threads < 1:
         parser.error("--loop-threads: must be >= 1")
 
@@ -496,13 +510,13 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     base = deep_merge(base, unflatten(parse_overrides(args.set)))
     base = deep_merge(base, {"runtime": {"cache_dir": str(out / "cache")}})
     # teacher seeds 1000+ (loop) and 2000+ (sweep): new teachers in each path, none the warm-up's
-    loop_space = trial_space(args.trials, args.teachers, 1000)
+    loop_space = trial_space(loop_trials, loop_trials // per_teacher if args.teachers else 0, 1000)
     sweep_space = trial_space(args.trials, args.teachers, 2000)
 
     started = machine()
     print(f"warm cache (teacher + states, not timed) in {out} ...", flush=True)
     warm_s = warm_cache(base, out)
-    print(f"loop: {args.trials} trials in this process ...", flush=True)
+    print(f"loop: {loop_trials} trials in this process ...", flush=True)
     loop_base = deep_merge(base, {"runtime": {"num_threads": args.loop_threads}}) if args.loop_threads else base
     loop = run_loop(loop_base, loop_space, out, args.device)
     json_path = Path(args.json) if args.json else out / "sweep_throughput.json"
@@ -512,6 +526,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "label": args.label,
         "device": args.device,
         "trials": args.trials,
+        "loop_trials": loop_trials,
         "teachers": args.teachers,
         "mps": args.mps,
         "base": base,

@@ -181,6 +181,8 @@ def test_sweep_throughput_stage_split_from_a_result():
         (["--trials", "0"], "--trials"),
         (["--trials", "4", "--teachers", "3"], "--teachers"),
         (["--device", "cpu", "--mps"], "--mps"),
+        (["--trials", "6", "--teachers", "2", "--loop-trials", "2"], "--loop-trials"),  # 3 trials per teacher
+        (["--trials", "4", "--loop-trials", "5"], "--loop-trials"),
     ],
 )
 def test_sweep_throughput_rejects_bad_counts_before_any_work(argv, field, tmp_path, capsys):
