@@ -645,13 +645,32 @@ def short_headers(columns: list[str]) -> list[str]:
     return [tail if tails.count(tail) == 1 else column for column, tail in zip(columns, tails, strict=True)]
 
 
-def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking_uri: str) -> None:
-    view = Table(title=f"sweep {spec.name}: {len(table)} trials")
+def result_table(table: pd.DataFrame, title: str) -> Table:
+    """The sweep's result table as rich renders it: short headers, floats to 4 significant digits."""
+    view = Table(title=title)
     for header in short_headers(list(table.columns)):
         view.add_column(header, justify="right")
     for _, row in table.iterrows():
         view.add_row(*("" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    console.print(view)
+    return view
+
+
+def print_whole(view: Table, out: Console) -> None:
+    """Print a table: in a terminal at the terminal's width (rich narrows the columns); elsewhere (a log file, a
+    pipe, CI) at the table's own width, which rich would otherwise cut to 80 columns, truncating ids and values."""
+    if out.is_terminal:
+        out.print(view)
+        return
+    width = out.width  # rich caps `print(width=...)` at the console's width, so widen the console for this table
+    out.width = max(width, out.measure(view, options=out.options.update_width(10_000)).maximum)
+    try:
+        out.print(view)
+    finally:
+        out.width = width
+
+
+def show_table(table: pd.DataFrame, spec: SweepSpec, paths: SweepPaths, tracking_uri: str) -> None:
+    print_whole(result_table(table, f"sweep {spec.name}: {len(table)} trials"), console)
     console.print(f"trial outputs: {paths.trials(spec.name)}")
     console.print(
         f"MLflow: {redact(tracking_uri)}  (browse: raptor-study ui {spec.name} --out {paths.root})", soft_wrap=True

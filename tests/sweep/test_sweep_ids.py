@@ -118,3 +118,35 @@ def test_result_table_headers_are_short_unless_two_columns_share_a_last_part():
     columns = ["trial_id", "status", "teacher.seed", "seed", "teacher.sd_rate", VAL_R2, R2_FINAL, ACC_RATIO]
     expected = ["trial_id", "status", "teacher.seed", "seed", "sd_rate", VAL_R2, R2_FINAL, ACC_RATIO]
     assert short_headers(columns) == expected
+
+
+def test_the_result_table_is_printed_whole_outside_a_terminal_and_fits_a_terminal():
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+    from rich.text import Text
+
+    from study.sweep.driver import print_whole, result_table
+
+    trial_id = "179fc8e2_00001_1_anneal=0.2321,k=2,lambda_cls=0.3681,sd_rate=0.0000"
+    table = pd.DataFrame(
+        [
+            {
+                "trial_id": trial_id,
+                "status": "finished",
+                "teacher.sd_rate": 0.0,
+                "k": 2,
+                VAL_R2: 0.99712,
+                R2_FINAL: 0.9972,
+            }
+        ]
+    )
+    log = io.StringIO()
+    print_whole(result_table(table, "sweep smoke: 1 trials"), Console(file=log, width=80))  # a file: no terminal
+    text = log.getvalue()
+    assert trial_id in text and "finished" in text and "0.9971" in text and R2_FINAL in text
+    assert max(len(line) for line in text.splitlines()) > 80  # wider than the default, not cut to it
+    tty = io.StringIO()
+    print_whole(result_table(table, "t"), Console(file=tty, width=80, force_terminal=True))
+    assert max(len(line) for line in Text.from_ansi(tty.getvalue()).plain.splitlines()) <= 80
