@@ -46,6 +46,7 @@ from study.contract import (
     SEARCHED_TAG,
     SPEC_ARTIFACT,
     SPEC_HASH_TAG,
+    STATUS_TAG,
     SWEEP_ID_TAG,
     SWEEP_TAG,
     TRIAL_ID_TAG,
@@ -369,6 +370,7 @@ class MlflowTrialCallback(Callback):
         self.logged_steps: dict[str, dict[str, int]] = {}  # trial_id -> metric -> last step logged
         self.monitors: dict[str, Any] = {}  # trial_id -> MLflow system-metrics monitor
         self.indices: dict[str, int] = {}  # trial_id -> 1-based position among the sweep's trials (run names)
+        self.started: set[str] = set()  # trials Tune started in this process (the others ended before a resume)
 
     _STATE = ("tracking_uri", "experiment_id", "parent_run_id", "spec", "sweep", "sweep_id", "system_metrics")
 
@@ -424,6 +426,7 @@ class MlflowTrialCallback(Callback):
 
     # -- Tune hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.add(trial.trial_id)
         if trial in trials:  # Tune keeps its trials in creation order, across resume too
             self.indices[trial.trial_id] = trials.index(trial) + 1
         params = self._params(trial)
@@ -440,26 +443,63 @@ class MlflowTrialCallback(Callback):
             )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        result = trial.last_result or {}
-        if R2_FINAL not in result:  # stopped by the scheduler before its evaluation
+        log = self._result_op(trial, history=False)
+        if log is None:  # stopped by the scheduler before its evaluation
             self._finish(trial, PRUNED)
             return
+        self._write(trial, log)
+        self._finish(trial, FINISHED)
+
+    def _result_op(self, trial, history: bool) -> Callable[[MlflowClient, str], None] | None:
+        """The write of a finished trial's results from its result.json (with `history`, its epochs too: those
+        the run lacks); None for a trial stopped before its evaluation."""
+        result = trial.last_result or {}
+        if R2_FINAL not in result:
+            return None
         out_dir = Path(result["out_dir"])
         saved = json.loads((out_dir / RESULT_ARTIFACT).read_text())
         record = getattr(self.spec, "record", None) or RecordConfig()  # a spec pickled before `record` existed
-        self._write(
-            trial,
-            lambda c, run_id: log_result(
-                c,
+
+        def log(client: MlflowClient, run_id: str) -> None:
+            logged = self.logged_steps.setdefault(trial.trial_id, {})
+            if history:
+                log_epochs(client, run_id, saved.get("history") or [], logged)
+            log_result(
+                client,
                 run_id,
                 saved,
                 out_dir=out_dir,
-                logged=self.logged_steps.setdefault(trial.trial_id, {}),
+                logged=logged,
                 model=record.log_model,
                 register_as=record.register_as,
-            ),
-        )
-        self._finish(trial, FINISHED)
+            )
+
+        return log
+
+    def recover_ended(self, trials) -> None:
+        """Trials that ended before a resume (Tune restores them as TERMINATED and runs no hook for them) whose
+        MLflow writes were lost when the driver was killed (queued, not yet delivered): their run is completed
+        from the trial's result.json (params, missing epochs, results) and ended as Tune ended the trial. A run
+        that was delivered whole (tagged with its status) is left as it is."""
+        for trial in trials:
+            if trial.status != "TERMINATED" or trial.trial_id in self.started:
+                continue
+            self.indices[trial.trial_id] = trials.index(trial) + 1
+            log = self._result_op(trial, history=True)
+            status = FINISHED if log is not None else PRUNED
+
+            def recover(client: MlflowClient, trial=trial, log=log, status=status) -> None:
+                query = f"tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'"
+                found = find_runs(client, self.experiment_id, query)
+                if found and found[0].data.tags.get(STATUS_TAG) == status:
+                    return
+                run_id = self._run_id(client, trial)
+                log_params(client, run_id, self._params(trial), client.get_run(run_id).data.params)
+                if log is not None:
+                    log(client, run_id)
+                end_trial(client, run_id, status)
+
+            self.writer.write(recover)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = error_reason(trial)
@@ -492,6 +532,7 @@ class MlflowTrialCallback(Callback):
         return delivered
 
     def on_experiment_end(self, trials, **info):
+        self.recover_ended(trials)
         self.flush()
 
 

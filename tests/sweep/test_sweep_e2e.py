@@ -210,7 +210,9 @@ def test_resume_after_the_driver_is_killed_reruns_nothing_and_duplicates_nothing
     runs = trial_runs(client, "crash")
     assert len(runs) == 2, [r.data.tags.get("raptor.trial_id") for r in runs]
     assert len({r.data.tags["raptor.trial_id"] for r in runs}) == 2
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.status == "FINISHED" for r in runs), [
+        (r.info.status, r.data.tags.get("raptor.failure")) for r in runs
+    ]
     again = client.get_run(first.info.run_id)
     assert again.info.end_time == first.info.end_time  # the finished trial was not rerun
     for run in runs:  # one continuous history: no epoch logged twice

@@ -150,3 +150,57 @@ def test_the_result_table_is_printed_whole_outside_a_terminal_and_fits_a_termina
     tty = io.StringIO()
     print_whole(result_table(table, "t"), Console(file=tty, width=80, force_terminal=True))
     assert max(len(line) for line in Text.from_ansi(tty.getvalue()).plain.splitlines()) <= 80
+
+
+def test_a_resume_completes_the_runs_of_trials_that_ended_before_the_driver_was_killed(tmp_path):
+    """Tune saved a trial as ended, but the killed driver never delivered its last MLflow writes: the resumed
+    sweep's callback completes its run from the trial's result.json; a run delivered whole is left as it was."""
+    import json
+    import pickle
+
+    from study.sweep.tracking import MlflowTrialCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, "smoke", tmp_path / "art")
+    spec = load_sweep(SMOKE)
+    parent = create_parent_run(client, experiment_id, spec, sweep_id="s1", spec_hash="h", spec_text="", provenance={})
+    history = [{"stage": s, "epoch": e, "loss": 1.0 / (e + 1), "val_r2": 0.9} for s in (1, 2) for e in (0, 1)]
+
+    def trial(index: int) -> SimpleNamespace:
+        out_dir = tmp_path / f"t{index}"
+        out_dir.mkdir()
+        result = {"metrics": {R2_FINAL: 0.9 + index / 100, ACC_RATIO: 0.8}, "history": history}
+        (out_dir / "result.json").write_text(json.dumps(result))
+        last = {R2_FINAL: 0.9, "out_dir": str(out_dir)}
+        return SimpleNamespace(trial_id=f"t_0000{index}", config={"raptor.k": 2}, last_result=last, status="RUNNING")
+
+    whole, partial, lost = trials = [trial(1), trial(2), trial(3)]
+    first = MlflowTrialCallback(uri, experiment_id, parent, spec, "s1")  # the driver that is killed
+    first.on_trial_start(0, trials, whole)
+    for record in history:
+        first.on_trial_result(0, trials, whole, record)
+    first.on_trial_complete(0, trials, whole)
+    first.on_trial_start(0, trials, partial)
+    first.on_trial_result(0, trials, partial, history[0])  # its later writes never left the killed driver
+    assert first.flush(patience_s=60)
+    (delivered,) = client.search_runs([experiment_id], f"tags.`raptor.trial_id` = '{whole.trial_id}'")
+
+    resumed = pickle.loads(pickle.dumps(first))  # Tune restores its callbacks from the saved experiment
+    for t in trials:
+        t.status = "TERMINATED"
+    resumed.on_experiment_end(trials)
+
+    runs = {
+        r.data.tags["raptor.trial_id"]: r for r in client.search_runs([experiment_id], "tags.`raptor.role` = 'trial'")
+    }
+    assert sorted(runs) == [t.trial_id for t in trials]
+    assert runs[whole.trial_id].info.end_time == delivered.info.end_time  # not written again
+    for t in trials:
+        run = runs[t.trial_id]
+        assert run.info.status == "FINISHED" and run.data.tags["raptor.status"] == "finished", t.trial_id
+        assert run.data.params["raptor.k"] == "2" and run.data.metrics[R2_FINAL] == 0.9 + int(t.trial_id[-1]) / 100
+        for stage in (1, 2):  # every epoch once: the partial run kept its delivered epoch and got the rest
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, f"stage{stage}.loss")]
+            assert sorted(steps) == [0, 1], (t.trial_id, stage, steps)
+    assert runs[lost.trial_id].info.run_name.endswith("0003")  # named by its place among the sweep's trials
