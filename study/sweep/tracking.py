@@ -443,11 +443,11 @@ class MlflowTrialCallback(Callback):
             )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        log = self._result_op(trial, history=False)
-        if log is None:  # stopped by the scheduler before its evaluation
+        write_result = self._result_op(trial, history=False)
+        if write_result is None:  # stopped by the scheduler before its evaluation
             self._finish(trial, PRUNED)
             return
-        self._write(trial, log)
+        self._write(trial, write_result)
         self._finish(trial, FINISHED)
 
     def _result_op(self, trial, history: bool) -> Callable[[MlflowClient, str], None] | None:
@@ -460,7 +460,7 @@ class MlflowTrialCallback(Callback):
         saved = json.loads((out_dir / RESULT_ARTIFACT).read_text())
         record = getattr(self.spec, "record", None) or RecordConfig()  # a spec pickled before `record` existed
 
-        def log(client: MlflowClient, run_id: str) -> None:
+        def write(client: MlflowClient, run_id: str) -> None:
             logged = self.logged_steps.setdefault(trial.trial_id, {})
             if history:
                 log_epochs(client, run_id, saved.get("history") or [], logged)
@@ -474,7 +474,7 @@ class MlflowTrialCallback(Callback):
                 register_as=record.register_as,
             )
 
-        return log
+        return write
 
     def recover_ended(self, trials) -> None:
         """Trials that ended before a resume (Tune restores them as TERMINATED and runs no hook for them) whose
@@ -485,18 +485,23 @@ class MlflowTrialCallback(Callback):
             if trial.status != "TERMINATED" or trial.trial_id in self.started:
                 continue
             self.indices[trial.trial_id] = trials.index(trial) + 1
-            log = self._result_op(trial, history=True)
-            status = FINISHED if log is not None else PRUNED
+            status = FINISHED if R2_FINAL in (trial.last_result or {}) else PRUNED
 
-            def recover(client: MlflowClient, trial=trial, log=log, status=status) -> None:
-                query = f"tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'"
-                found = find_runs(client, self.experiment_id, query)
+            def recover(client: MlflowClient, trial=trial, status=status) -> None:
+                found = find_runs(client, self.experiment_id, f"tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'")
                 if found and found[0].data.tags.get(STATUS_TAG) == status:
+                    return
+                try:
+                    write_result = self._result_op(trial, history=True)
+                except (OSError, ValueError) as err:  # its folder is gone or unreadable: its run stays as it was
+                    log.warning(
+                        "trial %s: cannot complete its MLflow run from %s (%s)", trial.trial_id, RESULT_ARTIFACT, err
+                    )
                     return
                 run_id = self._run_id(client, trial)
                 log_params(client, run_id, self._params(trial), client.get_run(run_id).data.params)
-                if log is not None:
-                    log(client, run_id)
+                if write_result is not None:
+                    write_result(client, run_id)
                 end_trial(client, run_id, status)
 
             self.writer.write(recover)

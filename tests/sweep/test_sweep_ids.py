@@ -152,11 +152,13 @@ def test_the_result_table_is_printed_whole_outside_a_terminal_and_fits_a_termina
     assert max(len(line) for line in Text.from_ansi(tty.getvalue()).plain.splitlines()) <= 80
 
 
-def test_a_resume_completes_the_runs_of_trials_that_ended_before_the_driver_was_killed(tmp_path):
+def test_a_resume_completes_the_runs_of_trials_that_ended_before_the_driver_was_killed(tmp_path, caplog):
     """Tune saved a trial as ended, but the killed driver never delivered its last MLflow writes: the resumed
-    sweep's callback completes its run from the trial's result.json; a run delivered whole is left as it was."""
+    sweep's callback completes its run from the trial's result.json; a run delivered whole is left as it was, and
+    one whose trial folder is gone too (nothing to complete it from) is left for the driver to mark orphaned."""
     import json
     import pickle
+    import shutil
 
     from study.sweep.tracking import MlflowTrialCallback
 
@@ -175,7 +177,7 @@ def test_a_resume_completes_the_runs_of_trials_that_ended_before_the_driver_was_
         last = {R2_FINAL: 0.9, "out_dir": str(out_dir)}
         return SimpleNamespace(trial_id=f"t_0000{index}", config={"raptor.k": 2}, last_result=last, status="RUNNING")
 
-    whole, partial, lost = trials = [trial(1), trial(2), trial(3)]
+    whole, partial, lost, gone = trials = [trial(1), trial(2), trial(3), trial(4)]
     first = MlflowTrialCallback(uri, experiment_id, parent, spec, "s1")  # the driver that is killed
     first.on_trial_start(0, trials, whole)
     for record in history:
@@ -183,7 +185,9 @@ def test_a_resume_completes_the_runs_of_trials_that_ended_before_the_driver_was_
     first.on_trial_complete(0, trials, whole)
     first.on_trial_start(0, trials, partial)
     first.on_trial_result(0, trials, partial, history[0])  # its later writes never left the killed driver
+    first.on_trial_start(0, trials, gone)
     assert first.flush(patience_s=60)
+    shutil.rmtree(Path(gone.last_result["out_dir"]))
     (delivered,) = client.search_runs([experiment_id], f"tags.`raptor.trial_id` = '{whole.trial_id}'")
 
     resumed = pickle.loads(pickle.dumps(first))  # Tune restores its callbacks from the saved experiment
@@ -196,7 +200,9 @@ def test_a_resume_completes_the_runs_of_trials_that_ended_before_the_driver_was_
     }
     assert sorted(runs) == [t.trial_id for t in trials]
     assert runs[whole.trial_id].info.end_time == delivered.info.end_time  # not written again
-    for t in trials:
+    assert runs[gone.trial_id].info.status == "RUNNING" and R2_FINAL not in runs[gone.trial_id].data.metrics
+    assert f"trial {gone.trial_id}: cannot complete its MLflow run" in caplog.text
+    for t in (whole, partial, lost):
         run = runs[t.trial_id]
         assert run.info.status == "FINISHED" and run.data.tags["raptor.status"] == "finished", t.trial_id
         assert run.data.params["raptor.k"] == "2" and run.data.metrics[R2_FINAL] == 0.9 + int(t.trial_id[-1]) / 100
