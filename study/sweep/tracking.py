@@ -481,30 +481,37 @@ class MlflowTrialCallback(Callback):
         MLflow writes were lost when the driver was killed (queued, not yet delivered): their run is completed
         from the trial's result.json (params, missing epochs, results) and ended as Tune ended the trial. A run
         that was delivered whole (tagged with its status) is left as it is."""
+        ended = []  # (trial, the outcome Tune gave it)
         for trial in trials:
-            if trial.status != "TERMINATED" or trial.trial_id in self.started:
-                continue
-            self.indices[trial.trial_id] = trials.index(trial) + 1
-            status = FINISHED if R2_FINAL in (trial.last_result or {}) else PRUNED
+            if trial.status == "TERMINATED" and trial.trial_id not in self.started:
+                self.indices[trial.trial_id] = trials.index(trial) + 1
+                ended.append((trial, FINISHED if R2_FINAL in (trial.last_result or {}) else PRUNED))
+        if not ended:
+            return
 
-            def recover(client: MlflowClient, trial=trial, status=status) -> None:
-                found = find_runs(client, self.experiment_id, f"tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'")
-                if found and found[0].data.tags.get(STATUS_TAG) == status:
-                    return
+        def recover(client: MlflowClient) -> None:
+            query = f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}' and tags.`{SWEEP_ID_TAG}` = '{self.sweep_id}'"
+            outcome = {
+                run.data.tags.get(TRIAL_ID_TAG): run.data.tags.get(STATUS_TAG)
+                for run in find_runs(client, self.experiment_id, query)
+            }
+            for trial, status in ended:
+                if outcome.get(trial.trial_id) == status:  # delivered whole before the driver stopped
+                    continue
                 try:
                     write_result = self._result_op(trial, history=True)
                 except (OSError, ValueError) as err:  # its folder is gone or unreadable: its run stays as it was
                     log.warning(
                         "trial %s: cannot complete its MLflow run from %s (%s)", trial.trial_id, RESULT_ARTIFACT, err
                     )
-                    return
+                    continue
                 run_id = self._run_id(client, trial)
                 log_params(client, run_id, self._params(trial), client.get_run(run_id).data.params)
                 if write_result is not None:
                     write_result(client, run_id)
                 end_trial(client, run_id, status)
 
-            self.writer.write(recover)
+        self.writer.write(recover)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = error_reason(trial)
