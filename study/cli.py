@@ -107,8 +107,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             new=getattr(args, "new", False),
             verbose=args.verbose,
         )
-    except SweepInterrupted:
-        return 130
+    except SweepInterrupted as stopped:
+        return stopped.exit_code
     if report_dir is not None:
         if len(table) and (table["status"] == FINISHED).any():
             from analysis.report import write_report

@@ -351,36 +351,50 @@ def resolve_spec(spec: SweepSpec, paths: SweepPaths) -> SweepSpec:
 
 
 class SweepInterrupted(Exception):
-    """The sweep was stopped by Ctrl-C (SIGINT); its state is saved and `resume` continues it."""
+    """The sweep was stopped by Ctrl-C (SIGINT) or SIGTERM; its state is saved and `resume` continues it.
+    `exit_code`: 128 + the signal's number, as a shell reports a process that signal ended (130, 143)."""
+
+    def __init__(self, sweep: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(sweep)
+        self.exit_code = 128 + int(signum)
+
+
+def signal_label(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 class Interrupts:
-    """Ctrl-C during `Tuner.fit`: the first stops scheduling through Tune's own graceful stop (SIGUSR1:
-    the experiment state is saved, running trials keep their last per-epoch checkpoint, callbacks end
-    and flush MLflow); a second exits at once with 130."""
+    """Ctrl-C (SIGINT) or SIGTERM (`kill`, a batch scheduler's preemption notice) during `Tuner.fit`: the first
+    stops scheduling through Tune's own graceful stop (SIGUSR1: the experiment state is saved, running trials keep
+    their last checkpoint, callbacks end and flush MLflow); a second exits at once with 128 + its number."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.count = 0
-        self.previous: Any = None
+        self.signum: int = signal.SIGINT
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> Interrupts:
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # this handler decides; Tune keeps its SIGUSR1 stop
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
 
     def _handle(self, signum, frame) -> None:
         self.count += 1
+        label = signal_label(signum)
         if self.count > 1:
-            console.print("[red]second Ctrl-C[/red]: exiting now", highlight=False)
-            os._exit(130)
+            console.print(f"[red]second {label}[/red]: exiting now", highlight=False)
+            os._exit(128 + signum)
+        self.signum = signum
         console.print(
-            "[yellow]Ctrl-C[/yellow]: stopping the sweep (no new trials; running trials keep their last "
-            "checkpoint; MLflow is flushed). Ctrl-C again to quit at once.",
+            f"[yellow]{label}[/yellow]: stopping the sweep (no new trials; running trials keep their last "
+            f"checkpoint; MLflow is flushed). {label} again to quit at once.",
             highlight=False,
             soft_wrap=True,
         )
@@ -419,8 +433,8 @@ def run_sweep(
     `spec` is a typed `SweepSpec`, a dict (the YAML's tree) or a path to a YAML file; `overrides` are
     `--set` values. `address` (else RAY_ADDRESS, else a new local Ray) and `tracking_uri` (else
     MLFLOW_TRACKING_URI, else a SQLite store under `out_root`). A launch whose sweep name already has a
-    parent run with another spec hash in the experiment is refused unless `new`. Ctrl-C raises
-    `SweepInterrupted` after the graceful stop (the CLI exits 130). By default the console shows one live
+    parent run with another spec hash in the experiment is refused unless `new`. Ctrl-C or SIGTERM raises
+    `SweepInterrupted` after the graceful stop (the CLI exits 130 or 143). By default the console shows one live
     progress view; `verbose` shows Ray's and Tune's own output instead (Ray's log files are linked at
     OUT/logs/<sweep>/ray either way)."""
     quiet_console(verbose)
@@ -572,7 +586,7 @@ def _run_locked(
     t0 = time.perf_counter()  # finish_s: the results table and MLflow's parent run, after fit
     table = results_table(grid, spec)
     if interrupts.count:
-        killed = mark_interrupted(client, experiment_id, sweep_id, parent_run_id)
+        killed = mark_interrupted(client, experiment_id, sweep_id, parent_run_id, signal_label(interrupts.signum))
         done = int((table["status"] == FINISHED).sum()) if len(table) else 0
         console.print(
             f"[yellow]interrupted[/yellow]: {done} trial(s) finished, {len(killed)} unfinished (KILLED in "
@@ -580,7 +594,7 @@ def _run_locked(
             highlight=False,
             soft_wrap=True,
         )
-        raise SweepInterrupted(spec.name)
+        raise SweepInterrupted(spec.name, interrupts.signum)
     orphans = mark_orphans(client, experiment_id, sweep_id, keep=set())
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     summary = {trials_count_metric(k): v for k, v in counts.items()} | {trials_count_metric("orphaned"): len(orphans)}

@@ -309,8 +309,11 @@ def mark_orphans(client: MlflowClient, experiment_id: str, sweep_id: str, keep: 
     return orphans
 
 
-def mark_interrupted(client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str) -> list[str]:
-    """After Ctrl-C: unfinished child runs and the parent end KILLED (resume reopens them). Returns the children."""
+def mark_interrupted(
+    client: MlflowClient, experiment_id: str, sweep_id: str, parent_run_id: str, cause: str = "Ctrl-C"
+) -> list[str]:
+    """After Ctrl-C or SIGTERM (`cause`): unfinished child runs and the parent end KILLED (resume reopens them).
+    Returns the children."""
     killed = []
     for run in find_runs(
         client,
@@ -318,7 +321,7 @@ def mark_interrupted(client: MlflowClient, experiment_id: str, sweep_id: str, pa
         f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}' and tags.`{SWEEP_ID_TAG}` = "
         f"'{sweep_id}' and attributes.status = 'RUNNING'",
     ):
-        end_trial(client, run.info.run_id, RUNNING, "interrupted (Ctrl-C); `raptor-study resume` continues it")
+        end_trial(client, run.info.run_id, RUNNING, f"interrupted ({cause}); `raptor-study resume` continues it")
         killed.append(run.info.run_id)
     client.set_terminated(parent_run_id, status="KILLED")
     return killed

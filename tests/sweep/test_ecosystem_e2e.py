@@ -1,4 +1,5 @@
-"""End to end (loopback, tiny trials): Ctrl-C exits 130 and marks runs KILLED, resume continues; a colliding
+"""End to end (loopback, tiny trials): Ctrl-C exits 130 and marks runs KILLED, resume continues; SIGTERM to the
+driver stops it the same way (exit 143); a colliding
 launch is refused; the Optuna study persists in a journal file; sweep ids, provenance and run names in MLflow."""
 
 from __future__ import annotations
@@ -78,3 +79,34 @@ def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
     assert len(study.trials) >= 3  # the sampler's history spans the interrupt
     (tmp_path / "ecosystem_e2e.json").write_text(json.dumps({"ctrl_c_to_exit_s": stop_s}))
     print(f"Ctrl-C to exit: {stop_s:.1f} s")
+
+
+def test_sigterm_to_the_driver_stops_the_sweep_gracefully_and_resume_finishes_it(tmp_path):
+    """`kill PID` (or a batch scheduler's preemption notice) is a graceful stop, as Ctrl-C is: Tune saves its state,
+    MLflow is flushed, unfinished runs end KILLED naming the signal, the exit code is 143; resume finishes."""
+    spec = tiny_spec(tmp_path, "term", num_samples=2, max_concurrent=1)
+    out = tmp_path / "runs"
+    proc = cli("sweep", str(spec), "--out", str(out))
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if list((out / "trials" / "term").glob("*/result.json")):
+            break
+    assert proc.poll() is None, output(proc)[-3000:]
+    os.kill(proc.pid, signal.SIGTERM)  # the driver only, as `kill PID` does
+    log = output(proc, timeout=300)
+    assert proc.returncode == 143, log[-3000:]
+    assert "SIGTERM" in log and "Continue with: raptor-study resume" in log, log[-3000:]
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("term").experiment_id], "tags.`raptor.role` = 'sweep'"
+    )
+    assert parent.info.status == "KILLED"
+    runs = trial_runs(client, "term")
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"} and any(r.info.status == "FINISHED" for r in runs)
+    assert all("SIGTERM" in r.data.tags["raptor.failure"] for r in runs if r.info.status == "KILLED")
+
+    resumed = output(cli("resume", str(spec), "--out", str(out)), timeout=900)
+    runs = trial_runs(client, "term")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), resumed[-3000:]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
