@@ -84,7 +84,7 @@ def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
 def test_sigterm_to_the_driver_stops_the_sweep_gracefully_and_resume_finishes_it(tmp_path):
     """`kill PID` (or a batch scheduler's preemption notice) is a graceful stop, as Ctrl-C is: Tune saves its state,
     MLflow is flushed, unfinished runs end KILLED naming the signal, the exit code is 143; resume finishes."""
-    spec = tiny_spec(tmp_path, "term", num_samples=2, max_concurrent=1)
+    spec = tiny_spec(tmp_path, "term", num_samples=3, max_concurrent=1)  # two left when the first has finished
     out = tmp_path / "runs"
     proc = cli("sweep", str(spec), "--out", str(out))
     deadline = time.monotonic() + 900
@@ -108,5 +108,5 @@ def test_sigterm_to_the_driver_stops_the_sweep_gracefully_and_resume_finishes_it
 
     resumed = output(cli("resume", str(spec), "--out", str(out)), timeout=900)
     runs = trial_runs(client, "term")
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), resumed[-3000:]
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs), resumed[-3000:]
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
