@@ -56,13 +56,13 @@ def tiny_spec(
     return path
 
 
-def cli(*args: str) -> subprocess.Popen:
-    """`raptor-study ARGS` in its own session; output goes to a temp file (a pipe nobody reads
-    would fill up and block Ray's chatty output)."""
+def cli(*args: str, entry: Path | None = None) -> subprocess.Popen:
+    """`raptor-study ARGS` in its own session (or the script `entry`, which calls the CLI itself); output goes to a
+    temp file (a pipe nobody reads would fill up and block Ray's chatty output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "study.cli", *args],
+        [sys.executable, *([str(entry)] if entry else ["-m", "study.cli"]), *args],
         env=env,
         start_new_session=True,
         stdout=log,
@@ -169,6 +169,60 @@ def saved_trials(experiment: Path) -> int:
         return len(json.loads(states[-1].read_text())["trial_data"]) if states else 0
     except (OSError, ValueError, KeyError):  # caught mid-write
         return 0
+
+
+def saved_statuses(experiment: Path) -> list[str]:
+    """Each trial's status in Tune's newest saved experiment state."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    try:
+        return [json.loads(t[0])["status"] for t in json.loads(states[-1].read_text())["trial_data"]] if states else []
+    except (OSError, ValueError, KeyError):  # caught mid-write
+        return []
+
+
+SLOW_TRACKING = """import sys, time
+import study.sweep.tracking as tracking
+
+ended = tracking.end_trial
+tracking.end_trial = lambda *a, **k: (time.sleep(600), ended(*a, **k))[1]  # a tracking server that stalls
+from study.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_driver_killed_with_mlflow_writes_queued_loses_no_trial_on_resume(tmp_path):
+    """The driver's MLflow writer stalls (its run ends wait 600 s), so when Tune has saved both trials as ended,
+    the first trial's run is still RUNNING and the second has none: the driver is killed then. `resume` runs no
+    trial (Tune has them as ended) and completes both runs from the trials' result.json files."""
+    spec = tiny_spec(tmp_path, "queued", num_samples=2, max_concurrent=1)
+    out = tmp_path / "runs"
+    entry = tmp_path / "slow_tracking.py"
+    entry.write_text(SLOW_TRACKING)
+    proc = cli("sweep", str(spec), "--out", str(out), entry=entry)
+    deadline = time.monotonic() + 600
+    while (
+        time.monotonic() < deadline
+        and proc.poll() is None
+        and saved_statuses(out / "ray" / "queued") != ["TERMINATED"] * 2
+    ):
+        time.sleep(0.5)
+    assert proc.poll() is None, output(proc)[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    before = trial_runs(client, "queued")
+    assert all(r.info.status == "RUNNING" for r in before) and len(before) < 2  # the writes the kill lost
+
+    finish(cli("resume", str(spec), "--out", str(out)))
+    runs = trial_runs(client, "queued")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    for run in runs:
+        assert "r2.final" in run.data.metrics and run.data.params["raptor.k"] in ("1", "2")
+        for key in ("stage1.loss", "stage2.loss"):  # every epoch once
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == list(range(len(steps))) and steps, (key, steps)
+        assert "result.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_resume_after_the_driver_is_killed_reruns_nothing_and_duplicates_nothing(tmp_path):
