@@ -18,6 +18,18 @@ from analysis.report import REPORT_ARTIFACT_DIR
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
+def launch_until_a_trial_finished(spec, out, name: str):
+    """`raptor-study sweep SPEC --out OUT`, returned (still running) once its first trial has written its results."""
+    proc = cli("sweep", str(spec), "--out", str(out))
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if list((out / "trials" / name).glob("*/result.json")):
+            break
+    assert proc.poll() is None, output(proc)[-3000:]
+    return proc
+
+
 def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
     import optuna
     from optuna.storages import JournalStorage
@@ -26,13 +38,7 @@ def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
     spec = tiny_spec(tmp_path, "cc", num_samples=3, max_concurrent=1)
     out = tmp_path / "runs"
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    proc = cli("sweep", str(spec), "--out", str(out))
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(2)
-        if list((out / "trials" / "cc").glob("*/result.json")):
-            break
-    assert proc.poll() is None, output(proc)[-3000:]
+    proc = launch_until_a_trial_finished(spec, out, "cc")
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
     log = output(proc, timeout=300)
@@ -86,13 +92,7 @@ def test_sigterm_to_the_driver_stops_the_sweep_gracefully_and_resume_finishes_it
     MLflow is flushed, unfinished runs end KILLED naming the signal, the exit code is 143; resume finishes."""
     spec = tiny_spec(tmp_path, "term", num_samples=3, max_concurrent=1)  # two left when the first has finished
     out = tmp_path / "runs"
-    proc = cli("sweep", str(spec), "--out", str(out))
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(1)
-        if list((out / "trials" / "term").glob("*/result.json")):
-            break
-    assert proc.poll() is None, output(proc)[-3000:]
+    proc = launch_until_a_trial_finished(spec, out, "term")
     os.kill(proc.pid, signal.SIGTERM)  # the driver only, as `kill PID` does
     log = output(proc, timeout=300)
     assert proc.returncode == 143, log[-3000:]
