@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 from rich.console import Console
 
 from study.config import ConfigError
@@ -486,7 +487,7 @@ class MlflowTrialCallback(Callback):
         that was delivered whole (tagged with its status) is left as it is."""
         ended = []  # (trial, the outcome Tune gave it)
         for trial in trials:
-            if trial.status == "TERMINATED" and trial.trial_id not in self.started:
+            if trial.status == Trial.TERMINATED and trial.trial_id not in self.started:
                 self.indices[trial.trial_id] = trials.index(trial) + 1
                 ended.append((trial, FINISHED if R2_FINAL in (trial.last_result or {}) else PRUNED))
         if not ended:

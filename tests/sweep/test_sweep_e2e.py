@@ -162,17 +162,8 @@ def test_sweep_records_every_trial_in_a_real_mlflow_server(tmp_path, mlflow_serv
     assert len(list((out / "cache" / "teachers").glob("*.pt"))) == len(sd_rates)
 
 
-def saved_trials(experiment: Path) -> int:
-    """Trials in Tune's newest saved experiment state (0 before the first save)."""
-    states = sorted(experiment.glob("experiment_state-*.json"))
-    try:
-        return len(json.loads(states[-1].read_text())["trial_data"]) if states else 0
-    except (OSError, ValueError, KeyError):  # caught mid-write
-        return 0
-
-
 def saved_statuses(experiment: Path) -> list[str]:
-    """Each trial's status in Tune's newest saved experiment state."""
+    """Each trial's status in Tune's newest saved experiment state (none before the first save)."""
     states = sorted(experiment.glob("experiment_state-*.json"))
     try:
         return [json.loads(t[0])["status"] for t in json.loads(states[-1].read_text())["trial_data"]] if states else []
@@ -247,7 +238,7 @@ def test_resume_after_the_driver_is_killed_reruns_nothing_and_duplicates_nothing
     # started loses that trial's registration: resume then starts a new trial and the killed one's run stays
     # unfinished (marked orphaned). That limitation is documented in the README; this test checks what resume
     # guarantees once the state is saved: nothing rerun, nothing duplicated.
-    while time.monotonic() < deadline and proc.poll() is None and saved_trials(out / "ray" / "crash") < 2:
+    while time.monotonic() < deadline and proc.poll() is None and len(saved_statuses(out / "ray" / "crash")) < 2:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray die together
     proc.wait(timeout=60)
