@@ -27,7 +27,7 @@ from study.science.dynamics import (
     perturbation_recovery,
     update_stable_rank,
 )
-from study.trial.dynamics import rollout_chunk
+from study.trial.dynamics import rollout_chunk, swap_readout, teacher_layers
 
 SHAPES = {  # the Fashion-MNIST study teacher, and the DINOv2-style ViT-S/14 at 224 px
     "study": {"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 192, "depth": 12, "num_heads": 3},
@@ -73,13 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     states = torch.stack(trajectory, dim=1)  # [N, L+1, T, D] on the device, as trial_dynamics holds them
     depth, chunk = len(model.blocks), rollout_chunk(device)
 
-    def run_layers(z, start, stop):
-        out = []
-        for block in model.blocks[start:stop]:
-            z = block(z)
-            out.append(z)
-        return out
-
     labels = torch.zeros(args.samples, dtype=torch.long)
     pairs = [(1, 1), *((layer, layer + 1) for layer in range(1, depth))]
     readouts = {
@@ -88,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         "patch_coherence": lambda: patch_coherence(states, 0),
         "update_stable_rank": lambda: update_stable_rank(states),
         "perturbation_recovery": lambda: perturbation_recovery(
-            run_layers, states, depth // 2, 0.05, 0, chunk=chunk, device=device
+            teacher_layers(model), states, depth // 2, 0.05, 0, chunk=chunk, device=device
         ),
         "layer_swap_accuracy": lambda: layer_swap_accuracy(
             list(model.blocks),
             states[:, 0],
-            lambda z: model.forward_head(model.norm(z)),
+            swap_readout(model),
             labels,
             pairs,
             chunk=chunk,

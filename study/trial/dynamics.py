@@ -74,7 +74,9 @@ def swap_readout(model: VisionTransformer, probe: Any = None) -> Readout:
     return readout
 
 
-def _teacher_layers(model: VisionTransformer) -> Callable[[torch.Tensor, int, int], Iterator[torch.Tensor]]:
+def teacher_layers(model: VisionTransformer) -> Callable[[torch.Tensor, int, int], Iterator[torch.Tensor]]:
+    """`run_layers` of the teacher (study.science.dynamics.RunLayers): x_start -> x_{start+1}, ..., x_stop."""
+
     def run(x: torch.Tensor, start: int, stop: int) -> Iterator[torch.Tensor]:
         for block in model.blocks[start:stop]:
             x = block(x)
@@ -176,9 +178,7 @@ def trial_dynamics(
     try:
         student = raptor_states(raptor, teacher[:, 0], device)
         curves: dict[str, Any] = {"num_samples": n, "perturb_layer": layer, "eps": cfg.eps}
-        curves["teacher"] = _curves(
-            teacher, _teacher_layers(teacher_model), num_registers, layer, cfg.eps, seed, device
-        )
+        curves["teacher"] = _curves(teacher, teacher_layers(teacher_model), num_registers, layer, cfg.eps, seed, device)
         curves["raptor"] = _curves(student, _raptor_layers(raptor), num_registers, layer, cfg.eps, seed, device)
     finally:
         raptor.train(was_training)
