@@ -108,12 +108,50 @@ PROBE_METRICS = (
     ACC_TRANSFER,
     ACC_TRANSFER_RATIO,
     ACC_AGREEMENT,
+    ACC_FLOOR_DEEP,
 )
 """Probe accuracies of a trial (docs/science.md §5)."""
+ACC_FLOOR_DEEP = "acc.floor_deep"
+"""The probe floor on a random Raptor whose LayerScale gammas are 1 (random deep features); ``acc.floor`` uses the
+Raptor's LayerScale init (1e-5: nearly the identity, a probe on normed embeddings)."""
+ACC_HEAD = "acc.head"
+"""The paper's ablation accuracy: the teacher's own frozen classifier head (for a headless teacher: the teacher's
+probe, fitted once on the teacher's features) applied to the Raptor's final states exactly as the teacher applies
+it to its own."""
+ACC_HEAD_TEACHER = "acc.head_teacher"
+"""The teacher through the same head on the same images."""
+ACC_HEAD_RATIO = "acc.head_ratio"
+"""``acc.head / acc.head_teacher``."""
+ACC_FINETUNED = "acc.finetuned"
+"""The paper's last ablation row and its k-table: a probe initialised from the teacher's head and fine-tuned on the
+Raptor's features (train split), scored on the test split."""
+ACC_FINETUNED_RATIO = "acc.finetuned_ratio"
+"""``acc.finetuned / acc.head_teacher``."""
+HEAD_METRICS = (ACC_HEAD, ACC_HEAD_TEACHER, ACC_HEAD_RATIO, ACC_FINETUNED, ACC_FINETUNED_RATIO)
+"""Accuracies through the teacher's own head (docs/science.md §5)."""
+PAPER_HEAD_METRIC = ACC_HEAD_RATIO
+"""The accuracy metric held against the paper's ablation table (the teacher's own frozen head)."""
+PAPER_KTABLE_METRIC = ACC_FINETUNED_RATIO
+"""The accuracy metric held against the paper's k=2/3/4 ratios (96.1 / 98.2 / 98.5%: the fine-tuned probe)."""
 PAPER_ACC_METRIC = ACC_RATIO
-"""The accuracy metric held against the paper's k=2/3/4 probe ratios."""
+"""The first edition's accuracy (a probe refit on each model's own features); `PAPER_HEAD_METRIC` and
+`PAPER_KTABLE_METRIC` are the paper's own measurements."""
 PAPER_R2_METRIC = R2_POOLED_FINAL
 """The R^2 closest to the reference code's (pooled SST)."""
+
+
+PARTITION_METHOD_PARAM = "partition.method"
+"""'dp' (max-cut), 'bisection', 'fixed' or 'random' (a seeded uniform draw of a contiguous partition)."""
+PARTITION_SEED_PARAM = "partition.seed"
+"""Seed of a 'random' partition; the DP and its random counterparts of one teacher and k form one comparison."""
+SD_SCHEDULE_PARAM = "teacher.sd_schedule"
+"""'uniform' (the same drop rate at every block, the paper's small-scale ViTs) or 'linear' (timm's ramp)."""
+TEACHER_SNAPSHOT_PARAM = "teacher.snapshot"
+"""Which of the teacher's kept checkpoints the trial fits: an epoch (0 = init), 'best' (best validation accuracy),
+or empty for the final weights (training stages, docs/science.md)."""
+ARM_PARAM = "distill.arm"
+DEPTH_SCALING_PARAM = "raptor.depth_scaling"
+CLS_WEIGHTING_PARAM = "distill.cls_weighting"
 
 
 def partition_metric(name: str) -> str:
@@ -147,19 +185,21 @@ def phase_metric(kind: str, name: str) -> str:
 PHASE_METRICS = tuple(phase_metric(kind, name) for kind in PHASE_KINDS for name in PHASE_NAMES)
 """Phase-structure metrics: the x-axis of the similarity-fidelity correlation."""
 
-FIDELITY_METRICS = (R2_FINAL, R2_MEAN, R2_POOLED_FINAL, R2_POOLED_MEAN, ACC_RATIO, ACC_RECOVERED, ACC_TRANSFER_RATIO)
+FIDELITY_METRICS = (
+    R2_FINAL,
+    R2_MEAN,
+    R2_POOLED_FINAL,
+    R2_POOLED_MEAN,
+    ACC_HEAD_RATIO,
+    ACC_FINETUNED_RATIO,
+    ACC_RATIO,
+    ACC_RECOVERED,
+    ACC_TRANSFER_RATIO,
+)
 """Fidelity metrics: the y-axis (docs/science.md §5). ``r2.*`` is the strict R^2, ``r2_pooled.*`` the reference
-code's; ``acc.ratio`` is the paper's probe protocol (each model's own probe) and the only one compared with the
-paper; ``acc.transfer_ratio`` applies the teacher's probe to the Raptor."""
-
-PRIMARY_PREDICTOR = PHASE_METRICS[0]
-PRIMARY_TARGET = R2_POOLED_FINAL
-"""The default pre-registered relation of a sweep (docs/science.md §7): phase.cosine.within_sim -> r2_pooled.final."""
-ANALYSIS_TARGETS = tuple(dict.fromkeys((*FIDELITY_METRICS, *PROBE_METRICS)))
-"""Metric names a sweep spec may declare as the target of its primary relation (docs/science.md §5)."""
-ANALYSIS_PREDICTORS = PHASE_METRICS
-"""Metric names a sweep spec may declare as the predictor of its primary relation."""
-
+code's; ``acc.head_ratio`` (the teacher's frozen head) and ``acc.finetuned_ratio`` (a probe fine-tuned from it) are
+the paper's accuracies; ``acc.ratio`` refits a probe on each model's own features; ``acc.transfer_ratio`` applies
+the teacher's refit cls probe to the Raptor."""
 
 def group_metric(name: str, group: str) -> str:
     """A fidelity metric of one token group: ``r2.final`` + ``cls`` -> ``r2.final.cls`` (``all``: the name itself)."""
@@ -195,7 +235,7 @@ def dynamics_metric(model: str, name: str) -> str:
     return f"{DYNAMICS_PREFIX}{model}.{name}"
 
 
-TEACHER_DYNAMICS_PREFIXES = (dynamics_metric("teacher", ""), dynamics_metric("swap", ""))
+TEACHER_DYNAMICS_PREFIXES = (dynamics_metric("teacher", ""), dynamics_metric("swap", ""), dynamics_metric("replace", ""))
 """Dynamics metrics of the teacher alone: equal (up to the trial seed) across the trials of one teacher."""
 SWAP_BASELINE = dynamics_metric("swap", "baseline_acc")
 SWAP_METRICS = (SWAP_BASELINE, dynamics_metric("swap", "intra_acc_mean"), dynamics_metric("swap", "inter_acc_mean"))
@@ -206,6 +246,25 @@ def swap_metric(kind: str) -> str:
     """Mean accuracy over adjacent-layer swaps of one kind (``intra`` / ``inter`` phase)."""
     return dynamics_metric("swap", f"{kind}_acc_mean")
 
+
+REPLACE_NS = (1, 2, 3)
+"""How many teacher layers the layer-replacement test replaces at once (docs/science.md §6)."""
+REPLACE_BASELINE = dynamics_metric("replace", "baseline")
+REPLACE_IMAGES = dynamics_metric("replace", "num_images")
+"""Test images each replacement accuracy is scored on (at least 2,000 on a GPU)."""
+
+
+def replace_metric(kind: str, n: int) -> str:
+    """Mean ``acc.head``-path accuracy of the teacher with `n` layers replaced by a block of the same phase
+    (``intra``) or of another phase (``inter``): ``dyn.replace.intra.n2``."""
+    return dynamics_metric("replace", f"{kind}.n{n}")
+
+
+REPLACE_METRICS = (
+    REPLACE_BASELINE,
+    *(replace_metric(kind, n) for kind in ("intra", "inter") for n in REPLACE_NS),
+)
+"""The paper's swap test (layer replacement); the adjacent swaps (``dyn.swap.*``) are the secondary read-out."""
 
 EMERGENCE_PREFIX = "teacher.emergence."
 """The teacher's phase snapshots across its training (``teacher.track_phases``; study/science/emergence.py), logged by
