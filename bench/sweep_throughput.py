@@ -50,7 +50,7 @@ import torch
 import yaml
 
 from study.cli import parse_overrides
-from study.config import deep_merge, unflatten
+from study.configio import deep_merge, unflatten
 from study.contract import VAL_R2
 from study.sweep.driver import run_sweep
 from study.sweep.packing import pack_trials

@@ -98,6 +98,9 @@ ACC_TRANSFER_TEACHER = "acc.transfer_teacher"
 ACC_TRANSFER = "acc.transfer"
 ACC_TRANSFER_RATIO = "acc.transfer_ratio"
 ACC_AGREEMENT = "acc.agreement"
+ACC_FLOOR_DEEP = "acc.floor_deep"
+"""The probe floor on a random Raptor whose LayerScale gammas are 1 (random deep features); ``acc.floor`` uses the
+Raptor's LayerScale init (1e-5: nearly the identity, a probe on normed embeddings)."""
 PROBE_METRICS = (
     ACC_TEACHER,
     ACC_RAPTOR,
@@ -111,9 +114,6 @@ PROBE_METRICS = (
     ACC_FLOOR_DEEP,
 )
 """Probe accuracies of a trial (docs/science.md §5)."""
-ACC_FLOOR_DEEP = "acc.floor_deep"
-"""The probe floor on a random Raptor whose LayerScale gammas are 1 (random deep features); ``acc.floor`` uses the
-Raptor's LayerScale init (1e-5: nearly the identity, a probe on normed embeddings)."""
 ACC_HEAD = "acc.head"
 """The paper's ablation accuracy: the teacher's own frozen classifier head (for a headless teacher: the teacher's
 probe, fitted once on the teacher's features) applied to the Raptor's final states exactly as the teacher applies
@@ -201,6 +201,7 @@ code's; ``acc.head_ratio`` (the teacher's frozen head) and ``acc.finetuned_ratio
 the paper's accuracies; ``acc.ratio`` refits a probe on each model's own features; ``acc.transfer_ratio`` applies
 the teacher's refit cls probe to the Raptor."""
 
+
 def group_metric(name: str, group: str) -> str:
     """A fidelity metric of one token group: ``r2.final`` + ``cls`` -> ``r2.final.cls`` (``all``: the name itself)."""
     return name if group == "all" else f"{name}.{group}"
@@ -235,7 +236,7 @@ def dynamics_metric(model: str, name: str) -> str:
     return f"{DYNAMICS_PREFIX}{model}.{name}"
 
 
-TEACHER_DYNAMICS_PREFIXES = (dynamics_metric("teacher", ""), dynamics_metric("swap", ""), dynamics_metric("replace", ""))
+TEACHER_DYNAMICS_PREFIXES = tuple(dynamics_metric(model, "") for model in ("teacher", "swap", "replace"))
 """Dynamics metrics of the teacher alone: equal (up to the trial seed) across the trials of one teacher."""
 SWAP_BASELINE = dynamics_metric("swap", "baseline_acc")
 SWAP_METRICS = (SWAP_BASELINE, dynamics_metric("swap", "intra_acc_mean"), dynamics_metric("swap", "inter_acc_mean"))

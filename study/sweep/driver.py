@@ -38,7 +38,8 @@ from ray import tune
 from rich.console import Console
 from rich.table import Table
 
-from study.config import ConfigError, deep_merge
+from study.config import ConfigError
+from study.configio import deep_merge
 from study.contract import (
     ACC_RATIO,
     FAILED,

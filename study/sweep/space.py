@@ -42,17 +42,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from study.config import (
-    ConfigError,
-    TrialConfig,
-    build_trial_config,
-    deep_merge,
-    describe_validation_error,
-    flatten,
-    read_yaml,
-    stable_hash,
-    unflatten,
-)
+from study.config import ConfigError, TrialConfig, build_trial_config
+from study.configio import deep_merge, describe_validation_error, flatten, read_yaml, stable_hash, unflatten
 from study.contract import ANALYSIS_PREDICTORS, ANALYSIS_TARGETS, PRIMARY_PREDICTOR, PRIMARY_TARGET, VAL_R2
 
 MAX_CORNER_CHECKS = 4096

@@ -36,7 +36,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import study.trial.cache as cache
-from study.config import ConfigError, TrialConfig, stable_hash
+from study.config import ConfigError, TrialConfig
+from study.configio import stable_hash
 from study.trial.sources import onnx_file
 
 DEFAULT_ARCH = "vit_small_patch14_dinov2"

@@ -4,7 +4,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from study.config import ConfigError, TrialConfig, build_trial_config, flatten, load_trial_config, read_yaml, unflatten
+from study.config import ConfigError, TrialConfig, build_trial_config, load_trial_config
+from study.configio import flatten, read_yaml, unflatten
 
 
 def config_error(overrides: dict) -> str:

@@ -5,7 +5,8 @@ They never crash with another exception, whatever the input."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from study.config import ConfigError, TrialConfig, build_trial_config, unflatten
+from study.config import ConfigError, TrialConfig, build_trial_config
+from study.configio import unflatten
 from study.sweep.space import SweepSpec, _validate_space
 
 KNOWN = sorted(TrialConfig().flat())
