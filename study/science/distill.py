@@ -13,7 +13,8 @@ terms and all blocks are trained in one pass.
 Stage 2 (whole chain): pure autoregressive rollout from x_0 over all L layers.
 Ablation arms (`distill.arm`): 'full' (annealed stage 1, then stage 2), 'ar_anneal'
 (annealed stage 1 only), 'tf_only' (lambda fixed at 1, no stage 2), 'ar_only' (lambda
-fixed at 0, no stage 2).
+fixed at 0, no stage 2); with `raptor.depth_scaling` and `distill.cls_weighting` they
+make the paper's ablation rows (docs/science.md §4).
 Every step clips the global gradient norm at `distill.grad_clip` (0: off; 1.0 in the
 reference); each stage's token-group weights are renormalised to sum to 1.
 
@@ -86,6 +87,21 @@ class GroupWeights:
         if total <= 0:
             raise ConfigError(f"distill.{name}: lambda_cls + lambda_patch must be > 0 for a teacher without registers")
         return cls(stage.lambda_cls / total, reg / total, stage.lambda_patch / total, num_registers)
+
+    @classmethod
+    def uniform(cls, num_tokens: int, num_registers: int) -> GroupWeights:
+        """Every token weighs the same (`distill.cls_weighting: false`): each group's share is its share of the
+        T tokens, so `mse` is the plain mean over tokens."""
+        return cls(
+            1 / num_tokens, num_registers / num_tokens, (num_tokens - 1 - num_registers) / num_tokens, num_registers
+        )
+
+    @classmethod
+    def for_stage(cls, cfg: DistillConfig, stage_id: int, num_tokens: int, num_registers: int) -> GroupWeights:
+        """The loss weights of stage `stage_id` (1 or 2): the stage's lambdas, or uniform without cls weighting."""
+        if not cfg.cls_weighting:
+            return cls.uniform(num_tokens, num_registers)
+        return cls.of(getattr(cfg, f"stage{stage_id}"), num_registers, f"stage{stage_id}")
 
     def mse(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Weighted per-group MSE of [B, T, D] tensors -> scalar:
@@ -420,7 +436,7 @@ def run_distillation(
         for stage_id, stage, objective_cls in stages:
             if not stage.enabled or stage.epochs == 0 or (stage_id == 2 and not cfg.stage2_runs):
                 continue
-            weights = GroupWeights.of(stage, num_registers, f"stage{stage_id}")
+            weights = GroupWeights.for_stage(cfg, stage_id, train_states.shape[2], num_registers)
             extra = {"mode": cfg.tf_mode} if stage_id == 1 else {}
             objective: nn.Module = objective_cls(raptor, weights, cfg.noise_sigma, compile=compiled, **extra)
             if world > 1:

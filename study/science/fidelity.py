@@ -117,6 +117,10 @@ PROBE_MAX_ITER = 1000
 """Iteration budget of the probe's lbfgs solver."""
 PROBE_THREADS = 1
 """BLAS threads of a probe fit (module docstring)."""
+FLOOR_DEEP_LAYERSCALE = 1.0
+"""LayerScale gamma of the random Raptor behind the deep floor (``acc.floor_deep``, docs/science.md §5): random
+blocks at full strength, so the probe reads random deep features. The plain floor uses the Raptor's LayerScale
+init (1e-5), which leaves the random Raptor nearly the identity: a probe on the normed embeddings."""
 
 
 def probe_features(norm: Any, x_last: torch.Tensor, num_registers: int) -> torch.Tensor:

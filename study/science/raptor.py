@@ -28,21 +28,33 @@ class DepthConditioner(nn.Module):
 
     Input features of t are t/L and sin/cos of t/L at a few frequencies; the
     last layer is zero-initialised so every scale starts at exactly 1.
+
+    Args:
+        num_layers: the teacher's depth L.
+        width: the token width D.
+        hidden: hidden width of the MLP.
+        num_freqs: sin/cos frequencies of the input features.
+        enabled: False: no MLP, every scale is 1 for good (the paper's ablation rows without depth scaling,
+            docs/science.md §4).
     """
 
-    def __init__(self, num_layers: int, width: int, hidden: int, num_freqs: int = 4):
+    def __init__(self, num_layers: int, width: int, hidden: int, num_freqs: int = 4, enabled: bool = True):
         super().__init__()
         t = torch.arange(1, num_layers + 1, dtype=torch.float32).unsqueeze(1) / num_layers  # [L, 1]
         freqs = math.pi * 2.0 ** torch.arange(num_freqs, dtype=torch.float32)  # [F]
         self.register_buffer(
             "features", torch.cat([t, torch.sin(t * freqs), torch.cos(t * freqs)], dim=1), persistent=False
         )
-        self.net = nn.Sequential(nn.Linear(self.features.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 3 * width))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = None
+        if enabled:
+            self.net = nn.Sequential(nn.Linear(self.features.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 3 * width))
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
         self.width = width
 
     def forward(self) -> torch.Tensor:
+        if self.net is None:
+            return self.features.new_ones(len(self.features), 3, self.width)
         return 1.0 + self.net(self.features).view(-1, 3, self.width)
 
 
@@ -78,6 +90,7 @@ class Raptor(nn.Module):
         init: str = "teacher",
         layerscale_init: float = 1e-5,
         cond_hidden: int = 32,
+        depth_scaling: bool = True,
     ):
         super().__init__()
         num_layers = len(teacher.blocks)
@@ -93,7 +106,7 @@ class Raptor(nn.Module):
             block.requires_grad_(True)
             if init == "random":
                 _reinit_block(block, layerscale_init)
-        self.cond = DepthConditioner(num_layers, teacher.embed_dim, cond_hidden)
+        self.cond = DepthConditioner(num_layers, teacher.embed_dim, cond_hidden, enabled=depth_scaling)
         stem = copy.deepcopy(teacher)
         stem.blocks = nn.Sequential()  # keep embedding, norm and head only
         stem.requires_grad_(False)

@@ -193,6 +193,7 @@ def build_raptor(cfg: TrialConfig, teacher: Teacher, phase_bounds) -> Raptor:
         init=cfg.raptor.init,
         layerscale_init=cfg.raptor.layerscale_init,
         cond_hidden=cfg.raptor.cond_hidden,
+        depth_scaling=cfg.raptor.depth_scaling,
     )
 
 
