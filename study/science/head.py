@@ -3,11 +3,10 @@
 The paper scores its ablation table with the teacher's pretrained linear head, frozen, applied to the Raptor's
 final states exactly as the teacher applies it to its own: timm's ``forward_head(norm(x_L))``, which pools the
 tokens as the model's ``global_pool`` says (cls token, mean of the patch tokens, attention pooling), applies
-``fc_norm`` and then the head. `TeacherHead` is that path, split into its pooled features (``pre_logits``) and the
-final linear map, so that the same features feed the frozen head (`head_accuracy`) and the fine-tuned probe
-(`finetune_head`). A headless teacher (``num_classes`` 0, e.g. the ONNX ViT-S/14) has no head: its head is the
-teacher's linear probe fitted once on the teacher's pooled features (`linear_from_probe` turns the fitted
-scikit-learn pipeline into the equivalent `nn.Linear`).
+``fc_norm`` and then the head. `TeacherHead` is that path; its input, the pooled features (`head_input`,
+``pre_logits``), also feeds the fine-tuned probe (`finetune_head`). A headless teacher (``num_classes`` 0, e.g.
+the ONNX ViT-S/14) has no head: its head is the teacher's linear probe fitted once on the teacher's pooled
+features (`linear_from_probe` turns the fitted scikit-learn pipeline into the equivalent `nn.Linear`).
 
 The fine-tuned probe (the paper's last ablation row and its k = 2/3/4 table): a copy of that linear head trained
 on the Raptor's pooled final-norm features of the train split, full batch, FINETUNE_STEPS AdamW steps at
@@ -25,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.pipeline import Pipeline
 from torch import nn
+
+from study.runtime import autocast
 
 FINETUNE_STEPS = 300
 """Full-batch AdamW steps of the fine-tuned probe."""
@@ -54,6 +55,12 @@ def linear_from_probe(probe: Pipeline) -> nn.Linear:
     return linear.requires_grad_(False)
 
 
+def head_input(model: nn.Module, x_last: torch.Tensor) -> torch.Tensor:
+    """What the teacher's head reads: ``forward_head(norm(x_L), pre_logits=True)``, pooled as its ``global_pool``
+    says, after ``fc_norm``. x_last [B, T, D] -> [B, F]."""
+    return model.forward_head(model.norm(x_last), pre_logits=True)
+
+
 class TeacherHead(nn.Module):
     """The teacher's classifier on final token states: x_L [B, T, D] -> logits [B, C], as the teacher reads out.
 
@@ -61,7 +68,7 @@ class TeacherHead(nn.Module):
         model: the teacher (a timm VisionTransformer, frozen); its ``norm``, pooling, ``fc_norm`` and ``head``
             are used as they are.
         probe: for a headless teacher (``num_classes`` 0), its linear probe fitted on the teacher's pooled
-            features (`pooled`), a scikit-learn pipeline as `fit_linear_probe` returns; ignored otherwise.
+            features (`head_input`), a scikit-learn pipeline as `fit_linear_probe` returns; ignored otherwise.
     """
 
     def __init__(self, model: nn.Module, probe: Pipeline | None = None):
@@ -74,24 +81,37 @@ class TeacherHead(nn.Module):
         else:
             self.linear = linear_from_probe(probe)
 
-    def pooled(self, x_last: torch.Tensor) -> torch.Tensor:
-        """The head's input: ``forward_head(norm(x_L), pre_logits=True)`` (pooled as ``global_pool`` says). [B, F]."""
-        return self.model.forward_head(self.model.norm(x_last), pre_logits=True)
-
     def forward(self, x_last: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.pooled(x_last))
+        return self.linear(head_input(self.model, x_last))
 
 
 @torch.no_grad()
 def pooled_features(
-    head: TeacherHead, finals: Any, device: torch.device | str = "cpu", chunk: int = 256
+    model: nn.Module, finals: Any, device: torch.device | str = "cpu", chunk: int = 256
 ) -> torch.Tensor:
-    """`head.pooled` of final states [N, T, D] (an array, memmap or tensor), chunk by chunk -> [N, F] float32 CPU."""
+    """`head_input` of the teacher `model` on final states [N, T, D] (an array, memmap or tensor), chunk by chunk
+    -> [N, F] float32 CPU."""
     out = []
     for start in range(0, len(finals), chunk):
         part = finals[start : start + chunk]
         x = (part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))).to(device).float()
-        out.append(head.pooled(x).float().cpu())
+        out.append(head_input(model, x).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def rollout_pooled(
+    raptor: nn.Module, model: nn.Module, states: Any, device: torch.device, amp: bool, chunk: int = 256
+) -> torch.Tensor:
+    """`head_input` of the teacher `model` on the Raptor's final state after a rollout from each sample's x_0
+    (states [N, L+1, T, D]; autocast as the Raptor's other read-outs) -> [N, F] float32 CPU."""
+    raptor.eval()
+    out = []
+    for start in range(0, len(states), chunk):
+        x0 = torch.from_numpy(np.array(states[start : start + chunk][:, 0])).to(device).float()
+        with autocast(device, amp):
+            final = raptor.final(x0)
+        out.append(head_input(model, final.float()).float().cpu())
     return torch.cat(out)
 
 

@@ -12,6 +12,7 @@ from study.science.head import (
     TeacherHead,
     finetune_head,
     head_accuracy,
+    head_input,
     head_scores,
     linear_from_probe,
     pooled_features,
@@ -54,7 +55,7 @@ def test_head_honours_the_global_pool(pool):
     # token: the final norm's cls token; avg: timm moves the norm after pooling (fc_norm, final norm Identity)
     expected = model.norm(x)[:, 0] if pool == "token" else model.fc_norm(x[:, 1:].mean(dim=1))
     with torch.no_grad():
-        torch.testing.assert_close(head.pooled(x), expected)
+        torch.testing.assert_close(head_input(model, x), expected)
         torch.testing.assert_close(head(x), model.forward_head(model.norm(x)))
 
 
@@ -77,7 +78,7 @@ def test_linear_from_probe_reproduces_the_probe(classes):
 
 def test_headless_teacher_uses_its_probe(prepared, teacher_model):
     """A headless teacher's head is its probe on its pooled features: same predictions as the probe."""
-    teacher_pooled = pooled_features(TeacherHead(teacher_model), finals(prepared, "train"))
+    teacher_pooled = pooled_features(teacher_model, finals(prepared, "train"))
     probe = fit_linear_probe(teacher_pooled.numpy(), prepared.labels["train"])
     model = VisionTransformer(
         img_size=8, patch_size=2, in_chans=1, num_classes=0, embed_dim=32, depth=1, num_heads=2
@@ -86,7 +87,7 @@ def test_headless_teacher_uses_its_probe(prepared, teacher_model):
     with pytest.raises(ValueError, match="headless"):
         TeacherHead(model)
     head = TeacherHead(model, probe)
-    test_pooled = pooled_features(head, finals(prepared, "test"))
+    test_pooled = pooled_features(head.model, finals(prepared, "test"))
     with torch.no_grad():
         pred = head.linear(test_pooled).argmax(dim=-1).numpy()
     np.testing.assert_array_equal(pred, probe.predict(test_pooled.numpy()))
@@ -99,18 +100,18 @@ def probe_head(prepared):
     teacher_model = prepared.teacher.model
     headless = copy.deepcopy(teacher_model)
     headless.reset_classifier(0)
-    pooled = pooled_features(TeacherHead(teacher_model), finals(prepared, "train"))  # the same pooling
+    pooled = pooled_features(teacher_model, finals(prepared, "train"))  # the same pooling
     return TeacherHead(headless, fit_linear_probe(pooled.numpy(), prepared.labels["train"]))
 
 
 @pytest.mark.parametrize("layerscale", [1e-5, 1.0])
 def test_random_raptor_scores_near_chance_through_the_head(prepared, teacher_model, probe_head, layerscale):
     y_test = prepared.labels["test"]
-    teacher_acc = head_accuracy(probe_head.linear, pooled_features(probe_head, finals(prepared, "test")), y_test)
+    teacher_acc = head_accuracy(probe_head.linear, pooled_features(probe_head.model, finals(prepared, "test")), y_test)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         raptor = Raptor(teacher_model, prepared.partition.phase_bounds, init="random", layerscale_init=layerscale)
-    raptor_feats = pooled_features(probe_head, raptor_finals(raptor.eval(), prepared, "test"))
+    raptor_feats = pooled_features(probe_head.model, raptor_finals(raptor.eval(), prepared, "test"))
     raptor_acc = head_accuracy(probe_head.linear, raptor_feats, y_test)
     assert teacher_acc > CHANCE + 0.2
     assert abs(raptor_acc - CHANCE) < 0.05
@@ -121,8 +122,8 @@ def test_teacher_initialised_one_block_per_layer_raptor_matches_the_teacher(prep
     raptor = Raptor(teacher_model, [(layer, layer) for layer in range(1, 5)], init="teacher").eval()
     feats = {
         split: (
-            pooled_features(head, finals(prepared, split)),
-            pooled_features(head, raptor_finals(raptor, prepared, split)),
+            pooled_features(head.model, finals(prepared, split)),
+            pooled_features(head.model, raptor_finals(raptor, prepared, split)),
         )
         for split in ("train", "test")
     }
@@ -152,7 +153,7 @@ def test_finetuning_starts_from_the_head_and_learns(prepared, teacher_model):
     """Zero steps leave the head as it is; on relabelled classes, where the frozen head is wrong by design,
     fine-tuning learns the new mapping (scored on the test split); the input head is never changed."""
     head = TeacherHead(teacher_model)
-    train, test = (pooled_features(head, finals(prepared, split)) for split in ("train", "test"))
+    train, test = (pooled_features(head.model, finals(prepared, split)) for split in ("train", "test"))
     y_train, y_test = ((prepared.labels[s] + 1) % 10 for s in ("train", "test"))
     before = head.linear.weight.clone()
     untouched = finetune_head(head.linear, train, y_train, steps=0)
