@@ -29,7 +29,6 @@ import torch
 import yaml
 
 import study.trial.cache as cache
-from analysis import figures
 from study.config import TrialConfig, check_boundaries, check_k_fits
 from study.contract import (
     ACC_AGREEMENT,
@@ -64,6 +63,7 @@ from study.science.partition import Partition, choose_partition
 from study.science.raptor import Raptor
 from study.science.sampling import class_counts, class_share_range, stratified_subset, take_rows
 from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
+from study.trial import figures
 from study.trial.activations import cached_states
 from study.trial.data import SPLIT_NAMES, ImageSpec, dataset_labels, load_splits
 from study.trial.dynamics import swap_readout, trial_dynamics
