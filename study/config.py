@@ -298,6 +298,9 @@ class DynamicsConfig(_Strict):
         description="test images (a stratified draw, capped at the test split) of every accuracy read-out of the "
         "dynamics: adjacent swaps and layer replacement; 2,500 keeps the standard error under 1 point",
     )
+    replace: bool = Field(
+        True, description="layer replacement: n = 1, 2, 3 teacher layers replaced by blocks of the same / another phase"
+    )
     replace_draws: int = Field(
         20, ge=1, le=10_000, description="seeded replacement sets per kind (intra / inter) and n = 1, 2, 3"
     )

@@ -161,8 +161,9 @@ def partition_metric(name: str) -> str:
 PARTITION_METRICS = tuple(partition_metric(n) for n in ("cut_value", "cut_dp", "cut_bisection", "dp_differs"))
 """Cut of the partition used, of the exact DP and of the reference's bisection, and whether DP and bisection differ."""
 
-CLASS_SHARE_SUBSETS = ("train", "val", "test", "similarity", "dynamics")
-"""Splits and subsets whose class balance is logged (``dynamics`` is also the layer-swap subset)."""
+CLASS_SHARE_SUBSETS = ("train", "val", "test", "similarity", "dynamics", "accuracy")
+"""Splits and subsets whose class balance is logged (``accuracy``: the test images of every dynamics accuracy, layer
+replacement and adjacent swaps)."""
 
 
 def class_share_metric(subset: str, bound: str) -> str:

@@ -12,8 +12,11 @@ m in {teacher, raptor} and L the depth:
     dyn.m.gamma_cls_mid, dyn.m.gamma_patch_mid   gamma_l = cos(u_l, u_L) at l = L // 2
     dyn.m.speed_cls_mean, dyn.m.speed_patch_mean (dyn.m.speed_reg_mean with registers)
                                                  mean angle per step, radians
-    dyn.m.speed_cls_late_early                   cls speed, mean of the last L//2 steps over
-                                                 the first L//2 (> 1: late reorientation; L >= 2)
+    dyn.m.speed_cls_late_early                   cls speed on steps 2..L (x_0 -> x_1 left out), mean of
+                                                 the last (L-1)//2 steps over the first (L-1)//2
+                                                 (> 1: late reorientation; L >= 3)
+    dyn.m.speed_cls_peak_layer                   the layer l in 2..L whose step x_{l-1} -> x_l turns the
+                                                 cls token fastest (L >= 2)
     dyn.m.coherence_final                        patch coherence at x_L
     dyn.m.srank_first, dyn.m.srank_last          stable rank of U_1 = x_1 - x_0 and U_L
     dyn.m.recovery_last                          angle(x'_L, x_L) / angle(x'_l, x_l) after perturbing x_l
@@ -38,6 +41,7 @@ from study.config import DynamicsConfig
 from study.contract import SWAP_BASELINE, dynamics_metric, swap_metric
 from study.science.dynamics import (
     angular_speed,
+    cls_speed_summary,
     directional_convergence,
     layer_swap_accuracy,
     patch_coherence,
@@ -45,6 +49,7 @@ from study.science.dynamics import (
     swap_pairs,
     update_stable_rank,
 )
+from study.science.head import TeacherHead
 from study.science.raptor import Raptor
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
@@ -61,19 +66,10 @@ def rollout_chunk(device: torch.device | str) -> int:
 
 
 def swap_readout(model: VisionTransformer, probe: Any = None) -> Logits:
-    """x_L [B, T, D] -> logits: the teacher's own head if it has classes, else `probe` on norm(x_L)[:, 0].
-
-    `probe` is a fitted sklearn classifier (e.g. `study.science.fidelity.fit_linear_probe`)."""
-    if getattr(model, "num_classes", 0):
-        return lambda x: model.forward_head(model.norm(x))
-    if probe is None:
-        raise ValueError("a headless teacher needs a linear probe for the swap readout")
-
-    def readout(x: torch.Tensor) -> torch.Tensor:
-        feats = model.norm(x)[:, 0].float().cpu().numpy()
-        return torch.from_numpy(np.asarray(probe.decision_function(feats))).reshape(len(feats), -1)
-
-    return readout
+    """x_L [B, T, D] -> logits through the teacher's head (`study.science.head.TeacherHead`): its own head if it has
+    classes, else `probe`, a linear probe fitted on its pooled features (`head_input`; for a cls-token teacher the
+    final-norm cls token, e.g. `study.science.fidelity.fit_linear_probe`)."""
+    return TeacherHead(model, probe).to(next(model.parameters()).device)
 
 
 def teacher_layers(model: VisionTransformer) -> Callable[[torch.Tensor, int, int], Iterator[torch.Tensor]]:
@@ -135,15 +131,12 @@ def _curves(
 def _summary(model: str, curves: dict[str, list[float]]) -> dict[str, float]:
     """Summary metrics of one model's curves, named ``dyn.{model}.*`` (`study.contract.dynamics_metric`)."""
     num_layers = len(curves["speed_cls"])
-    mid, half = num_layers // 2, num_layers // 2
+    mid = num_layers // 2
     out = {"gamma_cls_mid": curves["gamma_cls"][mid], "gamma_patch_mid": curves["gamma_patch"][mid]}
     for group in ("cls", "patch", "reg"):
         if f"speed_{group}" in curves:
             out[f"speed_{group}_mean"] = float(np.mean(curves[f"speed_{group}"]))
-    if half:
-        early, late = np.mean(curves["speed_cls"][:half]), np.mean(curves["speed_cls"][-half:])
-        if early > 0:
-            out["speed_cls_late_early"] = float(late / early)
+    out.update({f"speed_cls_{key}": value for key, value in cls_speed_summary(curves["speed_cls"]).items()})
     out["coherence_final"] = curves["coherence"][-1]
     out["srank_first"], out["srank_last"] = curves["stable_rank"][0], curves["stable_rank"][-1]
     out["recovery_last"] = curves["recovery"][-1]
@@ -186,20 +179,17 @@ def trial_dynamics(
 @torch.no_grad()
 def adjacent_swaps(
     teacher_model: VisionTransformer,
-    test_states: Any,
+    x0: Any,
     labels: Any,
     readout: Logits,
     phase_bounds: Sequence[Sequence[int]],
-    num_samples: int,
     device: torch.device | str = "cpu",
 ) -> tuple[dict[str, float], dict]:
-    """Teacher accuracy with adjacent layers swapped, on the first `num_samples` test samples (docs/science.md §6).
+    """Teacher accuracy with adjacent layers swapped (docs/science.md §6), on the test images of `x0`.
 
-    `test_states` [N, L+1, T, D], `labels` [N], `readout(x_L)` -> logits (`swap_readout`). Returns (metrics
-    ``dyn.swap.*``, the record {'baseline_acc', 'intra': [[i, j, acc], ...], 'inter': [...]}); ({}, {}) when the
-    teacher has a single layer."""
-    n = min(num_samples, len(test_states))
-    x0 = np.array(test_states[:n, 0], dtype=np.float32)
+    `x0` [N, T, D] the teacher's embedded tokens (the accuracy subset), `labels` [N], `readout(x_L)` -> logits
+    (`swap_readout`). Returns (metrics ``dyn.swap.*``, the record {'baseline_acc', 'num_images', 'intra':
+    [[i, j, acc], ...], 'inter': [...]}); ({}, {}) when the teacher has a single layer."""
     if len(teacher_model.blocks) < 2:
         return {}, {}
     intra, inter = swap_pairs(phase_bounds)
@@ -207,13 +197,14 @@ def adjacent_swaps(
         list(teacher_model.blocks),
         x0,
         readout,
-        np.asarray(labels[:n]),
+        np.asarray(labels),
         [(1, 1), *intra, *inter],
         chunk=rollout_chunk(device),
         device=device,
     )
     record = {
         "baseline_acc": acc[(1, 1)],
+        "num_images": len(labels),
         "intra": [[i, j, acc[(i, j)]] for i, j in intra],
         "inter": [[i, j, acc[(i, j)]] for i, j in inter],
     }

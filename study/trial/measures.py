@@ -1,34 +1,38 @@
-"""The paper's own measurements of one trial (docs/science.md §5, §6): accuracy through the teacher's head, the
-fine-tuned probe, layer replacement, and the deep probe floor.
+"""The paper's own measurements of a trial as read-outs (study/trial/evaluation.py; registered in study/registry.py
+READOUTS): accuracy through the teacher's head with the fine-tuned probe ('head', docs/science.md §5) and the
+layer-replacement test ('replace', docs/science.md §6). The science is in study/science/head.py and
+study/science/dynamics.py; metric names come from study/contract.py.
 
-Each function takes the trial's `Prepared` inputs (study/trial/pipeline.py) and returns metrics named in
-study/contract.py; the science is in study/science/head.py and study/science/dynamics.py.
+Every accuracy of the dynamics (layer replacement, adjacent swaps) is scored on one stratified draw of
+`dynamics.accuracy_samples` test images (`accuracy_inputs`) through the teacher's head (`shared_head`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from study.config import TrialConfig
 from study.contract import (
     ACC_FINETUNED,
     ACC_FINETUNED_RATIO,
-    ACC_FLOOR_DEEP,
     ACC_HEAD,
     ACC_HEAD_RATIO,
     ACC_HEAD_TEACHER,
+    DYNAMICS_KEY,
     REPLACE_BASELINE,
     REPLACE_IMAGES,
     replace_metric,
 )
 from study.science.dynamics import REPLACE_KINDS, layer_replacement
-from study.science.fidelity import FLOOR_DEEP_LAYERSCALE, fit_linear_probe, own_probe_accuracy
+from study.science.fidelity import fit_linear_probe
 from study.science.head import TeacherHead, head_scores, pooled_features, rollout_pooled
-from study.science.raptor import Raptor
-from study.science.sampling import stratified_subset, take_rows
+from study.science.sampling import take_rows
+from study.trial import figures
+from study.trial.evaluation import EvalContext, Readout, ReadoutResult
 
 HEAD_KEYS = {
     "head": ACC_HEAD,
@@ -38,15 +42,16 @@ HEAD_KEYS = {
     "finetuned_ratio": ACC_FINETUNED_RATIO,
 }
 """`study.science.head.head_scores` key -> metric name."""
+REPLACE_KEY = "replace"
+"""Entry of result.json's ``dynamics`` record holding the layer-replacement draws."""
+
+REPLACE_CHUNK = 512
+"""Images per pass of the layer replacement on any device: its chunk only sets speed and memory (the unreplaced
+trajectory of a chunk, L + 1 states, is kept while its sequences run); on one CPU thread 512 takes 60% of the
+time of 64 on the tiny digits teacher."""
 
 _HEAD_PROBES: dict[str, Any] = {}
 """Per process: a headless teacher's probe by a digest of its pooled train features and labels (`teacher_head`)."""
-
-
-def accuracy_subset(labels: Any, num_samples: int, split_seed: int) -> np.ndarray:
-    """Indices of the test images every dynamics accuracy is scored on (`dynamics.accuracy_samples`): a stratified
-    draw seeded by the data split seed, so all trials of a teacher share it (docs/science.md §6)."""
-    return stratified_subset(np.asarray(labels), num_samples, split_seed + 14)
 
 
 def teacher_head(prepared) -> TeacherHead:
@@ -65,62 +70,77 @@ def teacher_head(prepared) -> TeacherHead:
     return TeacherHead(model, _HEAD_PROBES[key]).to(device)
 
 
-def head_metrics(prepared, raptor: Raptor, head: TeacherHead, finetune: bool = True) -> dict[str, float]:
-    """acc.head, acc.head_teacher, acc.head_ratio and (with `finetune`) acc.finetuned, acc.finetuned_ratio on the
-    whole test split; the fine-tuned probe trains on the whole train split (docs/science.md §5)."""
-    device, amp = prepared.device, prepared.cfg.runtime.amp
-    model = prepared.teacher.model
-    teacher_test = pooled_features(model, prepared.states["test"][:, -1], device)
-    raptor_test = rollout_pooled(raptor, model, prepared.states["test"], device, amp)
-    raptor_train = rollout_pooled(raptor, model, prepared.states["train"], device, amp) if finetune else None
-    scores = head_scores(
-        head.linear,
-        teacher_test,
-        raptor_train,
-        raptor_test,
-        prepared.labels["train"],
-        prepared.labels["test"],
-        finetune=finetune,
-    )
-    return {HEAD_KEYS[key]: value for key, value in scores.items()}
+def shared_head(ctx: EvalContext) -> TeacherHead:
+    """The teacher's head, built once per evaluation (`teacher_head`)."""
+    return ctx.shared("teacher_head", lambda: teacher_head(ctx.prepared))
 
 
-def replace_measure(prepared, head: TeacherHead, subset: np.ndarray, chunk: int) -> tuple[dict[str, float], dict]:
-    """The layer-replacement test on the teacher (docs/science.md §6) over the test images `subset`: (metrics
-    dyn.replace.*, the JSON record with every draw for result.json)."""
-    cfg = prepared.cfg
-    record = layer_replacement(
-        list(prepared.teacher.model.blocks),
-        take_rows(prepared.states["test"], subset)[:, 0],
-        head,
-        np.asarray(prepared.labels["test"])[subset],
-        prepared.partition.phase_bounds,
-        draws=cfg.dynamics.replace_draws,
-        seed=cfg.seed,
-        chunk=chunk,
-        device=prepared.device,
-    )
-    metrics = {REPLACE_BASELINE: record["baseline"], REPLACE_IMAGES: float(record["num_images"])}
-    for kind in REPLACE_KINDS:
-        for name, entry in record[kind].items():
-            if entry["mean"] is not None:
-                metrics[replace_metric(kind, int(name[1:]))] = entry["mean"]
-    return metrics, record
+def accuracy_inputs(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
+    """x_0 [n, T, D] float32 and labels [n] of the accuracy subset, once per evaluation: `prepared.subsets['accuracy']`,
+    a stratified draw of `dynamics.accuracy_samples` test images (capped at the split) seeded by the data split
+    seed, so all trials of a teacher share it."""
+
+    def take() -> tuple[np.ndarray, np.ndarray]:
+        subset = ctx.prepared.subsets["accuracy"]
+        x0 = np.array(take_rows(ctx.prepared.states["test"], subset)[:, 0], dtype=np.float32)
+        return x0, np.asarray(ctx.prepared.labels["test"])[subset]
+
+    return ctx.shared("accuracy_inputs", take)
 
 
-def floor_deep(prepared, floor_features) -> dict[str, float]:
-    """acc.floor_deep: the probe on a random Raptor whose LayerScale gammas are 1 (docs/science.md §5).
-    `floor_features(raptor, split)` gives a Raptor's probe features of a split (the probes' own read-out)."""
-    cfg = prepared.cfg
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        raptor = Raptor(
-            prepared.teacher.model,
-            prepared.partition.phase_bounds,
-            init="random",
-            layerscale_init=FLOOR_DEEP_LAYERSCALE,
-            cond_hidden=cfg.raptor.cond_hidden,
-        ).to(prepared.device)
-    train, test = floor_features(raptor, "train"), floor_features(raptor, "test")
-    acc = own_probe_accuracy(train, prepared.labels["train"], test, prepared.labels["test"], seed=cfg.seed)
-    return {ACC_FLOOR_DEEP: acc}
+class HeadAccuracy(Readout):
+    """The teacher's own head on the Raptor's final states (acc.head, acc.head_teacher, acc.head_ratio) and the
+    probe fine-tuned from it on the Raptor's train features (acc.finetuned, acc.finetuned_ratio), on the whole
+    test split (docs/science.md §5: the paper's ablation table and k-table)."""
+
+    name = "head"
+
+    def __call__(self, ctx: EvalContext) -> ReadoutResult:
+        prepared, device, amp = ctx.prepared, ctx.device, ctx.cfg.runtime.amp
+        model, head = prepared.teacher.model, shared_head(ctx)
+        scores = head_scores(
+            head.linear,
+            pooled_features(model, prepared.states["test"][:, -1], device),
+            rollout_pooled(ctx.raptor, model, prepared.states["train"], device, amp),
+            rollout_pooled(ctx.raptor, model, prepared.states["test"], device, amp),
+            prepared.labels["train"],
+            prepared.labels["test"],
+        )
+        return ReadoutResult({HEAD_KEYS[key]: value for key, value in scores.items()})
+
+
+class LayerReplacement(Readout):
+    """The paper's swap test on the teacher (docs/science.md §6): n = 1, 2, 3 layers replaced by blocks of their
+    phase (intra) or of another phase (inter), `dynamics.replace_draws` seeded sets each, accuracy through the
+    teacher's head on the accuracy subset: metrics ``dyn.replace.*``, every draw in result.json
+    ``dynamics.replace``, layer_replacement.png. Runs when ``dynamics.enabled`` and ``dynamics.replace``."""
+
+    name = "replace"
+
+    def enabled(self, cfg: TrialConfig) -> bool:
+        return cfg.dynamics.enabled and cfg.dynamics.replace
+
+    def __call__(self, ctx: EvalContext) -> ReadoutResult:
+        x0, labels = accuracy_inputs(ctx)
+        record = layer_replacement(
+            list(ctx.prepared.teacher.model.blocks),
+            x0,
+            shared_head(ctx),
+            labels,
+            ctx.prepared.partition.phase_bounds,
+            draws=ctx.cfg.dynamics.replace_draws,
+            seed=ctx.cfg.seed,
+            chunk=REPLACE_CHUNK,
+            device=ctx.device,
+        )
+        metrics = {REPLACE_BASELINE: record["baseline"], REPLACE_IMAGES: float(record["num_images"])}
+        for kind in REPLACE_KINDS:
+            for key, entry in record[kind].items():
+                if entry["mean"] is not None:
+                    metrics[replace_metric(kind, int(key[1:]))] = entry["mean"]
+        return ReadoutResult(metrics, {DYNAMICS_KEY: {REPLACE_KEY: record}})
+
+    def write(self, result: dict[str, Any], out_dir: Path) -> None:
+        record = result.get(DYNAMICS_KEY, {}).get(REPLACE_KEY)
+        if record:
+            figures.save(figures.layer_replacement_figure(record), out_dir / "layer_replacement.png")

@@ -95,6 +95,7 @@ def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
     subsets = {
         "similarity": stratified_subset(labels["train"], cfg.similarity.num_samples, cfg.data.split_seed + 11),
         "dynamics": stratified_subset(labels["test"], cfg.dynamics.num_samples, cfg.data.split_seed + 12),
+        "accuracy": stratified_subset(labels["test"], cfg.dynamics.accuracy_samples, cfg.data.split_seed + 14),
     }
     similarity = similarity_matrices(take_rows(states["train"], subsets["similarity"]), teacher.num_registers, device)
     partition, info = choose_partition(
@@ -131,5 +132,6 @@ def subset_labels(prepared: Prepared) -> dict[str, np.ndarray]:
     out = {split: np.asarray(prepared.labels[split]) for split in SPLIT_NAMES}
     out["similarity"] = out["train"][prepared.subsets["similarity"]]
     if prepared.cfg.dynamics.enabled:
-        out["dynamics"] = out["test"][prepared.subsets["dynamics"]]  # also the layer-swap subset
+        out["dynamics"] = out["test"][prepared.subsets["dynamics"]]
+        out["accuracy"] = out["test"][prepared.subsets["accuracy"]]  # layer replacement and adjacent swaps
     return out

@@ -9,6 +9,7 @@ from study.config import TrialConfig
 from study.contract import (
     ACC_AGREEMENT,
     ACC_FLOOR,
+    ACC_FLOOR_DEEP,
     ACC_RAPTOR,
     ACC_RATIO,
     ACC_RECOVERED,
@@ -17,7 +18,13 @@ from study.contract import (
     ACC_TRANSFER_RATIO,
     ACC_TRANSFER_TEACHER,
 )
-from study.science.fidelity import own_probe_accuracy, probe_recovery, rollout_features, task_fidelity
+from study.science.fidelity import (
+    FLOOR_DEEP_LAYERSCALE,
+    own_probe_accuracy,
+    probe_recovery,
+    rollout_features,
+    task_fidelity,
+)
 from study.science.raptor import Raptor
 from study.trial.evaluation import EvalContext, Readout, ReadoutResult
 from study.trial.teacher import Teacher
@@ -33,8 +40,9 @@ def floor_raptor(cfg: TrialConfig, teacher: Teacher, phase_bounds, **overrides) 
 
 class Probes(Readout):
     """Task fidelity (docs/science.md §5): the paper's probe on each model's OWN features (acc.teacher, acc.raptor,
-    acc.ratio, acc.floor, acc.recovered) and the transfer of the teacher's cls probe to the Raptor (acc.transfer*,
-    acc.agreement)."""
+    acc.ratio, acc.floor, acc.floor_deep, acc.recovered) and the transfer of the teacher's cls probe to the Raptor
+    (acc.transfer*, acc.agreement). The two floors are random Raptors with the same weights but their LayerScale
+    gammas: the Raptor's init (1e-5) and 1 (`FLOOR_DEEP_LAYERSCALE`)."""
 
     name = "probes"
 
@@ -42,14 +50,19 @@ class Probes(Readout):
         prepared, cfg, device, amp = ctx.prepared, ctx.cfg, ctx.device, ctx.cfg.runtime.amp
         y_train, y_test = prepared.labels["train"], prepared.labels["test"]
         width = prepared.teacher.width
-        floor = floor_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds).to(device)
-        floor_train = rollout_features(floor, prepared.states["train"], device, amp)
-        floor_test = rollout_features(floor, prepared.states["test"], device, amp)
+        bounds = prepared.partition.phase_bounds
+        floors = {  # the plain floor (LayerScale init: nearly the identity) and the deep floor (gammas 1)
+            name: floor_raptor(cfg, prepared.teacher, bounds, **overrides).to(device)
+            for name, overrides in (("floor", {}), ("floor_deep", {"layerscale_init": FLOOR_DEEP_LAYERSCALE}))
+        }
+        own = {"raptor": (ctx.raptor_features("train"), ctx.raptor_features("test"))} | {
+            name: tuple(rollout_features(floor, prepared.states[split], device, amp) for split in ("train", "test"))
+            for name, floor in floors.items()
+        }
         # the transfer probe (the study's acc.ratio before docs/science.md §5 took the paper's protocol): the
         # teacher's probe on its cls readout, applied to the Raptor's cls readout
         acc_teacher, cls_probe = ctx.teacher_probe()
-        raptor_train, raptor_test = ctx.raptor_features("train"), ctx.raptor_features("test")
-        own = {"raptor": (raptor_train, raptor_test), "floor": (floor_train, floor_test)}
+        raptor_test = own["raptor"][1]
         acc = {"teacher": acc_teacher} | {
             name: own_probe_accuracy(train, y_train, test, y_test, seed=cfg.seed) for name, (train, test) in own.items()
         }
@@ -62,6 +75,7 @@ class Probes(Readout):
                 ACC_RAPTOR: acc["raptor"],
                 ACC_RATIO: recovery["ratio"],
                 ACC_FLOOR: acc["floor"],
+                ACC_FLOOR_DEEP: acc["floor_deep"],
                 ACC_RECOVERED: recovery["recovered"],
                 ACC_TRANSFER_TEACHER: transfer["acc_teacher"],
                 ACC_TRANSFER: transfer["acc_raptor"],

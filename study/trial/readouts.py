@@ -29,8 +29,9 @@ from study.science.sampling import class_share_range
 from study.science.similarity import phase_metrics
 from study.trial import figures
 from study.trial.data import SPLIT_NAMES
-from study.trial.dynamics import adjacent_swaps, swap_readout, trial_dynamics
+from study.trial.dynamics import adjacent_swaps, trial_dynamics
 from study.trial.evaluation import EvalContext, Readout, ReadoutResult
+from study.trial.measures import accuracy_inputs, shared_head
 from study.trial.prepare import subset_labels
 
 R2_RESULT_KEYS = dict(zip(R2_KINDS, LAYER_RESULT_KEYS, strict=True))
@@ -126,8 +127,9 @@ class Dynamics(Readout):
 
 class AdjacentSwaps(Readout):
     """The teacher's accuracy with adjacent layers swapped, inside a phase vs across a boundary (docs/science.md §6),
-    read out by the teacher's head or, headless, its cls probe: metrics ``dyn.swap.*``, result.json
-    ``dynamics.swap``, layer_swaps.png. Runs when ``dynamics.enabled`` and ``dynamics.swaps``."""
+    through the teacher's head (headless: its probe) on the accuracy subset, as the layer replacement
+    (study/trial/measures.py): metrics ``dyn.swap.*``, result.json ``dynamics.swap``, layer_swaps.png. Runs when
+    ``dynamics.enabled`` and ``dynamics.swaps``."""
 
     name = "swaps"
 
@@ -135,16 +137,13 @@ class AdjacentSwaps(Readout):
         return cfg.dynamics.enabled and cfg.dynamics.swaps
 
     def __call__(self, ctx: EvalContext) -> ReadoutResult:
-        states, labels = ctx.dynamics_subset()
-        model = ctx.prepared.teacher.model
-        probe = None if getattr(model, "num_classes", 0) else ctx.teacher_probe()[1]
+        x0, labels = accuracy_inputs(ctx)
         metrics, swaps = adjacent_swaps(
-            model,
-            states,
+            ctx.prepared.teacher.model,
+            x0,
             labels,
-            swap_readout(model, probe),
+            shared_head(ctx),
             ctx.prepared.partition.phase_bounds,
-            ctx.cfg.dynamics.num_samples,
             device=ctx.device,
         )
         return ReadoutResult(metrics, {DYNAMICS_KEY: {SWAP_KEY: swaps}} if swaps else {})

@@ -30,6 +30,7 @@ PER_MODEL = (
     "speed_cls_mean",
     "speed_patch_mean",
     "speed_cls_late_early",
+    "speed_cls_peak_layer",
     "coherence_final",
     "srank_first",
     "srank_last",
@@ -48,11 +49,10 @@ def _swaps(prepared, bounds=None, num_samples=32):
     model = prepared.teacher.model
     return adjacent_swaps(
         model,
-        prepared.states["test"],
-        prepared.labels["test"],
+        prepared.states["test"][:num_samples, 0],
+        prepared.labels["test"][:num_samples],
         swap_readout(model),
         bounds or prepared.partition.phase_bounds,
-        num_samples,
     )
 
 
@@ -117,9 +117,9 @@ def test_evaluate_and_write_outputs_carry_the_dynamics(prepared, tmp_path):
     assert EXPECTED <= set(evaluation.metrics) and {"dynamics_s", "swaps_s"} <= set(run.timings)
     write_outputs(run, raptor, evaluation, [], tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
-    assert set(result["dynamics"]) == {"num_samples", "perturb_layer", "eps", "teacher", "raptor", "swap"}
+    assert set(result["dynamics"]) == {"num_samples", "perturb_layer", "eps", "teacher", "raptor", "swap", "replace"}
     assert result["metrics"]["dyn.raptor.srank_last"] == result["dynamics"]["raptor"]["stable_rank"][-1]
-    for png in ("dynamics.png", "layer_swaps.png"):
+    for png in ("dynamics.png", "layer_swaps.png", "layer_replacement.png"):
         with Image.open(tmp_path / png) as image:
             assert image.format == "PNG" and image.size[0] > 300
 

@@ -1,4 +1,4 @@
-"""The paper's measurements of a trial (study/trial/measures.py) on the session's tiny digits trial."""
+"""The paper's measurements as read-outs (study/trial/measures.py, probes' deep floor) on the tiny digits trial."""
 
 import copy
 import dataclasses
@@ -10,23 +10,31 @@ import torch
 from study.contract import (
     ACC_FINETUNED,
     ACC_FINETUNED_RATIO,
+    ACC_FLOOR,
     ACC_FLOOR_DEEP,
     ACC_HEAD,
     ACC_HEAD_RATIO,
     ACC_HEAD_TEACHER,
+    DYNAMICS_KEY,
     REPLACE_BASELINE,
     REPLACE_IMAGES,
     REPLACE_METRICS,
+    SWAP_BASELINE,
 )
-from study.science.distill import rollout_features
 from study.science.raptor import Raptor
 from study.trial import measures
-from study.trial.measures import accuracy_subset, floor_deep, head_metrics, replace_measure, teacher_head
+from study.trial.evaluation import EvalContext
+from study.trial.measures import HeadAccuracy, LayerReplacement, accuracy_inputs, teacher_head
+from study.trial.probes import Probes
+from study.trial.readouts import AdjacentSwaps
 
 
-def test_head_metrics_of_a_raptor_that_is_the_teacher(prepared):
-    raptor = Raptor(prepared.teacher.model, [(layer, layer) for layer in range(1, 5)], init="teacher")
-    metrics = head_metrics(prepared, raptor, teacher_head(prepared))
+def teacher_copy_raptor(prepared):
+    return Raptor(prepared.teacher.model, [(layer, layer) for layer in range(1, 5)], init="teacher")
+
+
+def test_head_readout_of_a_raptor_that_is_the_teacher(prepared):
+    metrics = HeadAccuracy()(EvalContext(prepared, teacher_copy_raptor(prepared))).metrics
     assert set(metrics) == {ACC_HEAD, ACC_HEAD_TEACHER, ACC_HEAD_RATIO, ACC_FINETUNED, ACC_FINETUNED_RATIO}
     assert metrics[ACC_HEAD] == pytest.approx(metrics[ACC_HEAD_TEACHER]) and metrics[ACC_HEAD_RATIO] == 1.0
     assert metrics[ACC_FINETUNED_RATIO] == pytest.approx(metrics[ACC_FINETUNED] / metrics[ACC_HEAD_TEACHER])
@@ -45,30 +53,38 @@ def test_a_headless_teacher_fits_its_probe_once(prepared, monkeypatch):
     assert torch.equal(first.linear.weight, second.linear.weight) and first.linear.out_features == 10
 
 
-def test_replace_measure_on_the_accuracy_subset(prepared):
-    labels = prepared.labels["test"]
-    subset = accuracy_subset(labels, 200, prepared.cfg.data.split_seed)
-    assert len(subset) == 200 and np.array_equal(subset, accuracy_subset(labels, 200, prepared.cfg.data.split_seed))
-    assert len(accuracy_subset(labels, 10_000, 0)) == len(labels)  # capped at the split
-    metrics, record = replace_measure(prepared, teacher_head(prepared), subset, chunk=64)
-    assert metrics[REPLACE_IMAGES] == 200 and record["num_images"] == 200
-    assert set(metrics) <= set(REPLACE_METRICS) | {REPLACE_IMAGES} and REPLACE_BASELINE in metrics
-    draws = prepared.cfg.dynamics.replace_draws
+def test_replacement_and_swaps_share_the_accuracy_subset(prepared):
+    cfg = prepared.cfg.model_copy(update={"dynamics": prepared.cfg.dynamics.model_copy(update={"replace_draws": 5})})
+    trial = dataclasses.replace(prepared, cfg=cfg)
+    ctx = EvalContext(trial, teacher_copy_raptor(prepared))
+    x0, labels = accuracy_inputs(ctx)
+    assert len(x0) == len(labels) == min(cfg.dynamics.accuracy_samples, len(prepared.labels["test"]))
+    result = LayerReplacement()(ctx)
+    record = result.record[DYNAMICS_KEY]["replace"]
+    assert result.metrics[REPLACE_IMAGES] == record["num_images"] == len(labels)
+    assert set(result.metrics) <= set(REPLACE_METRICS) | {REPLACE_IMAGES} and REPLACE_BASELINE in result.metrics
     for kind in ("intra", "inter"):
         for n in (1, 2, 3):
             entry = record[kind][f"n{n}"]
-            assert len(entry["draws"]) + entry["skipped"] == draws
+            assert len(entry["draws"]) + entry["skipped"] == 5
+    swaps = AdjacentSwaps()(ctx)
+    assert swaps.metrics[SWAP_BASELINE] == result.metrics[REPLACE_BASELINE]  # same images, same head
+    assert swaps.record[DYNAMICS_KEY]["swap"]["num_images"] == len(labels)
 
 
-def test_floor_deep_probes_random_deep_features(prepared):
-    device, amp = prepared.device, prepared.cfg.runtime.amp
-    seen = []
+def test_probes_log_the_deep_floor(prepared):
+    metrics = Probes()(EvalContext(prepared, teacher_copy_raptor(prepared))).metrics
+    assert 0.0 <= metrics[ACC_FLOOR_DEEP] <= 1.0 and metrics[ACC_FLOOR_DEEP] != metrics[ACC_FLOOR]
 
-    def features(raptor, split):
-        seen.append(raptor)
-        return rollout_features(raptor, prepared.states[split], device, amp)
 
-    metrics = floor_deep(prepared, features)
-    assert 0.0 <= metrics[ACC_FLOOR_DEEP] <= 1.0
-    gammas = [block.ls1.gamma for block in seen[0].blocks]
-    assert all(torch.equal(gamma, torch.ones_like(gamma)) for gamma in gammas)
+def test_accuracy_subset_is_a_seeded_stratified_draw(tiny_overrides, prepared):
+    from study.config import load_trial_config
+    from study.trial.prepare import prepare
+
+    assert len(prepared.subsets["accuracy"]) == len(prepared.labels["test"])  # 2,500 capped at the split
+    cfg = load_trial_config(None, {**tiny_overrides, "dynamics.accuracy_samples": 100})
+    subset = prepare(cfg).subsets["accuracy"]
+    labels = np.asarray(prepared.labels["test"])
+    expected = 100 * np.bincount(labels, minlength=10) / len(labels)  # each class in proportion to the split
+    assert len(subset) == 100 and np.abs(np.bincount(labels[subset], minlength=10) - expected).max() <= 1
+    assert np.array_equal(subset, prepare(cfg).subsets["accuracy"])
