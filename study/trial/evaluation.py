@@ -105,7 +105,7 @@ class EvalContext:
         )
 
     def dynamics_subset(self) -> tuple[np.ndarray, np.ndarray]:
-        """The dynamics (and layer-swap) subset of the test split: teacher states [n, L+1, T, D] float32, labels [n]."""
+        """The dynamics subset of the test split: teacher states [n, L+1, T, D] float32, labels [n]."""
 
         def take() -> tuple[np.ndarray, np.ndarray]:
             subset = self.prepared.subsets["dynamics"]
