@@ -1,6 +1,6 @@
 """Benchmarks of the study, each runnable as `python -m bench.<name>` from the repository root.
 
-They import the project's public API only; their results are written to docs/results/ (`RESULTS`).
+They import the project's public API only; their results are written to results/<measurement>/ (`RESULTS`; results/README.md describes the layout).
 """
 
 from __future__ import annotations
@@ -9,5 +9,5 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root (bench/ runs from a checkout, not from an installed wheel)."""
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "results"
 """Where benchmark results are written by default."""

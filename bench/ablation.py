@@ -3,7 +3,7 @@
 Runs the grid of `search_spaces/ablation.yaml` (or a subset: --arms, --ks, --seeds) one trial at a time with
 `run_trial` (no Ray: the point is the science, and the teacher is trained once into the cache), and writes the
 per-run rows and a per-(arm, k) summary beside the paper's ablation (TF only ~3% ImageNet accuracy; + AR with
-annealing +68.8 points; + stage 2 +5.7; docs/science.md §4) to docs/results/ablation_digits.{md,csv}.
+annealing +68.8 points; + stage 2 +5.7; docs/science.md §4) to results/ablation_digits/.
 
 Not part of CI. Usage:
     nice python -m bench.ablation [--cache-dir DIR] [--ks 2 3 4] [--seeds 0 1 2] [--set teacher.epochs=20 ...]

@@ -9,7 +9,7 @@ similarity + partition, distillation on the Ray Train worker (stage 1 and stage 
 summed), evaluation (fidelity, probes, dynamics).
 
 Not part of CI (a ViT-B at 224 px wants a GPU). Usage:
-    python -m bench.dinov2_sweep --out /tmp/dinov2_runs [--results docs/results/dinov2_gpu.md] [--set KEY=VALUE]
+    python -m bench.dinov2_sweep --out /tmp/dinov2_runs [--results results/dinov2_gpu/README.md] [--set KEY=VALUE]
 """
 
 from __future__ import annotations

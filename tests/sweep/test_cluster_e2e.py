@@ -111,7 +111,7 @@ def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
 
 
 def test_a_killed_worker_node_loses_and_duplicates_no_trial(tmp_path):
-    """Fault 12 of docs/results/ecosystem.md, as `bench.faults.node_kill` runs it: every process of the worker node
+    """Fault 12 of results/faults/ecosystem.md, as `bench.faults.node_kill` runs it: every process of the worker node
     SIGKILLed while a trial runs on it, a replacement node started; Tune's FailureConfig reruns the trial there."""
     from bench.faults import NODE_KILL_EPOCHS, node_kill
 
