@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis.report import write_trials_report
 from analysis.sweep import Reading
-from bench import RESULTS, ROOT
+from bench.common import RESULTS, ROOT
 from study.contract import PRIMARY_PREDICTOR, R2_FINAL, TEACHER_KEY_PARAM, TEXT_PARAMS
 
 TRIALS = RESULTS / "sd_study_cpu" / "tables" / "trials.csv"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_sweep_e2e import cli, finish, free_port, output, tiny_spec, train_worker_pids, trial_runs
+
+from bench.scenario import cli, finish, free_port, output, tiny_spec, train_worker_pids, trial_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 RAY = str(Path(sys.executable).with_name("ray"))
