@@ -196,11 +196,15 @@ class DistillConfig(_Strict):
 class PartitionConfig(_Strict):
     """How layers are split into k phases (docs/science.md §2); DP and bisection cuts are logged whatever is used."""
 
-    method: Literal["dp", "bisection", "fixed"] = Field(
+    method: Literal["dp", "bisection", "fixed", "random"] = Field(
         "dp",
         description="'dp': exact contiguous max-cut; 'bisection': the reference's recursive two-way split; "
-        "'fixed': explicit boundaries",
+        "'fixed': explicit boundaries; 'random': a contiguous partition drawn uniformly over all C(L-1, k-1) by "
+        "partition.seed (the paper's control); 'random' without a seed is no draw: the trial fits the DP "
+        "partition and records method 'dp', so one searched axis partition.seed: [null, 0, ..., 9] gives a "
+        "teacher's DP partition and its random counterparts",
     )
+    seed: int | None = Field(None, ge=0, description="seed of a 'random' partition (ignored by other methods)")
     boundaries: list[int] | dict[int, list[int]] | None = Field(
         None,
         description="method 'fixed': last teacher layer (1-based) of every phase but the last, increasing, k - 1 "
@@ -208,6 +212,13 @@ class PartitionConfig(_Strict):
         "k=2, 3, 4; or one list per k, {2: [7], 3: [7, 10], 4: [4, 7, 10]}, so that k and the "
         "method can both be searched (a per-k mapping is ignored by the other methods)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unseeded_random_is_dp(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("method") == "random" and data.get("seed") is None:
+            return {**data, "method": "dp"}
+        return data
 
     @model_validator(mode="after")
     def _boundaries_with_fixed(self) -> PartitionConfig:
