@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.layers import LayerScale
@@ -21,6 +22,9 @@ from torch import nn
 
 from study.science.fidelity import probe_features
 from study.science.states import embed
+
+if TYPE_CHECKING:
+    from study.config import RaptorConfig
 
 
 class DepthConditioner(nn.Module):
@@ -66,9 +70,16 @@ def _reinit_block(block: Block, layerscale_init: float) -> None:
 
 
 class Raptor(nn.Module):
-    """k tied blocks over contiguous phases of a teacher with L blocks.
+    """k tied blocks over contiguous phases of a teacher with L blocks (docs/science.md §3).
 
-    `phase_bounds`: ((first, last), ...) 1-based inclusive teacher layers covering 1..L.
+    Args:
+        teacher: the teacher ViT (pre-norm timm Blocks); its blocks are copied, its stem, final norm and head are
+            kept frozen.
+        phase_bounds: ((first, last), ...) 1-based inclusive teacher layers covering 1..L, one pair per block.
+        init: 'teacher' starts block m from the teacher's block at its phase's first layer; 'random' re-initialises
+            it in timm's ViT style.
+        layerscale_init: LayerScale gamma of randomly initialised blocks (init 'random' only).
+        cond_hidden: hidden width of the depth-conditioning MLP (`DepthConditioner`).
     """
 
     def __init__(
@@ -98,6 +109,15 @@ class Raptor(nn.Module):
         stem.blocks = nn.Sequential()  # keep embedding, norm and head only
         stem.requires_grad_(False)
         self.stem = stem.eval()
+
+    @classmethod
+    def from_config(
+        cls, teacher: VisionTransformer, phase_bounds: Sequence[Sequence[int]], cfg: RaptorConfig, **overrides: Any
+    ) -> Raptor:
+        """The Raptor a `RaptorConfig` describes over `phase_bounds`: every config field but k (which the phase
+        bounds fix) is a constructor knob of the same name; `overrides` replace knobs by name (the probe floor:
+        ``init='random'``). Seeding is the caller's (`torch.manual_seed` before this)."""
+        return cls(teacher, phase_bounds, **(cfg.model_dump(exclude={"k"}) | overrides))
 
     @property
     def num_layers(self) -> int:

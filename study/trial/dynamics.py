@@ -1,10 +1,11 @@
 """Per-trial dynamics of teacher and Raptor (docs/science.md §6): summary metrics + full curves.
 
-`trial_dynamics` runs the pure read-outs of `study.dynamics` on a subsample of the test
-split: teacher states come from the activation cache, Raptor states from
-`raptor.rollout(x_0)` on the same x_0 (float32, no autocast). Layer swaps are measured
-on the teacher only, read out by its own head or, for a headless teacher, by the
-linear probe on the normed cls token (`swap_readout`).
+`trial_dynamics` runs the pure read-outs of `study.science.dynamics` on a subsample of the
+test split: teacher states come from the activation cache, Raptor states from
+`raptor.rollout(x_0)` on the same x_0 (float32, no autocast). `adjacent_swaps` measures
+layer swaps on the teacher only, read out by its own head or, for a headless teacher, by
+the linear probe on the normed cls token (`swap_readout`). The evaluation runs them as the
+read-outs 'dynamics' and 'swaps' (study/trial/readouts.py).
 
 Summary metric names (flat, logged to MLflow with the trial's other metrics), with
 m in {teacher, raptor} and L the depth:
@@ -46,7 +47,8 @@ from study.science.dynamics import (
 )
 from study.science.raptor import Raptor
 
-Readout = Callable[[torch.Tensor], torch.Tensor]
+Logits = Callable[[torch.Tensor], torch.Tensor]
+"""x_L [B, T, D] -> class logits [B, C] (`swap_readout`)."""
 
 
 def rollout_chunk(device: torch.device | str) -> int:
@@ -58,10 +60,10 @@ def rollout_chunk(device: torch.device | str) -> int:
     return 512 if torch.device(device).type == "cuda" else 64
 
 
-def swap_readout(model: VisionTransformer, probe: Any = None) -> Readout:
+def swap_readout(model: VisionTransformer, probe: Any = None) -> Logits:
     """x_L [B, T, D] -> logits: the teacher's own head if it has classes, else `probe` on norm(x_L)[:, 0].
 
-    `probe` is a fitted sklearn classifier (e.g. `study.metrics.fit_linear_probe`)."""
+    `probe` is a fitted sklearn classifier (e.g. `study.science.fidelity.fit_linear_probe`)."""
     if getattr(model, "num_classes", 0):
         return lambda x: model.forward_head(model.norm(x))
     if probe is None:
@@ -153,9 +155,6 @@ def trial_dynamics(
     teacher_model: VisionTransformer,
     raptor: Raptor,
     test_states: Any,
-    labels: Any,
-    readout: Readout,
-    phase_bounds: Sequence[Sequence[int]],
     num_registers: int,
     cfg: DynamicsConfig,
     seed: int = 0,
@@ -163,11 +162,10 @@ def trial_dynamics(
 ) -> tuple[dict[str, float], dict]:
     """Dynamics of teacher and Raptor on the first `cfg.num_samples` test samples.
 
-    `test_states` [N, L+1, T, D] (teacher, e.g. the cache memmap), `labels` [N], `readout(x_L)`
-    -> logits for the swap accuracies (see `swap_readout`). Returns (summary metrics named
-    `dyn.*`, curves for result.json: {'teacher': {...}, 'raptor': {...}, 'swap': {...}, ...};
-    per-model curves gamma_cls/gamma_patch/coherence [L+1], speed_*/stable_rank [L],
-    recovery [L - perturb_layer] for layers perturb_layer+1..L).
+    `test_states` [N, L+1, T, D] (teacher, e.g. the cache memmap). Returns (summary metrics named `dyn.*`, curves for
+    result.json: {'teacher': {...}, 'raptor': {...}, 'num_samples', 'perturb_layer', 'eps'}; per-model curves
+    gamma_cls/gamma_patch/coherence [L+1], speed_*/stable_rank [L], recovery [L - perturb_layer] for layers
+    perturb_layer+1..L).
     """
     n = min(cfg.num_samples, len(test_states))
     teacher = np.array(test_states[:n], dtype=np.float32)
@@ -182,25 +180,45 @@ def trial_dynamics(
         curves["raptor"] = _curves(student, _raptor_layers(raptor), num_registers, layer, cfg.eps, seed, device)
     finally:
         raptor.train(was_training)
-    metrics = {**_summary("teacher", curves["teacher"]), **_summary("raptor", curves["raptor"])}
-    if cfg.swaps and num_layers >= 2:
-        intra, inter = swap_pairs(phase_bounds)
-        acc = layer_swap_accuracy(
-            list(teacher_model.blocks),
-            teacher[:, 0],
-            readout,
-            np.asarray(labels[:n]),
-            [(1, 1), *intra, *inter],
-            chunk=rollout_chunk(device),
-            device=device,
-        )
-        curves["swap"] = {
-            "baseline_acc": acc[(1, 1)],
-            "intra": [[i, j, acc[(i, j)]] for i, j in intra],
-            "inter": [[i, j, acc[(i, j)]] for i, j in inter],
-        }
-        metrics[SWAP_BASELINE] = float(acc[(1, 1)])
-        for kind, pairs in (("intra", intra), ("inter", inter)):
-            if pairs:
-                metrics[swap_metric(kind)] = float(np.mean([acc[p] for p in pairs]))
-    return metrics, curves
+    return {**_summary("teacher", curves["teacher"]), **_summary("raptor", curves["raptor"])}, curves
+
+
+@torch.no_grad()
+def adjacent_swaps(
+    teacher_model: VisionTransformer,
+    test_states: Any,
+    labels: Any,
+    readout: Logits,
+    phase_bounds: Sequence[Sequence[int]],
+    num_samples: int,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, float], dict]:
+    """Teacher accuracy with adjacent layers swapped, on the first `num_samples` test samples (docs/science.md §6).
+
+    `test_states` [N, L+1, T, D], `labels` [N], `readout(x_L)` -> logits (`swap_readout`). Returns (metrics
+    ``dyn.swap.*``, the record {'baseline_acc', 'intra': [[i, j, acc], ...], 'inter': [...]}); ({}, {}) when the
+    teacher has a single layer."""
+    n = min(num_samples, len(test_states))
+    x0 = np.array(test_states[:n, 0], dtype=np.float32)
+    if len(teacher_model.blocks) < 2:
+        return {}, {}
+    intra, inter = swap_pairs(phase_bounds)
+    acc = layer_swap_accuracy(
+        list(teacher_model.blocks),
+        x0,
+        readout,
+        np.asarray(labels[:n]),
+        [(1, 1), *intra, *inter],
+        chunk=rollout_chunk(device),
+        device=device,
+    )
+    record = {
+        "baseline_acc": acc[(1, 1)],
+        "intra": [[i, j, acc[(i, j)]] for i, j in intra],
+        "inter": [[i, j, acc[(i, j)]] for i, j in inter],
+    }
+    metrics = {SWAP_BASELINE: float(acc[(1, 1)])}
+    for kind, pairs in (("intra", intra), ("inter", inter)):
+        if pairs:
+            metrics[swap_metric(kind)] = float(np.mean([acc[p] for p in pairs]))
+    return metrics, record

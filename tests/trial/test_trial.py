@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from study.science.distill import evaluate_fidelity
+from study.science.fidelity import evaluate_fidelity
 from study.science.raptor import Raptor
 from study.trial.pipeline import run_trial
 
@@ -191,7 +191,7 @@ def test_interrupted_trial_resumes_from_its_distill_state(prepared, tmp_path, ma
 
 
 def test_probe_floor_raptor_is_seeded_random_and_leaves_the_global_rng_alone(prepared):
-    from study.trial.pipeline import floor_raptor
+    from study.trial.probes import floor_raptor
 
     state = torch.get_rng_state()
     bounds = prepared.partition.phase_bounds

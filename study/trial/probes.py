@@ -1,0 +1,71 @@
+"""The probe read-out (docs/science.md §5): linear probes on each model's own features (teacher, Raptor, and a
+random Raptor as the floor) and the transfer of the teacher's cls probe to the Raptor."""
+
+from __future__ import annotations
+
+import torch
+
+from study.config import TrialConfig
+from study.contract import (
+    ACC_AGREEMENT,
+    ACC_FLOOR,
+    ACC_RAPTOR,
+    ACC_RATIO,
+    ACC_RECOVERED,
+    ACC_TEACHER,
+    ACC_TRANSFER,
+    ACC_TRANSFER_RATIO,
+    ACC_TRANSFER_TEACHER,
+)
+from study.science.fidelity import own_probe_accuracy, probe_recovery, rollout_features, task_fidelity
+from study.science.raptor import Raptor
+from study.trial.evaluation import EvalContext, Readout, ReadoutResult
+from study.trial.teacher import Teacher
+
+
+def floor_raptor(cfg: TrialConfig, teacher: Teacher, phase_bounds, **overrides) -> Raptor:
+    """A randomly initialised Raptor of the trial's shape (the probe floor, docs/science.md §5), seeded by `cfg.seed`
+    without touching the global RNG state; `overrides` replace further knobs (`Raptor.from_config`)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return Raptor.from_config(teacher.model, phase_bounds, cfg.raptor, **({"init": "random"} | overrides))
+
+
+class Probes(Readout):
+    """Task fidelity (docs/science.md §5): the paper's probe on each model's OWN features (acc.teacher, acc.raptor,
+    acc.ratio, acc.floor, acc.recovered) and the transfer of the teacher's cls probe to the Raptor (acc.transfer*,
+    acc.agreement)."""
+
+    name = "probes"
+
+    def __call__(self, ctx: EvalContext) -> ReadoutResult:
+        prepared, cfg, device, amp = ctx.prepared, ctx.cfg, ctx.device, ctx.cfg.runtime.amp
+        y_train, y_test = prepared.labels["train"], prepared.labels["test"]
+        width = prepared.teacher.width
+        floor = floor_raptor(cfg, prepared.teacher, prepared.partition.phase_bounds).to(device)
+        floor_train = rollout_features(floor, prepared.states["train"], device, amp)
+        floor_test = rollout_features(floor, prepared.states["test"], device, amp)
+        # the transfer probe (the study's acc.ratio before docs/science.md §5 took the paper's protocol): the
+        # teacher's probe on its cls readout, applied to the Raptor's cls readout
+        acc_teacher, cls_probe = ctx.teacher_probe()
+        raptor_train, raptor_test = ctx.raptor_features("train"), ctx.raptor_features("test")
+        own = {"raptor": (raptor_train, raptor_test), "floor": (floor_train, floor_test)}
+        acc = {"teacher": acc_teacher} | {
+            name: own_probe_accuracy(train, y_train, test, y_test, seed=cfg.seed) for name, (train, test) in own.items()
+        }
+        recovery = probe_recovery(acc["teacher"], acc["raptor"], acc["floor"])
+        teacher_test = ctx.teacher_features("test")
+        transfer = task_fidelity(cls_probe, teacher_test[:, :width].numpy(), raptor_test[:, :width].numpy(), y_test)
+        return ReadoutResult(
+            {
+                ACC_TEACHER: acc["teacher"],
+                ACC_RAPTOR: acc["raptor"],
+                ACC_RATIO: recovery["ratio"],
+                ACC_FLOOR: acc["floor"],
+                ACC_RECOVERED: recovery["recovered"],
+                ACC_TRANSFER_TEACHER: transfer["acc_teacher"],
+                ACC_TRANSFER: transfer["acc_raptor"],
+                ACC_TRANSFER_RATIO: transfer["acc_ratio"],
+                ACC_AGREEMENT: transfer["agreement"],
+            }
+        )
