@@ -104,7 +104,7 @@ def test_bad_teacher_regime_fields_are_one_line_config_errors(overrides, match):
 
 
 def _states(cfg: TrialConfig):
-    from study.trial.pipeline import teacher_and_states
+    from study.trial.prepare import teacher_and_states
 
     teacher, states, _ = teacher_and_states(cfg, torch.device("cpu"), splits=("val",))
     return teacher, np.asarray(states["val"])
