@@ -56,7 +56,8 @@ def parse_budget(text: str) -> tuple[int, int]:
 
 
 def measure(base: dict, sds: list[float], budgets: list[tuple[int, int]], out_root: Path) -> pd.DataFrame:
-    """One row per (teacher SD, budget): r2_pooled.final, r2.final (all tokens and cls) and the distillation time."""
+    """One row per (teacher SD, budget): r2_pooled.final, r2.final (all tokens and cls), optimizer steps (both stages)
+    and the distillation time."""
     rows = []
     for sd in sds:
         prepared = prepare(load_trial_config(None, {**base, "teacher.sd_rate": sd}))
@@ -84,6 +85,7 @@ def measure(base: dict, sds: list[float], budgets: list[tuple[int, int]], out_ro
                     "stage1_epochs": stage1,
                     "stage2_epochs": stage2,
                     "epochs": stage1 + stage2,
+                    "steps": -(-len(run.states["train"]) // cfg.distill.batch_size) * (stage1 + stage2),
                     "train_images": len(run.states["train"]),
                     R2_POOLED_FINAL: float(scores.r2_pooled["all"][-1]),
                     R2_FINAL: float(scores.r2["all"][-1]),
@@ -99,9 +101,9 @@ def pick_budget(runs: pd.DataFrame, tolerance: float) -> tuple[pd.DataFrame, dic
     """Mean over teachers per budget, and the smallest budget (fewest epochs, then fewest stage-1 epochs) whose
     mean r2_pooled.final is within `tolerance` of the largest mean."""
     columns = [R2_POOLED_FINAL, R2_FINAL, group_metric(R2_POOLED_FINAL, "cls"), "distill_s"]
-    keys = ["stage1_epochs", "stage2_epochs", "epochs"]
+    keys = ["stage1_epochs", "stage2_epochs", "epochs", *(["steps"] if "steps" in runs else [])]
     means = runs.groupby(keys, sort=False)[columns].mean().reset_index()
-    means.insert(3, "teachers", runs.groupby(keys, sort=False).size().to_numpy())
+    means.insert(len(keys), "teachers", runs.groupby(keys, sort=False).size().to_numpy())
     means = means.sort_values(["epochs", "stage1_epochs"], kind="stable").reset_index(drop=True)
     best = float(means[R2_POOLED_FINAL].max())
     within = means[means[R2_POOLED_FINAL] >= best - tolerance]
