@@ -26,8 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import RESULTS
-from bench.sd_sanity import machine_line, parse_sets
-from bench.trial_time import markdown
+from bench.common import machine_line, markdown, parse_sets
 from study.config import load_trial_config
 from study.contract import R2_FINAL, R2_POOLED_FINAL, group_metric
 from study.science.distill import evaluate_fidelity

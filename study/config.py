@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from study.configio import (
     ConfigError,
@@ -22,16 +22,24 @@ from study.configio import (
     stable_hash,
     unflatten,
 )
+from study.registry import DATASETS, DATASETS_WITHOUT_PATH, DEFAULT_READOUTS, READOUTS, SIMILARITY
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def registered(field: str, name: str, table: dict) -> str:
+    """`name` if `table` (study/registry.py) has it, else a one-line error naming the field and the allowed names."""
+    if name not in table:
+        raise ValueError(f"{field}: must be one of {', '.join(map(repr, table))}, got {name!r}")
+    return name
+
+
 class DataConfig(_Strict):
     """Which images, and how they are split. Digits ships inside scikit-learn."""
 
-    name: Literal["digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "digits"
+    name: str = Field("digits", description="a dataset of study/registry.py DATASETS")
     path: str | None = Field(
         None,
         description="local folder for cifar10/cifar100/imagefolder; for fashion_mnist "
@@ -51,9 +59,14 @@ class DataConfig(_Strict):
         "teacher still trains on the whole (capped) train split",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return registered("data.name", name, DATASETS)
+
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
-        if self.name not in ("digits", "fashion_mnist") and not self.path:
+        if self.name not in DATASETS_WITHOUT_PATH and not self.path:
             raise ValueError(f"data.path: required for dataset '{self.name}' (a local folder)")
         return self
 
@@ -302,7 +315,12 @@ class SimilarityConfig(_Strict):
     """How layer-layer similarity is measured and which matrix drives the partition."""
 
     num_samples: int = Field(10_000, ge=2, description="samples averaged (capped at the train split)")
-    partition_on: Literal["cosine", "cka", "mse"] = "cosine"
+    partition_on: str = Field("cosine", description="the similarity kind (study/registry.py SIMILARITY) partitioned")
+
+    @field_validator("partition_on")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        return registered("similarity.partition_on", kind, SIMILARITY)
 
 
 class DynamicsConfig(_Strict):
@@ -315,6 +333,23 @@ class DynamicsConfig(_Strict):
     )
     eps: float = Field(0.05, gt=0.0, le=10.0, description="perturbation norm, relative to each token's norm")
     swaps: bool = Field(True, description="adjacent layer-swap accuracies of the teacher (intra vs inter phase)")
+
+
+class EvalConfig(_Strict):
+    """Which read-outs the evaluation runs after distillation (study/trial/evaluation.py, docs/science.md)."""
+
+    readouts: tuple[str, ...] = Field(
+        DEFAULT_READOUTS, description="read-outs of study/registry.py READOUTS, run in this order"
+    )
+
+    @field_validator("readouts")
+    @classmethod
+    def _registered(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            registered("eval.readouts", name, READOUTS)
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval.readouts: each read-out at most once, got {list(names)}")
+        return names
 
 
 class RuntimeConfig(_Strict):
@@ -371,6 +406,7 @@ class TrialConfig(_Strict):
     similarity: SimilarityConfig = SimilarityConfig()
     partition: PartitionConfig = PartitionConfig()
     dynamics: DynamicsConfig = DynamicsConfig()
+    eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
