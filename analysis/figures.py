@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from analysis.importance import Importances
 
 # The report's figures import the statistics (analysis.fit: statsmodels, scipy.stats) where they draw: a trial's
-# process draws its own figures only and does not pay for those imports (docs/results/throughput.md, smoke sweep).
+# process draws its own figures only and does not pay for those imports (results/throughput/README.md, smoke sweep).
 
 PANEL = 4.2
 """Side of one panel, inches."""

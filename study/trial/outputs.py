@@ -65,6 +65,7 @@ def write_outputs(
             "width": teacher.width,
             "num_registers": teacher.num_registers,
             "test_acc": teacher.test_acc,
+            "snapshot_epoch": teacher.snapshot_epoch,  # epochs behind a kept checkpoint (teacher.snapshot), else None
             **({EMERGENCE_KEY: teacher.emergence} if teacher.emergence else {}),
         },
         "similarity": {kind: matrix.tolist() for kind, matrix in prepared.similarity.items()},

@@ -21,10 +21,11 @@ from pathlib import Path
 from study.config import TrialConfig
 from study.trial.distillation import DistillRunner, InProcess, OnEpoch
 from study.trial.evaluation import evaluate
-from study.trial.outputs import write_outputs
+from study.trial.outputs import MODEL_EXAMPLE_ROWS, write_outputs
 from study.trial.prepare import prepare
 
-__all__ = ["prepare", "run_trial"]
+__all__ = ["MODEL_EXAMPLE_ROWS", "InProcess", "prepare", "run_trial"]
+"""The stages' entry points that callers outside study/trial use (the stages themselves live in their modules)."""
 
 
 def run_trial(

@@ -103,6 +103,7 @@ def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
         cfg.raptor.k,
         cfg.partition.method,
         cfg.partition.boundaries_for(cfg.raptor.k),
+        seed=cfg.partition.seed,
     )
     timings["similarity_s"] = time.perf_counter() - t0
     return Prepared(cfg, device, teacher, states, labels, similarity, partition, info, subsets, timings)

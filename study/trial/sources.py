@@ -2,7 +2,7 @@
 
 The sweep driver runs these checks in its own process, which never trains anything: keeping this module free of
 torch, timm and torchvision keeps those imports out of the driver (seconds on a 2-core machine;
-docs/results/throughput.md, smoke sweep). `study.trial.data`, `study.trial.idx` and `study.trial.onnx_vit` load the
+results/throughput/README.md, smoke sweep). `study.trial.data`, `study.trial.idx` and `study.trial.onnx_vit` load the
 data and the teacher with the same helpers.
 """
 
