@@ -28,10 +28,9 @@ def test_raptor_without_depth_scaling_trains_only_its_blocks(prepared, teacher_m
     with torch.no_grad():  # at init both apply scales of exactly 1
         torch.testing.assert_close(off.rollout(x0), on.rollout(x0), rtol=0, atol=0)
     before = off.blocks[0].attn.qkv.weight.clone()
+    states = prepared.states
     run_distillation(
-        DistillJob(
-            off, prepared.states["train"], prepared.states["val"], cfg.distill, cfg.runtime, torch.device("cpu"), 0, 0
-        )
+        DistillJob(off, states["train"], states["val"], cfg.distill, cfg.runtime, torch.device("cpu"), 0, 0)
     )
     assert torch.equal(off.cond(), torch.ones_like(off.cond()))
     assert not torch.equal(off.blocks[0].attn.qkv.weight, before)
