@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from study.contract import VAL_R2
+
 
 def free_port() -> int:
     """A free TCP port on the loopback interface."""
@@ -48,7 +50,7 @@ def tiny_spec(
         },
         "search": {
             "sampler": "random",
-            "metric": "val_r2",
+            "metric": VAL_R2,
             "mode": "max",
             "num_samples": num_samples,
             "max_concurrent": max_concurrent,

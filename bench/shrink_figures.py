@@ -28,7 +28,8 @@ def shrink_png(path: Path, colors: int = 256) -> int:
     with Image.open(path) as image:
         if image.mode == "P":
             return 0
-        palette = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        rgb = image.convert("RGB")
+        palette = rgb.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         dpi = image.info.get("dpi")
     buffer = io.BytesIO()
     palette.save(buffer, "PNG", optimize=True, **({"dpi": dpi} if dpi else {}))
