@@ -12,6 +12,7 @@ import importlib.util
 from pathlib import Path
 
 from study.config import ConfigError, DataConfig, TrialConfig
+from study.registry import DATASETS_WITHOUT_PATH
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "install it with `make data` or `sudo apt-get install dataset-fashion-mnist`, or set data.path"
@@ -56,7 +57,7 @@ def check_data_source(cfg: DataConfig) -> None:
     """Fail fast (before any work) when a configured local dataset folder or file is missing."""
     if cfg.name == "fashion_mnist":
         fashion_files(cfg)
-    elif cfg.name != "digits":
+    elif cfg.name not in DATASETS_WITHOUT_PATH:
         require_dir(cfg.path, cfg.name)
 
 
