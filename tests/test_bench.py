@@ -193,3 +193,26 @@ def test_sweep_throughput_rejects_bad_counts_before_any_work(argv, field, tmp_pa
     assert exit_info.value.code == 2
     assert field in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+SHARED = {"bench", "bench.common", "bench.scenario"}
+"""The modules a bench script may import from bench/ (bench.gpu's parts import each other inside bench/gpu)."""
+
+
+@pytest.mark.parametrize("path", sorted(BENCH.rglob("*.py")), ids=lambda p: p.relative_to(BENCH).as_posix())
+def test_bench_scripts_share_helpers_only_through_bench_common_and_never_import_tests(path):
+    tree = ast.parse(path.read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m.split(".")[0] == "tests"}, path
+    inside_gpu = path.parent.name == "gpu"
+    others = {m for m in imported if m.split(".")[0] == "bench" and m not in SHARED}
+    assert not {m for m in others if not (inside_gpu and m.startswith("bench.gpu"))}, path
+
+
+def test_bench_readme_lists_every_script_with_its_command():
+    readme = (BENCH / "README.md").read_text()
+    scripts = {p.stem for p in BENCH.glob("*.py") if p.stem not in ("__init__", "common", "scenario")}
+    assert {s for s in scripts if f"python -m bench.{s}" not in readme} == set()
+    assert "python -m bench.gpu" in readme
+    assert {p.name for p in BENCH.glob("*.sh") if f"bench/{p.name}" not in readme} == set()
