@@ -216,3 +216,19 @@ def test_bench_readme_lists_every_script_with_its_command():
     assert {s for s in scripts if f"python -m bench.{s}" not in readme} == set()
     assert "python -m bench.gpu" in readme
     assert {p.name for p in BENCH.glob("*.sh") if f"bench/{p.name}" not in readme} == set()
+
+
+def test_shrink_figures_makes_a_smaller_palette_png_once(tmp_path):
+    from PIL import Image
+
+    from bench.shrink_figures import shrink_png
+
+    rgb = torch.rand(3, 200, 300, generator=torch.Generator().manual_seed(0))  # full colour: a poor PNG
+    pixels = (torch.cat([rgb, torch.ones(1, 200, 300)]) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    path = tmp_path / "figure.png"
+    Image.fromarray(pixels, "RGBA").save(path)
+    before = path.stat().st_size
+    assert shrink_png(path) == before - path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.mode == "P" and len(image.getcolors()) <= 128 and image.size == (300, 200)
+    assert shrink_png(path) == 0  # idempotent: a second run leaves the file alone
