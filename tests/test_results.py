@@ -30,7 +30,6 @@ from study.contract import (
 
 STUDIES = sorted(p.parent for p in RESULTS.glob("*/summary.json"))
 LINK = re.compile(r"\]\(([^)#\s]+)\)")
-HEADER = ("purpose", "run time", "results", "command")
 
 
 def test_the_committed_index_and_readme_table_are_what_make_results_writes():
@@ -127,18 +126,51 @@ def test_the_tracked_tree_is_under_5_mb():
     assert total < 5_000_000, f"{total / 1e6:.2f} MB tracked: shrink figures (make results) or drop regenerable files"
 
 
-@pytest.mark.parametrize("spec", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_spec_header_names_purpose_run_time_results_and_command(spec):
-    header = []
-    for line in spec.read_text().splitlines():
+def spec_header(text: str) -> dict[str, str | None]:
+    """The four things a spec's header comment names, each with the header text from its label on (None: missing):
+    purpose (a `Purpose:` line, else the opening sentence), run time (`Run time:` or `Expected run time (...):`),
+    results folder (`Results:` or `Results folder:`) and command (`Command:` or `Commands (...):`)."""
+    lines = []
+    for line in text.splitlines():
         if not line.startswith("#"):
             break
-        header.append(line.lstrip("# ").lower())
-    labels = {label: next((line for line in header if line.startswith(f"{label}:")), None) for label in HEADER}
-    assert None not in labels.values(), f"{spec.name}: header lacks {[k for k, v in labels.items() if v is None]}"
-    assert "results/" in labels["results"]
-    command = " ".join(header[header.index(labels["command"]) :])
-    assert spec.name in command or "make " in command, f"{spec.name}: the command line does not name the spec"
+        lines.append(line.lstrip("# ").strip())
+    labels = {  # a label opens a line or a sentence
+        "purpose": r"(^|\. )purpose:",
+        "run time": r"(^|\. )(expected )?run time\b[^:]*:",
+        "results": r"(^|\. )results( folder)?:",
+        "command": r"(^|\. )commands?\b[^:.]*:",
+    }
+    found = {}
+    for name, pattern in labels.items():
+        hits = ((i, re.search(pattern, line, re.IGNORECASE)) for i, line in enumerate(lines))
+        at, hit = next(((i, h) for i, h in hits if h), (None, None))
+        found[name] = None if hit is None else " ".join([lines[at][hit.end() :].strip(), *lines[at + 1 :]])
+    if found["purpose"] is None and lines and len(lines[0].split()) >= 5:
+        found["purpose"] = lines[0]
+    return found
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_spec_header_names_purpose_run_time_results_and_command(spec):
+    header = spec_header(spec.read_text())
+    assert None not in header.values(), f"{spec.name}: header lacks {[k for k, v in header.items() if v is None]}"
+    assert re.search(r"cpu|gpu|h100|h200|x2|core|machine", header["run time"].split(".")[0], re.IGNORECASE)
+    assert "results/" in header["results"]
+    assert spec.name in header["command"], f"{spec.name}: the command does not name the spec"
+
+
+def test_the_spec_header_check_accepts_both_header_styles_and_names_what_is_missing():
+    labelled = "# Purpose: x\n# Run time: 5 min on one H200\n# Results: results/x/\n# Command: raptor-study x.yaml\n"
+    assert spec_header(labelled)["run time"].startswith("5 min on one H200 Results: results/x/")
+    prose = (
+        "# Max-cut vs random partitions on digits, per teacher and k.\n# Expected run time (estimated): 15 min on 2"
+        " CPU cores.\n# Results folder: results/m/. Commands (then a report):\n#   raptor-study sweep m.yaml\nname: m\n"
+    )
+    header = spec_header(prose)
+    assert header["purpose"].startswith("Max-cut") and header["results"].startswith("results/m/")
+    assert header["command"] == " raptor-study sweep m.yaml"
+    assert spec_header("# Short.\n# Command: a\n")["run time"] is None and spec_header("# Short.\n")["purpose"] is None
 
 
 def test_the_manifest_helper_reads_the_sweep_parent_run(tmp_path):
