@@ -180,9 +180,13 @@ def replication_rows(studies: dict[str, Study], main: str, replications: dict[st
                 f"{num(f.get('r2'))} {ci(f.get('r2_ci'))} (n = {f.get('n_teachers')} teachers)" for f in levels
             )
             inside = all(covers(f, v) for f, v in zip(levels, PAPER_R2_BY_SD.values()))
-            verdict = "differs"
+            ours_r2 = [f.get("r2") for f in levels]
+            below = all(r is not None and r < v for r, v in zip(ours_r2, PAPER_R2_BY_SD.values()))
+            above = all(r is not None and r > v for r, v in zip(ours_r2, PAPER_R2_BY_SD.values()))
+            direction = "lower" if below else "higher" if above else "mixed"
+            verdict = f"differs ({direction})"
             if inside:
-                verdict = "consistent (the CIs cover the paper's values; too wide to test the rise)"
+                verdict = f"point estimates {direction}, but the CIs cover the paper's values: too wide to test"
             paper = " / ".join(f"{v:g} (SD {sd:g})" for sd, v in PAPER_R2_BY_SD.items())
             rows.append(f"| R² of fidelity ~ similarity per SD | {paper} | {ours} ({main}) | {verdict} |")
     for label, name in {"": main, **replications}.items():

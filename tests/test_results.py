@@ -77,12 +77,15 @@ def test_the_readme_table_gives_a_verdict_from_the_confidence_interval(tmp_path)
     summary = json.loads(path.read_text())
     for fit in summary["sd_trend"]:
         fit["slope_ci"] = [-abs(fit["slope"]), abs(fit["slope"])]
+    for fit in summary["per_sd"]:
+        fit["r2_ci"] = [fit["r2"] - 0.01, fit["r2"] + 0.01]  # narrow: the paper's 0.88 / 0.94 fall outside
     path.write_text(json.dumps(summary))
     for folder in (root, tmp_path):
         (folder / "README.md").write_text(f"{BEGIN}\n{END}\n")
     table = targets(root, tmp_path / "README.md")[tmp_path / "README.md"]
     rows = [line for line in table.splitlines() if line.startswith("| higher SD raises")]
     assert len(rows) == 2 and all(row.endswith("| inconclusive (CI spans 0) |") for row in rows)
+    assert next(line for line in table.splitlines() if "per SD |" in line).endswith("| differs (lower) |")
 
 
 @pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.name)
