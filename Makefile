@@ -56,7 +56,7 @@ test: setup pretrained lint
 # The results index and README's replication table come from results/*/summary.json (results/README.md);
 # idempotent: a second run changes nothing (tests/test_results.py checks the committed files are current).
 results: setup
-	$(BIN)/python -m bench.shrink_figures results
+	$(BIN)/python -m bench.shrink_results results
 	$(BIN)/python -m analysis.results_index
 
 ui: setup

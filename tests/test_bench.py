@@ -218,10 +218,10 @@ def test_bench_readme_lists_every_script_with_its_command():
     assert {p.name for p in BENCH.glob("*.sh") if f"bench/{p.name}" not in readme} == set()
 
 
-def test_shrink_figures_makes_a_smaller_palette_png_once(tmp_path):
+def test_shrink_results_makes_a_smaller_palette_png_once(tmp_path):
     from PIL import Image
 
-    from bench.shrink_figures import shrink_png
+    from bench.shrink_results import shrink_png
 
     rgb = torch.rand(3, 200, 300, generator=torch.Generator().manual_seed(0))  # full colour: a poor PNG
     pixels = (torch.cat([rgb, torch.ones(1, 200, 300)]) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -232,3 +232,13 @@ def test_shrink_figures_makes_a_smaller_palette_png_once(tmp_path):
     with Image.open(path) as image:
         assert image.mode == "P" and len(image.getcolors()) <= 128 and image.size == (300, 200)
     assert shrink_png(path) == 0  # idempotent: a second run leaves the file alone
+
+
+def test_shrink_results_rounds_table_floats_to_float32_precision_once(tmp_path):
+    from bench.shrink_results import round_floats
+
+    path = tmp_path / "trials.csv"
+    path.write_text('run,lr,r2,layers\nabc123,1e-05,0.12345678912345678,"[0.98765432109876, -1.5, 12.000000000001]"\n')
+    assert round_floats(path) > 0
+    assert path.read_text() == 'run,lr,r2,layers\nabc123,1e-05,0.1234568,"[0.9876543, -1.5, 12]"\n'
+    assert round_floats(path) == 0  # idempotent
