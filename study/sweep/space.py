@@ -337,9 +337,18 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 f"--set {key}: the space searches this field; set its distribution instead, "
                 f"e.g. --set space.{key}='{{choice: [{value!r}]}}'"
             )
+        elif key in _case_fields(tree.get("space")):
+            raise ConfigError(f"--set {key}: a cases entry of the space sets this field; edit its cases instead")
         else:
             tree = deep_merge(tree, {"base": unflatten({key: value})})
     return tree
+
+
+def _case_fields(space: Any) -> set[str]:
+    """The config fields that the `cases` entries of a (raw) space set."""
+    entries = space.values() if isinstance(space, dict) else ()
+    cases = [e["cases"] for e in entries if isinstance(e, dict) and isinstance(e.get("cases"), dict)]
+    return {field for entry in cases for case in entry.values() if isinstance(case, dict) for field in case}
 
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
