@@ -176,7 +176,7 @@ def dashboard(root: Path, sweep: str | None, host: str, port: int, verbose: bool
     check_port(port)
     sweep, storage = optuna_storage_of(root, sweep)
     if importlib.util.find_spec("optuna_dashboard") is None:
-        console.print(DASHBOARD_INSTALL, soft_wrap=True, highlight=False)
+        console.print(DASHBOARD_INSTALL, soft_wrap=True, highlight=False, markup=False)
         return 1
     program = Path(sys.executable).with_name("optuna-dashboard")
     command = [str(program) if program.is_file() else "optuna-dashboard", storage, "--host", host, "--port", str(port)]

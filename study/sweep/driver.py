@@ -58,6 +58,7 @@ from study.sweep.runs import (
     mark_orphans,
     reopen_parent,
     start_system_metrics,
+    stop_system_metrics,
     sweep_parents,
 )
 from study.sweep.signals import Interrupts, SweepInterrupted, signal_label
@@ -313,7 +314,7 @@ def _run_locked(launch: Launch) -> pd.DataFrame:
             grid = tuner.fit()
     finally:
         if monitor is not None:
-            monitor.finish()
+            stop_system_metrics(monitor)
     clock["fit_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()  # finish_s: the results table and MLflow's parent run, after fit
     table = results_table(grid, spec)

@@ -7,6 +7,7 @@ with `create_parent_run` without starting Ray."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ from study.sweep.space import SweepSpec
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
@@ -165,14 +168,15 @@ def mark_interrupted(
 
 
 def system_metrics_available() -> bool:
-    """MLflow's system metrics need psutil (and pynvml for GPUs): optional dependencies."""
+    """MLflow's system metrics need psutil (a dependency; NVML, from nvidia-ml-py, adds the GPUs)."""
     import importlib.util
 
     return importlib.util.find_spec("psutil") is not None
 
 
 def start_system_metrics(run_id: str, tracking_uri: str):
-    """Sample CPU / memory (/ GPU) into `run_id` with MLflow's own monitor; None without psutil."""
+    """Sample CPU / memory / disk / network (and GPUs) of this machine, the sweep driver's, into `run_id` with
+    MLflow's own monitor, every RAPTOR_SYSTEM_METRICS_S seconds (default 10); None without psutil."""
     if not system_metrics_available():
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -185,6 +189,19 @@ def start_system_metrics(run_id: str, tracking_uri: str):
     )
     monitor.start()
     return monitor
+
+
+def stop_system_metrics(monitor) -> None:
+    """Stop the monitor; a run that ended before its first sample was logged gets one sample taken now, so every
+    run that had a monitor has system metrics (MLflow's monitor logs only after a full sampling interval)."""
+    monitor.finish()
+    if getattr(monitor, "_logging_step", 1) == 0:
+        try:
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as err:  # noqa: BLE001 - system metrics are a diagnostic: never fail a trial for them
+            log.warning("system metrics of run %s: the final sample was not logged (%s)", monitor._run_id, err)
 
 
 def finish_parent(

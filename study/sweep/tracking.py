@@ -40,7 +40,7 @@ from study.contract import (
 )
 from study.sweep.optuna_link import OptunaLink
 from study.sweep.record import TrialRecord, create_trial_run, end_trial, log_epochs, log_params, log_result
-from study.sweep.runs import find_runs, start_system_metrics
+from study.sweep.runs import find_runs, start_system_metrics, stop_system_metrics
 from study.sweep.space import RecordConfig, SweepSpec
 from study.sweep.writer import ResilientWriter
 
@@ -296,7 +296,7 @@ class MlflowTrialCallback(Callback):
     def _stop_monitor(self, trial_id: str) -> None:
         monitor = self.monitors.pop(trial_id, None)
         if monitor is not None:
-            monitor.finish()
+            stop_system_metrics(monitor)
 
     def flush(self, patience_s: float | None = None) -> bool:
         """Deliver every queued write (waiting up to RAPTOR_MLFLOW_FLUSH_PATIENCE_S, default 600 s)."""
