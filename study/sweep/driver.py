@@ -32,6 +32,7 @@ from ray import tune
 
 from study.config import ConfigError
 from study.contract import (
+    COMMAND_TAG,
     FINISHED,
     GIT_COMMIT_TAG,
     GIT_DIRTY_TAG,
@@ -108,8 +109,8 @@ def run_sweep(
     parent run with another spec hash in the experiment is refused unless `new`. Ctrl-C or SIGTERM raises
     `SweepInterrupted` after the graceful stop (the CLI exits 130 or 143). By default the console shows one live
     progress view; `verbose` shows Ray's and Tune's own output instead (Ray's log files are linked at
-    OUT/logs/<sweep>/ray either way). `source`: the command that ran the sweep, its runs' Source in MLflow (default:
-    this process's command line)."""
+    OUT/logs/<sweep>/ray either way). `source`: the entry point that ran the sweep, its runs' Source in MLflow (default:
+    `entry_point`)."""
     quiet_console(verbose)
     drop_ray_resume_hint()
     # Tune saves its experiment state at most every 10 s by default ('auto'). A driver killed after a trial started
@@ -137,7 +138,7 @@ def run_sweep(
         new=new,
         verbose=verbose,
         t_start=t_start,
-        source=source or command_line(),
+        source=source or entry_point(spec_source, resume),
         resume_hint=resume_command(spec_source, overrides, paths.root),
     )
     lock = launch_lock(paths, spec.name)
@@ -242,7 +243,10 @@ def _run_locked(launch: Launch) -> pd.DataFrame:
                 sweep_id=sweep_id,
                 spec_hash=digest,
                 spec_text=text,
-                provenance=source_provenance() | source_tags(launch.source) | optuna_tag,
+                provenance=source_provenance()
+                | source_tags(launch.source)
+                | {COMMAND_TAG: command_line()}
+                | optuna_tag,
             )
         clock["mlflow_setup_s"] = time.perf_counter() - t0
         return client, experiment_id, sweep_id, parent_run_id
@@ -360,6 +364,15 @@ def command_line() -> str:
     """This process's command as a user would type it (``raptor-study sweep search_spaces/smoke.yaml``)."""
     program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
     return " ".join([program, *sys.argv[1:]])
+
+
+def entry_point(spec_source: object, resume: bool) -> str:
+    """The runs' Source: the entry point and the spec file's name (``raptor-study sweep smoke.yaml``); from the
+    Python API with a dict or SweepSpec, the calling script's name."""
+    if isinstance(spec_source, (str, Path)):
+        return f"raptor-study {'resume' if resume else 'sweep'} {Path(spec_source).name}"
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return f"{program} (study.run_sweep)"
 
 
 def source_provenance() -> dict[str, str]:

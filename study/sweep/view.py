@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 COLUMN_WIDTH = 84
-"""Pixels per column: about 10 visible at a 1600 px wide window (MLflow's default is wider)."""
+"""Pixels per param or metric column: all of them visible in a 1600 px wide window (MLflow's default is wider)."""
+SOURCE_WIDTH = 190
+"""The Source column shows the entry point and spec (``raptor-study sweep smoke.yaml``)."""
 
 
 def column(kind: str, key: str) -> str:
@@ -28,7 +30,8 @@ def column(kind: str, key: str) -> str:
 
 
 def runs_view(spec: SweepSpec) -> dict:
-    """The view: Source and Models, the searched params, then the objective and the primary metrics."""
+    """The view: the searched params, the objective and the primary metrics, then Source and Models; trials sorted
+    by the objective."""
     metrics = dict.fromkeys((spec.search.metric, VAL_R2, spec.analysis.primary.target, R2_POOLED_FINAL, R2_FINAL,
                              ACC_RATIO, spec.analysis.primary.predictor))  # fmt: skip
     columns = [
@@ -43,7 +46,7 @@ def runs_view(spec: SweepSpec) -> dict:
         "orderByAsc": spec.search.mode == "min",
         "selectedColumns": columns,
         "columnOrder": columns,
-        "columnWidths": {name: COLUMN_WIDTH for name in columns},
+        "columnWidths": {name: COLUMN_WIDTH for name in columns} | {column("attributes", "Source"): SOURCE_WIDTH},
         "hideEmptyCharts": True,
     }
 

@@ -84,11 +84,15 @@ def test_trial_runs_carry_the_command_as_their_source_and_their_optuna_trial(tmp
     assert tags[OPTUNA_TRIAL_TAG] == "3"
 
 
-def test_the_sweep_source_is_the_command_line(monkeypatch):
-    from study.sweep.driver import command_line
+def test_the_sweep_source_is_its_entry_point_and_the_parent_keeps_the_command_line(monkeypatch):
+    from study.sweep.driver import command_line, entry_point
 
     monkeypatch.setattr(sys, "argv", ["/venv/bin/raptor-study", "sweep", "search_spaces/smoke.yaml"])
     assert command_line() == "raptor-study sweep search_spaces/smoke.yaml"
+    assert entry_point("search_spaces/smoke.yaml", resume=False) == "raptor-study sweep smoke.yaml"  # no '/'
+    assert entry_point(SMOKE, resume=True) == "raptor-study resume smoke.yaml"
+    monkeypatch.setattr(sys, "argv", ["/home/me/explore.py"])
+    assert entry_point({"name": "x"}, resume=False) == "explore.py (study.run_sweep)"
 
 
 # ----------------------------------------------------------------------------- 4. Optuna <-> MLflow
