@@ -49,9 +49,13 @@ def missing_experiments(uri: str, names: list[str]) -> list[str]:
 
 def runs_table_url(base: str, uri: str, experiment: str | None) -> str:
     """The experiment's runs table in MLflow's model-training layout, on the sweep's saved view when it has one
-    (MLflow 3.x otherwise opens its overview page, in GenAI mode)."""
+    (MLflow 3.x otherwise opens its overview page, in GenAI mode); no `experiment`: a local store's only one, else
+    the experiments list."""
     if not experiment:
-        return f"{base.rstrip('/')}/#/experiments?workflowType={UI_WORKFLOW}"
+        known = known_experiments(uri) if local_store(uri) is not None else []
+        if len(known) != 1:  # the list of experiments; with one sweep in the store, its runs table
+            return f"{base.rstrip('/')}/#/experiments?workflowType={UI_WORKFLOW}"
+        experiment = known[0]
     store = local_store(uri)
     if store is not None and not store.is_file():
         raise ConfigError(f"ui: no MLflow store at {uri} (--out / --tracking-uri)")

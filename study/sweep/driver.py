@@ -361,9 +361,10 @@ def optuna_study_name(spec: SweepSpec, sweep_id: str) -> str:
 
 
 def command_line() -> str:
-    """This process's command as a user would type it (``raptor-study sweep search_spaces/smoke.yaml``)."""
+    """This process's command as a user would type it (``raptor-study sweep search_spaces/smoke.yaml``; ``python -m
+    study`` is the same entry point)."""
     program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    return " ".join([program, *sys.argv[1:]])
+    return " ".join(["raptor-study" if program == "__main__.py" else program, *sys.argv[1:]])
 
 
 def entry_point(spec_source: object, resume: bool) -> str:

@@ -262,3 +262,16 @@ def test_a_run_shorter_than_the_sampling_interval_still_gets_system_metrics(tmp_
     stop_system_metrics(monitor)
     metrics = client.get_run(run_id).data.metrics
     assert any(key.startswith("system/cpu_utilization") for key in metrics), metrics
+
+
+def test_ui_without_a_sweep_name_opens_the_stores_only_sweep(tmp_path):
+    from study.sweep.browse import runs_table_url
+    from study.sweep.runs import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = "http://127.0.0.1:5000"
+    assert runs_table_url(base, uri, None) == f"{base}/#/experiments?workflowType=machine_learning"  # no store yet
+    experiment_id = ensure_experiment(MlflowClient(uri), "only", tmp_path / "a")
+    assert runs_table_url(base, uri, None) == f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    ensure_experiment(MlflowClient(uri), "second", tmp_path / "a")
+    assert runs_table_url(base, uri, None) == f"{base}/#/experiments?workflowType=machine_learning"
