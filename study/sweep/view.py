@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from study.contract import ACC_RATIO, R2_FINAL, R2_POOLED_FINAL, RUNS_VIEW_KEY, SHARED_VIEW_TAG_PREFIX, VAL_R2
+from study.contract import ACC_RATIO, R2_POOLED_FINAL, RUNS_VIEW_KEY, SHARED_VIEW_TAG_PREFIX, VAL_R2
 from study.sweep.space import SweepSpec
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 COLUMN_WIDTH = 84
 """Pixels per param or metric column: all of them visible in a 1600 px wide window (MLflow's default is wider)."""
-SOURCE_WIDTH = 190
+SOURCE_WIDTH = 170
 """The Source column shows the entry point and spec (``raptor-study sweep smoke.yaml``)."""
 
 
@@ -32,8 +32,8 @@ def column(kind: str, key: str) -> str:
 def runs_view(spec: SweepSpec) -> dict:
     """The view: the searched params, the objective and the primary metrics, then Source and Models; trials sorted
     by the objective."""
-    metrics = dict.fromkeys((spec.search.metric, VAL_R2, spec.analysis.primary.target, R2_POOLED_FINAL, R2_FINAL,
-                             ACC_RATIO, spec.analysis.primary.predictor))  # fmt: skip
+    metrics = dict.fromkeys((spec.search.metric, VAL_R2, spec.analysis.primary.target, R2_POOLED_FINAL, ACC_RATIO,
+                             spec.analysis.primary.predictor))  # fmt: skip
     columns = [
         *(column("params", key) for key in spec.space),
         *(column("metrics", key) for key in metrics),

@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_tracking import free_port
 
-from study.contract import ACC_RATIO, R2_FINAL
+from study.contract import ACC_RATIO, PRIMARY_PREDICTOR
 from study.sweep.space import load_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_ui_opens_the_runs_table_with_the_searched_params_and_metrics_and_prints
         url = re.search(r"http://\S+", console.read_text()).group(0)
         assert "workflowType=machine_learning" in url and "viewStateShareKey=raptor-study" in url
         dom = render(url, "--dump-dom")
-        for header in ("teacher.sd_rate", "raptor.k", "distill.stage2.lambda_cls", R2_FINAL, ACC_RATIO):
+        for header in ("teacher.sd_rate", "raptor.k", "distill.stage2.lambda_cls", ACC_RATIO, PRIMARY_PREDICTOR):
             assert f'data-testid="sort-header-{header}"' in dom, header  # a visible column header, without clicking
         assert "sd0.3-s0-k3" in dom  # the trials are listed, not folded under their parent
         if os.environ.get("RAPTOR_UI_SCREENSHOT"):
