@@ -6,6 +6,11 @@ Output layout under the output root (default `runs/`):
                                 sweep_spec.json, the spec as launched (--set applied)
     ray/_train/<sweep>/<trial>/ Ray Train runs with per-epoch checkpoints
     trials/<sweep>/<trial>/     each trial's result.json, figures, Raptor weights
+    ray/<sweep>/optuna.journal  the Optuna study (unless the spec's search.storage names an RDB)
+    logs/<sweep>/ray            a link to Ray's log files; logs/mlflow-ui.log, logs/optuna-dashboard.log: the servers'
+                                own output (`raptor-study ui`, `dashboard`; the console shows it with -v)
+    reports/<sweep>/            `raptor-study report` (unless --report-dir)
+    cache/                      teachers and their activations, shared by the trials
 """
 
 from __future__ import annotations
