@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from study.cli import main
@@ -275,3 +276,23 @@ def test_ui_without_a_sweep_name_opens_the_stores_only_sweep(tmp_path):
     assert runs_table_url(base, uri, None) == f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     ensure_experiment(MlflowClient(uri), "second", tmp_path / "a")
     assert runs_table_url(base, uri, None) == f"{base}/#/experiments?workflowType=machine_learning"
+
+
+def test_the_python_api_report_takes_the_runs_root_as_out(tmp_path, monkeypatch):
+    import analysis.report
+    from study import report
+
+    calls = []
+    monkeypatch.setattr(analysis.report, "write_report", lambda names, uri, out_dir, log_to_mlflow: calls.append(
+        (names, uri, out_dir)) or out_dir / "report.html")  # fmt: skip
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    report("smoke", out=tmp_path)
+    report("smoke", out=tmp_path, report_dir=tmp_path / "here")
+    with pytest.warns(DeprecationWarning, match="report_dir"):
+        report("smoke", runs=tmp_path, out=tmp_path / "old")  # the old form: `out` was the report folder
+    store = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert calls == [
+        (["smoke"], store, tmp_path / "reports" / "smoke"),
+        (["smoke"], store, tmp_path / "here"),
+        (["smoke"], store, tmp_path / "old"),
+    ]
