@@ -252,7 +252,7 @@ def _run_locked(launch: Launch) -> pd.DataFrame:
         return client, experiment_id, sweep_id, parent_run_id
 
     clock = {"setup_s": time.perf_counter() - t_start}
-    # The tracking store's setup runs while Ray starts (docs/results/throughput.md, lever 4: both take seconds)
+    # The tracking store's setup runs while Ray starts (results/throughput/README.md, lever 4: both take seconds)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-setup") as pool:
         tracking = pool.submit(setup_tracking)
         t0 = time.perf_counter()

@@ -27,7 +27,7 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
     """A Tune trial: the one trial pipeline with its distillation on Ray Train workers, then a report.
 
     The pipeline (torch, timm, scikit-learn, matplotlib) is imported here, in the trial's process: the sweep
-    driver's process never trains, and importing it there cost seconds per launch (docs/results/throughput.md)."""
+    driver's process never trains, and importing it there cost seconds per launch (results/throughput/README.md)."""
     from study.sweep.raytrain import RayTrainWorkers
     from study.trial.pipeline import run_trial
 
