@@ -290,7 +290,7 @@ def node_kill(out: Path) -> dict:
         else None,
         "action": f"{processes} processes killed; Tune's FailureConfig(max_failures=1) reran the trial on the "
         f"replacement node (joined {joined:.1f} s after the kill), resuming from the distillation state the killed "
-        "run left (pipeline.distill_resumable), in the same MLflow run; the next trial ran there too",
+        "run left (study.trial.distillation.distill_resumable), in the same MLflow run; the next trial ran there too",
         "trials_lost": lost,
         "runs_duplicated": dup,
         "recovery_s": round(recovered, 1),
