@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import write_report
 from analysis.sweep import Reading
-from analysis.synthetic import PLANTED_SLOPE, SyntheticSweep, write_synthetic_sweep
+from study.sweep.synthetic import PLANTED_SLOPE, SyntheticSweep, write_synthetic_sweep
 
 RESAMPLES = 200
 IMG = re.compile(r'<img [^>]*src="([^"]*)"')
@@ -146,7 +146,7 @@ def test_zero_finished_trials_and_no_sweep_run(store, tmp_path: Path) -> None:
 
 def test_emergence_section(report: Path) -> None:
     """One teacher per SD rate; the planted onset of the phase contrast is read back per teacher."""
-    from analysis.synthetic import planted_onset
+    from study.sweep.synthetic import planted_onset
 
     page = report.read_text(encoding="utf-8")
     section = page[page.index("<h2>Emergence of the phases") : page.index("<h2>Dynamics</h2>")]
