@@ -158,11 +158,26 @@ def maxcut_rows(trials: pd.DataFrame) -> list[list]:
     return rows
 
 
+def standard_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials of the study's own recipe: not a random partition, the teacher's final weights (no snapshot), the
+    full distillation arm; the per-SD Raptor R^2 is read on these."""
+    keep = np.ones(len(trials), dtype=bool)
+    if PARTITION_METHOD_PARAM in trials:
+        keep &= (trials[PARTITION_METHOD_PARAM].astype(str) != "random").to_numpy()
+    if TEACHER_SNAPSHOT_PARAM in trials:
+        snapshot = trials[TEACHER_SNAPSHOT_PARAM]
+        keep &= (snapshot.isna() | (snapshot.astype(str).isin(["", "nan", "None"]))).to_numpy()
+    if ARM_PARAM in trials:
+        keep &= (trials[ARM_PARAM].isna() | (trials[ARM_PARAM].astype(str) == "full")).to_numpy()
+    return trials[keep]
+
+
 def raptor_r2_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per SD rate, R^2 kind and token group: the Raptor's final-layer and mean-over-layers R^2, mean of teacher
-    means with t-intervals, and the paper's figure where it has one."""
+    """Per SD rate, R^2 kind and token group: the Raptor's final-layer and mean-over-layers R^2 (`standard_trials`),
+    mean of teacher means with t-intervals, and the paper's figure where it has one."""
     if SD_PARAM not in trials or TEACHER_KEY_PARAM not in trials:
         return pd.DataFrame()
+    trials = standard_trials(trials)
     rows = []
     for sd, group in trials.dropna(subset=[SD_PARAM]).groupby(SD_PARAM, sort=True):
         for kind in R2_KINDS:

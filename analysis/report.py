@@ -22,10 +22,19 @@ from mlflow.tracking import MlflowClient
 from analysis.cluster import DEFAULT_RESAMPLES, DEFAULT_SEED
 from analysis.document import Note, Section, Table, render_html, render_markdown, write_images
 from analysis.emergence import emergence_table
+from analysis.inference import MIN_TEACHERS
 from analysis.load import find_sweep_runs, load_results, load_trials
 from analysis.paper import PAPER_ACC_RATIO, compare_with_paper, sweep_setting
 from analysis.paper_rows import paper_measurement_rows, raptor_r2_table
-from analysis.sections import exploratory_section, levels_section, methods_section, primary_section, summary_section
+from analysis.sections import (
+    NO_STATISTICS,
+    exploratory_section,
+    factored_notes,
+    levels_section,
+    methods_section,
+    primary_section,
+    summary_section,
+)
 from analysis.sections_naive import naive_sections
 from analysis.sections_teacher import (
     dynamics_section,
@@ -142,22 +151,25 @@ def write_trials_report(
         fetched = results(wanted) if results else {}
         emergence = emergence_traces(every, fetched)
         r2_table = raptor_r2_table(analysis.trials)
+        comparison_section = Section(
+            "Comparison with the paper",
+            [
+                f"This sweep: {sweep_setting(analysis.trials)}. The paper's settings differ, so the rows compare "
+                "directions and magnitudes. Fidelity rows show the final layer and the mean over layers. "
+                "'evidence' says which rows are independent: SD moves similarity and fidelity together, so the "
+                "first rows restate one fact and the fit within SD levels is the independent test of the relation.",
+                Table("This sweep beside the paper's figures", comparison),
+            ],
+        )
+        inferential = [comparison_section, primary_section(analysis)]
+        if analysis.n_teachers < MIN_TEACHERS:
+            inferential = [Section("Comparison with the paper and the primary relation", [Note(NO_STATISTICS)])]
         sections += [
-            Section(
-                "Comparison with the paper",
-                [
-                    f"This sweep: {sweep_setting(analysis.trials)}. The paper's settings differ, so the rows compare "
-                    "directions and magnitudes. Fidelity rows show the final layer and the mean over layers. "
-                    "'evidence' says which rows are independent: SD moves similarity and fidelity together, so the "
-                    "first rows restate one fact and the fit within SD levels is the independent test of the relation.",
-                    Table("This sweep beside the paper's figures", comparison),
-                ],
-            ),
-            primary_section(analysis),
+            *inferential,
             levels_section(analysis, PAPER_ACC_RATIO),
             raptor_r2_section(r2_table),
             layer_fidelity_section(analysis.trials),
-            exploratory_section(analysis),
+            *([exploratory_section(analysis)] if analysis.n_teachers >= MIN_TEACHERS else []),
             similarity_section(chosen, fetched),
             emergence_section(emergence, len(every)),
             dynamics_section(analysis, chosen, fetched),
@@ -209,7 +221,7 @@ def raptor_r2_section(table: pd.DataFrame) -> Section:
         [
             "The paper's ~0.88 (SD 0) and ~0.94 (SD 0.6) are most likely the Raptor's own reconstruction R² per SD "
             "level (docs/science.md §7): the mean of teacher means per SD rate, with a t-interval over teachers.",
-            Table("Raptor R² per SD rate, final layer and mean over layers", shown),
+            *factored_notes(shown, "Raptor R² per SD rate, final layer and mean over layers"),
         ],
     )
 

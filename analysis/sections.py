@@ -244,7 +244,7 @@ def levels_section(analysis: SweepAnalysis, paper_acc: dict) -> Section:
     if len(secondary):
         shown = level_table(secondary, SD_PARAM).assign(target=secondary["target"])
         blocks += factored_notes(shown, f"Same predictor, other targets, per SD rate ({SD_PARAM})")
-    for fit in analysis.sd_trends:
+    for fit in analysis.sd_trends if analysis.n_teachers >= MIN_TEACHERS else ():
         blocks.append(
             f"SD -> {fit.target} ({K_PARAM} adjusted): {fit_sentence(fit) if fit.defined else fit.note}; "
             f"{fit.n_trials} trials / {fit.n_teachers} teachers."
@@ -268,8 +268,20 @@ def level_table(table: pd.DataFrame, by: str) -> pd.DataFrame:
     )
 
 
+def drop_empty(table: pd.DataFrame) -> pd.DataFrame:
+    """Without the columns no row fills (NaN, None or '–'): a table of undefined fits shows its counts only."""
+    empty = [
+        c
+        for c in table
+        if table[c].map(lambda v: v is None or v == "–" or (isinstance(v, float) and math.isnan(v))).all()
+    ]
+    return table.drop(columns=empty)
+
+
 def factored_notes(table: pd.DataFrame, caption: str) -> list:
-    """The table with notes that repeat on several rows replaced by a pointer, plus one Note per repeated text."""
+    """The table (`drop_empty`) with notes that repeat on several rows replaced by a pointer, plus one Note per
+    repeated text."""
+    table = drop_empty(table)
     if "note" not in table or table.empty:
         return [Table(caption, table)]
     parts = table["note"].fillna("").map(lambda n: [p for p in str(n).split("; ") if p])

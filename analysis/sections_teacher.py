@@ -10,7 +10,7 @@ from analysis import figures
 from analysis.document import Image, Note, Section, Table, format_cell
 from analysis.emergence import EMERGENCE_ONSET, emergence_by_sd, emergence_table
 from analysis.inference import mean_ci_teachers
-from analysis.sections import ci_text
+from analysis.sections import ci_text, factored_notes
 from analysis.sweep import SweepAnalysis
 from study.contract import (
     DYNAMICS_KEY,
@@ -169,7 +169,7 @@ def layer_fidelity_section(trials: pd.DataFrame) -> Section:
         title,
         [
             Image("r2_per_layer_by_sd", figures.to_png(figure), caption),
-            Table("First and last layer per SD rate (t-interval over teachers)", pd.DataFrame(rows)),
+            *factored_notes(pd.DataFrame(rows), "First and last layer per SD rate (t-interval over teachers)"),
         ],
     )
 

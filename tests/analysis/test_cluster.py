@@ -12,12 +12,13 @@ import statsmodels.api as sm
 
 from analysis.cluster import cluster_fit, exploratory_ranking, searched_covariates
 from analysis.inference import CLUSTERED, MIN_TEACHERS, cluster_mean, too_few
-from analysis.power import power
 from analysis.load import load_trials
+from analysis.power import power
 from analysis.report import write_report
 from analysis.sweep import SECONDARY_TARGETS
-from study.sweep.synthetic import simulate_clustered, write_clustered_sweep
+from study.sweep.simulate import simulate_clustered
 from study.sweep.space import SweepSpec
+from study.sweep.synthetic import write_clustered_sweep
 
 X, Y = "phase.cosine.within_sim", "r2_pooled.final"
 COVARIATES = ["raptor.k", "distill.stage2.lambda_cls"]
@@ -76,10 +77,9 @@ def test_fewer_than_five_teachers_give_no_r2_no_ci():
     summary = fit.summary()
     assert summary["r2"] is None and summary["slope_ci"] == [None, None]
     json.dumps(summary)
-    assert (
-        cluster_mean(trials["acc.ratio"] if "acc.ratio" in trials else trials[Y], trials["teacher.key"])["note"]
-        == too_few(4)
-    )
+    assert cluster_mean(trials["acc.ratio"] if "acc.ratio" in trials else trials[Y], trials["teacher.key"])[
+        "note"
+    ] == too_few(4)
     assert too_few(4) in power(fit, trials).statement()
 
 
