@@ -201,7 +201,7 @@ def with_teacher_counts(fits: pd.DataFrame, trials: pd.DataFrame, by: str | None
     """``fits`` (naive, one row per (y, x) and level of ``by``) with ``n_teachers``: distinct teachers among the
     complete pairs of each row, so every fit states both counts (docs/science.md §7); NaN without teacher.key."""
     # boolean masks on arrays, not a filtered trials table per row: the table has hundreds of columns and every
-    # pandas filter deep-copies its attrs, which took seconds per report (docs/results/throughput.md, smoke sweep)
+    # pandas filter deep-copies its attrs, which took seconds per report (results/throughput/README.md, smoke sweep)
     present: dict[str, np.ndarray] = {}
 
     def complete(column: str) -> np.ndarray:

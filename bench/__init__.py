@@ -1,13 +1,11 @@
-"""Benchmarks of the study, each runnable as `python -m bench.<name>` from the repository root.
+"""Benchmarks of the study, each runnable as `python -m bench.<name>` from the repository root (bench/README.md).
 
-They import the project's public API only; their results are written to docs/results/ (`RESULTS`).
+They import the project's public API and `bench.common` (the shared helpers) only; their results are written to
+results/<measurement>/ (`RESULTS`; results/README.md describes the layout).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from bench.common import RESULTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-"""The repository root (bench/ runs from a checkout, not from an installed wheel)."""
-RESULTS = ROOT / "docs" / "results"
-"""Where benchmark results are written by default."""
+__all__ = ["RESULTS", "ROOT"]

@@ -3,7 +3,7 @@
 Runs the grid of `search_spaces/ablation.yaml` (or a subset: --arms, --ks, --seeds) one trial at a time with
 `run_trial` (no Ray: the point is the science, and the teacher is trained once into the cache), and writes the
 per-run rows and a per-(arm, k) summary beside the paper's ablation (TF only ~3% ImageNet accuracy; + AR with
-annealing +68.8 points; + stage 2 +5.7; docs/science.md §4) to docs/results/ablation_digits.{md,csv}.
+annealing +68.8 points; + stage 2 +5.7; docs/science.md §4) to results/ablation_digits/.
 
 Not part of CI. Usage:
     nice python -m bench.ablation [--cache-dir DIR] [--ks 2 3 4] [--seeds 0 1 2] [--set teacher.epochs=20 ...]
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.sd_sanity import RESULTS, machine_line, parse_sets, summarise
-from bench.trial_time import markdown
+from bench.common import RESULTS, machine_line, parse_sets, summarise, write_report
 from study.contract import (
     ACC_FLOOR,
     ACC_RAPTOR,
@@ -63,7 +62,7 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra trial override KEY=VALUE")
-    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--results", default=str(RESULTS / "ablation_digits"))
     args = parser.parse_args()
 
     cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="raptor_ablation_cache_"))
@@ -102,14 +101,14 @@ def main() -> None:
         f"seeds"
     )
     print(header, machine, summary.to_string(index=False), sep="\n")
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(results / "ablation_digits_runs.csv", index=False)
-    (results / "ablation_digits.md").write_text(
-        f"# python -m bench.ablation\n\n{header}\n\n{machine}\n\n{PAPER}\n\n## per k and arm\n\n{markdown(summary)}\n\n"
-        f"## per run\n\n{markdown(runs)}\n"
+    readme = write_report(
+        Path(args.results),
+        "python -m bench.ablation",
+        [header, machine, PAPER],
+        {"per k and arm": summary, "per run": runs},
+        {"ablation_digits_runs": runs},
     )
-    print(f"wrote {results}/ablation_digits.md, ablation_digits_runs.csv")
+    print(f"wrote {readme}, ablation_digits_runs.csv")
 
 
 if __name__ == "__main__":

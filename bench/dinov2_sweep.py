@@ -9,7 +9,7 @@ similarity + partition, distillation on the Ray Train worker (stage 1 and stage 
 summed), evaluation (fidelity, probes, dynamics).
 
 Not part of CI (a ViT-B at 224 px wants a GPU). Usage:
-    python -m bench.dinov2_sweep --out /tmp/dinov2_runs [--results docs/results/dinov2_gpu.md] [--set KEY=VALUE]
+    python -m bench.dinov2_sweep --out /tmp/dinov2_runs [--results results/dinov2_gpu/README.md] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench import RESULTS, ROOT
+from bench.common import RESULTS, ROOT
 from study.contract import R2_FINAL, VAL_R2
 
 SHORT_RUN = {
@@ -66,7 +66,7 @@ def synthetic_imagefolder(root: Path, classes: int, per_class: int, size: int = 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/dinov2_runs", help="sweep output root (also holds the images)")
-    parser.add_argument("--results", default=str(RESULTS / "dinov2_gpu.md"))
+    parser.add_argument("--results", default=str(RESULTS / "dinov2_gpu" / "README.md"))
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=80)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more sweep overrides")

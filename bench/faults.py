@@ -14,7 +14,6 @@ Scenarios (tiny digits trials, real Ray / Ray Train / MLflow):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -28,18 +27,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from bench import RESULTS
+from bench.common import results_dir, write_json
+from bench.scenario import cli, finish, free_port, output, tiny_spec, train_worker_pids, trial_runs
 from study.contract import epoch_metric
 from study.sweep.raytrain import RayTrainWorkers
-from tests.sweep.test_sweep_e2e import (  # shared scenario helpers
-    cli,
-    finish,
-    free_port,
-    output,
-    tiny_spec,
-    train_worker_pids,
-    trial_runs,
-)
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -359,9 +350,9 @@ def main() -> None:
         for r in rows
     ]
     print("\n".join(lines))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "faults.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "faults.json").write_text(json.dumps(rows, indent=2))
+    folder = results_dir("faults")
+    (folder / "README.md").write_text("\n".join(lines) + "\n")
+    write_json(folder / "faults.json", rows, indent=2)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # The GPU study, in chunks that each fit one device command (< 10 minutes), through the ordinary CLI.
 # On the GPU machine, in the repo root (with .whl/site.tar.xz and .data/fashion-mnist carried, see
 # bench/device_wheels.sh and bench/pack_fashion.sh; for `pretrained` also .teacher/, see
-# docs/results/pretrained_vit_s14/README.md):
+# results/pretrained_vit_s14/README.md):
 #   bash bench/gpu_study.sh sd_even|sd_odd|pretrained|ablation [SECONDS]
 # (Study 1 = sd_even + sd_odd: two self-contained sweeps, 20 + 15 teachers; the report merges them.)
 # Each chunk is a sweep of its own teachers into the same store (runs_gpu/, kept while the machine is);

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.trial_time import markdown
+from bench.common import markdown
 from study.science.partition import choose_partition
 
 

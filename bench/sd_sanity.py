@@ -9,8 +9,8 @@ transfer ratio (acc.transfer_ratio: the teacher's probe on Raptor features, the 
 acc.ratio before docs/science.md §5 took the paper's protocol), the floor-normalised
 recovery, and whether the DP and the reference's bisection partitions differ. The paper
 (small ViTs on CIFAR-100) expects higher SD -> higher layer-layer similarity and higher
-Raptor fidelity. Writes the per-run rows and the summary as CSV and Markdown under
-docs/results/.
+Raptor fidelity. Writes the per-run rows and the summary as CSV and Markdown to
+results/sd_sanity/.
 
 Not part of CI. Usage:
     nice python -m bench.sd_sanity [--cache-dir /tmp/fresh] [--out /tmp/runs] [--sds 0.0 0.5] [--seeds 0 1 2]
@@ -20,18 +20,13 @@ Not part of CI. Usage:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
-import yaml
 
-from bench import RESULTS
-from bench.trial_time import markdown
+from bench.common import RESULTS, machine_line, parse_sets, summarise, write_report
 from study.config import load_trial_config
 from study.contract import (
     ACC_FLOOR,
@@ -71,37 +66,6 @@ METRICS = {  # column -> metric name in result.json (the column is the metric's 
 }
 
 
-def parse_sets(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs (values parsed as YAML scalars) -> dotted overrides."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {pair}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def summarise(runs: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
-    """Mean +- sample std (ddof=1) of `columns` per group of `by`."""
-    rows = []
-    for key, group in runs.groupby(by, sort=True):
-        entry = dict(zip(by, key if isinstance(key, tuple) else (key,)), n=len(group))
-        for col in columns:
-            std = group[col].std(ddof=1) if len(group) > 1 else float("nan")
-            entry[col] = f"{group[col].mean():.4f} +- {std:.4f}"
-        rows.append(entry)
-    return pd.DataFrame(rows)
-
-
-def machine_line(t_start: float) -> str:
-    return (
-        f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-        f"total {time.perf_counter() - t_start:.0f} s, load avg at end {os.getloadavg()[0]:.1f}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", help="teacher/activation cache (default: a fresh temp folder)")
@@ -111,7 +75,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="runtime.num_threads (default: torch's)")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra trial override KEY=VALUE")
-    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--results", default=str(RESULTS / "sd_sanity"))
     args = parser.parse_args()
 
     cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="raptor_sd_cache_"))
@@ -167,15 +131,14 @@ def main() -> None:
     print(summary.to_string(index=False))
     print(runs.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(results / "sd_sanity_runs.csv", index=False)
-    summary.to_csv(results / "sd_sanity_summary.csv", index=False)
-    (results / "sd_sanity.md").write_text(
-        f"# python -m bench.sd_sanity\n\n{header}\n\n{machine}\n\n## per SD\n\n{markdown(summary)}\n\n"
-        f"## per run\n\n{markdown(runs)}\n"
+    readme = write_report(
+        Path(args.results),
+        "python -m bench.sd_sanity",
+        [header, machine],
+        {"per SD": summary, "per run": runs},
+        {"sd_sanity_runs": runs, "sd_sanity_summary": summary},
     )
-    print(f"wrote {results}/sd_sanity_runs.csv, sd_sanity_summary.csv, sd_sanity.md")
+    print(f"wrote {readme}, sd_sanity_runs.csv, sd_sanity_summary.csv")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Re-analyse the digits sd_study with the teacher as the unit (docs/science.md §7).
 
 The sweep's MLflow store is gone, but its report kept the full trial table
-(docs/results/sd_study_report/tables/trials.csv: every trial's params and final metrics,
+(results/sd_study_cpu/tables/trials.csv: every trial's params and final metrics,
 one row per trial, with teacher.key). This script re-reads it, writes a full report folder
 (report.md/html, summary.json, tables/) and prints naive vs cluster-level numbers side by side.
 
@@ -22,11 +22,11 @@ import pandas as pd
 
 from analysis.report import write_trials_report
 from analysis.sweep import Reading
-from bench import RESULTS, ROOT
+from bench.common import RESULTS, ROOT
 from study.contract import PRIMARY_PREDICTOR, R2_FINAL, TEACHER_KEY_PARAM, TEXT_PARAMS
 
-TRIALS = RESULTS / "sd_study_report" / "tables" / "trials.csv"
-OUT = RESULTS / "sd_study_reanalysis"
+TRIALS = RESULTS / "sd_study_cpu" / "tables" / "trials.csv"
+OUT = RESULTS / "sd_study_cpu"
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ patch 2, k=2) end to end from an EMPTY cache (teacher training + activation
 extraction + distillation + evaluation), then the same trial with
 `distill.stage2.enabled=false` (stage 1 only) on the now-warm cache (same teacher),
 and finally both stages again on the warm cache, so the two distillation variants
-are compared on equal footing. Prints one table and writes it to docs/results/.
+are compared on equal footing. Prints one table and writes it to results/trial_time/ (README.md, trial_time.csv).
 
 Not part of CI. Usage:
     nice python -m bench.trial_time [--cache-dir /tmp/fresh] [--out /tmp/bench_runs] [--threads N]
@@ -24,21 +24,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench import RESULTS
+from bench.common import RESULTS, write_report
 from study.config import load_trial_config
 from study.contract import ACC_AGREEMENT, ACC_RATIO, R2_FINAL, R2_MEAN, TEACHER_TEST_ACC, group_metric
 from study.trial.pipeline import run_trial
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """A pipe table (no tabulate dependency)."""
-
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -46,7 +35,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", help="must not exist yet or be empty (default: a fresh temp folder)")
     parser.add_argument("--out", help="trial output root (default: a temp folder)")
     parser.add_argument("--threads", type=int, default=None, help="runtime.num_threads (default: torch's)")
-    parser.add_argument("--results", default=str(RESULTS), help="where the tables go")
+    parser.add_argument("--results", default=str(RESULTS / "trial_time"), help="where the tables go")
     args = parser.parse_args()
 
     cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="raptor_bench_cache_"))
@@ -100,13 +89,10 @@ def main() -> None:
     print(header)
     print(machine)
     print(text)
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    table.to_csv(results / "trial_time.csv", index=False)
-    (results / "trial_time.md").write_text(
-        f"# python -m bench.trial_time\n\n{header}\n\n{machine}\n\n" + markdown(table) + "\n"
+    readme = write_report(
+        Path(args.results), "python -m bench.trial_time", [header, machine], {"trials": table}, {"trial_time": table}
     )
-    print(f"wrote {results / 'trial_time.csv'} and {results / 'trial_time.md'}")
+    print(f"wrote {readme} and trial_time.csv beside it")
 
 
 if __name__ == "__main__":

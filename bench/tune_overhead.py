@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from bench import RESULTS
+from bench.common import RESULTS, write_json
 from study.config import load_trial_config
 from study.contract import VAL_R2
 from study.sweep.driver import run_sweep
@@ -97,8 +97,7 @@ def main() -> None:
         "overhead_pct": 100 * (per_trial_tune - per_trial_seq) / per_trial_seq,
     }
     print(json.dumps(result, indent=2))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tune_overhead.json").write_text(json.dumps(result, indent=2))
+    write_json(RESULTS / "throughput" / "tune_overhead.json", result, indent=2)
 
 
 if __name__ == "__main__":

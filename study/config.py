@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from study.configio import (
     ConfigError,
@@ -22,16 +22,24 @@ from study.configio import (
     stable_hash,
     unflatten,
 )
+from study.registry import DATASETS, DATASETS_WITHOUT_PATH, DEFAULT_READOUTS, READOUTS, SIMILARITY
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def registered(field: str, name: str, table: dict) -> str:
+    """`name` if `table` (study/registry.py) has it, else a one-line error naming the field and the allowed names."""
+    if name not in table:
+        raise ValueError(f"{field}: must be one of {', '.join(map(repr, table))}, got {name!r}")
+    return name
+
+
 class DataConfig(_Strict):
     """Which images, and how they are split. Digits ships inside scikit-learn."""
 
-    name: Literal["digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "digits"
+    name: str = Field("digits", description="a dataset of study/registry.py DATASETS")
     path: str | None = Field(
         None,
         description="local folder for cifar10/cifar100/imagefolder; for fashion_mnist "
@@ -51,15 +59,25 @@ class DataConfig(_Strict):
         "teacher still trains on the whole (capped) train split",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return registered("data.name", name, DATASETS)
+
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
-        if self.name not in ("digits", "fashion_mnist") and not self.path:
+        if self.name not in DATASETS_WITHOUT_PATH and not self.path:
             raise ValueError(f"data.path: required for dataset '{self.name}' (a local folder)")
         return self
 
 
-TRACKING_FIELDS = ("track_phases", "track_samples")
-"""Teacher fields that only choose read-outs taken during training: outside `TrialConfig.teacher_key`."""
+TRACKING_FIELDS = ("track_phases", "track_samples", "snapshots", "snapshot")
+"""Teacher fields that only choose read-outs taken during training, or which kept checkpoint a trial fits: outside
+`TrialConfig.teacher_key` (the activation cache keys the checkpoint, study/trial/activations.py)."""
+
+KEY_DEFAULTS = {"sd_schedule": "linear", "augment": False}
+"""Teacher fields added after teachers were cached: left out of `TrialConfig.teacher_key` at these values, so every
+teacher cached before them keeps its key (and `augment_*` are left out whenever `augment` is off)."""
 
 
 class TeacherConfig(_Strict):
@@ -84,6 +102,19 @@ class TeacherConfig(_Strict):
     registers: int = Field(0, ge=0, le=16)
     layerscale_init: float | None = Field(0.1, gt=0.0, le=1.0)
     sd_rate: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth (timm drop_path_rate)")
+    sd_schedule: Literal["uniform", "linear"] = Field(
+        "linear",
+        description="drop rate per block: 'linear' = timm's ramp from 0 at the first block to sd_rate at the last "
+        "(mean sd_rate / 2); 'uniform' = sd_rate at every block (the paper's small-scale ViTs, as far as we "
+        "could find; docs/science.md, 'Teachers in the paper's regime')",
+    )
+    augment: bool = Field(
+        False, description="augment training batches: random crop with padding and horizontal flip (options below)"
+    )
+    augment_padding: int = Field(
+        4, ge=0, le=64, description="random crop: pad each side by this many px (with black), crop back (0: off)"
+    )
+    augment_flip: bool = Field(True, description="random horizontal flip (probability 1/2)")
     epochs: int = Field(40, ge=0, le=10_000)
     batch_size: int = Field(128, ge=1, le=65_536)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
@@ -99,6 +130,17 @@ class TeacherConfig(_Strict):
         "its trials as teacher.emergence.* step metrics; does not change the weights or the cache key",
     )
     track_samples: int = Field(512, ge=16, le=100_000, description="validation images of each phase snapshot")
+    snapshots: list[int] = Field(
+        default_factory=list,
+        description="epochs (0 = init) whose weights training from scratch keeps beside the teacher in its cache "
+        "folder, with the best-validation-accuracy weights ('best'); does not change the final weights or the "
+        "cache key",
+    )
+    snapshot: int | Literal["best"] | None = Field(
+        None,
+        description="the checkpoint the trial fits its Raptor to: an epoch listed in teacher.snapshots, 'best' "
+        "(best validation accuracy) or None (the final weights)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -122,7 +164,31 @@ class TeacherConfig(_Strict):
             raise ValueError("teacher.timm_name: required when teacher.source is 'timm'")
         if self.source == "checkpoint" and not (self.checkpoint and self.timm_name):
             raise ValueError("teacher.checkpoint: source 'checkpoint' needs both checkpoint and timm_name")
+        if self.source != "scratch" and (self.snapshots or self.snapshot is not None):
+            raise ValueError(f"teacher.snapshots: kept while training from scratch only, got source {self.source!r}")
+        if any(not 0 <= epoch <= self.epochs for epoch in self.snapshots) or len(set(self.snapshots)) < len(
+            self.snapshots
+        ):
+            raise ValueError(f"teacher.snapshots: distinct epochs in [0, {self.epochs}], got {self.snapshots}")
+        if isinstance(self.snapshot, int) and self.snapshot not in self.snapshots:
+            raise ValueError(
+                f"teacher.snapshot: must be one of teacher.snapshots {self.snapshots}, got {self.snapshot}"
+            )
+        if self.snapshot == "best" and self.epochs < 1:
+            raise ValueError("teacher.snapshot: 'best' needs teacher.epochs >= 1")
         return self
+
+    def key_fields(self) -> dict[str, Any]:
+        """The fields that determine the trained weights (`TrialConfig.teacher_key`): all but `TRACKING_FIELDS`,
+        the `KEY_DEFAULTS` fields at their default, and `augment_*` when `augment` is off."""
+        dumped = self.model_dump(mode="json", exclude=set(TRACKING_FIELDS))
+        for name, default in KEY_DEFAULTS.items():
+            if dumped[name] == default:
+                del dumped[name]
+        if not self.augment:
+            for name in ("augment_padding", "augment_flip"):
+                del dumped[name]
+        return dumped
 
 
 class RaptorConfig(_Strict):
@@ -196,11 +262,15 @@ class DistillConfig(_Strict):
 class PartitionConfig(_Strict):
     """How layers are split into k phases (docs/science.md §2); DP and bisection cuts are logged whatever is used."""
 
-    method: Literal["dp", "bisection", "fixed"] = Field(
+    method: Literal["dp", "bisection", "fixed", "random"] = Field(
         "dp",
         description="'dp': exact contiguous max-cut; 'bisection': the reference's recursive two-way split; "
-        "'fixed': explicit boundaries",
+        "'fixed': explicit boundaries; 'random': a contiguous partition drawn uniformly over all C(L-1, k-1) by "
+        "partition.seed (the paper's control); 'random' without a seed is no draw: the trial fits the DP "
+        "partition and records method 'dp', so one searched axis partition.seed: [null, 0, ..., 9] gives a "
+        "teacher's DP partition and its random counterparts",
     )
+    seed: int | None = Field(None, ge=0, description="seed of a 'random' partition (ignored by other methods)")
     boundaries: list[int] | dict[int, list[int]] | None = Field(
         None,
         description="method 'fixed': last teacher layer (1-based) of every phase but the last, increasing, k - 1 "
@@ -208,6 +278,13 @@ class PartitionConfig(_Strict):
         "k=2, 3, 4; or one list per k, {2: [7], 3: [7, 10], 4: [4, 7, 10]}, so that k and the "
         "method can both be searched (a per-k mapping is ignored by the other methods)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unseeded_random_is_dp(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("method") == "random" and data.get("seed") is None:
+            return {**data, "method": "dp"}
+        return data
 
     @model_validator(mode="after")
     def _boundaries_with_fixed(self) -> PartitionConfig:
@@ -238,7 +315,12 @@ class SimilarityConfig(_Strict):
     """How layer-layer similarity is measured and which matrix drives the partition."""
 
     num_samples: int = Field(10_000, ge=2, description="samples averaged (capped at the train split)")
-    partition_on: Literal["cosine", "cka", "mse"] = "cosine"
+    partition_on: str = Field("cosine", description="the similarity kind (study/registry.py SIMILARITY) partitioned")
+
+    @field_validator("partition_on")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        return registered("similarity.partition_on", kind, SIMILARITY)
 
 
 class DynamicsConfig(_Strict):
@@ -251,6 +333,23 @@ class DynamicsConfig(_Strict):
     )
     eps: float = Field(0.05, gt=0.0, le=10.0, description="perturbation norm, relative to each token's norm")
     swaps: bool = Field(True, description="adjacent layer-swap accuracies of the teacher (intra vs inter phase)")
+
+
+class EvalConfig(_Strict):
+    """Which read-outs the evaluation runs after distillation (study/trial/evaluation.py, docs/science.md)."""
+
+    readouts: tuple[str, ...] = Field(
+        DEFAULT_READOUTS, description="read-outs of study/registry.py READOUTS, run in this order"
+    )
+
+    @field_validator("readouts")
+    @classmethod
+    def _registered(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            registered("eval.readouts", name, READOUTS)
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval.readouts: each read-out at most once, got {list(names)}")
+        return names
 
 
 class RuntimeConfig(_Strict):
@@ -307,6 +406,7 @@ class TrialConfig(_Strict):
     similarity: SimilarityConfig = SimilarityConfig()
     partition: PartitionConfig = PartitionConfig()
     dynamics: DynamicsConfig = DynamicsConfig()
+    eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -329,7 +429,7 @@ class TrialConfig(_Strict):
     def teacher_key(self) -> str:
         """Cache key of the teacher: hash of exactly what determines its weights (data + teacher)."""
         data = self.data.model_dump(mode="json", exclude={"raptor_samples"})  # the teacher never sees that cap
-        teacher = self.teacher.model_dump(mode="json", exclude=set(TRACKING_FIELDS))  # read-outs, not weights
+        teacher = self.teacher.key_fields()  # what determines the weights (read-outs and checkpoint choice left out)
         payload = {"data": data, "teacher": teacher}
         if self.data.max_samples is not None:  # capped splits became stratified random draws (docs/science.md §5)
             payload["subsets"] = "stratified"

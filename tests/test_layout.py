@@ -5,6 +5,8 @@
 - study/trial/ and the top-level study modules (config, runtime, contract, cli): no Ray, MLflow
   or Optuna at import time (the CLI imports the sweep lazily, inside its commands).
 - study/sweep/: the only place that may import Ray or MLflow.
+- study/science/, study/trial/ and study/sweep/ never import analysis/ (anywhere in a module, not only at the top):
+  the CLI and the Python API may; a trial draws its own figures with study/trial/figures.py.
 Checked on the source (AST), so it holds without importing anything."""
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def test_trial_and_top_level_import_no_orchestration_at_import_time(path):
     imported = _imports(path, top_level_only=True)
     assert not {n for n in imported if _root(n) in ORCHESTRATION}, path
     assert not {n for n in imported if n.startswith("study.sweep")}, path
+
+
+@pytest.mark.parametrize(
+    "path", _modules("study/science") + _modules("study/trial") + _modules("study/sweep"), ids=lambda p: p.name
+)
+def test_layers_below_the_cli_never_import_analysis(path):
+    assert not {n for n in _imports(path, top_level_only=False) if _root(n) == "analysis"}, path
 
 
 def test_only_sweep_and_analysis_import_mlflow_or_ray_anywhere():

@@ -39,7 +39,7 @@ Modules, in reading order:
   report.py       the JSON / Markdown writers
   __main__.py     the command line and the order of the measurements
 
-Writes gpu_bench.json and gpu_bench.md to --out (default $OUT, else docs/results),
+Writes gpu_bench.json and gpu_bench.md to --out (default $OUT, else results/gpu),
 updated after every measurement so a run cut short still leaves its numbers.
 Imports torch, timm, numpy and study modules only (no ray / optuna / mlflow).
 """

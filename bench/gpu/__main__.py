@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import bench.gpu
-from bench import RESULTS
+from bench.common import RESULTS
 from bench.gpu.diagnostics import explore, graph_check, matmul_ceiling, profile_step
 from bench.gpu.harness import Bench, guarded
 from bench.gpu.mfu import cache_sizing
@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=bench.gpu.__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
-    ap.add_argument("--out", default=os.environ.get("OUT") or str(RESULTS))
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(RESULTS / "gpu"))
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument(

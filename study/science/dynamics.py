@@ -80,7 +80,7 @@ def update_stable_rank(states: Any, chunk: int = 256) -> np.ndarray:
     Grams of at most HOST_EIGH_MAX rows are decomposed on the CPU wherever the states are: a
     GPU solves a batch of such matrices one by one with a host sync each (H200, 1,536 Grams of
     50 x 50: 0.45 s, 4.7 s with 8 trials on the GPU, vs 0.14 s on the CPU; 257 x 257: 3.4 s on
-    the GPU, 5.9 s on the CPU; docs/results/throughput.md).
+    the GPU, 5.9 s on the CPU; results/throughput/README.md).
     """
     total = 0.0
     for x in iter_chunks(states, chunk):

@@ -18,7 +18,7 @@ concatenated with the final-norm mean patch token (`probe_features`); StandardSc
 multinomial logistic regression (lbfgs) with C = PROBE_C and at most PROBE_MAX_ITER
 iterations, fit on the train split and scored on the test split. The fit runs on PROBE_THREADS
 BLAS thread(s): lbfgs on [N ~ 10^3, 2D ~ 10^2-10^3] features is a loop of small matmuls, which
-many BLAS threads slow down (docs/results/throughput.md: 1,500 x 384 Fashion features, 0.7 s on
+many BLAS threads slow down (results/throughput/README.md: 1,500 x 384 Fashion features, 0.7 s on
 1 thread vs 2.3 s on 2), and one thread makes the fitted probe the same on every machine.
 """
 

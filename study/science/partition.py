@@ -8,6 +8,8 @@ over 2-D prefix sums solves in O(k L^2) (`contiguous_maxcut`, partition.method '
 Also offered (docs/science.md §2): the reference's recursive bisection (`bisection`,
 'bisection') and explicit boundaries (`fixed_partition`, 'fixed'). `bisection` is greedy
 and never beats the DP's cut; trials log both cuts so a report can say how often it loses.
+The paper's control (docs/science.md, "Max-cut vs random partitions"): a seeded draw uniform
+over all C(L-1, k-1) contiguous partitions (`random_partition`, 'random').
 """
 
 from __future__ import annotations
@@ -188,12 +190,31 @@ def bisection(dissimilarity: np.ndarray, k: int) -> Partition:
     return partition_of(d, tuple((a + 1, b) for a, b in segments))
 
 
+def random_boundaries(num_layers: int, k: int, seed: int) -> list[int]:
+    """A contiguous partition of layers 1..L into k phases drawn uniformly over all C(L-1, k-1) of them, as its
+    boundaries (last layer of every phase but the last): k - 1 distinct split points of the L - 1 gaps between
+    layers, drawn without replacement by `numpy.random.default_rng(seed)`, sorted."""
+    check_k_fits(k, num_layers)
+    gaps = np.random.default_rng(seed).choice(num_layers - 1, size=k - 1, replace=False)
+    return sorted(int(g) + 1 for g in gaps)
+
+
+def random_partition(dissimilarity: np.ndarray, k: int, seed: int) -> Partition:
+    """The seeded uniform random contiguous partition (`random_boundaries`) with its cut under `dissimilarity`."""
+    num_layers = _check_dissimilarity(dissimilarity).shape[0]
+    return fixed_partition(dissimilarity, random_boundaries(num_layers, k, seed))
+
+
 def choose_partition(
-    dissimilarity: np.ndarray, k: int, method: str = "dp", boundaries: Sequence[int] | None = None
+    dissimilarity: np.ndarray,
+    k: int,
+    method: str = "dp",
+    boundaries: Sequence[int] | None = None,
+    seed: int | None = None,
 ) -> tuple[Partition, dict[str, Any]]:
-    """The partition used by a trial (`method` dp | bisection | fixed) and the DP-vs-bisection comparison logged with
-    every trial: {'cut_dp', 'cut_bisection', 'dp_differs' (1.0 if their bounds differ), 'bounds_dp',
-    'bounds_bisection'}."""
+    """The partition used by a trial (`method` dp | bisection | fixed | random; `seed` for 'random') and the
+    DP-vs-bisection comparison logged with every trial: {'cut_dp', 'cut_bisection', 'dp_differs' (1.0 if their
+    bounds differ), 'bounds_dp', 'bounds_bisection'}."""
     dp, bis = contiguous_maxcut(dissimilarity, k), bisection(dissimilarity, k)
     if method == "dp":
         chosen = dp
@@ -203,8 +224,12 @@ def choose_partition(
         if boundaries is None:
             raise ValueError("partition.boundaries: required when partition.method is 'fixed'")
         chosen = fixed_partition(dissimilarity, boundaries)
+    elif method == "random":
+        if seed is None:
+            raise ValueError("partition.seed: required when partition.method is 'random'")
+        chosen = random_partition(dissimilarity, k, seed)
     else:
-        raise ValueError(f"partition.method: must be 'dp', 'bisection' or 'fixed', got {method!r}")
+        raise ValueError(f"partition.method: must be 'dp', 'bisection', 'fixed' or 'random', got {method!r}")
     comparison = {
         "cut_dp": dp.cut_value,
         "cut_bisection": bis.cut_value,

@@ -96,6 +96,16 @@ def mse_dissimilarity(
     return _symmetric_zero_diagonal(dissimilarity.clamp_min(0.0).cpu().numpy())
 
 
+def cosine_similarity(states: Any, num_registers: int, device: torch.device | str | None = None) -> np.ndarray:
+    """S = 1 - `cosine_dissimilarity` [L, L] (the similarity kind 'cosine')."""
+    return 1.0 - cosine_dissimilarity(states, num_registers, device=device)
+
+
+def mse_similarity(states: Any, num_registers: int, device: torch.device | str | None = None) -> np.ndarray:
+    """S = 1 - `mse_dissimilarity` [L, L] (the similarity kind 'mse')."""
+    return 1.0 - mse_dissimilarity(states, num_registers, device=device)
+
+
 def linear_cka(
     states: Any,
     num_registers: int,

@@ -128,7 +128,7 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
     """A Tune trial: the one trial pipeline with its distillation on Ray Train workers, then a report.
 
     The pipeline (torch, timm, scikit-learn, matplotlib) is imported here, in the trial's process: the sweep
-    driver's process never trains, and importing it there cost seconds per launch (docs/results/throughput.md)."""
+    driver's process never trains, and importing it there cost seconds per launch (results/throughput/README.md)."""
     from study.sweep.raytrain import RayTrainWorkers
     from study.trial.pipeline import run_trial
 
@@ -529,7 +529,7 @@ def _run_locked(
         return client, experiment_id, sweep_id, parent_run_id
 
     clock = {"setup_s": time.perf_counter() - t_start}
-    # The tracking store's setup runs while Ray starts (docs/results/throughput.md, lever 4: both take seconds)
+    # The tracking store's setup runs while Ray starts (results/throughput/README.md, lever 4: both take seconds)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-setup") as pool:
         tracking = pool.submit(setup_tracking)
         t0 = time.perf_counter()

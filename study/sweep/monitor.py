@@ -2,7 +2,7 @@
 
 `SweepMonitor` is a Ray Tune callback. It counts trials running / finished / failed, keeps the
 best objective so far and an ETA, and (when `live`) renders them as one rich Live view that
-replaces Tune's status tables and Ray's log lines (docs/results/throughput.md). It also records
+replaces Tune's status tables and Ray's log lines (results/throughput/README.md). It also records
 wall-clock event times per trial (Tune start, results, end) and writes them to `events.json`
 beside the Tune experiment: with each trial's own stage timings (result.json) they split a
 sweep's time into stages (`bench/sweep_throughput.py`).

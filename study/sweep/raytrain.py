@@ -12,7 +12,7 @@ Two modes, one Ray Train code path (`TorchTrainer(...).fit()`):
   actors to start, no states to load again, nothing to ship back. Its resumable state goes to
   the trial folder (a retried trial resumes from it) and reports reach Tune directly. It is the
   default for single-worker trials (`resources.train_mode: auto`), measured in
-  docs/results/throughput.md.
+  results/throughput/README.md.
 """
 
 from __future__ import annotations

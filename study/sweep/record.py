@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 # MLflow's entities are imported where a write builds them: a trial's process imports this module (through the sweep
-# driver) but never writes to MLflow, and importing MLflow there cost seconds (docs/results/throughput.md, smoke sweep).
+# driver) but never writes to MLflow, and importing MLflow there cost seconds (results/throughput/README.md, smoke
+# sweep).
 
 BATCH_METRICS, BATCH_PARAMS = 1000, 100  # MLflow's log_batch limits
 Steps = dict[str, int]

@@ -83,10 +83,13 @@ def cached_states(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(states [N, L+1, T, D] memmap, labels [N]) for one split, extracting them once.
 
-    With `data.raptor_samples`, `dataset` is that stratified subset of the split and the files say so."""
+    With `data.raptor_samples`, `dataset` is that stratified subset of the split and the files say so; with
+    `teacher.snapshot`, `model` holds that kept checkpoint of the teacher and the files say so too."""
     folder = Path(cfg.runtime.cache_dir) / "activations" / teacher_key
     dtype = cfg.runtime.activation_dtype
     tag = "" if cfg.data.raptor_samples is None else f".n{cfg.data.raptor_samples}"
+    if cfg.teacher.snapshot is not None:
+        tag += f".snap-{cfg.teacher.snapshot}"
     states_path = folder / f"{split}{tag}.{dtype}.npy"
     labels_path = folder / f"{split}{tag}.labels.npy"
     seen_labels: list[torch.Tensor] = []

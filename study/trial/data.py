@@ -1,4 +1,5 @@
-"""Image datasets behind one interface: train / val / test splits of (image, label).
+"""Image datasets behind one interface: train / val / test splits of (image, label), one `DatasetKind` per name of
+study/registry.py DATASETS (adding a dataset = its loader and `DatasetKind` here + one registry line).
 
 - `digits` (default): scikit-learn's bundled 8x8 digits, 1797 images, 10 classes;
   needs no network and no files, split deterministically by `split_seed`.
@@ -15,6 +16,7 @@ model's own data config, so preprocessing matches the teacher.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from study.config import ConfigError, DataConfig
+from study.registry import DATASETS, resolve
 from study.science.sampling import stratified_subset
 from study.trial.sources import require_dir
 
@@ -64,13 +67,7 @@ IMAGEFOLDER_SPEC = ImageSpec(
 
 def native_spec(cfg: DataConfig) -> ImageSpec:
     """The spec a from-scratch teacher uses for this dataset (honouring data.image_size)."""
-    base = {
-        "digits": DIGITS_SPEC,
-        "fashion_mnist": FASHION_SPEC,
-        "cifar10": CIFAR_SPEC,
-        "cifar100": CIFAR_SPEC,
-        "imagefolder": IMAGEFOLDER_SPEC,
-    }[cfg.name]
+    base = resolve(DATASETS, cfg.name).spec
     if cfg.image_size is None:
         return base
     return ImageSpec(base.in_chans, cfg.image_size, base.mean, base.std, base.interpolation, base.crop_pct)
@@ -196,16 +193,29 @@ def _load_fashion_mnist(cfg: DataConfig, spec: ImageSpec) -> Splits:
     return Splits(*(subset(ds, _cap(ix, cfg, ds.labels, name)) for name, ds, ix in parts), num_classes=10)
 
 
+@dataclass(frozen=True)
+class DatasetKind:
+    """A dataset the study can load (an entry of study/registry.py DATASETS).
+
+    Args:
+        load: (data config, the teacher's image spec) -> train / val / test `Splits`.
+        spec: the native spec of a teacher trained on it from scratch (`native_spec`).
+    """
+
+    load: Callable[[DataConfig, ImageSpec], Splits]
+    spec: ImageSpec
+
+
+DIGITS = DatasetKind(_load_digits, DIGITS_SPEC)
+FASHION_MNIST = DatasetKind(_load_fashion_mnist, FASHION_SPEC)
+CIFAR10 = DatasetKind(_load_cifar, CIFAR_SPEC)
+CIFAR100 = DatasetKind(_load_cifar, CIFAR_SPEC)
+IMAGEFOLDER = DatasetKind(_load_imagefolder, IMAGEFOLDER_SPEC)
+
+
 def load_splits(cfg: DataConfig, spec: ImageSpec | None = None) -> Splits:
     """Load the configured dataset as train / val / test for a teacher consuming `spec`."""
-    spec = spec or native_spec(cfg)
-    if cfg.name == "digits":
-        return _load_digits(cfg, spec)
-    if cfg.name == "fashion_mnist":
-        return _load_fashion_mnist(cfg, spec)
-    if cfg.name in ("cifar10", "cifar100"):
-        return _load_cifar(cfg, spec)
-    return _load_imagefolder(cfg, spec)
+    return resolve(DATASETS, cfg.name).load(cfg, spec or native_spec(cfg))
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:

@@ -52,7 +52,7 @@ Readout = Callable[[torch.Tensor], torch.Tensor]
 def rollout_chunk(device: torch.device | str) -> int:
     """Samples per forward pass in the perturbation roll-outs and layer swaps: 64 on CPU; 512 on a GPU,
     where fewer, larger passes mean fewer kernel launches and host syncs (a small saving: these passes
-    take 0.01-0.1 s of a study trial on an H200, docs/results/dynamics_time_h200.log). Beyond rounding
+    take 0.01-0.1 s of a study trial on an H200, results/throughput/dynamics_time_h200.log). Beyond rounding
     the chunk changes one thing: the perturbation noise is drawn chunk by chunk, which gives the same
     draw as one call when a sample holds a multiple of 16 values (T x D; 50 x 192 and 257 x 384 do)."""
     return 512 if torch.device(device).type == "cuda" else 64

@@ -29,7 +29,6 @@ import torch
 import yaml
 
 import study.trial.cache as cache
-from analysis import figures
 from study.config import TrialConfig, check_boundaries, check_k_fits
 from study.contract import (
     ACC_AGREEMENT,
@@ -57,13 +56,15 @@ from study.contract import (
     phase_metric,
     r2_metric,
 )
+from study.registry import SIMILARITY, resolve
 from study.runtime import CheckpointPolicy, seed_everything, setup
 from study.science.distill import evaluate_fidelity, rollout_features, run_distillation
 from study.science.fidelity import fit_linear_probe, own_probe_accuracy, probe_features, probe_recovery, task_fidelity
 from study.science.partition import Partition, choose_partition
 from study.science.raptor import Raptor
 from study.science.sampling import class_counts, class_share_range, stratified_subset, take_rows
-from study.science.similarity import cosine_dissimilarity, linear_cka, mse_dissimilarity, phase_metrics
+from study.science.similarity import phase_metrics
+from study.trial import figures
 from study.trial.activations import cached_states
 from study.trial.data import SPLIT_NAMES, ImageSpec, dataset_labels, load_splits
 from study.trial.dynamics import swap_readout, trial_dynamics
@@ -97,14 +98,10 @@ class Prepared:
 def similarity_matrices(
     states: np.ndarray, num_registers: int, device: torch.device | None = None
 ) -> dict[str, np.ndarray]:
-    """Similarity S [L, L] over layers 1..L by kind; cosine and mse as 1 - dissimilarity. On a GPU `device`
-    the sums are batched matmuls there (the states stream to it chunk by chunk)."""
+    """Similarity S [L, L] over layers 1..L of every kind of study/registry.py SIMILARITY. On a GPU `device` the sums
+    are batched matmuls there (the states stream to it chunk by chunk)."""
     device = device if device is not None and device.type == "cuda" else None
-    return {
-        "cosine": 1.0 - cosine_dissimilarity(states, num_registers, device=device),
-        "cka": linear_cka(states, num_registers, device=device),
-        "mse": 1.0 - mse_dissimilarity(states, num_registers, device=device),
-    }
+    return {kind: resolve(SIMILARITY, kind)(states, num_registers, device=device) for kind in SIMILARITY}
 
 
 def teacher_and_states(
@@ -160,6 +157,7 @@ def prepare(cfg: TrialConfig, device: torch.device | None = None) -> Prepared:
         cfg.raptor.k,
         cfg.partition.method,
         cfg.partition.boundaries_for(cfg.raptor.k),
+        seed=cfg.partition.seed,
     )
     timings["similarity_s"] = time.perf_counter() - t0
     return Prepared(cfg, device, teacher, states, labels, similarity, partition, info, subsets, timings)
@@ -461,6 +459,7 @@ def write_outputs(
             "width": teacher.width,
             "num_registers": teacher.num_registers,
             "test_acc": teacher.test_acc,
+            "snapshot_epoch": teacher.snapshot_epoch,  # epochs behind a kept checkpoint (teacher.snapshot), else None
             **({EMERGENCE_KEY: teacher.emergence} if teacher.emergence else {}),
         },
         "similarity": {kind: matrix.tolist() for kind, matrix in prepared.similarity.items()},

@@ -2,7 +2,7 @@
 
 The sweep driver runs these checks in its own process, which never trains anything: keeping this module free of
 torch, timm and torchvision keeps those imports out of the driver (seconds on a 2-core machine;
-docs/results/throughput.md, smoke sweep). `study.trial.data`, `study.trial.idx` and `study.trial.onnx_vit` load the
+results/throughput/README.md, smoke sweep). `study.trial.data`, `study.trial.idx` and `study.trial.onnx_vit` load the
 data and the teacher with the same helpers.
 """
 
@@ -12,6 +12,7 @@ import importlib.util
 from pathlib import Path
 
 from study.config import ConfigError, DataConfig, TrialConfig
+from study.registry import DATASETS_WITHOUT_PATH
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "install it with `make data` or `sudo apt-get install dataset-fashion-mnist`, or set data.path"
@@ -56,7 +57,7 @@ def check_data_source(cfg: DataConfig) -> None:
     """Fail fast (before any work) when a configured local dataset folder or file is missing."""
     if cfg.name == "fashion_mnist":
         fashion_files(cfg)
-    elif cfg.name != "digits":
+    elif cfg.name not in DATASETS_WITHOUT_PATH:
         require_dir(cfg.path, cfg.name)
 
 

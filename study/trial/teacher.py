@@ -1,7 +1,11 @@
 """Teacher ViTs: built from a typed config (timm VisionTransformer), trained with
 AdamW + warmup-cosine, checkpointed per epoch (resumable) and cached by the
 hash of what determines their weights, or loaded pretrained (timm name,
-local checkpoint file or HF-style folder, or an ONNX file converted by study/trial/onnx_vit.py)."""
+local checkpoint file or HF-style folder, or an ONNX file converted by study/trial/onnx_vit.py).
+
+Training from scratch keeps checkpoints beside the teacher (`teacher.snapshots`: chosen epochs, 0 = init, and the
+best-validation-accuracy weights), so a trial can fit its Raptor to the teacher at a stage of its training
+(`teacher.snapshot`; docs/science.md, "Teachers in the paper's regime")."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.layers import DropPath
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset
 
@@ -32,6 +37,7 @@ from study.runtime import (
 from study.science.emergence import phase_snapshot
 from study.science.sampling import stratified_subset
 from study.science.states import teacher_states
+from study.trial.augment import Augment
 from study.trial.data import ImageSpec, Splits, dataset_labels, native_spec
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,7 @@ class Teacher:
     key: str
     test_acc: float | None  # head accuracy on the test split (teachers trained here), else None
     emergence: list[dict] | None = None  # phase snapshots across training (`teacher.track_phases`), else None
+    snapshot_epoch: int | None = None  # epochs of training behind the weights when a kept checkpoint is used
 
     @property
     def depth(self) -> int:
@@ -61,8 +68,11 @@ class Teacher:
 
 
 def build_scratch_model(cfg: TrialConfig, spec: ImageSpec, num_classes: int) -> VisionTransformer:
+    """The teacher at init. Stochastic depth per `teacher.sd_schedule`: timm's linear ramp (0 at the first block,
+    sd_rate at the last), or sd_rate at every block ('uniform'; DropPath modules hold no weights and draw nothing at
+    construction, so the init is the same under both)."""
     t = cfg.teacher
-    return VisionTransformer(
+    model = VisionTransformer(
         img_size=spec.size,
         patch_size=t.patch_size,
         in_chans=spec.in_chans,
@@ -74,10 +84,14 @@ def build_scratch_model(cfg: TrialConfig, spec: ImageSpec, num_classes: int) -> 
         reg_tokens=t.registers,
         no_embed_class=False,
         init_values=t.layerscale_init,
-        drop_path_rate=t.sd_rate,
+        drop_path_rate=t.sd_rate if t.sd_schedule == "linear" else 0.0,
         class_token=True,
         global_pool="token",
     )
+    if t.sd_schedule == "uniform" and t.sd_rate > 0:
+        for block in model.blocks:
+            block.drop_path1, block.drop_path2 = DropPath(t.sd_rate), DropPath(t.sd_rate)
+    return model
 
 
 def _checkpoint_file(path: str) -> str:
@@ -189,14 +203,19 @@ def train_scratch(
     device: torch.device,
     resume_path: Path,
     track: Callable[[VisionTransformer], dict[str, float]] | None = None,
+    keep: Callable[[str, int, VisionTransformer], None] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """AdamW + warmup-cosine training on the train split, resumable from `resume_path`.
+    """AdamW + warmup-cosine training on the train split (augmented when `teacher.augment`), resumable from
+    `resume_path`.
 
     Returns the per-epoch history [{'epoch', 'loss', 'val_acc'}] and, with `track` and `teacher.track_phases` = N,
     the emergence records [{'epoch': epochs done (0 = init), 'val_acc', **track(model)}] at init, every N epochs
-    and at the end (else [])."""
+    and at the end (else []). `keep(name, epochs_done, model)` is called with the model at each epoch of
+    `teacher.snapshots` (name: the epoch) and, after the last epoch, holding the weights of the best validation
+    accuracy (name 'best'; ties: the earliest epoch); it runs outside the training RNG streams."""
     t, rt = cfg.teacher, cfg.runtime
     generator = seed_everything(t.seed)
+    augment = Augment(t, native_spec(cfg.data)) if t.augment else None
     loader = DataLoader(
         splits.train,
         batch_size=t.batch_size,
@@ -217,6 +236,7 @@ def train_scratch(
     emergence: list[dict] = []
     every = t.track_phases if track is not None else 0
     start_epoch = 0
+    best: dict | None = None  # {'epoch', 'val_acc', 'state_dict'} of the best validation accuracy so far
     if resume_path.is_file():
         # on CPU: generator states must be CPU ByteTensors (load_state_dict moves the rest to the model's device)
         state = torch.load(resume_path, map_location="cpu", weights_only=False)
@@ -229,7 +249,9 @@ def train_scratch(
             if state.get("cuda_rng") is not None and device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
         history, start_epoch = state["history"], state["epoch"] + 1
-        emergence = state.get("emergence", [])
+        emergence, best = state.get("emergence", []), state.get("best")
+        if augment is not None:
+            augment.load_state(state["augment_rng"])
         log.info("resuming teacher training at epoch %d", start_epoch)
 
     def snapshot(epochs_done: int, val_acc: float | None = None) -> dict:
@@ -238,8 +260,15 @@ def train_scratch(
             val_acc = accuracy(model, splits.val, device, amp=rt.amp) if val_acc is None else val_acc
             return {"epoch": epochs_done, "val_acc": val_acc, **track(model)}
 
+    def kept(name: str, epochs_done: int) -> None:
+        if keep is not None:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                keep(name, epochs_done, model)
+
     if every and start_epoch == 0:
         emergence.append(snapshot(0))
+    if start_epoch == 0 and 0 in t.snapshots:
+        kept("0", 0)
 
     def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with autocast(device, rt.amp):
@@ -257,6 +286,8 @@ def train_scratch(
             running, seen = 0.0, 0
             for images, labels in loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                if augment is not None:
+                    images = augment(images)
                 running += step(images, labels) * len(labels)
                 scheduler.step()
                 seen += len(labels)
@@ -268,6 +299,11 @@ def train_scratch(
             history.append(record)
             if every and ((epoch + 1) % every == 0 or epoch + 1 == t.epochs):
                 emergence.append(snapshot(epoch + 1, record["val_acc"]))
+            if epoch + 1 in t.snapshots:
+                kept(str(epoch + 1), epoch + 1)
+            if keep is not None and (best is None or record["val_acc"] > best["val_acc"]):
+                weights = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+                best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "state_dict": weights}
             bar.update(task, advance=1, info=f"loss {record['loss']:.3f} val_acc {record['val_acc']:.3f}")
             state = {
                 "model": model.state_dict(),
@@ -276,11 +312,18 @@ def train_scratch(
                 "generator": generator.get_state(),
                 "history": history,
                 "emergence": emergence,
+                "best": best,
+                "augment_rng": augment.state() if augment is not None else None,
                 "epoch": epoch,
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             }
             cache.atomic_write(resume_path, lambda tmp: torch.save(state, tmp))
+    if best is not None:  # the best weights in the model for `keep`, then the final ones back
+        final = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        model.load_state_dict(best["state_dict"])
+        kept("best", best["epoch"])
+        model.load_state_dict(final)
     return history, emergence
 
 
@@ -313,12 +356,43 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[I
     folder = Path(cfg.runtime.cache_dir) / "teachers"
     path = folder / f"{key}.pt"
 
+    def fresh(splits: Splits) -> VisionTransformer:
+        seed_everything(cfg.teacher.seed)  # the init is part of what teacher.seed (and the cache key) determines
+        return build_scratch_model(cfg, spec, splits.num_classes)
+
+    def keeper(splits: Splits, only: str | None = None, into: Path | None = None):
+        """`train_scratch`'s keep: each checkpoint (or only `only`, written to `into`) with its accuracies."""
+
+        def keep(name: str, epochs_done: int, model: VisionTransformer) -> None:
+            if only is not None and name != only:
+                return
+
+            def write(tmp: Path) -> None:
+                val_acc, test_acc = (
+                    accuracy(model, part, device, amp=cfg.runtime.amp) for part in (splits.val, splits.test)
+                )
+                record = {
+                    "state_dict": model.state_dict(),
+                    "epoch": epochs_done,
+                    "val_acc": val_acc,
+                    "test_acc": test_acc,
+                }
+                torch.save(record, tmp)
+
+            if into is not None:
+                write(into)
+            else:
+                cache.get_or_create(snapshot_path(folder, key, name), write, what="teacher snapshot")
+
+        return keep
+
     def train(tmp: Path) -> None:
         splits = splits_for(spec)
-        seed_everything(cfg.teacher.seed)  # the init is part of what teacher.seed (and the cache key) determines
-        model = build_scratch_model(cfg, spec, splits.num_classes)
+        model = fresh(splits)
         track = phase_tracker(splits, cfg, device) if cfg.teacher.track_phases else None
-        history, emergence = train_scratch(model, splits, cfg, device, folder / f"{key}.resume.pt", track)
+        history, emergence = train_scratch(
+            model, splits, cfg, device, folder / f"{key}.resume.pt", track, keeper(splits)
+        )
         test_acc = accuracy(model, splits.test, device, amp=cfg.runtime.amp)
         torch.save(
             {
@@ -339,5 +413,26 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[I
     saved = torch.load(path, map_location="cpu", weights_only=False)
     model = build_scratch_model(cfg, spec, saved["num_classes"])
     model.load_state_dict(saved["state_dict"])
+    test_acc, epoch = saved["test_acc"], None
+    chosen = cfg.teacher.snapshot
+    if chosen is not None:
+        snap_path, resume = snapshot_path(folder, key, chosen), folder / f"{key}.snap-{chosen}.resume.pt"
+
+        def retrain(tmp: Path) -> None:  # the teacher was cached without this checkpoint: the same run again
+            log.warning("teacher %s was cached without checkpoint %r: training it again to keep it", key, chosen)
+            splits = splits_for(spec)
+            train_scratch(fresh(splits), splits, cfg, device, resume, keep=keeper(splits, str(chosen), tmp))
+
+        cache.get_or_create(snap_path, retrain, what="teacher snapshot")
+        resume.unlink(missing_ok=True)
+        kept = torch.load(snap_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(kept["state_dict"])
+        test_acc, epoch = kept["test_acc"], kept["epoch"]
     set_fused_attn(model, cfg.runtime.fused_attn)
-    return Teacher(_freeze(model).to(device), spec, key, saved["test_acc"], saved.get("emergence") or None)
+    emergence = saved.get("emergence") or None
+    return Teacher(_freeze(model).to(device), spec, key, test_acc, emergence, epoch)
+
+
+def snapshot_path(folder: Path, key: str, snapshot: int | str) -> Path:
+    """The cache file of teacher `key`'s kept checkpoint `snapshot` (an epoch, or 'best')."""
+    return folder / f"{key}.snap-{snapshot}.pt"

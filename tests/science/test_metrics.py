@@ -137,7 +137,7 @@ def test_probe_features_are_normed_cls_and_mean_patch():
 
 
 def test_own_probe_accuracy_and_recovery():
-    assert (PROBE_C, PROBE_MAX_ITER) == (1.0, 1000)  # documented in docs/results/science_remeasure.md
+    assert (PROBE_C, PROBE_MAX_ITER) == (1.0, 1000)  # documented in results/science_remeasure/README.md
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 60)
     good = rng.normal(size=(180, 4)) + 5.0 * np.eye(3, 4)[labels]

@@ -144,3 +144,54 @@ def test_fixed_boundaries_and_choose_partition():
     assert choose_partition(d, 3, "bisection")[0] == bisection(d, 3)
     with pytest.raises(ValueError, match="partition.method"):
         choose_partition(d, 2, "greedy")
+
+
+from study.science.partition import random_boundaries, random_partition  # noqa: E402
+
+
+@pytest.mark.parametrize("num_layers,k", [(2, 2), (5, 1), (6, 3), (12, 4), (8, 8)])
+def test_random_partition_draws_only_contiguous_partitions_with_k_phases(num_layers, k):
+    d = random_dissimilarity(num_layers, seed=num_layers)
+    allowed = set(all_contiguous_partitions(num_layers, k))
+    for seed in range(40):
+        drawn = random_partition(d, k, seed)
+        assert drawn.k == k and drawn.phase_bounds in allowed
+        assert drawn == partition_of(d, drawn.phase_bounds)  # its cut is the cut of those bounds
+        assert random_partition(d, k, seed) == drawn  # seeded
+
+
+def test_random_partition_is_uniform_over_all_contiguous_partitions():
+    from scipy.stats import chisquare
+
+    num_layers, k, draws = 6, 3, 3000
+    partitions = list(all_contiguous_partitions(num_layers, k))
+    assert len(partitions) == 10  # C(5, 2)
+    counts = dict.fromkeys(partitions, 0)
+    for seed in range(draws):
+        ends = random_boundaries(num_layers, k, seed) + [num_layers]
+        counts[tuple(zip([1] + [e + 1 for e in ends[:-1]], ends))] += 1
+    assert min(counts.values()) > 0
+    assert chisquare(list(counts.values())).pvalue > 0.001
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_dp_cut_is_at_least_every_random_cut(seed):
+    for num_layers, k in [(7, 2), (8, 3), (12, 4)]:
+        d = random_dissimilarity(num_layers, seed=31 * seed + num_layers)
+        dp = choose_partition(d, k, "dp")[0]
+        for draw in range(30):
+            chosen, info = choose_partition(d, k, "random", seed=draw)
+            assert chosen == random_partition(d, k, draw)
+            assert dp.cut_value >= chosen.cut_value - 1e-9 and info["cut_dp"] == pytest.approx(dp.cut_value)
+
+
+def test_random_needs_a_seed_and_an_unseeded_random_config_is_the_dp():
+    from study.config import load_trial_config
+
+    with pytest.raises(ValueError, match="partition.seed"):
+        choose_partition(random_dissimilarity(6, 0), 2, "random")
+    assert load_trial_config(None, {"partition.method": "random"}).partition.method == "dp"
+    seeded = load_trial_config(None, {"partition.method": "random", "partition.seed": 3}).partition
+    assert (seeded.method, seeded.seed) == ("random", 3)
+    with pytest.raises(ConfigError, match="partition.seed"):
+        load_trial_config(None, {"partition.method": "random", "partition.seed": -1})

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_sweep_e2e import cli, finish, free_port, output, tiny_spec, train_worker_pids, trial_runs
+
+from bench.scenario import cli, finish, free_port, output, tiny_spec, train_worker_pids, trial_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -111,7 +112,7 @@ def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
 
 
 def test_a_killed_worker_node_loses_and_duplicates_no_trial(tmp_path):
-    """Fault 12 of docs/results/ecosystem.md, as `bench.faults.node_kill` runs it: every process of the worker node
+    """Fault 12 of results/faults/ecosystem.md, as `bench.faults.node_kill` runs it: every process of the worker node
     SIGKILLed while a trial runs on it, a replacement node started; Tune's FailureConfig reruns the trial there."""
     from bench.faults import NODE_KILL_EPOCHS, node_kill
 

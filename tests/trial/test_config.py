@@ -142,7 +142,7 @@ def test_teacher_key_ignores_raptor_distill_runtime_fields(field, value):
             {"partition.method": "fixed", "partition.boundaries": [5, 3], "raptor.k": 3},
             "partition.boundaries: must be strictly increasing",
         ),
-        ({"partition.method": "greedy"}, "partition.method: Input should be 'dp', 'bisection' or 'fixed'"),
+        ({"partition.method": "greedy"}, "partition.method: Input should be 'dp', 'bisection', 'fixed' or 'random'"),
         ({"distill.tf_mode": "both"}, "distill.tf_mode: Input should be 'input_mix' or 'loss_mix'"),
         ({"distill.arm": "tf"}, "distill.arm: Input should be"),
         ({"distill.grad_clip": -1}, "distill.grad_clip: Input should be greater than or equal to 0"),

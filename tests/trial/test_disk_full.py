@@ -1,5 +1,5 @@
 """Disk full (ENOSPC) while writing a cache entry or an output file: a clear OSError, no temp file left
-behind, and no half-written file is ever read back (docs/results/ecosystem.md, fault table)."""
+behind, and no half-written file is ever read back (results/faults/ecosystem.md, fault table)."""
 
 from __future__ import annotations
 
