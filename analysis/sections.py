@@ -59,10 +59,11 @@ def split_reading(fit: ClusterFit) -> str:
         return "between/within split not estimable"
     if w is None:
         return "the predictor does not vary within teachers: only the between-teacher slope exists"
+    sign = "negative" if within.estimate < 0 else "positive"
     if b and not w:
         return "the relation exists only between teachers (within-teacher slope's CI includes 0)"
     if w and not b:
-        return "the relation exists only within teachers (between-teacher slope's CI includes 0)"
+        return f"only the within-teacher slope ({sign}) is distinguishable from 0; between teachers its CI includes 0"
     if b and w:
         return "the relation holds both between and within teachers"
     return "neither the between- nor the within-teacher slope is distinguishable from 0"
@@ -72,11 +73,12 @@ def fit_sentence(fit: ClusterFit) -> str:
     """Slope, between/within slopes, within-SD slope and partial R² of one relation, in words."""
     if not fit.defined:
         return f"{fit.target}: {fit.note}"
-    parts = [
-        f"{fit.target}: slope {coefficient_text(fit.pooled, fit.n_teachers)}",
-        f"between teachers {coefficient_text(fit.between)}",
-        f"within teachers {coefficient_text(fit.within)}",
-    ]
+    parts = [f"{fit.target}: slope {coefficient_text(fit.pooled, fit.n_teachers)}"]
+    if fit.within.defined:
+        parts += [
+            f"between teachers {coefficient_text(fit.between)}",
+            f"within teachers {coefficient_text(fit.within)}",
+        ]
     if fit.factor:
         parts.append(f"within {fit.factor} levels (teacher means) {coefficient_text(fit.within_factor)}")
     r2 = (
@@ -84,7 +86,10 @@ def fit_sentence(fit: ClusterFit) -> str:
         if fit.r2_ci.defined
         else "R² CI: " + (fit.note or "not estimable")
     )
-    return "; ".join(parts) + f"; {r2} ({split_reading(fit)})"
+    reading = (
+        f" ({split_reading(fit)})" if fit.within.defined else " (a teacher-level predictor: between teachers only)"
+    )
+    return "; ".join(parts) + f"; {r2}{reading}"
 
 
 def summary_section(

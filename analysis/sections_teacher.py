@@ -17,6 +17,7 @@ from study.contract import (
     DYNAMICS_PREFIX,
     EMERGENCE_KEY,
     K_PARAM,
+    LAYER_METRIC_PREFIXES,
     PHASE_KINDS,
     R2_FINAL,
     SD_PARAM,
@@ -26,7 +27,7 @@ from study.contract import (
     layer_metric,
 )
 
-LAYER_PANELS = tuple(layer_metric(g, p) for p in ("r2_pooled.layer", "r2.layer") for g in ("all", "cls", "patch"))
+LAYER_PANELS = tuple(layer_metric(g, p) for p in reversed(LAYER_METRIC_PREFIXES) for g in ("all", "cls", "patch"))
 """Per-layer histories drawn by SD rate: pooled then strict, all tokens, cls, patch (rows of 3 panels)."""
 
 
