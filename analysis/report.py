@@ -163,7 +163,11 @@ def write_trials_report(
         )
         inferential = [comparison_section, primary_section(analysis)]
         if analysis.n_teachers < MIN_TEACHERS:
-            inferential = [Section("Comparison with the paper and the primary relation", [Note(NO_STATISTICS)])]
+            measured = paper_measurement_rows(analysis.trials)
+            blocks: list = [Note(NO_STATISTICS)]
+            if len(measured):
+                blocks.append(Table("The paper's own measurements (means only)", measured))
+            inferential = [Section("Comparison with the paper and the primary relation", blocks)]
         sections += [
             *inferential,
             levels_section(analysis, PAPER_ACC_RATIO),

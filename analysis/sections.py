@@ -128,7 +128,7 @@ def headline(analysis: SweepAnalysis) -> str | Note:
     relation = f"{reading.target} ~ {reading.predictor}"
     if fit is None:
         return Note(f"Primary relation {relation}: not fitted ({'; '.join(analysis.notes)}).")
-    counts = f"{fit.n_trials} trials from {fit.n_teachers} teachers"
+    counts = f"{fit.n_trials} trials from {fit.n_teachers} teacher{'s' if fit.n_teachers != 1 else ''}"
     if not fit.defined:
         return Note(f"Demo, not a finding: primary relation {relation} over {counts}: {fit.note}.")
     adjusted = f", adjusted for {', '.join(fit.covariates)}" if fit.covariates else ""
@@ -240,8 +240,8 @@ def levels_section(analysis: SweepAnalysis, paper_acc: dict) -> Section:
         shown = level_table(table, by)
         if "acc_ratio" in table:
             shown["acc.ratio (teacher CI)"] = [
-                f"{format_cell(m, 'mean')} {ci_text(*c)}" if c[0] is not None else (note or "–")
-                for m, c, note in zip(table["acc_ratio"], table["acc_ratio_ci"], table["acc_ratio_note"], strict=True)
+                f"{format_cell(m, 'mean')} {ci_text(*c)}" if c[0] is not None else f"{format_cell(m, 'mean')} (no CI)"
+                for m, c in zip(table["acc_ratio"], table["acc_ratio_ci"], strict=True)
             ]
             shown["paper (other protocol)"] = [paper_acc.get(int(k), np.nan) for k in table["level"]]
         blocks += factored_notes(shown, f"Primary relation per {name} ({by})")
