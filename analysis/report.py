@@ -232,7 +232,8 @@ def raptor_r2_section(table: pd.DataFrame) -> Section:
 
 def summary_record(analysis: SweepAnalysis) -> dict:
     """summary.json: the primary relation (teacher as the unit; final layer and mean over layers), its naive numbers,
-    per-SD and per-k tables, SD trends, power and the exploratory ranking."""
+    per-SD and per-k tables, SD trends and power. The other targets per SD and the exploratory ranking are in
+    tables/secondary_by_sd.csv and tables/exploratory.csv."""
     reading = analysis.reading
     primary = analysis.primary
     empty = {
@@ -275,10 +276,8 @@ def summary_record(analysis: SweepAnalysis) -> dict:
         "unadjusted": analysis.primary_unadjusted.summary() if analysis.primary_unadjusted is not None else None,
         "per_sd": _records(analysis.per_sd, {"level": "sd"}),
         "per_k": _records(analysis.per_k, {"level": "k"}),
-        "per_sd_secondary": _records(analysis.per_sd_secondary, {"level": "sd"}),
         "sd_trend": [fit.summary() for fit in analysis.sd_trends],
         "power": analysis.power.summary() if analysis.power is not None else None,
-        "exploratory": _records(analysis.exploratory, {}),
     }
 
 

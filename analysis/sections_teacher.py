@@ -28,7 +28,10 @@ from study.contract import (
 )
 
 LAYER_PANELS = tuple(layer_metric(g, p) for p in reversed(LAYER_METRIC_PREFIXES) for g in ("all", "cls", "patch"))
-"""Per-layer histories drawn by SD rate: pooled then strict, all tokens, cls, patch (rows of 3 panels)."""
+"""Per-layer histories tabulated by SD rate: pooled then strict, all tokens, cls, patch."""
+FIGURE_PANELS = (layer_metric("all", LAYER_METRIC_PREFIXES[1]), layer_metric("cls", LAYER_METRIC_PREFIXES[1]),
+                 layer_metric("all", LAYER_METRIC_PREFIXES[0]))  # fmt: skip
+"""The three drawn: pooled all tokens, pooled cls, strict all tokens (one row of panels)."""
 
 
 def similarity_section(chosen: pd.DataFrame, results: dict[str, dict]) -> Section:
@@ -165,7 +168,10 @@ def layer_fidelity_section(trials: pd.DataFrame) -> Section:
         "Raptor fidelity per teacher layer, mean over teachers (teacher means first) per SD rate; the claim "
         "concerns the whole trajectory, not only the last layer"
     )
-    figure = figures.layer_by_level(trials, columns, SD_PARAM, TEACHER_KEY_PARAM)
+    if trials[SD_PARAM].nunique() < 2:
+        return Section(title, factored_notes(pd.DataFrame(rows), "First and last layer (one SD rate)"))
+    drawn = [c for c in FIGURE_PANELS if c in columns] or columns[:3]
+    figure = figures.layer_by_level(trials, drawn, SD_PARAM, TEACHER_KEY_PARAM)
     return Section(
         title,
         [
