@@ -7,7 +7,8 @@ the reference's stage-1 schedule (`distill.tf_mode: loss_mix`, lambda 1 -> 0 ove
 gradient clip 1.0) and its rollout is scored on the test split as the trial scores it (`r2_pooled.final`, also
 the strict `r2.final` and the cls group). The study budget is the smallest budget whose mean over teachers of
 `r2_pooled.final` lies within `--tolerance` (0.01) of the largest mean (docs/science.md, "The Raptor budget").
-Writes <name>.json (machine, settings, per-run rows, per-budget means, the pick) and <name>.md under --results.
+Writes results/<name>/ (results/README.md's layout for a measurement): <name>.json (machine, settings, per-run
+rows, per-budget means, the pick) and README.md (the tables, the machine and the command).
 
 Not part of CI (tests/test_bench.py runs it with tiny overrides). Usage:
     nice python -m bench.raptor_budget [--budgets 1:1 2:1 4:2 8:4 16:8] [--sds 0.0 0.5] [--k 3] [--device cpu]
@@ -18,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from bench import RESULTS
-from bench.common import machine_line, markdown, parse_sets
+from bench.common import RESULTS, machine_line, parse_sets, results_dir, write_json, write_report
 from study.config import load_trial_config
 from study.contract import R2_FINAL, R2_POOLED_FINAL, group_metric
 from study.science.distill import evaluate_fidelity
@@ -55,7 +55,8 @@ def parse_budget(text: str) -> tuple[int, int]:
 
 
 def measure(base: dict, sds: list[float], budgets: list[tuple[int, int]], out_root: Path) -> pd.DataFrame:
-    """One row per (teacher SD, budget): r2_pooled.final, r2.final (all tokens and cls) and the distillation time."""
+    """One row per (teacher SD, budget): r2_pooled.final, r2.final (all tokens and cls), optimizer steps (both stages)
+    and the distillation time."""
     rows = []
     for sd in sds:
         prepared = prepare(load_trial_config(None, {**base, "teacher.sd_rate": sd}))
@@ -83,6 +84,7 @@ def measure(base: dict, sds: list[float], budgets: list[tuple[int, int]], out_ro
                     "stage1_epochs": stage1,
                     "stage2_epochs": stage2,
                     "epochs": stage1 + stage2,
+                    "steps": -(-len(run.states["train"]) // cfg.distill.batch_size) * (stage1 + stage2),
                     "train_images": len(run.states["train"]),
                     R2_POOLED_FINAL: float(scores.r2_pooled["all"][-1]),
                     R2_FINAL: float(scores.r2["all"][-1]),
@@ -98,9 +100,9 @@ def pick_budget(runs: pd.DataFrame, tolerance: float) -> tuple[pd.DataFrame, dic
     """Mean over teachers per budget, and the smallest budget (fewest epochs, then fewest stage-1 epochs) whose
     mean r2_pooled.final is within `tolerance` of the largest mean."""
     columns = [R2_POOLED_FINAL, R2_FINAL, group_metric(R2_POOLED_FINAL, "cls"), "distill_s"]
-    keys = ["stage1_epochs", "stage2_epochs", "epochs"]
+    keys = ["stage1_epochs", "stage2_epochs", "epochs", *(["steps"] if "steps" in runs else [])]
     means = runs.groupby(keys, sort=False)[columns].mean().reset_index()
-    means.insert(3, "teachers", runs.groupby(keys, sort=False).size().to_numpy())
+    means.insert(len(keys), "teachers", runs.groupby(keys, sort=False).size().to_numpy())
     means = means.sort_values(["epochs", "stage1_epochs"], kind="stable").reset_index(drop=True)
     best = float(means[R2_POOLED_FINAL].max())
     within = means[means[R2_POOLED_FINAL] >= best - tolerance]
@@ -115,6 +117,25 @@ def pick_budget(runs: pd.DataFrame, tolerance: float) -> tuple[pd.DataFrame, dic
     return means, pick
 
 
+def render(record: dict, folder: Path, command: str) -> Path:
+    """folder/README.md of a budget record: the setting, machine, pick and both tables."""
+    pick = record["pick"]
+    return write_report(
+        folder,
+        "python -m bench.raptor_budget",
+        [
+            f"Command: `{command}`",
+            record["setting"],
+            record["machine"],
+            f"**Study budget: stage 1 {pick['stage1_epochs']} + stage 2 {pick['stage2_epochs']} epochs** (the smallest "
+            f"budget whose mean {R2_POOLED_FINAL} over teachers, {pick['r2_pooled_final']:.4f}, is within "
+            f"{pick['tolerance']} of the largest, {pick['largest_r2_pooled_final']:.4f}).",
+        ],
+        {"mean over teachers per budget": pd.DataFrame(record["means"]), "per run": pd.DataFrame(record["runs"])},
+        {},
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", nargs="+", default=["1:1", "2:1", "4:2", "8:4", "16:8"], help="S1:S2 epochs")
@@ -125,8 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="runtime.num_threads (default: torch's)")
     parser.add_argument("--cache-dir", help="teacher/activation cache (default: a fresh temp folder)")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra trial override KEY=VALUE")
-    parser.add_argument("--results", default=str(RESULTS))
-    parser.add_argument("--name", default="raptor_budget_digits", help="file stem of the JSON and Markdown")
+    parser.add_argument("--results", default=str(RESULTS), help="root of the measurement folders")
+    parser.add_argument("--name", default="raptor_budget_digits", help="the measurement's folder and JSON stem")
     args = parser.parse_args(argv)
     budgets = [parse_budget(text) for text in args.budgets]
     if len(args.sds) < 1 or not 0 < args.tolerance < 1:
@@ -165,18 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
         "means": means.to_dict(orient="records"),
         "pick": pick,
     }
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{args.name}.json").write_text(json.dumps(record, indent=2))
-    (results / f"{args.name}.md").write_text(
-        f"# python -m bench.raptor_budget\n\n{setting}\n\n{machine}\n\n"
-        f"**Study budget: stage 1 {pick['stage1_epochs']} + stage 2 {pick['stage2_epochs']} epochs** (the smallest "
-        f"budget whose mean {R2_POOLED_FINAL} over teachers, {pick['r2_pooled_final']:.4f}, is within "
-        f"{args.tolerance} of the largest, {pick['largest_r2_pooled_final']:.4f}).\n\n"
-        f"## mean over teachers per budget\n\n{markdown(means)}\n\n## per run\n\n{markdown(runs)}\n"
-    )
+    folder = results_dir(args.name, args.results)
+    write_json(folder / f"{args.name}.json", record)
+    render(record, folder, " ".join(["python -m bench.raptor_budget", *(sys.argv[1:] if argv is None else argv)]))
     print(machine)
-    print(f"picked stage1 {pick['stage1_epochs']} + stage2 {pick['stage2_epochs']}; wrote {results}/{args.name}.*")
+    print(f"picked stage1 {pick['stage1_epochs']} + stage2 {pick['stage2_epochs']}; wrote {folder}")
     return record
 
 

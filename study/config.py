@@ -200,6 +200,11 @@ class RaptorConfig(_Strict):
     )
     layerscale_init: float = Field(1e-5, gt=0.0, le=1.0, description="LayerScale init for random blocks")
     cond_hidden: int = Field(32, ge=1, le=1024, description="hidden width of the depth-conditioning MLP")
+    depth_scaling: bool = Field(
+        True,
+        description="the depth-conditioning MLP (docs/science.md §3); false: every scale fixed at 1 and no MLP "
+        "parameters (the paper's ablation rows without depth scaling)",
+    )
 
 
 class StageConfig(_Strict):
@@ -215,6 +220,10 @@ class StageConfig(_Strict):
     lambda_patch: float = Field(0.33, ge=0.0, le=1.0)
 
 
+STAGE2_WEIGHTS = {"lambda_cls": 0.45, "lambda_reg": 0.10, "lambda_patch": 0.45}
+"""Stage 2's default token-group weights, the reference's (docs/science.md §4)."""
+
+
 class DistillConfig(_Strict):
     """Two-stage distillation (docs/science.md §4).
 
@@ -222,7 +231,7 @@ class DistillConfig(_Strict):
     only when it has some), so a searched lambda_cls changes the mix of the loss, not its scale."""
 
     stage1: StageConfig = StageConfig()
-    stage2: StageConfig = StageConfig(lambda_cls=0.45, lambda_reg=0.10, lambda_patch=0.45)
+    stage2: StageConfig = StageConfig(**STAGE2_WEIGHTS)
     tf_mode: Literal["input_mix", "loss_mix"] = Field(
         "input_mix",
         description="teacher forcing in stage 1: 'input_mix' mixes the step inputs, lambda tf_start -> 0; "
@@ -235,6 +244,11 @@ class DistillConfig(_Strict):
         "annealed stage 1, no stage 2; 'tf_only' = lambda fixed at 1, no stage 2; 'ar_only' = "
         "lambda fixed at 0, no stage 2",
     )
+    cls_weighting: bool = Field(
+        True,
+        description="token-group loss weights lambda_cls / lambda_reg / lambda_patch (docs/science.md §4); false: "
+        "every token weighs the same (the paper's ablation rows without cls weighting)",
+    )
     anneal: float = Field(0.25, ge=0.0, le=1.0, description="fraction of stage-1 steps over which lambda anneals to 0")
     tf_start: float = Field(
         0.5, ge=0.0, le=1.0, description="initial lambda of tf_mode 'input_mix' ('loss_mix' starts at 1)"
@@ -244,6 +258,14 @@ class DistillConfig(_Strict):
     )
     noise_sigma: float = Field(0.0, ge=0.0, le=10.0, description="input noise, in units of each token's RMS")
     batch_size: int = Field(64, ge=1, le=65_536)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage2_weight_defaults(cls, data: Any) -> Any:
+        """A partly given stage 2 keeps stage 2's default weights (not StageConfig's, which are stage 1's)."""
+        if isinstance(data, dict) and isinstance(data.get("stage2"), dict):
+            return {**data, "stage2": {**STAGE2_WEIGHTS, **data["stage2"]}}
+        return data
 
     @model_validator(mode="after")
     def _weights_positive(self) -> DistillConfig:
@@ -333,6 +355,19 @@ class DynamicsConfig(_Strict):
     )
     eps: float = Field(0.05, gt=0.0, le=10.0, description="perturbation norm, relative to each token's norm")
     swaps: bool = Field(True, description="adjacent layer-swap accuracies of the teacher (intra vs inter phase)")
+    accuracy_samples: int = Field(
+        2500,
+        ge=2,
+        le=1_000_000,
+        description="test images (a stratified draw, capped at the test split) of every accuracy read-out of the "
+        "dynamics: adjacent swaps and layer replacement; 2,500 keeps the standard error under 1 point",
+    )
+    replace: bool = Field(
+        True, description="layer replacement: n = 1, 2, 3 teacher layers replaced by blocks of the same / another phase"
+    )
+    replace_draws: int = Field(
+        20, ge=1, le=10_000, description="seeded replacement sets per kind (intra / inter) and n = 1, 2, 3"
+    )
 
 
 class EvalConfig(_Strict):

@@ -152,6 +152,18 @@ or empty for the final weights (training stages, docs/science.md)."""
 ARM_PARAM = "distill.arm"
 DEPTH_SCALING_PARAM = "raptor.depth_scaling"
 CLS_WEIGHTING_PARAM = "distill.cls_weighting"
+ABLATION_ROW = "ablation_row"
+"""The `cases` entry of the ablation specs (search_spaces/ablation.yaml, pretrained_ablation.yaml): a label per row,
+not a logged param; a trial's row is read back from the three params of `ABLATION_ROWS`."""
+ABLATION_ROWS = {
+    "tf_only": {ARM_PARAM: "tf_only", DEPTH_SCALING_PARAM: False, CLS_WEIGHTING_PARAM: False},
+    "ar_anneal": {ARM_PARAM: "ar_anneal", DEPTH_SCALING_PARAM: False, CLS_WEIGHTING_PARAM: False},
+    "depth_scaling": {ARM_PARAM: "ar_anneal", DEPTH_SCALING_PARAM: True, CLS_WEIGHTING_PARAM: False},
+    "cls_weighting": {ARM_PARAM: "ar_anneal", DEPTH_SCALING_PARAM: True, CLS_WEIGHTING_PARAM: True},
+    "stage2": {ARM_PARAM: "full", DEPTH_SCALING_PARAM: True, CLS_WEIGHTING_PARAM: True},
+}
+"""The paper's ablation rows 1-5 (docs/science.md §4), each scored by ``acc.head``; row 6 (+ fine-tuned probe) is
+the ``stage2`` row's ``acc.finetuned``."""
 
 
 def partition_metric(name: str) -> str:
@@ -161,8 +173,9 @@ def partition_metric(name: str) -> str:
 PARTITION_METRICS = tuple(partition_metric(n) for n in ("cut_value", "cut_dp", "cut_bisection", "dp_differs"))
 """Cut of the partition used, of the exact DP and of the reference's bisection, and whether DP and bisection differ."""
 
-CLASS_SHARE_SUBSETS = ("train", "val", "test", "similarity", "dynamics")
-"""Splits and subsets whose class balance is logged (``dynamics`` is also the layer-swap subset)."""
+CLASS_SHARE_SUBSETS = ("train", "val", "test", "similarity", "dynamics", "accuracy")
+"""Splits and subsets whose class balance is logged (``accuracy``: the test images of every dynamics accuracy, layer
+replacement and adjacent swaps)."""
 
 
 def class_share_metric(subset: str, bound: str) -> str:

@@ -42,11 +42,13 @@ READOUTS: dict[str, Any] = {
     "class_shares": "study.trial.readouts:ClassShares",
     "dynamics": "study.trial.readouts:Dynamics",
     "swaps": "study.trial.readouts:AdjacentSwaps",
+    "head": "study.trial.measures:HeadAccuracy",
+    "replace": "study.trial.measures:LayerReplacement",
 }
 """Evaluation read-out -> a `study.trial.evaluation.Readout` class; ``eval.readouts`` lists the ones a trial runs."""
-DEFAULT_READOUTS = ("fidelity", "partition", "probes", "class_shares", "dynamics", "swaps")
-"""The read-outs of a trial unless ``eval.readouts`` says otherwise (``dynamics.enabled`` / ``dynamics.swaps`` still
-switch the last two off)."""
+DEFAULT_READOUTS = ("fidelity", "partition", "probes", "head", "class_shares", "dynamics", "swaps", "replace")
+"""The read-outs of a trial unless ``eval.readouts`` says otherwise (``dynamics.enabled`` and ``dynamics.swaps`` /
+``dynamics.replace`` still switch the last three off)."""
 
 
 def resolve(table: Mapping[str, Any], name: str) -> Any:

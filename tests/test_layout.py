@@ -62,6 +62,15 @@ def test_layers_below_the_cli_never_import_analysis(path):
     assert not {n for n in _imports(path, top_level_only=False) if _root(n) == "analysis"}, path
 
 
+MAX_LINES = 450
+"""No module longer than this: split by responsibility (one concept per module)."""
+
+
+@pytest.mark.parametrize("path", _modules("study/science") + _modules("study/trial"), ids=lambda p: p.name)
+def test_modules_stay_short(path):
+    assert len(path.read_text().splitlines()) <= MAX_LINES, path
+
+
 def test_only_sweep_and_analysis_import_mlflow_or_ray_anywhere():
     offenders = []
     for path in sorted((ROOT / "study").rglob("*.py")):

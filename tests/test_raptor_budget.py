@@ -29,8 +29,8 @@ def test_raptor_budget_tiny_run_writes_its_curve_and_pick(tmp_path):
         (means["stage1_epochs"] == pick["stage1_epochs"]) & (means["stage2_epochs"] == pick["stage2_epochs"])
     ]
     assert chosen[R2_POOLED_FINAL].item() >= means[R2_POOLED_FINAL].max() - 0.01
-    assert json.loads((tmp_path / "budget.json").read_text())["pick"] == pick
-    assert "Study budget" in (tmp_path / "budget.md").read_text()
+    assert json.loads((tmp_path / "budget" / "budget.json").read_text())["pick"] == pick
+    assert "Study budget" in (tmp_path / "budget" / "README.md").read_text()
 
 
 def test_pick_is_the_smallest_budget_within_the_tolerance_of_the_largest():

@@ -13,7 +13,8 @@ terms and all blocks are trained in one pass.
 Stage 2 (whole chain): pure autoregressive rollout from x_0 over all L layers.
 Ablation arms (`distill.arm`): 'full' (annealed stage 1, then stage 2), 'ar_anneal'
 (annealed stage 1 only), 'tf_only' (lambda fixed at 1, no stage 2), 'ar_only' (lambda
-fixed at 0, no stage 2).
+fixed at 0, no stage 2); with `raptor.depth_scaling` and `distill.cls_weighting` they
+make the paper's ablation rows (docs/science.md §4).
 Every step clips the global gradient norm at `distill.grad_clip` (0: off; 1.0 in the
 reference); each stage's token-group weights are renormalised to sum to 1.
 
@@ -26,9 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,7 +46,8 @@ from study.runtime import (
     use_graphs,
     warmup_cosine,
 )
-from study.science.fidelity import FidelityAccumulator
+from study.science.batches import StateBatches, default_budget
+from study.science.fidelity import evaluate_fidelity
 from study.science.raptor import Raptor, conditioned_block
 
 
@@ -86,6 +86,21 @@ class GroupWeights:
         if total <= 0:
             raise ConfigError(f"distill.{name}: lambda_cls + lambda_patch must be > 0 for a teacher without registers")
         return cls(stage.lambda_cls / total, reg / total, stage.lambda_patch / total, num_registers)
+
+    @classmethod
+    def uniform(cls, num_tokens: int, num_registers: int) -> GroupWeights:
+        """Every token weighs the same (`distill.cls_weighting: false`): each group's share is its share of the
+        T tokens, so `mse` is the plain mean over tokens."""
+        return cls(
+            1 / num_tokens, num_registers / num_tokens, (num_tokens - 1 - num_registers) / num_tokens, num_registers
+        )
+
+    @classmethod
+    def for_stage(cls, cfg: DistillConfig, stage_id: int, num_tokens: int, num_registers: int) -> GroupWeights:
+        """The loss weights of stage `stage_id` (1 or 2): the stage's lambdas, or uniform without cls weighting."""
+        if not cfg.cls_weighting:
+            return cls.uniform(num_tokens, num_registers)
+        return cls.of(getattr(cfg, f"stage{stage_id}"), num_registers, f"stage{stage_id}")
 
     def mse(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Weighted per-group MSE of [B, T, D] tensors -> scalar:
@@ -224,110 +239,6 @@ class Stage2Objective(_Objective):
         return loss / self.raptor.num_layers
 
 
-class StateBatches:
-    """Batches of teacher states [B, L+1, T, D] from an array of [N, L+1, T, D].
-
-    The whole array is moved to the device once when it fits under `device_budget`
-    bytes (no host traffic in the step loop: the epoch's order goes to the device once
-    and batches are gathered there); otherwise batches stream from the (memory-mapped)
-    array through pinned host memory with non-blocking copies, the next batch read by a
-    background thread while the current one trains.
-    """
-
-    def __init__(
-        self,
-        states: np.ndarray,
-        batch_size: int,
-        device: torch.device,
-        rank: int = 0,
-        world_size: int = 1,
-        device_budget: int | None = None,
-    ):
-        self.states, self.batch_size, self.device = states, batch_size, device
-        self.rank, self.world_size = rank, world_size
-        budget = device_budget if device_budget is not None else _default_budget(device)
-        self.resident = torch.from_numpy(np.array(states)).to(device) if states.nbytes <= budget else None
-
-    def __len__(self) -> int:
-        per_rank = len(self.states) // self.world_size
-        return max(1, per_rank // self.batch_size)
-
-    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            return host.pin_memory().to(self.device, non_blocking=True)
-        return host.to(self.device)
-
-    def _read(self, idx: torch.Tensor) -> torch.Tensor:
-        host = torch.from_numpy(self.states[np.sort(idx.numpy())])
-        return host.pin_memory() if self.device.type == "cuda" else host
-
-    def epoch(self, epoch: int, seed: int):
-        order = torch.randperm(len(self.states), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        shard = order[self.rank :: self.world_size]
-        chunks = [shard[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
-        if self.resident is not None:
-            on_device = self._to_device(shard)  # one copy per epoch; no host sync per step
-            for i in range(len(self)):
-                yield torch.index_select(self.resident, 0, on_device[i * self.batch_size : (i + 1) * self.batch_size])
-            return
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self._read, chunks[0])
-            for i in range(len(chunks)):
-                host = pending.result()
-                if i + 1 < len(chunks):
-                    pending = pool.submit(self._read, chunks[i + 1])
-                yield host.to(self.device, non_blocking=True)
-
-
-def _default_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
-    return 8 << 30  # host RAM: load up to 8 GiB, else stream from the memmap
-
-
-class Evaluation(NamedTuple):
-    """A rollout's fidelity on held-out states: strict and pooled R^2 per group [L], probe features [N, 2D]."""
-
-    r2: dict[str, np.ndarray]
-    r2_pooled: dict[str, np.ndarray]
-    features: torch.Tensor
-
-
-@torch.no_grad()
-def evaluate_fidelity(
-    raptor: Raptor, states: np.ndarray, num_registers: int, device: torch.device, amp: bool, batch_size: int = 256
-) -> Evaluation:
-    """Rollout from x_0 on held-out states -> R^2 (strict and pooled, docs/science.md §5) per group [L] and the
-    Raptor's probe features (final-norm cls ++ mean patch) [N, 2D]."""
-    raptor.eval()
-    acc = FidelityAccumulator(raptor.num_layers, num_registers)
-    feats = []
-    for start in range(0, len(states), batch_size):
-        part = states[start : start + batch_size]  # a device-resident tensor (validation) or an array / memmap
-        batch = (part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))).to(device).float()
-        with autocast(device, amp):
-            pred = raptor.rollout(batch[:, 0])
-        acc.update(pred.float(), batch[:, 1:])
-        feats.append(raptor.probe_features(pred[:, -1].float()).cpu())
-    return Evaluation(acc.compute(), acc.compute(pooled=True), torch.cat(feats))
-
-
-@torch.no_grad()
-def rollout_features(
-    raptor: Raptor, states: Any, device: torch.device, amp: bool, batch_size: int = 256
-) -> torch.Tensor:
-    """The Raptor's probe features [N, 2D] after a rollout from each sample's x_0 (states [N, L+1, T, D])."""
-    raptor.eval()
-    feats = []
-    for start in range(0, len(states), batch_size):
-        x0 = torch.from_numpy(np.array(states[start : start + batch_size][:, 0])).to(device).float()
-        with autocast(device, amp):
-            pred = raptor.rollout(x0)
-        feats.append(raptor.probe_features(pred[:, -1].float()).cpu())
-    return torch.cat(feats)
-
-
 def train_step(
     objective: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -382,31 +293,61 @@ def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def run_distillation(
-    raptor: Raptor,
-    train_states: np.ndarray,
-    val_states: np.ndarray,
-    cfg: DistillConfig,
-    runtime: RuntimeConfig,
-    device: torch.device,
-    num_registers: int,
-    seed: int,
-    resume: dict | None = None,
-    on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None,
-) -> list[dict]:
-    """Train `raptor` with stage 1 then stage 2; returns the per-epoch history.
+OnEpochState = Callable[[dict, Callable[[], dict]], None]
+"""`on_epoch(record, state_fn)` after every epoch; `state_fn()` returns the resumable state (pass it back as resume)."""
 
-    Each history record: {'stage', 'epoch', 'loss', 'lambda_tf', 'val_r2', 'seconds'} (val_r2:
-    final-layer R^2 of all tokens on the val split; seconds: the epoch's wall time, validation included). After every
-    epoch `on_epoch(record, state_fn)` is
-    called; `state_fn()` returns a resumable state dict (pass it back as `resume`).
+
+@dataclass
+class DistillJob:
+    """Everything one distillation needs; both runners (in process, Ray Train workers) hand one to `run_distillation`.
+
+    Args:
+        raptor: the Raptor to train (trained in place).
+        train_states: teacher states of the training images [N, L+1, T, D] (an array or the cache memmap).
+        val_states: teacher states of the validation images, scored (`val_r2`) after every epoch.
+        distill: the two stages, teacher forcing and loss weights.
+        runtime: device-level options (autocast, compile, CUDA graphs, fused AdamW, progress).
+        device: where the steps run.
+        num_registers: register tokens of the teacher (a token group of the loss and of R^2).
+        seed: seeds the epochs' sample order.
+        resume: a state returned by `on_epoch`'s `state_fn`, to continue from (None: from the start).
+        on_epoch: called after every epoch (`OnEpochState`).
     """
+
+    raptor: Raptor
+    train_states: np.ndarray
+    val_states: np.ndarray
+    distill: DistillConfig
+    runtime: RuntimeConfig
+    device: torch.device
+    num_registers: int
+    seed: int
+    resume: dict | None = None
+    on_epoch: OnEpochState | None = None
+
+
+def run_distillation(job: DistillJob) -> list[dict]:
+    """Train `job.raptor` with stage 1 then stage 2; returns the per-epoch history.
+
+    Each history record: {'stage', 'epoch', 'loss', 'lambda_tf', 'val_r2', 'seconds'} (val_r2: final-layer R^2 of all
+    tokens on the val split; seconds: the epoch's wall time, validation included). After every epoch
+    `job.on_epoch(record, state_fn)` is called; `state_fn()` returns a resumable state dict (pass it back as
+    `job.resume`).
+    """
+    raptor, train_states, val_states, cfg, runtime = (
+        job.raptor,
+        job.train_states,
+        job.val_states,
+        job.distill,
+        job.runtime,
+    )
+    device, num_registers, seed, resume, on_epoch = job.device, job.num_registers, job.seed, job.resume, job.on_epoch
     rank = dist.get_rank() if _is_distributed() else 0
     world = dist.get_world_size() if _is_distributed() else 1
     raptor.to(device)
     set_fused_attn(raptor, runtime.fused_attn)
     batches = StateBatches(train_states, cfg.batch_size, device, rank, world)
-    if device.type == "cuda" and val_states.nbytes <= _default_budget(device):
+    if device.type == "cuda" and val_states.nbytes <= default_budget(device):
         # validated every epoch: moved to the GPU once instead of copied from host memory each time
         val_states = torch.from_numpy(np.array(val_states)).to(device)
     block_params = sum(p.numel() for p in raptor.blocks[0].parameters())
@@ -420,7 +361,7 @@ def run_distillation(
         for stage_id, stage, objective_cls in stages:
             if not stage.enabled or stage.epochs == 0 or (stage_id == 2 and not cfg.stage2_runs):
                 continue
-            weights = GroupWeights.of(stage, num_registers, f"stage{stage_id}")
+            weights = GroupWeights.for_stage(cfg, stage_id, train_states.shape[2], num_registers)
             extra = {"mode": cfg.tf_mode} if stage_id == 1 else {}
             objective: nn.Module = objective_cls(raptor, weights, cfg.noise_sigma, compile=compiled, **extra)
             if world > 1:

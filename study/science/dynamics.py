@@ -159,6 +159,46 @@ def perturbation_recovery(
 
 
 @torch.no_grad()
+def sequence_accuracy(
+    blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    embed_states: Any,
+    readout: Callable[[torch.Tensor], torch.Tensor],
+    labels: Any,
+    sequences: Sequence[Sequence[int]],
+    chunk: int = 256,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Accuracy of the teacher run with another block at some depths, for each sequence.
+
+    `blocks` are the L teacher blocks (x -> x, [B, T, D]), `embed_states` x_0 [N, T, D], `readout(x_L)` gives
+    logits [B, C], `labels` [N]. A sequence lists, for layers 1..L, the (1-based) layer whose block runs there:
+    (1, ..., L) is the teacher itself. Each chunk's unchanged trajectory is computed once and a sequence starts
+    from it at its first changed layer, so sequences sharing a prefix do not recompute it; equal sequences are
+    scored once."""
+    num_layers = len(blocks)
+    sequences = [tuple(int(s) for s in seq) for seq in sequences]
+    for seq in sequences:
+        if len(seq) != num_layers or not all(1 <= s <= num_layers for s in seq):
+            raise ValueError(f"block sequence {seq} is not L = {num_layers} layers in [1, {num_layers}]")
+    unique = list(dict.fromkeys(sequences))
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    correct, start = np.zeros(len(unique), dtype=np.int64), 0
+    for x in iter_chunks(embed_states, chunk):
+        clean = [x.to(device)]
+        for block in blocks:
+            clean.append(block(clean[-1]))
+        truth = labels[start : start + len(x)]
+        for i, seq in enumerate(unique):
+            first = next((layer for layer in range(num_layers) if seq[layer] != layer + 1), num_layers)
+            state = clean[first]
+            for layer in range(first, num_layers):
+                state = blocks[seq[layer] - 1](state)
+            correct[i] += int((readout(state).argmax(dim=-1).cpu().numpy() == truth).sum())
+        start += len(x)
+    accuracy = dict(zip(unique, (correct / len(labels)).tolist()))
+    return [accuracy[seq] for seq in sequences]
+
+
 def layer_swap_accuracy(
     blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]],
     embed_states: Any,
@@ -168,29 +208,119 @@ def layer_swap_accuracy(
     chunk: int = 256,
     device: torch.device | str = "cpu",
 ) -> dict[tuple[int, int], float]:
-    """Accuracy of the teacher with blocks i and j (1-based) swapped, for each pair.
+    """Accuracy of the teacher with blocks i and j (1-based) swapped, for each pair (`sequence_accuracy`).
 
-    `blocks` are the L teacher blocks (x -> x, [B, T, D]), `embed_states` x_0 [N, T, D],
-    `readout(x_L)` gives logits [B, C], `labels` [N]. A pair (l, l) leaves the order
-    unchanged and so gives the unswapped accuracy.
-    """
-    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    results = {}
+    A pair (l, l) leaves the order unchanged and so gives the unswapped accuracy."""
+    sequences = []
     for i, j in pairs:
         if not (1 <= i <= len(blocks) and 1 <= j <= len(blocks)):
             raise ValueError(f"layer pair {(i, j)} outside [1, {len(blocks)}]")
-        order = list(blocks)
+        order = list(range(1, len(blocks) + 1))
         order[i - 1], order[j - 1] = order[j - 1], order[i - 1]
-        correct, start = 0, 0
-        for x in iter_chunks(embed_states, chunk):
-            x = x.to(device)
-            for block in order:
-                x = block(x)
-            pred = readout(x).argmax(dim=-1).cpu().numpy()
-            correct += int((pred == labels[start : start + len(pred)]).sum())
-            start += len(pred)
-        results[(i, j)] = correct / len(labels)
-    return results
+        sequences.append(order)
+    accuracy = sequence_accuracy(blocks, embed_states, readout, labels, sequences, chunk, device)
+    return dict(zip(((i, j) for i, j in pairs), accuracy))
+
+
+REPLACE_KINDS = ("intra", "inter")
+
+
+def replacement_sets(
+    phase_bounds: Sequence[tuple[int, int]], n: int, kind: str, draws: int, seed: int
+) -> list[dict[int, int]]:
+    """`draws` seeded layer-replacement sets (docs/science.md §6, layer replacement): each maps n distinct
+    teacher layers (1-based) to the layer whose block replaces theirs, from the same phase ('intra') or from
+    another phase ('inter'), never the layer itself.
+
+    The n layers are drawn uniformly without replacement from the layers that have a candidate (intra: the
+    layers of phases with at least two layers; inter: every layer when k >= 2), then each one's source
+    uniformly from its candidates; sets are drawn independently, so two draws may coincide. Returns [] when no
+    set exists (fewer than n layers have a candidate: intra with only one-layer phases, inter with k = 1)."""
+    if kind not in REPLACE_KINDS:
+        raise ValueError(f"replacement kind must be one of {REPLACE_KINDS}, got {kind!r}")
+    labels = phase_labels(phase_bounds)
+    layers = np.arange(1, len(labels) + 1)
+    candidates = {
+        int(layer): [int(o) for o in layers if o != layer and (labels[o - 1] == labels[layer - 1]) == (kind == "intra")]
+        for layer in layers
+    }
+    eligible = [layer for layer, sources in candidates.items() if sources]
+    if len(eligible) < n:
+        return []
+    rng = np.random.default_rng([seed, n, REPLACE_KINDS.index(kind)])
+    sets = []
+    for _ in range(draws):
+        targets = sorted(int(t) for t in rng.choice(eligible, size=n, replace=False))
+        sets.append({t: int(rng.choice(candidates[t])) for t in targets})
+    return sets
+
+
+def replaced_sequence(num_layers: int, replacement: dict[int, int]) -> list[int]:
+    """The block sequence (`sequence_accuracy`) of a replacement set: layer l runs block replacement.get(l, l)."""
+    return [replacement.get(layer, layer) for layer in range(1, num_layers + 1)]
+
+
+def layer_replacement(
+    blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    embed_states: Any,
+    readout: Callable[[torch.Tensor], torch.Tensor],
+    labels: Any,
+    phase_bounds: Sequence[tuple[int, int]],
+    ns: Sequence[int] = (1, 2, 3),
+    draws: int = 20,
+    seed: int = 0,
+    chunk: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """The paper's swap test (docs/science.md §6, layer replacement): the teacher's accuracy through `readout`
+    with n layers replaced by blocks of their phase (intra) or of another phase (inter), `draws` seeded sets
+    (`replacement_sets`) per kind and n, all scored on the same images (`sequence_accuracy`).
+
+    Returns a JSON-ready record: 'baseline' (unreplaced accuracy), 'num_images', and per kind and n
+    (``out['intra']['n2']``) 'draws' ([{'replace': [[layer, source], ...], 'acc': a}]), 'mean' (None when no
+    set exists) and 'skipped' (draws that cannot exist: `draws` when no set exists, else 0)."""
+    num_layers = len(blocks)
+    plan = {
+        (kind, n): replacement_sets(phase_bounds, n, kind, draws, seed)
+        for kind in REPLACE_KINDS
+        for n in ns
+        if 1 <= n <= num_layers
+    }
+    sequences = [list(range(1, num_layers + 1))]
+    sequences += [replaced_sequence(num_layers, r) for sets in plan.values() for r in sets]
+    accuracy = iter(sequence_accuracy(blocks, embed_states, readout, labels, sequences, chunk, device))
+    out: dict[str, Any] = {"baseline": next(accuracy), "num_images": len(labels)}
+    for kind in REPLACE_KINDS:
+        out[kind] = {}
+        for n in ns:
+            sets = plan.get((kind, n), [])
+            values = [next(accuracy) for _ in sets]
+            out[kind][f"n{n}"] = {
+                "draws": [{"replace": sorted([t, s] for t, s in r.items()), "acc": a} for r, a in zip(sets, values)],
+                "mean": float(np.mean(values)) if values else None,
+                "skipped": 0 if sets else draws,
+            }
+    return out
+
+
+def cls_speed_summary(speed_cls: Sequence[float]) -> dict[str, float]:
+    """Late reorientation of the cls token from its angular speed per step [L] (entry l-1: x_{l-1} -> x_l),
+    on steps 2..L only: the first step leaves the cls token's constant embedding, the same for every image, and
+    would bias both numbers (docs/science.md §6).
+
+    Keys: 'late_early' (mean speed of the last (L-1)//2 of those steps over the first (L-1)//2; L >= 3 and a
+    positive early mean) and 'peak_layer' (the layer l in 2..L whose step x_{l-1} -> x_l is the fastest;
+    L >= 2). Keys that are undefined are left out."""
+    steps = np.asarray(speed_cls, dtype=np.float64)[1:]
+    out: dict[str, float] = {}
+    if len(steps):
+        out["peak_layer"] = float(np.argmax(steps) + 2)
+    half = len(steps) // 2
+    if half:
+        early, late = steps[:half].mean(), steps[-half:].mean()
+        if early > 0:
+            out["late_early"] = float(late / early)
+    return out
 
 
 def swap_pairs(phase_bounds: Sequence[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

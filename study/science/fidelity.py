@@ -24,7 +24,7 @@ many BLAS threads slow down (results/throughput/README.md: 1,500 x 384 Fashion f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +32,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+
+from study.runtime import autocast
+
+if TYPE_CHECKING:
+    from study.science.raptor import Raptor
 
 
 def token_groups(num_registers: int) -> dict[str, slice]:
@@ -117,6 +122,10 @@ PROBE_MAX_ITER = 1000
 """Iteration budget of the probe's lbfgs solver."""
 PROBE_THREADS = 1
 """BLAS threads of a probe fit (module docstring)."""
+FLOOR_DEEP_LAYERSCALE = 1.0
+"""LayerScale gamma of the random Raptor behind the deep floor (``acc.floor_deep``, docs/science.md §5): random
+blocks at full strength, so the probe reads random deep features. The plain floor uses the Raptor's LayerScale
+init (1e-5), which leaves the random Raptor nearly the identity: a probe on the normed embeddings."""
 
 
 def probe_features(norm: Any, x_last: torch.Tensor, num_registers: int) -> torch.Tensor:
@@ -167,6 +176,48 @@ def task_fidelity(probe: Pipeline, teacher_feats: Any, raptor_feats: Any, labels
         "acc_ratio": acc_raptor / acc_teacher if acc_teacher > 0 else float("nan"),
         "agreement": float(np.mean(teacher_pred == raptor_pred)),
     }
+
+
+class RolloutFidelity(NamedTuple):
+    """A rollout's fidelity on held-out states: strict and pooled R^2 per group [L], probe features [N, 2D]."""
+
+    r2: dict[str, np.ndarray]
+    r2_pooled: dict[str, np.ndarray]
+    features: torch.Tensor
+
+
+@torch.no_grad()
+def evaluate_fidelity(
+    raptor: Raptor, states: np.ndarray, num_registers: int, device: torch.device, amp: bool, batch_size: int = 256
+) -> RolloutFidelity:
+    """Rollout from x_0 on held-out states -> R^2 (strict and pooled, docs/science.md §5) per group [L] and the
+    Raptor's probe features (final-norm cls ++ mean patch) [N, 2D]."""
+    raptor.eval()
+    acc = FidelityAccumulator(raptor.num_layers, num_registers)
+    feats = []
+    for start in range(0, len(states), batch_size):
+        part = states[start : start + batch_size]  # a device-resident tensor (validation) or an array / memmap
+        batch = (part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))).to(device).float()
+        with autocast(device, amp):
+            pred = raptor.rollout(batch[:, 0])
+        acc.update(pred.float(), batch[:, 1:])
+        feats.append(raptor.probe_features(pred[:, -1].float()).cpu())
+    return RolloutFidelity(acc.compute(), acc.compute(pooled=True), torch.cat(feats))
+
+
+@torch.no_grad()
+def rollout_features(
+    raptor: Raptor, states: Any, device: torch.device, amp: bool, batch_size: int = 256
+) -> torch.Tensor:
+    """The Raptor's probe features [N, 2D] after a rollout from each sample's x_0 (states [N, L+1, T, D])."""
+    raptor.eval()
+    feats = []
+    for start in range(0, len(states), batch_size):
+        x0 = torch.from_numpy(np.array(states[start : start + batch_size][:, 0])).to(device).float()
+        with autocast(device, amp):
+            pred = raptor.rollout(x0)
+        feats.append(raptor.probe_features(pred[:, -1].float()).cpu())
+    return torch.cat(feats)
 
 
 def _numpy(x: Any) -> np.ndarray:

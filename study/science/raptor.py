@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.layers import LayerScale
@@ -22,27 +23,42 @@ from torch import nn
 from study.science.fidelity import probe_features
 from study.science.states import embed
 
+if TYPE_CHECKING:
+    from study.config import RaptorConfig
+
 
 class DepthConditioner(nn.Module):
     """Teacher layer index t in 1..L -> scales [L, 3, D] (attn branch, MLP branch, output).
 
     Input features of t are t/L and sin/cos of t/L at a few frequencies; the
     last layer is zero-initialised so every scale starts at exactly 1.
+
+    Args:
+        num_layers: the teacher's depth L.
+        width: the token width D.
+        hidden: hidden width of the MLP.
+        num_freqs: sin/cos frequencies of the input features.
+        enabled: False: no MLP, every scale is 1 for good (the paper's ablation rows without depth scaling,
+            docs/science.md §4).
     """
 
-    def __init__(self, num_layers: int, width: int, hidden: int, num_freqs: int = 4):
+    def __init__(self, num_layers: int, width: int, hidden: int, num_freqs: int = 4, enabled: bool = True):
         super().__init__()
         t = torch.arange(1, num_layers + 1, dtype=torch.float32).unsqueeze(1) / num_layers  # [L, 1]
         freqs = math.pi * 2.0 ** torch.arange(num_freqs, dtype=torch.float32)  # [F]
         self.register_buffer(
             "features", torch.cat([t, torch.sin(t * freqs), torch.cos(t * freqs)], dim=1), persistent=False
         )
-        self.net = nn.Sequential(nn.Linear(self.features.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 3 * width))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = None
+        if enabled:
+            self.net = nn.Sequential(nn.Linear(self.features.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 3 * width))
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
         self.width = width
 
     def forward(self) -> torch.Tensor:
+        if self.net is None:
+            return self.features.new_ones(len(self.features), 3, self.width)
         return 1.0 + self.net(self.features).view(-1, 3, self.width)
 
 
@@ -66,9 +82,18 @@ def _reinit_block(block: Block, layerscale_init: float) -> None:
 
 
 class Raptor(nn.Module):
-    """k tied blocks over contiguous phases of a teacher with L blocks.
+    """k tied blocks over contiguous phases of a teacher with L blocks (docs/science.md §3).
 
-    `phase_bounds`: ((first, last), ...) 1-based inclusive teacher layers covering 1..L.
+    Args:
+        teacher: the teacher ViT (pre-norm timm Blocks); its blocks are copied, its stem, final norm and head are
+            kept frozen.
+        phase_bounds: ((first, last), ...) 1-based inclusive teacher layers covering 1..L, one pair per block.
+        init: 'teacher' starts block m from the teacher's block at its phase's first layer; 'random' re-initialises
+            it in timm's ViT style.
+        layerscale_init: LayerScale gamma of randomly initialised blocks (init 'random' only).
+        cond_hidden: hidden width of the depth-conditioning MLP (`DepthConditioner`).
+        depth_scaling: False: no depth-conditioning MLP, every scale fixed at 1 (the paper's ablation rows,
+            docs/science.md §4).
     """
 
     def __init__(
@@ -78,6 +103,7 @@ class Raptor(nn.Module):
         init: str = "teacher",
         layerscale_init: float = 1e-5,
         cond_hidden: int = 32,
+        depth_scaling: bool = True,
     ):
         super().__init__()
         num_layers = len(teacher.blocks)
@@ -93,11 +119,20 @@ class Raptor(nn.Module):
             block.requires_grad_(True)
             if init == "random":
                 _reinit_block(block, layerscale_init)
-        self.cond = DepthConditioner(num_layers, teacher.embed_dim, cond_hidden)
+        self.cond = DepthConditioner(num_layers, teacher.embed_dim, cond_hidden, enabled=depth_scaling)
         stem = copy.deepcopy(teacher)
         stem.blocks = nn.Sequential()  # keep embedding, norm and head only
         stem.requires_grad_(False)
         self.stem = stem.eval()
+
+    @classmethod
+    def from_config(
+        cls, teacher: VisionTransformer, phase_bounds: Sequence[Sequence[int]], cfg: RaptorConfig, **overrides: Any
+    ) -> Raptor:
+        """The Raptor a `RaptorConfig` describes over `phase_bounds`: every config field but k (which the phase
+        bounds fix) is a constructor knob of the same name; `overrides` replace knobs by name (the probe floor:
+        ``init='random'``). Seeding is the caller's (`torch.manual_seed` before this)."""
+        return cls(teacher, phase_bounds, **(cfg.model_dump(exclude={"k"}) | overrides))
 
     @property
     def num_layers(self) -> int:

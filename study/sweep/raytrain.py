@@ -35,7 +35,8 @@ from study.config import build_trial_config
 from study.runtime import CheckpointPolicy, setup
 from study.science.distill import run_distillation
 from study.science.raptor import Raptor
-from study.trial.pipeline import OnEpoch, Prepared, build_raptor, distill_resumable, teacher_and_states
+from study.trial.distillation import OnEpoch, build_raptor, distill_job, distill_resumable
+from study.trial.prepare import Prepared, teacher_and_states
 
 STATE_FILE = "state.pt"
 
@@ -69,18 +70,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             ray.train.report(record, checkpoint=Checkpoint.from_directory(folder))
         timings["checkpoint_s"] += time.perf_counter() - t0
 
-    run_distillation(
-        raptor,
-        states["train"],
-        states["val"],
-        cfg.distill,
-        cfg.runtime,
-        device,
-        teacher.num_registers,
-        cfg.seed,
-        resume=resume,
-        on_epoch=report,
-    )
+    run_distillation(distill_job(cfg, raptor, states, teacher.num_registers, device, resume, on_epoch=report))
     timings["worker_exit_unix"] = time.time()
     if rank == 0 and config.get("timings_file"):  # what the driver cannot see: the worker's own stages
         Path(config["timings_file"]).write_text(json.dumps(timings))

@@ -9,6 +9,8 @@ A sweep file has these sections (all but `name` optional):
       raptor.k: {choice: [2, 3]}
       distill.stage2.lr: {loguniform: [1.0e-4, 1.0e-3]}
       teacher.seed: {randint: [0, 3]}                # upper bound exclusive
+      ablation_row:                                  # cases: a label that sets several fields together
+        cases: {tf_only: {distill.arm: tf_only, raptor.depth_scaling: false}, full: {distill.arm: full}}
     search:     {sampler: tpe, metric: val_r2, mode: max, num_samples: 6, max_concurrent: 2, seed: 0}
     scheduler:  {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: none}
     resources:  {driver_cpu: 1, driver_gpu: 0, workers: 1, worker_cpu: 0, worker_gpu: 0}
@@ -54,18 +56,25 @@ class _Strict(BaseModel):
 
 
 class Distribution(_Strict):
-    """Exactly one of: uniform [lo, hi], loguniform [lo, hi], randint [lo, hi), choice [values...]."""
+    """Exactly one of: uniform [lo, hi], loguniform [lo, hi], randint [lo, hi), choice [values...], or cases
+    {label: {dotted field: value, ...}}: a choice of labels, each setting several fields together (e.g. the
+    paper's ablation rows, which couple distill.arm with two switches); its key is the label's name, not a field."""
 
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
     randint: tuple[int, int] | None = None
     choice: list[Any] | None = None
+    cases: dict[str, dict[str, Any]] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Distribution:
-        given = [k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k) is not None]
+        given = [k for k in ("uniform", "loguniform", "randint", "choice", "cases") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of uniform / loguniform / randint / choice, got {given or 'none'}")
+            raise ValueError(
+                f"give exactly one of uniform / loguniform / randint / choice / cases, got {given or 'none'}"
+            )
+        if self.cases is not None and (not self.cases or not all(self.cases.values())):
+            raise ValueError("cases: give at least one label, each setting at least one field")
         if self.uniform and not self.uniform[0] < self.uniform[1]:
             raise ValueError(f"uniform: empty range {list(self.uniform)} (need low < high)")
         if self.loguniform and not 0 < self.loguniform[0] < self.loguniform[1]:
@@ -78,8 +87,8 @@ class Distribution(_Strict):
 
     def corners(self) -> list[Any]:
         """The extreme values a trial can draw (used to validate the whole space at load)."""
-        if self.choice is not None:
-            return list(self.choice)
+        if self.choice is not None or self.cases is not None:
+            return list(self.choice if self.choice is not None else self.cases)
         if self.randint:
             return [self.randint[0], self.randint[1] - 1]
         return list(self.uniform or self.loguniform)
@@ -87,15 +96,23 @@ class Distribution(_Strict):
     def to_tune(self, grid: bool = False):
         from ray import tune
 
-        if grid and self.choice is not None:  # grid: every combination of the choice lists, each once per
-            return tune.grid_search(list(self.choice))  # num_samples, with the other entries drawn at random
-        if self.choice is not None:
-            return tune.choice(list(self.choice))
+        if grid and (self.choice is not None or self.cases is not None):  # grid: every combination of the choice
+            return tune.grid_search(self.corners())  # lists, each once per num_samples, the rest drawn at random
+        if self.choice is not None or self.cases is not None:
+            return tune.choice(self.corners())
         if self.randint:
             return tune.randint(*self.randint)
         if self.loguniform:
             return tune.loguniform(*self.loguniform)
         return tune.uniform(*self.uniform)
+
+    def fields(self, key: str, value: Any) -> dict[str, Any]:
+        """The config fields a drawn value sets: the case's fields, else {key: value}."""
+        if self.cases is None:
+            return {key: value}
+        if value not in self.cases:
+            raise ConfigError(f"space.{key}: unknown case {value!r} (one of {', '.join(self.cases)})")
+        return dict(self.cases[value])
 
 
 class SearchConfig(_Strict):
@@ -241,8 +258,11 @@ class SweepSpec(_Strict):
         return self
 
     def trial_config(self, params: dict[str, Any], name: str | None = None) -> TrialConfig:
-        """The full TrialConfig of one trial: base <- sampled params (dotted keys)."""
-        tree = deep_merge(self.base, unflatten(params))
+        """The full TrialConfig of one trial: base <- sampled params (dotted keys; a `cases` label -> its fields)."""
+        fields: dict[str, Any] = {}
+        for key, value in params.items():
+            fields.update(self.space[key].fields(key, value) if key in self.space else {key: value})
+        tree = deep_merge(self.base, unflatten(fields))
         if name:
             tree = deep_merge(tree, {"name": name})
         return build_trial_config(tree)
@@ -254,8 +274,16 @@ class SweepSpec(_Strict):
 
 def _validate_space(spec: SweepSpec) -> None:
     known = set(TrialConfig().flat())
-    for key in spec.space:
-        if key not in known:
+    for key, dist in spec.space.items():
+        if dist.cases is not None:
+            if key in known:
+                raise ConfigError(f"space.{key}: a cases entry is named by a label, not a config field")
+            for label, case in dist.cases.items():
+                for field in case:
+                    if field not in known or field in spec.space:
+                        why = "searched by another entry" if field in spec.space else "unknown config field"
+                        raise ConfigError(f"space.{key}.cases.{label}.{field}: {why}")
+        elif key not in known:
             raise ConfigError(f"space.{key}: unknown config field (e.g. teacher.sd_rate, raptor.k, distill.anneal)")
     spec.trial_config({})  # the base alone must be a valid trial
     corner_lists = [[(key, value) for value in dist.corners()] for key, dist in spec.space.items()]

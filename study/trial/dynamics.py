@@ -1,18 +1,22 @@
 """Per-trial dynamics of teacher and Raptor (docs/science.md §6): summary metrics + full curves.
 
-`trial_dynamics` runs the pure read-outs of `study.dynamics` on a subsample of the test
-split: teacher states come from the activation cache, Raptor states from
-`raptor.rollout(x_0)` on the same x_0 (float32, no autocast). Layer swaps are measured
-on the teacher only, read out by its own head or, for a headless teacher, by the
-linear probe on the normed cls token (`swap_readout`).
+`trial_dynamics` runs the pure read-outs of `study.science.dynamics` on a subsample of the
+test split: teacher states come from the activation cache, Raptor states from
+`raptor.rollout(x_0)` on the same x_0 (float32, no autocast). `adjacent_swaps` measures
+layer swaps on the teacher only, read out by its own head or, for a headless teacher, by
+the linear probe on the normed cls token (`swap_readout`). The evaluation runs them as the
+read-outs 'dynamics' and 'swaps' (study/trial/readouts.py).
 
 Summary metric names (flat, logged to MLflow with the trial's other metrics), with
 m in {teacher, raptor} and L the depth:
     dyn.m.gamma_cls_mid, dyn.m.gamma_patch_mid   gamma_l = cos(u_l, u_L) at l = L // 2
     dyn.m.speed_cls_mean, dyn.m.speed_patch_mean (dyn.m.speed_reg_mean with registers)
                                                  mean angle per step, radians
-    dyn.m.speed_cls_late_early                   cls speed, mean of the last L//2 steps over
-                                                 the first L//2 (> 1: late reorientation; L >= 2)
+    dyn.m.speed_cls_late_early                   cls speed on steps 2..L (x_0 -> x_1 left out), mean of
+                                                 the last (L-1)//2 steps over the first (L-1)//2
+                                                 (> 1: late reorientation; L >= 3)
+    dyn.m.speed_cls_peak_layer                   the layer l in 2..L whose step x_{l-1} -> x_l turns the
+                                                 cls token fastest (L >= 2)
     dyn.m.coherence_final                        patch coherence at x_L
     dyn.m.srank_first, dyn.m.srank_last          stable rank of U_1 = x_1 - x_0 and U_L
     dyn.m.recovery_last                          angle(x'_L, x_L) / angle(x'_l, x_l) after perturbing x_l
@@ -37,6 +41,7 @@ from study.config import DynamicsConfig
 from study.contract import SWAP_BASELINE, dynamics_metric, swap_metric
 from study.science.dynamics import (
     angular_speed,
+    cls_speed_summary,
     directional_convergence,
     layer_swap_accuracy,
     patch_coherence,
@@ -44,9 +49,11 @@ from study.science.dynamics import (
     swap_pairs,
     update_stable_rank,
 )
+from study.science.head import TeacherHead
 from study.science.raptor import Raptor
 
-Readout = Callable[[torch.Tensor], torch.Tensor]
+Logits = Callable[[torch.Tensor], torch.Tensor]
+"""x_L [B, T, D] -> class logits [B, C] (`swap_readout`)."""
 
 
 def rollout_chunk(device: torch.device | str) -> int:
@@ -58,20 +65,11 @@ def rollout_chunk(device: torch.device | str) -> int:
     return 512 if torch.device(device).type == "cuda" else 64
 
 
-def swap_readout(model: VisionTransformer, probe: Any = None) -> Readout:
-    """x_L [B, T, D] -> logits: the teacher's own head if it has classes, else `probe` on norm(x_L)[:, 0].
-
-    `probe` is a fitted sklearn classifier (e.g. `study.metrics.fit_linear_probe`)."""
-    if getattr(model, "num_classes", 0):
-        return lambda x: model.forward_head(model.norm(x))
-    if probe is None:
-        raise ValueError("a headless teacher needs a linear probe for the swap readout")
-
-    def readout(x: torch.Tensor) -> torch.Tensor:
-        feats = model.norm(x)[:, 0].float().cpu().numpy()
-        return torch.from_numpy(np.asarray(probe.decision_function(feats))).reshape(len(feats), -1)
-
-    return readout
+def swap_readout(model: VisionTransformer, probe: Any = None) -> Logits:
+    """x_L [B, T, D] -> logits through the teacher's head (`study.science.head.TeacherHead`): its own head if it has
+    classes, else `probe`, a linear probe fitted on its pooled features (`head_input`; for a cls-token teacher the
+    final-norm cls token, e.g. `study.science.fidelity.fit_linear_probe`)."""
+    return TeacherHead(model, probe).to(next(model.parameters()).device)
 
 
 def teacher_layers(model: VisionTransformer) -> Callable[[torch.Tensor, int, int], Iterator[torch.Tensor]]:
@@ -133,15 +131,12 @@ def _curves(
 def _summary(model: str, curves: dict[str, list[float]]) -> dict[str, float]:
     """Summary metrics of one model's curves, named ``dyn.{model}.*`` (`study.contract.dynamics_metric`)."""
     num_layers = len(curves["speed_cls"])
-    mid, half = num_layers // 2, num_layers // 2
+    mid = num_layers // 2
     out = {"gamma_cls_mid": curves["gamma_cls"][mid], "gamma_patch_mid": curves["gamma_patch"][mid]}
     for group in ("cls", "patch", "reg"):
         if f"speed_{group}" in curves:
             out[f"speed_{group}_mean"] = float(np.mean(curves[f"speed_{group}"]))
-    if half:
-        early, late = np.mean(curves["speed_cls"][:half]), np.mean(curves["speed_cls"][-half:])
-        if early > 0:
-            out["speed_cls_late_early"] = float(late / early)
+    out.update({f"speed_cls_{key}": value for key, value in cls_speed_summary(curves["speed_cls"]).items()})
     out["coherence_final"] = curves["coherence"][-1]
     out["srank_first"], out["srank_last"] = curves["stable_rank"][0], curves["stable_rank"][-1]
     out["recovery_last"] = curves["recovery"][-1]
@@ -153,9 +148,6 @@ def trial_dynamics(
     teacher_model: VisionTransformer,
     raptor: Raptor,
     test_states: Any,
-    labels: Any,
-    readout: Readout,
-    phase_bounds: Sequence[Sequence[int]],
     num_registers: int,
     cfg: DynamicsConfig,
     seed: int = 0,
@@ -163,11 +155,10 @@ def trial_dynamics(
 ) -> tuple[dict[str, float], dict]:
     """Dynamics of teacher and Raptor on the first `cfg.num_samples` test samples.
 
-    `test_states` [N, L+1, T, D] (teacher, e.g. the cache memmap), `labels` [N], `readout(x_L)`
-    -> logits for the swap accuracies (see `swap_readout`). Returns (summary metrics named
-    `dyn.*`, curves for result.json: {'teacher': {...}, 'raptor': {...}, 'swap': {...}, ...};
-    per-model curves gamma_cls/gamma_patch/coherence [L+1], speed_*/stable_rank [L],
-    recovery [L - perturb_layer] for layers perturb_layer+1..L).
+    `test_states` [N, L+1, T, D] (teacher, e.g. the cache memmap). Returns (summary metrics named `dyn.*`, curves for
+    result.json: {'teacher': {...}, 'raptor': {...}, 'num_samples', 'perturb_layer', 'eps'}; per-model curves
+    gamma_cls/gamma_patch/coherence [L+1], speed_*/stable_rank [L], recovery [L - perturb_layer] for layers
+    perturb_layer+1..L).
     """
     n = min(cfg.num_samples, len(test_states))
     teacher = np.array(test_states[:n], dtype=np.float32)
@@ -182,25 +173,43 @@ def trial_dynamics(
         curves["raptor"] = _curves(student, _raptor_layers(raptor), num_registers, layer, cfg.eps, seed, device)
     finally:
         raptor.train(was_training)
-    metrics = {**_summary("teacher", curves["teacher"]), **_summary("raptor", curves["raptor"])}
-    if cfg.swaps and num_layers >= 2:
-        intra, inter = swap_pairs(phase_bounds)
-        acc = layer_swap_accuracy(
-            list(teacher_model.blocks),
-            teacher[:, 0],
-            readout,
-            np.asarray(labels[:n]),
-            [(1, 1), *intra, *inter],
-            chunk=rollout_chunk(device),
-            device=device,
-        )
-        curves["swap"] = {
-            "baseline_acc": acc[(1, 1)],
-            "intra": [[i, j, acc[(i, j)]] for i, j in intra],
-            "inter": [[i, j, acc[(i, j)]] for i, j in inter],
-        }
-        metrics[SWAP_BASELINE] = float(acc[(1, 1)])
-        for kind, pairs in (("intra", intra), ("inter", inter)):
-            if pairs:
-                metrics[swap_metric(kind)] = float(np.mean([acc[p] for p in pairs]))
-    return metrics, curves
+    return {**_summary("teacher", curves["teacher"]), **_summary("raptor", curves["raptor"])}, curves
+
+
+@torch.no_grad()
+def adjacent_swaps(
+    teacher_model: VisionTransformer,
+    x0: Any,
+    labels: Any,
+    readout: Logits,
+    phase_bounds: Sequence[Sequence[int]],
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, float], dict]:
+    """Teacher accuracy with adjacent layers swapped (docs/science.md §6), on the test images of `x0`.
+
+    `x0` [N, T, D] the teacher's embedded tokens (the accuracy subset), `labels` [N], `readout(x_L)` -> logits
+    (`swap_readout`). Returns (metrics ``dyn.swap.*``, the record {'baseline_acc', 'num_images', 'intra':
+    [[i, j, acc], ...], 'inter': [...]}); ({}, {}) when the teacher has a single layer."""
+    if len(teacher_model.blocks) < 2:
+        return {}, {}
+    intra, inter = swap_pairs(phase_bounds)
+    acc = layer_swap_accuracy(
+        list(teacher_model.blocks),
+        x0,
+        readout,
+        np.asarray(labels),
+        [(1, 1), *intra, *inter],
+        chunk=rollout_chunk(device),
+        device=device,
+    )
+    record = {
+        "baseline_acc": acc[(1, 1)],
+        "num_images": len(labels),
+        "intra": [[i, j, acc[(i, j)]] for i, j in intra],
+        "inter": [[i, j, acc[(i, j)]] for i, j in inter],
+    }
+    metrics = {SWAP_BASELINE: float(acc[(1, 1)])}
+    for kind, pairs in (("intra", intra), ("inter", inter)):
+        if pairs:
+            metrics[swap_metric(kind)] = float(np.mean([acc[p] for p in pairs]))
+    return metrics, record

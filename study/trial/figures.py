@@ -133,3 +133,31 @@ def layer_swaps_figure(swap: Mapping, title: str = "teacher accuracy with adjace
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def layer_replacement_figure(record: Mapping, title: str = "teacher accuracy with n layers replaced") -> Figure:
+    """Per n, every draw's accuracy (dots) and the mean (bar) of intra-phase (blue) and inter-phase (red)
+    replacements (`study.science.dynamics.layer_replacement`); unreplaced accuracy dashed."""
+    fig = Figure(figsize=(4.6, 3.4))
+    ax = fig.subplots()
+    colours, offsets = {"intra": "tab:blue", "inter": "tab:red"}, {"intra": -0.2, "inter": 0.2}
+    ns = sorted({int(key[1:]) for kind in colours for key in record.get(kind, {})})
+    for kind, colour in colours.items():
+        for n in ns:
+            entry = record[kind].get(f"n{n}", {})
+            values = [draw["acc"] for draw in entry.get("draws", [])]
+            if not values:
+                continue
+            pos = n + offsets[kind]
+            ax.bar(pos, entry["mean"], width=0.36, color=colour, alpha=0.35, label=kind)
+            ax.scatter(np.full(len(values), pos), values, s=8, color=colour)
+    ax.axhline(record["baseline"], color="black", ls="--", lw=1, label="unreplaced")
+    ax.set_xticks(ns, [f"n={n}" for n in ns])
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(f"accuracy ({record['num_images']} images)")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

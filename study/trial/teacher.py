@@ -416,7 +416,7 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[I
     test_acc, epoch = saved["test_acc"], None
     chosen = cfg.teacher.snapshot
     if chosen is not None:
-        snap_path, resume = snapshot_path(folder, key, chosen), folder / f"{key}.snap-{chosen}.resume.pt"
+        snap_path, resume = snapshot_path(folder, key, chosen), folder / f"{key}.snapshot-{chosen}.resume.pt"
 
         def retrain(tmp: Path) -> None:  # the teacher was cached without this checkpoint: the same run again
             log.warning("teacher %s was cached without checkpoint %r: training it again to keep it", key, chosen)
@@ -434,5 +434,6 @@ def load_teacher(cfg: TrialConfig, device: torch.device, splits_for: Callable[[I
 
 
 def snapshot_path(folder: Path, key: str, snapshot: int | str) -> Path:
-    """The cache file of teacher `key`'s kept checkpoint `snapshot` (an epoch, or 'best')."""
-    return folder / f"{key}.snap-{snapshot}.pt"
+    """The cache file of teacher `key`'s kept checkpoint `snapshot` (an epoch, or 'best'): in a `snapshots/` folder
+    beside the teachers, so that `teachers/*.pt` is one file per teacher."""
+    return folder / "snapshots" / f"{key}-{snapshot}.pt"

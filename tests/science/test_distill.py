@@ -8,16 +8,17 @@ import torch
 from study.config import ConfigError, load_trial_config
 from study.runtime import seed_everything
 from study.science.distill import (
+    DistillJob,
     GroupWeights,
     Stage1Objective,
     Stage2Objective,
     StateBatches,
-    evaluate_fidelity,
     run_distillation,
     stage1_lambda,
     teacher_forcing_weight,
     train_step,
 )
+from study.science.fidelity import evaluate_fidelity
 from study.science.raptor import Raptor
 
 ONE_BLOCK_PER_LAYER = ((1, 1), (2, 2), (3, 3), (4, 4))
@@ -188,16 +189,9 @@ def test_state_batches_resident_and_streaming_agree(prepared):
 
 # --- training ------------------------------------------------------------------------
 def _run(prepared, cfg, raptor, **kwargs):
+    states, cpu = prepared.states, torch.device("cpu")
     return run_distillation(
-        raptor,
-        prepared.states["train"],
-        prepared.states["val"],
-        cfg.distill,
-        cfg.runtime,
-        torch.device("cpu"),
-        0,
-        cfg.seed,
-        **kwargs,
+        DistillJob(raptor, states["train"], states["val"], cfg.distill, cfg.runtime, cpu, 0, cfg.seed, **kwargs)
     )
 
 

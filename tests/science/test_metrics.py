@@ -150,7 +150,7 @@ def test_own_probe_accuracy_and_recovery():
 
 
 def test_probe_fit_ignores_the_seed_and_runs_on_one_blas_thread(monkeypatch):
-    """The teacher-probe memo (study.trial.pipeline.teacher_probes) leaves the seed out of its key: that holds
+    """The teacher-probe memo (study.trial.evaluation.teacher_probes) leaves the seed out of its key: that holds
     only while the probe's lbfgs solver does not use random_state. And the fit runs under PROBE_THREADS."""
     import threadpoolctl
 
@@ -175,17 +175,17 @@ def test_probe_fit_ignores_the_seed_and_runs_on_one_blas_thread(monkeypatch):
 
 
 def test_teacher_probes_are_fit_once_per_teacher_and_equal_a_direct_fit():
-    from study.trial import pipeline
+    from study.trial import evaluation
 
     rng = np.random.default_rng(2)
     y_train, y_test = np.repeat(np.arange(3), 30), np.repeat(np.arange(3), 10)
     train = torch.as_tensor(rng.normal(size=(90, 8)) + 3.0 * np.eye(3, 8)[y_train], dtype=torch.float32)
     test = torch.as_tensor(rng.normal(size=(30, 8)) + 3.0 * np.eye(3, 8)[y_test], dtype=torch.float32)
-    pipeline._TEACHER_PROBES.clear()
-    acc, cls_probe = pipeline.teacher_probes(train, test, y_train, y_test, width=4)
+    evaluation._TEACHER_PROBES.clear()
+    acc, cls_probe = evaluation.teacher_probes(train, test, y_train, y_test, width=4)
     assert acc == own_probe_accuracy(train, y_train, test, y_test)
     np.testing.assert_array_equal(cls_probe[-1].coef_, fit_linear_probe(train[:, :4].numpy(), y_train)[-1].coef_)
-    again = pipeline.teacher_probes(train.clone(), test.clone(), y_train.copy(), y_test.copy(), width=4)
-    assert again[1] is cls_probe and len(pipeline._TEACHER_PROBES) == 1  # same inputs: the memo, not a refit
-    other = pipeline.teacher_probes(train + 1.0, test, y_train, y_test, width=4)
-    assert other[1] is not cls_probe and len(pipeline._TEACHER_PROBES) == 2
+    again = evaluation.teacher_probes(train.clone(), test.clone(), y_train.copy(), y_test.copy(), width=4)
+    assert again[1] is cls_probe and len(evaluation._TEACHER_PROBES) == 1  # same inputs: the memo, not a refit
+    other = evaluation.teacher_probes(train + 1.0, test, y_train, y_test, width=4)
+    assert other[1] is not cls_probe and len(evaluation._TEACHER_PROBES) == 2

@@ -126,3 +126,20 @@ def test_bad_phase_bounds_are_rejected(teacher_model):
         Raptor(teacher_model, ((1, 2), (3, 3)))
     with pytest.raises(ValueError, match="do not tile"):
         Raptor(teacher_model, ((2, 4),))
+
+
+def test_from_config_builds_the_raptor_its_config_describes(teacher_model):
+    from study.config import RaptorConfig
+
+    cfg = RaptorConfig(k=2, init="random", layerscale_init=0.25, cond_hidden=8)
+    torch.manual_seed(3)
+    built = Raptor.from_config(teacher_model, TWO_PHASES, cfg)
+    torch.manual_seed(3)
+    direct = Raptor(teacher_model, TWO_PHASES, init="random", layerscale_init=0.25, cond_hidden=8)
+    assert built.k == 2 and built.cond.net[0].out_features == 8
+    for (name, a), (_, b) in zip(built.state_dict().items(), direct.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    teacher_init = Raptor.from_config(teacher_model, TWO_PHASES, cfg, init="teacher")  # an override wins
+    assert torch.equal(teacher_init.blocks[1].mlp.fc1.weight, teacher_model.blocks[3].mlp.fc1.weight)
+    gammas = [m.gamma for m in built.blocks.modules() if isinstance(m, LayerScale)]
+    assert gammas and all(torch.all(g == 0.25) for g in gammas)

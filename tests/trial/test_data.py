@@ -150,7 +150,7 @@ def test_capped_imagefolder_splits_hold_every_class_in_proportion(tmp_path):
 def test_raptor_samples_caps_the_states_not_the_teacher(tmp_path, make_cfg):
     """`data.raptor_samples`: the Raptor sees a stratified subset of each split; the teacher (and its cache key)
     is the one trained on the whole capped split."""
-    from study.trial.pipeline import teacher_and_states
+    from study.trial.prepare import teacher_and_states
 
     full = make_cfg(tmp_path / "cache")
     capped = make_cfg(tmp_path / "cache", {"data.raptor_samples": 50})

@@ -104,7 +104,7 @@ def test_bad_teacher_regime_fields_are_one_line_config_errors(overrides, match):
 
 
 def _states(cfg: TrialConfig):
-    from study.trial.pipeline import teacher_and_states
+    from study.trial.prepare import teacher_and_states
 
     teacher, states, _ = teacher_and_states(cfg, torch.device("cpu"), splits=("val",))
     return teacher, np.asarray(states["val"])
@@ -153,3 +153,11 @@ def test_a_checkpoint_missing_from_a_cached_teacher_is_kept_by_training_it_again
     assert snapshot_path(tmp_path / "teachers", cached.key, 2).is_file()
     for name, value in cached.model.state_dict().items():
         torch.testing.assert_close(kept.model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_contract_names_these_config_fields():
+    from study.contract import PARTITION_METHOD_PARAM, PARTITION_SEED_PARAM, SD_SCHEDULE_PARAM, TEACHER_SNAPSHOT_PARAM
+
+    flat = load_trial_config(None, {"teacher.snapshots": [0], "teacher.snapshot": 0}).flat()
+    assert flat[SD_SCHEDULE_PARAM] == "linear" and flat[TEACHER_SNAPSHOT_PARAM] == 0
+    assert flat[PARTITION_METHOD_PARAM] == "dp" and flat[PARTITION_SEED_PARAM] is None

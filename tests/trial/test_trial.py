@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from study.science.distill import evaluate_fidelity
+from study.contract import ACC_FLOOR_DEEP
+from study.science.fidelity import evaluate_fidelity
 from study.science.raptor import Raptor
 from study.trial.pipeline import run_trial
 
@@ -135,7 +136,7 @@ def test_result_json_has_the_paper_probe_pooled_r2_class_counts_and_both_cuts(tr
     assert metrics["partition.cut_value"] == pytest.approx(metrics["partition.cut_dp"])
     # class counts of every split and subset, matching the cached labels; stratified subsets hold every class
     counts = result["data"]["class_counts"]
-    assert set(counts) == {"train", "val", "test", "similarity", "dynamics"}
+    assert set(counts) == {"train", "val", "test", "similarity", "dynamics", "accuracy"}
     for split in ("train", "val", "test"):
         assert sum(counts[split].values()) == len(prepared.labels[split])
     assert len(counts["train"]) == 10 and len(counts["dynamics"]) == 10
@@ -143,6 +144,29 @@ def test_result_json_has_the_paper_probe_pooled_r2_class_counts_and_both_cuts(tr
         low, high = metrics[f"data.{subset}.class_share_min"], metrics[f"data.{subset}.class_share_max"]
         share = np.array(list(counts[subset].values())) / sum(counts[subset].values())
         assert (low, high) == (pytest.approx(share.min()), pytest.approx(share.max()))
+
+
+def test_result_json_carries_the_papers_own_measurements(trial_dir, prepared):
+    """docs/science.md §5, §6: teacher-head accuracy, fine-tuned probe, deep floor, layer replacement (every draw),
+    and the cls speed summary on steps 2..L."""
+    from study.contract import HEAD_METRICS, REPLACE_IMAGES, REPLACE_METRICS, dynamics_metric
+
+    result = json.loads((trial_dir / "result.json").read_text())
+    metrics = result["metrics"]
+    for name in (*HEAD_METRICS, ACC_FLOOR_DEEP, *REPLACE_METRICS, REPLACE_IMAGES):
+        assert name in metrics and np.isfinite(metrics[name]), name
+    for model in ("teacher", "raptor"):
+        assert 2 <= metrics[dynamics_metric(model, "speed_cls_peak_layer")] <= 4
+    replace = result["dynamics"]["replace"]
+    assert metrics[REPLACE_IMAGES] == replace["num_images"] == len(prepared.labels["test"])  # under the 2,500 cap
+    for kind in ("intra", "inter"):
+        for n in (1, 2, 3):
+            entry = replace[kind][f"n{n}"]
+            assert len(entry["draws"]) == 20 and entry["mean"] == pytest.approx(
+                np.mean([d["acc"] for d in entry["draws"]])
+            )
+    assert result["dynamics"]["swap"]["num_images"] == replace["num_images"]
+    assert (trial_dir / "layer_replacement.png").is_file()
 
 
 def test_parquet_tables_match_result_json(trial_dir):
@@ -191,7 +215,7 @@ def test_interrupted_trial_resumes_from_its_distill_state(prepared, tmp_path, ma
 
 
 def test_probe_floor_raptor_is_seeded_random_and_leaves_the_global_rng_alone(prepared):
-    from study.trial.pipeline import floor_raptor
+    from study.trial.probes import floor_raptor
 
     state = torch.get_rng_state()
     bounds = prepared.partition.phase_bounds
