@@ -16,13 +16,12 @@ from analysis.paper import AGREES, COLUMNS, DIFFERS, NOT_TESTABLE, PAPER_ACC_RAT
 from analysis.sections import ci_text
 from analysis.sweep import over_layers
 from study.contract import (
+    ABLATION_ROWS,
     ACC_FINETUNED_RATIO,
     ACC_HEAD,
     ACC_HEAD_RATIO,
     ACC_HEAD_TEACHER,
     ARM_PARAM,
-    CLS_WEIGHTING_PARAM,
-    DEPTH_SCALING_PARAM,
     K_PARAM,
     PARTITION_METHOD_PARAM,
     PRIMARY_PREDICTOR,
@@ -44,35 +43,15 @@ MIN_REPLACE_IMAGES = 2000
 PAPER_TEACHER_ACC = 84.5
 """ViT-B/14's own ImageNet accuracy in the paper: the denominator of its ablation and k-table ratios."""
 ABLATION = (
-    ("teacher forcing only", {ARM_PARAM: "tf_only"}, ACC_HEAD_RATIO, 3.9),
-    (
-        "+ autoregressive loss, annealed teacher forcing",
-        {ARM_PARAM: "ar_anneal", DEPTH_SCALING_PARAM: False, CLS_WEIGHTING_PARAM: False},
-        ACC_HEAD_RATIO,
-        72.7,
-    ),
-    (
-        "+ depth scaling",
-        {ARM_PARAM: "ar_anneal", DEPTH_SCALING_PARAM: True, CLS_WEIGHTING_PARAM: False},
-        ACC_HEAD_RATIO,
-        75.2,
-    ),
-    (
-        "+ cls weighting",
-        {ARM_PARAM: "ar_anneal", DEPTH_SCALING_PARAM: True, CLS_WEIGHTING_PARAM: True},
-        ACC_HEAD_RATIO,
-        76.7,
-    ),
-    ("+ stage 2", {ARM_PARAM: "full", DEPTH_SCALING_PARAM: True, CLS_WEIGHTING_PARAM: True}, ACC_HEAD_RATIO, 82.4),
-    (
-        "+ fine-tuned probe",
-        {ARM_PARAM: "full", DEPTH_SCALING_PARAM: True, CLS_WEIGHTING_PARAM: True},
-        ACC_FINETUNED_RATIO,
-        83.0,
-    ),
+    ("teacher forcing only", "tf_only", ACC_HEAD_RATIO, 3.9),
+    ("+ autoregressive loss, annealed teacher forcing", "ar_anneal", ACC_HEAD_RATIO, 72.7),
+    ("+ depth scaling", "depth_scaling", ACC_HEAD_RATIO, 75.2),
+    ("+ cls weighting", "cls_weighting", ACC_HEAD_RATIO, 76.7),
+    ("+ stage 2", "stage2", ACC_HEAD_RATIO, 82.4),
+    ("+ fine-tuned probe", "stage2", ACC_FINETUNED_RATIO, 83.0),
 )
-"""The paper's ablation rows (k = 3, ImageNet accuracy in %): (name, the params that select our trials, our metric,
-the paper's accuracy). A switch param absent from a store counts as on (its default)."""
+"""The paper's ablation rows (k = 3, ImageNet accuracy in %): (name, the `ABLATION_ROWS` entry whose params select our
+trials, our metric, the paper's accuracy). A switch param absent from a store counts as on (its default then)."""
 OFF = frozenset({"false", "0", "off", "none", "uniform", "fixed"})
 
 
@@ -399,7 +378,8 @@ def ablation_rows(trials: pd.DataFrame) -> list[list]:
     if ARM_PARAM not in trials or TEACHER_KEY_PARAM not in trials:
         return []
     rows = []
-    for name, selector, metric, paper in ABLATION:
+    for name, row, metric, paper in ABLATION:
+        selector = ABLATION_ROWS[row]
         if metric not in trials:
             continue
         chosen = trials[np.logical_and.reduce([_matches(trials, p, v) for p, v in selector.items()])]

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from study.contract import (
+    ABLATION_ROWS,
     ACC_AGREEMENT,
     ACC_FINETUNED,
     ACC_FINETUNED_RATIO,
@@ -27,7 +28,6 @@ from study.contract import (
     ACC_RAPTOR,
     ACC_RATIO,
     ACC_TEACHER,
-    ARM_PARAM,
     FINISHED,
     K_PARAM,
     PARTITION_METHOD_PARAM,
@@ -313,8 +313,8 @@ def replacement_metrics(accuracy: float, smoothness: float, rng: np.random.Gener
     return metrics
 
 
-ARMS = (("tf_only", 0.05), ("ar_anneal", 0.86), ("full", 0.97))
-"""Ablation arms and the planted acc.head_ratio of each (the paper's ordering)."""
+ARMS = {"tf_only": 0.05, "ar_anneal": 0.86, "depth_scaling": 0.89, "cls_weighting": 0.91, "stage2": 0.97}
+"""The planted acc.head_ratio of each of the paper's ablation rows (`ABLATION_ROWS`), in the paper's order."""
 SNAPSHOTS = (("0", 0.10, 0.99, 0.97), ("best", 0.88, 0.93, 0.90), ("40", 0.86, 0.90, 0.85))
 """Training stages: (teacher.snapshot, teacher accuracy, within-phase similarity, r2_pooled.final) as planted:
 the untrained teacher is easiest to fit, the overfitted one loses similarity and fidelity."""
@@ -327,7 +327,7 @@ def simulate_paper_measurements(n_teachers: int, rng: np.random.Generator, *, ks
 
     - per teacher and k, one DP partition and ``n_random`` random contiguous ones (``partition.seed``), the DP one
       ``dp_gain`` better in r2_pooled.final / mean;
-    - per teacher, trials at the `SNAPSHOTS` training stages and one per ablation arm (`ARMS`, k = 3);
+    - per teacher, trials at the `SNAPSHOTS` training stages and one per ablation row (`ARMS`, k = 3);
     - every trial with the head accuracies, layer replacement and the per-SD Raptor R^2 (0.88 at SD 0, 0.94 at 0.6).
     """
     rows = []
@@ -357,9 +357,9 @@ def simulate_paper_measurements(n_teachers: int, rng: np.random.Generator, *, ks
             row = _trial(base, dyn, sd, {K_PARAM: 3, PARTITION_METHOD_PARAM: "dp", TEACHER_SNAPSHOT_PARAM: stage},
                         fidelity + rng.normal(0.0, 0.003))  # fmt: skip
             rows.append(row | {TEACHER_TEST_ACC: accuracy, PRIMARY_PREDICTOR: within + rng.normal(0.0, 0.003)})
-        for arm, ratio in ARMS:
-            rows.append(_trial(base, dyn, sd, {K_PARAM: 3, PARTITION_METHOD_PARAM: "dp", ARM_PARAM: arm}, level,
-                              ratio + rng.normal(0.0, 0.005)))  # fmt: skip
+        for row, ratio in ARMS.items():
+            params = {K_PARAM: 3, PARTITION_METHOD_PARAM: "dp", **ABLATION_ROWS[row]}
+            rows.append(_trial(base, dyn, sd, params, level, ratio + rng.normal(0.0, 0.005)))
     frame = pd.DataFrame(rows)
     return frame.assign(run_id=[f"run-{i:04d}" for i in range(len(frame))])
 

@@ -88,8 +88,10 @@ def test_paper_rows_read_the_planted_measurements(paper_trials):
     assert len(stages) == 2 and all(rows.loc[f, "verdict"] == "agrees" for f in stages)
     assert any(f.startswith("k-table: acc.finetuned_ratio at k=2") for f in rows.index)
     ablation = [f for f in rows.index if f.startswith("ablation:")]
-    assert [f.split(" (")[0] for f in ablation] == ["ablation: teacher forcing only", "ablation: + cls weighting",
-                                                    "ablation: + stage 2", "ablation: + fine-tuned probe"]  # fmt: skip
+    assert [f.split(" (")[0] for f in ablation] == [
+        "ablation: teacher forcing only", "ablation: + autoregressive loss, annealed teacher forcing",
+        "ablation: + depth scaling", "ablation: + cls weighting", "ablation: + stage 2", "ablation: + fine-tuned probe",
+    ]  # fmt: skip
     assert rows.loc[ablation[0], "paper"] == "3.9% (ratio 0.046)"
     assert any(f.startswith("teacher accuracy (acc.head_teacher) vs SD") for f in rows.index)
 
