@@ -141,10 +141,13 @@ def write_trials_report(
     analysis = analyse_sweep(trials, params, reading=reading, n_resamples=n_resamples, seed=seed)
     sections = [summary_section(source, trials, analysis, disclosures)]
     tables: dict[str, pd.DataFrame] = {}
+    comparison = pd.DataFrame()
     if analysis.counts.finished:
         comparison = pd.concat(
             [compare_with_paper(analysis), paper_measurement_rows(analysis.trials)], ignore_index=True
         )
+        if analysis.n_teachers < MIN_TEACHERS:
+            comparison = paper_measurement_rows(analysis.trials)  # means only (docs/science.md §7)
         chosen = pick_teachers(analysis.trials, N_TEACHERS_SHOWN)
         every = one_trial_per_teacher(analysis.trials)
         wanted = list(dict.fromkeys([*chosen["run_id"], *every["run_id"]]))
@@ -163,10 +166,9 @@ def write_trials_report(
         )
         inferential = [comparison_section, primary_section(analysis)]
         if analysis.n_teachers < MIN_TEACHERS:
-            measured = paper_measurement_rows(analysis.trials)
             blocks: list = [Note(NO_STATISTICS)]
-            if len(measured):
-                blocks.append(Table("The paper's own measurements (means only)", measured))
+            if len(comparison):
+                blocks.append(Table("The paper's own measurements (means only)", comparison))
             inferential = [Section("Comparison with the paper and the primary relation", blocks)]
         sections += [
             *inferential,
@@ -194,7 +196,8 @@ def write_trials_report(
     written = [out_dir / "report.html", out_dir / "report.md", out_dir / SUMMARY_FILE]
     written[0].write_text(render_html(title, sections), encoding="utf-8")
     written[1].write_text(render_markdown(title, sections), encoding="utf-8")
-    written[2].write_text(json.dumps(summary_record(analysis), indent=2, allow_nan=False), encoding="utf-8")
+    record = summary_record(analysis) | {"disclosures": list(disclosures), "replication": _records(comparison, {})}
+    written[2].write_text(json.dumps(record, indent=2, allow_nan=False), encoding="utf-8")
     written += write_images(sections, out_dir)
     tables = {
         "trials": trials,
