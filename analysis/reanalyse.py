@@ -33,7 +33,9 @@ NO_RESULTS = ("Regenerated from tables/trials.csv: each trial's result.json stay
 
 def reanalyse(folder: Path, reading: Reading, title: str, n_resamples: int = DEFAULT_RESAMPLES) -> list[Path]:
     """Write the report of ``folder/tables/trials.csv`` into ``folder``; returns the written paths."""
-    trials = read_trials_csv(folder / "tables" / "trials.csv")
+    table = folder / "tables" / "trials.csv"
+    exported = table.read_bytes()  # the study's record: written back as it was, not re-serialised
+    trials = read_trials_csv(table)
     disclosures = []
     if (folder / DISCLOSURES).is_file():
         disclosures = [p.strip().replace("\n", " ") for p in (folder / DISCLOSURES).read_text().split("\n\n")]
@@ -42,6 +44,7 @@ def reanalyse(folder: Path, reading: Reading, title: str, n_resamples: int = DEF
     source = f"Experiments: {experiments}. {NO_RESULTS}"
     written = write_trials_report(trials, folder, title=title, source=source, reading=reading,
                                   n_resamples=n_resamples, disclosures=disclosures)  # fmt: skip
+    table.write_bytes(exported)
     report = folder / "report.md"
     page = report.read_text()
     kept = []
