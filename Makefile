@@ -2,12 +2,13 @@
 #   make demo   set up, then run the smoke sweep (local Ray, local MLflow, bundled digits)
 #   make test   set up, lint (ruff), then run the test suite (installs Fashion-MNIST and the pretrained ViT-S/14 when it can)
 #   make data   Fashion-MNIST's IDX files from the Debian package dataset-fashion-mnist (root + apt)
+#   make results  shrink results/ figures, rewrite results/README.md's index and README.md's replication table
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs
 
-.PHONY: demo test lint setup data pretrained ui clean
+.PHONY: demo test lint setup data pretrained ui clean results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,12 @@ lint: setup
 test: setup pretrained lint
 	-@$(MAKE) --no-print-directory data
 	$(BIN)/python -m pytest -q -n 2   # two pytest-xdist workers: the e2e tests wait on processes half the time
+
+# The results index and README's replication table come from results/*/summary.json (results/README.md);
+# idempotent: a second run changes nothing (tests/test_results.py checks the committed files are current).
+results: setup
+	$(BIN)/python -m bench.shrink_results results
+	$(BIN)/python -m analysis.results_index
 
 ui: setup
 	$(BIN)/raptor-study ui --out $(OUT)

@@ -342,6 +342,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [cache_corrupt(out), worker_kill(out), driver_kill(out), node_kill(out)]
     lines = [
+        "# python -m bench.faults",
+        "",
         "| fault | what the system did | trials lost | runs duplicated | time to recover (s) |",
         "|---|---|---|---|---|",
     ]

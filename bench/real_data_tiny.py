@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from study.config import DataConfig, load_trial_config
+from study.config import load_trial_config
 from study.contract import (
     ACC_AGREEMENT,
     ACC_FLOOR,
@@ -33,6 +33,7 @@ from study.contract import (
     phase_metric,
 )
 from study.sweep.space import load_sweep
+from study.teacher_config import DataConfig
 from study.trial.idx import load_fashion_arrays
 from study.trial.onnx_vit import build_onnx_model, convert_onnx_vit
 from study.trial.pipeline import run_trial

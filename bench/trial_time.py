@@ -14,17 +14,14 @@ Not part of CI. Usage:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from bench.common import RESULTS, write_report
+from bench.common import RESULTS, machine_line, write_report
 from study.config import load_trial_config
 from study.contract import ACC_AGREEMENT, ACC_RATIO, R2_FINAL, R2_MEAN, TEACHER_TEST_ACC, group_metric
 from study.trial.pipeline import run_trial
@@ -51,7 +48,7 @@ def main() -> None:
         ("stage 1 only, warm cache", "warm_stage1", {"distill.stage2.enabled": False}),
         ("both stages, warm cache", "warm_both", {}),
     ]
-    rows = []
+    rows, t_start = [], time.perf_counter()
     for label, name, overrides in variants:
         cfg = load_trial_config(None, {**base, **overrides, "name": name})
         t0, c0 = time.perf_counter(), time.process_time()
@@ -74,10 +71,8 @@ def main() -> None:
 
     table = pd.DataFrame(rows)
     machine = (
-        f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-        f"load avg at end {os.getloadavg()[0]:.1f} (wall_s includes waiting for CPUs shared with other jobs; "
-        f"cpu_s is this process's CPU time over all its threads)"
+        f"{machine_line(t_start)} (wall_s includes waiting for CPUs shared with other jobs; "
+        "cpu_s is this process's CPU time over all its threads)"
     )
     cfg = load_trial_config(None, base)
     header = (

@@ -3,22 +3,25 @@
     from study import run_sweep, report
     table = run_sweep("search_spaces/smoke.yaml", out="runs")           # or a dict, or a SweepSpec
     table = run_sweep({"name": "mine", "space": {"raptor.k": {"choice": [2, 3]}}}, out="runs")
-    path = report("smoke", runs="runs")                                  # HTML report; Markdown beside it
+    path = report("smoke", out="runs")                                   # HTML report; Markdown beside it
 
 Ray and MLflow are imported only when called (this module is importable anywhere).
 """
 
 from __future__ import annotations
 
-import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from study.store import DEFAULT_RUNS_ROOT
+from study.store import tracking_uri as resolve_tracking_uri
+
 
 def run_sweep(
     spec: Any,
-    out: str | Path = "runs",
+    out: str | Path = DEFAULT_RUNS_ROOT,
     *,
     address: str | None = None,
     tracking_uri: str | None = None,
@@ -39,16 +42,28 @@ def run_sweep(
 def report(
     experiments: str | Sequence[str],
     *,
-    runs: str | Path = "runs",
     out: str | Path | None = None,
+    report_dir: str | Path | None = None,
     tracking_uri: str | None = None,
     log_to_mlflow: bool = False,
+    runs: str | Path | None = None,
 ) -> Path:
-    """Write the statistics report of one or more sweeps (by name); returns the HTML file's path."""
+    """Write the statistics report of one or more sweeps (by name); returns the HTML file's path.
+
+    `out` is the runs root (as for `run_sweep`), `report_dir` the report folder (default OUT/reports/NAME).
+    `runs` is the old name of the runs root (with it, `out` is the report folder, as before), for one release."""
     from analysis.report import write_report
 
+    if runs is not None:
+        warnings.warn(
+            "report(runs=...) is deprecated: `out` is the runs root, `report_dir` the report folder",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        root, report_dir = Path(runs), report_dir or out
+    else:
+        root = Path(out or DEFAULT_RUNS_ROOT)
     names = [experiments] if isinstance(experiments, str) else list(experiments)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(runs) / 'mlflow.db').resolve()}"
-    out_dir = Path(out) if out else Path(runs) / "reports" / "-".join(names)
+    out_dir = Path(report_dir) if report_dir else root / "reports" / "-".join(names)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return Path(write_report(names, uri, out_dir, log_to_mlflow=log_to_mlflow))
+    return Path(write_report(names, resolve_tracking_uri(tracking_uri, root), out_dir, log_to_mlflow=log_to_mlflow))

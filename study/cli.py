@@ -1,4 +1,7 @@
-"""`raptor-study` command line: trial, sweep, resume, report, ui."""
+"""`raptor-study` command line: trial, sweep, resume, report, ui, dashboard.
+
+`--out` is the runs root on every subcommand that reads or writes a sweep (default `runs/`: the MLflow store, Ray
+state, trial folders, reports; layout in study/sweep/paths.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from rich.table import Table
 
 from study.config import ConfigError, load_trial_config
 from study.contract import FAILED, FINISHED
+from study.store import DEFAULT_RUNS_ROOT, STORE_FILE, TRACKING_URI_ENV, redact, tracking_uri
 
 console = Console()
 err_console = Console(stderr=True)
@@ -77,11 +81,9 @@ def enable_ray_token_auth(address: str | None) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def tracking_uri_of(args: argparse.Namespace, root: str) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the SQLite store under `root`."""
-    if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
-        return args.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
+def tracking_uri_of(args: argparse.Namespace, root: str | Path) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the SQLite store under `root` (study/store.py)."""
+    return tracking_uri(args.tracking_uri, root)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -90,7 +92,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from study.sweep.space import as_sweep_spec
 
     overrides = parse_overrides(args.set)
-    name = as_sweep_spec(args.spec, overrides).name  # a bad spec fails here, before Ray and MLflow are imported
+    spec = as_sweep_spec(args.spec, overrides)  # a bad spec fails here, before Ray and MLflow are imported
+    name = spec.name
+    if getattr(args, "dry_run", False):
+        from study.sweep.plan import Plan
+
+        for line in Plan.here(spec).lines():
+            console.print(line, soft_wrap=True, highlight=False)
+        return 0
     from study.sweep.driver import SweepInterrupted, run_sweep
 
     out_root = check_writable(Path(args.out), "--out")
@@ -121,17 +130,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if len(table) and (table["status"] != FAILED).all() else 1
 
 
+OLD_REPORT_FORM = (
+    "report: --runs and `--out REPORT_FOLDER` are deprecated (one release): --out is the runs root on every "
+    "subcommand, --report-dir the report folder"
+)
+
+
+def report_folders(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """(runs root, report folder or None for its default) from `report`'s flags; the old form (--runs ROOT, or
+    --out naming the report folder: a folder without a store) still works, with a one-line notice."""
+    if args.runs is not None:
+        err_console.print(f"[yellow]note:[/yellow] {OLD_REPORT_FORM}", highlight=False, soft_wrap=True)
+        return Path(args.runs), Path(args.out) if args.out else (Path(args.report_dir) if args.report_dir else None)
+    root = Path(args.out or DEFAULT_RUNS_ROOT)
+    explicit_store = args.tracking_uri or os.environ.get(TRACKING_URI_ENV)
+    if args.out and not args.report_dir and not explicit_store and not (root / STORE_FILE).is_file():
+        if (Path(DEFAULT_RUNS_ROOT) / STORE_FILE).is_file():  # `report NAME --out REPORT_FOLDER`, the old form
+            err_console.print(f"[yellow]note:[/yellow] {OLD_REPORT_FORM}", highlight=False, soft_wrap=True)
+            return Path(DEFAULT_RUNS_ROOT), root
+    return root, Path(args.report_dir) if args.report_dir else None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     if not args.verbose:  # one progress bar per downloaded result.json otherwise
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = tracking_uri_of(args, args.runs)
+    root, report_dir = report_folders(args)
+    uri = tracking_uri_of(args, root)
+    from study.sweep.browse import known_experiments, missing_experiments
+
     missing = missing_experiments(uri, args.experiments)
     if missing:
         raise ConfigError(
-            f"report: no MLflow experiment named {missing[0]!r} at {redact_uri(uri)} "
-            f"(known: {', '.join(known_experiments(uri)) or 'none'}; --runs / --tracking-uri)"
+            f"report: no MLflow experiment named {missing[0]!r} at {redact(uri)} "
+            f"(known: {', '.join(known_experiments(uri)) or 'none'}; --out RUNS_ROOT / --tracking-uri)"
         )
-    out_dir = check_writable(Path(args.out or Path(args.runs) / "reports" / "-".join(args.experiments)), "--out")
+    out_dir = check_writable(report_dir or root / "reports" / "-".join(args.experiments), "--report-dir")
     from analysis.report import write_report  # the statistics and figures: only once the input is known good
 
     path = write_report(args.experiments, uri, out_dir, log_to_mlflow=args.log_to_mlflow)
@@ -139,103 +172,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def redact_uri(uri: str) -> str:
-    import re
-
-    return re.sub(r"//[^/@]+@", "//***@", uri)
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
-
-
-def known_experiments(uri: str) -> list[str]:
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return []  # do not create an empty store just to look
-    try:
-        return sorted(e.name for e in _client(uri).search_experiments() if e.name != "Default")
-    except Exception as err:  # noqa: BLE001 - an unreachable or unreadable store is bad input here
-        raise ConfigError(
-            f"--tracking-uri: cannot read MLflow store {redact_uri(uri)} ({str(err).splitlines()[0]})"
-        ) from None
-
-
-def missing_experiments(uri: str, names: list[str]) -> list[str]:
-    known = set(known_experiments(uri))
-    return [name for name in names if name not in known]
-
-
-def runs_table_url(base: str, uri: str, experiment: str | None) -> str:
-    """Direct URL of an experiment's runs table (MLflow 3.x otherwise opens its overview page)."""
-    if not experiment:
-        return base
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"ui: no MLflow store at {uri} (--out / --tracking-uri)")
-    found = _client(uri).get_experiment_by_name(experiment)
-    if found is None:
-        raise ConfigError(
-            f"ui: no MLflow experiment named {experiment!r} at {redact_uri(uri)} "
-            f"(known: {', '.join(known_experiments(uri)) or 'none'})"
-        )
-    return f"{base.rstrip('/')}/#/experiments/{found.experiment_id}/runs"
-
-
 def cmd_ui(args: argparse.Namespace) -> int:
-    import signal
-    import subprocess
+    from study.sweep.browse import ui
 
-    uri = tracking_uri_of(args, args.out)
-    if uri.startswith(("http://", "https://", "databricks")):  # a server already serves it: nothing to start
-        console.print(f"MLflow tracking server: {runs_table_url(redact_uri(uri), uri, args.experiment)}")
-        return 0
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port: must be in [1, 65535], got {args.port}")
-    url = runs_table_url(f"http://{args.host}:{args.port}", uri, args.experiment)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            args.host,
-            "--port",
-            str(args.port),
-            "--workers",
-            "1",
-        ],
-        start_new_session=True,
-    )  # its own process group: stopped as a whole below
-    console.print(f"MLflow UI for {redact_uri(uri)}: {url}  (runs table; Ctrl-C to stop)", soft_wrap=True)
-    stopped = {"signal": 0}
+    return ui(tracking_uri_of(args, args.out), Path(args.out), args.experiment, args.host, args.port, args.verbose)
 
-    def stop(signum, frame) -> None:
-        stopped["signal"] = signum
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = server.wait()
-        if stopped["signal"]:
-            try:
-                server.wait(timeout=20)
-            finally:
-                try:
-                    os.killpg(server.pid, signal.SIGKILL)  # helpers that ignored SIGTERM
-                except ProcessLookupError:
-                    pass
-            return 128 + stopped["signal"]
-        return code
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from study.sweep.browse import dashboard
+
+    return dashboard(Path(args.out).resolve(), args.sweep, args.host, args.port, args.verbose)
 
 
 def package_version() -> str:
@@ -274,26 +220,24 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sweep = sub.add_parser(name, help=text)
         sweep.add_argument("spec", help="search space YAML, e.g. search_spaces/smoke.yaml")
-        sweep.add_argument("--out", default="runs", help="output root: MLflow store, Ray state, trial folders, cache")
-        sweep.add_argument(
-            "-v",
-            "--verbose",
-            action="store_true",
-            default=argparse.SUPPRESS,
-            help="show Ray's and Tune's own output instead of the progress view",
-        )
+        add_root(sweep)
+        add_verbose(sweep, "show Ray's and Tune's own output instead of the progress view")
         sweep.add_argument(
             "--address",
             help="join a running Ray cluster (host:port or 'auto'); default: RAY_ADDRESS, else start a local Ray",
         )
-        sweep.add_argument(
-            "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite store under --out)"
-        )
+        add_tracking_uri(sweep)
         if name == "sweep":
             sweep.add_argument(
                 "--new",
                 action="store_true",
                 help="launch even if the experiment holds a sweep of this name with another spec hash",
+            )
+            sweep.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="validate the spec and print the trial count, the search, the teachers to train, the resources "
+                "per trial and how many run at once; start nothing",
             )
         sweep.add_argument(
             "--report",
@@ -313,24 +257,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="statistics + figures of one or more sweeps (HTML + Markdown)")
     report.add_argument("experiments", nargs="+", help="MLflow experiment name(s), i.e. sweep names")
-    report.add_argument("--out", help="report folder (default: RUNS/reports/EXPERIMENT)")
-    report.add_argument("--runs", default="runs", help="output root holding the default MLflow store")
     report.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite store under --runs)"
+        "--out", default=None, help=f"runs root holding the MLflow store (default: {DEFAULT_RUNS_ROOT})"
     )
+    report.add_argument("--report-dir", help="report folder (default: OUT/reports/EXPERIMENT)")
+    report.add_argument("--runs", default=None, help=argparse.SUPPRESS)  # the old runs-root flag, for one release
+    add_tracking_uri(report)
     report.add_argument("--log-to-mlflow", action="store_true", help="also log the report to the sweep's parent run")
     report.set_defaults(func=cmd_report)
 
-    ui = sub.add_parser("ui", help="open the MLflow UI on the sweep's tracking store (an http URI: print it)")
-    ui.add_argument("experiment", nargs="?", help="sweep name: print the direct URL of its runs table")
-    ui.add_argument("--out", default="runs", help="output root of the sweeps")
-    ui.add_argument(
+    ui = sub.add_parser("ui", help="open the MLflow UI on the sweep's runs table (an http URI: print it)")
+    ui.add_argument("experiment", nargs="?", help="sweep name: open (print) the URL of its runs table")
+    add_root(ui)
+    add_tracking_uri(ui)
+    add_server(ui, 5000)
+    add_verbose(ui, "show the server's own output (one line per HTTP request) instead of logging it to OUT/logs")
+    ui.set_defaults(func=cmd_ui)
+
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on a sweep's Optuna study (the [dashboard] extra)")
+    dashboard.add_argument("sweep", nargs="?", help="sweep name (default: the one sweep with an Optuna study)")
+    add_root(dashboard)
+    add_server(dashboard, 8080)
+    add_verbose(dashboard, "show the server's own output instead of logging it to OUT/logs")
+    dashboard.set_defaults(func=cmd_dashboard)
+    return parser
+
+
+def add_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_RUNS_ROOT,
+        help="runs root: MLflow store, Ray state, trial folders, cache, reports (default: runs)",
+    )
+
+
+def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a sqlite store under --out)"
     )
-    ui.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.set_defaults(func=cmd_ui)
-    return parser
+
+
+def add_server(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    parser.add_argument("--port", type=int, default=port)
+
+
+def add_verbose(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=text)
 
 
 def main(argv: list[str] | None = None) -> int:

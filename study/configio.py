@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class ConfigError(ValueError):
@@ -93,3 +93,16 @@ def read_yaml(path: str | Path) -> Any:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys refused, immutable once validated, defaults validated too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def registered(field: str, name: str, table: dict) -> str:
+    """`name` if `table` (study/registry.py) has it, else a one-line error naming the field and the allowed names."""
+    if name not in table:
+        raise ValueError(f"{field}: must be one of {', '.join(map(repr, table))}, got {name!r}")
+    return name

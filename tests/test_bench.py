@@ -193,3 +193,52 @@ def test_sweep_throughput_rejects_bad_counts_before_any_work(argv, field, tmp_pa
     assert exit_info.value.code == 2
     assert field in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+SHARED = {"bench", "bench.common", "bench.scenario"}
+"""The modules a bench script may import from bench/ (bench.gpu's parts import each other inside bench/gpu)."""
+
+
+@pytest.mark.parametrize("path", sorted(BENCH.rglob("*.py")), ids=lambda p: p.relative_to(BENCH).as_posix())
+def test_bench_scripts_share_helpers_only_through_bench_common_and_never_import_tests(path):
+    tree = ast.parse(path.read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m.split(".")[0] == "tests"}, path
+    inside_gpu = path.parent.name == "gpu"
+    others = {m for m in imported if m.split(".")[0] == "bench" and m not in SHARED}
+    assert not {m for m in others if not (inside_gpu and m.startswith("bench.gpu"))}, path
+
+
+def test_bench_readme_lists_every_script_with_its_command():
+    readme = (BENCH / "README.md").read_text()
+    scripts = {p.stem for p in BENCH.glob("*.py") if p.stem not in ("__init__", "common", "scenario")}
+    assert {s for s in scripts if f"python -m bench.{s}" not in readme} == set()
+    assert "python -m bench.gpu" in readme
+    assert {p.name for p in BENCH.glob("*.sh") if f"bench/{p.name}" not in readme} == set()
+
+
+def test_shrink_results_makes_a_smaller_palette_png_once(tmp_path):
+    from PIL import Image
+
+    from bench.shrink_results import shrink_png
+
+    rgb = torch.rand(3, 200, 300, generator=torch.Generator().manual_seed(0))  # full colour: a poor PNG
+    pixels = (torch.cat([rgb, torch.ones(1, 200, 300)]) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    path = tmp_path / "figure.png"
+    Image.fromarray(pixels, "RGBA").save(path)
+    before = path.stat().st_size
+    assert shrink_png(path) == before - path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.mode == "P" and len(image.getcolors()) <= 128 and image.size == (300, 200)
+    assert shrink_png(path) == 0  # idempotent: a second run leaves the file alone
+
+
+def test_shrink_results_rounds_table_floats_to_float32_precision_once(tmp_path):
+    from bench.shrink_results import round_floats
+
+    path = tmp_path / "trials.csv"
+    path.write_text('run,lr,r2,layers\nabc123,1e-05,0.12345678912345678,"[0.98765432109876, -1.5, 12.000000000001]"\n')
+    assert round_floats(path) > 0
+    assert path.read_text() == 'run,lr,r2,layers\nabc123,1e-05,0.1234568,"[0.9876543, -1.5, 12]"\n'
+    assert round_floats(path) == 0  # idempotent

@@ -18,8 +18,9 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from study.contract import (
     LAYER_RESULT_KEYS,
     MLFLOW_END_STATUS,
     MODEL_ARTIFACT,
+    OPTUNA_TRIAL_TAG,
     PARENT_TAG,
     PHASE_BOUNDS_TAG,
     RAPTOR_EXAMPLE_KEY,
@@ -40,6 +42,8 @@ from study.contract import (
     ROLE_TAG,
     ROLE_TRIAL,
     RUNNING,
+    SOURCE_NAME_TAG,
+    SOURCE_TYPE_TAG,
     STATUS_TAG,
     SWEEP_ID_TAG,
     SWEEP_TAG,
@@ -71,28 +75,66 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def create_trial_run(
-    client: MlflowClient,
-    experiment_id: str,
-    *,
-    sweep: str,
-    sweep_id: str,
-    trial_id: str,
-    parent_run_id: str,
-    run_name: str,
-    teacher_key: str,
-) -> str:
-    """A new child run of the sweep's parent, tagged as a running trial of the teacher `teacher_key`."""
-    tags = {
-        ROLE_TAG: ROLE_TRIAL,
-        SWEEP_TAG: sweep,
-        SWEEP_ID_TAG: sweep_id,
-        TRIAL_ID_TAG: trial_id,
-        PARENT_TAG: parent_run_id,
-        STATUS_TAG: RUNNING,
-        TEACHER_KEY_PARAM: teacher_key,
-    }
-    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as MLflow records it: where its run goes and what it is; once it ended, what it gave.
+
+    Args:
+        sweep: the sweep's name (the experiment).
+        sweep_id: the launch's id (``raptor.sweep_id``).
+        trial_id: Tune's trial id (``raptor.trial_id``): a resumed trial finds its run again by it.
+        parent_run_id: the sweep's parent run.
+        run_name: the run's name in the UI (`study.contract.trial_run_name`).
+        teacher_key: hash of what determines the trial's teacher.
+        params: the flat trial config (dotted keys).
+        history: the distillation's per-epoch records (logged by `log_trial`; the Tune callback logs them live).
+        result: the trial's result.json content; None for a trial stopped before its evaluation.
+        status: the outcome (`study.contract.STATUSES`).
+        out_dir: the trial's folder: its files become the run's artifacts.
+        source: the command that ran the sweep (the runs table's Source column); None: no source tags.
+        optuna_trial: the trial's Optuna trial number; None when no Optuna study samples the sweep.
+    """
+
+    sweep: str
+    sweep_id: str
+    trial_id: str
+    parent_run_id: str
+    run_name: str
+    teacher_key: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    history: Sequence[Mapping[str, Any]] = ()
+    result: Mapping[str, Any] | None = None
+    status: str = RUNNING
+    out_dir: Path | None = None
+    source: str | None = None
+    optuna_trial: int | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The tags a new trial run starts with."""
+        tags = {
+            ROLE_TAG: ROLE_TRIAL,
+            SWEEP_TAG: self.sweep,
+            SWEEP_ID_TAG: self.sweep_id,
+            TRIAL_ID_TAG: self.trial_id,
+            PARENT_TAG: self.parent_run_id,
+            STATUS_TAG: RUNNING,
+            TEACHER_KEY_PARAM: self.teacher_key,
+        }
+        if self.source:
+            tags |= source_tags(self.source)
+        if self.optuna_trial is not None:
+            tags[OPTUNA_TRIAL_TAG] = str(self.optuna_trial)
+        return tags
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """MLflow's source tags for a run started by the command `source` (the runs table's Source column)."""
+    return {SOURCE_NAME_TAG: source, SOURCE_TYPE_TAG: "LOCAL"}
+
+
+def create_trial_run(client: MlflowClient, experiment_id: str, trial: TrialRecord) -> str:
+    """A new child run of the sweep's parent, tagged as a running trial (`TrialRecord.tags`)."""
+    return client.create_run(experiment_id, run_name=trial.run_name, tags=trial.tags()).info.run_id
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any], existing: Iterable[str] = ()) -> None:
@@ -291,39 +333,17 @@ def end_trial(client: MlflowClient, run_id: str, status: str, reason: str | None
 
 
 def log_trial(
-    client: MlflowClient,
-    experiment_id: str,
-    *,
-    sweep: str,
-    sweep_id: str,
-    trial_id: str,
-    parent_run_id: str,
-    run_name: str,
-    teacher_key: str,
-    params: Mapping[str, Any],
-    history: Iterable[Mapping[str, Any]],
-    result: Mapping[str, Any] | None,
-    status: str,
-    out_dir: Path | None = None,
-    model: bool = False,
-    register_as: str | None = None,
+    client: MlflowClient, experiment_id: str, trial: TrialRecord, *, model: bool = False, register_as: str | None = None
 ) -> str:
     """A whole trial in one call, in the same steps the Tune callback takes (`model`, `register_as`: the spec's
     ``record``, as in `log_result`). Returns the run id."""
-    run_id = create_trial_run(
-        client,
-        experiment_id,
-        sweep=sweep,
-        sweep_id=sweep_id,
-        trial_id=trial_id,
-        parent_run_id=parent_run_id,
-        run_name=run_name,
-        teacher_key=teacher_key,
-    )
-    log_params(client, run_id, params)
+    run_id = create_trial_run(client, experiment_id, trial)
+    log_params(client, run_id, trial.params)
     logged: Steps = {}
-    log_epochs(client, run_id, history, logged)
-    if result is not None:
-        log_result(client, run_id, result, out_dir=out_dir, logged=logged, model=model, register_as=register_as)
-    end_trial(client, run_id, status)
+    log_epochs(client, run_id, trial.history, logged)
+    if trial.result is not None:
+        log_result(
+            client, run_id, trial.result, out_dir=trial.out_dir, logged=logged, model=model, register_as=register_as
+        )
+    end_trial(client, run_id, trial.status)
     return run_id

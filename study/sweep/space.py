@@ -42,20 +42,24 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from study.config import ConfigError, TrialConfig, build_trial_config
-from study.configio import deep_merge, describe_validation_error, flatten, read_yaml, stable_hash, unflatten
+from study.configio import (
+    StrictModel,
+    deep_merge,
+    describe_validation_error,
+    flatten,
+    read_yaml,
+    stable_hash,
+    unflatten,
+)
 from study.contract import ANALYSIS_PREDICTORS, ANALYSIS_TARGETS, PRIMARY_PREDICTOR, PRIMARY_TARGET, VAL_R2
 
 MAX_CORNER_CHECKS = 4096
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Distribution(_Strict):
+class Distribution(StrictModel):
     """Exactly one of: uniform [lo, hi], loguniform [lo, hi], randint [lo, hi), choice [values...], or cases
     {label: {dotted field: value, ...}}: a choice of labels, each setting several fields together (e.g. the
     paper's ablation rows, which couple distill.arm with two switches); its key is the label's name, not a field."""
@@ -115,7 +119,7 @@ class Distribution(_Strict):
         return dict(self.cases[value])
 
 
-class SearchConfig(_Strict):
+class SearchConfig(StrictModel):
     sampler: Literal["tpe", "random", "grid"] = Field(
         "tpe",
         description="grid: every combination of the `choice` entries (x num_samples), continuous entries "
@@ -138,13 +142,13 @@ class SearchConfig(_Strict):
     )
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(StrictModel):
     type: Literal["asha", "none"] = "none"
     grace_period: int = Field(1, ge=1, description="stage-2 epochs before a trial can be stopped")
     reduction_factor: float = Field(2.0, gt=1.0)
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(StrictModel):
     """Per trial: the Tune driver (teacher, activations, evaluation) and its Ray Train workers.
 
     The driver mostly waits while its workers train, so fractions (0.5 + 0.5) let
@@ -180,7 +184,7 @@ class ResourcesConfig(_Strict):
         return self
 
 
-class PrimaryRelation(_Strict):
+class PrimaryRelation(StrictModel):
     """The pre-registered relation target ~ predictor (docs/science.md §7); defaults in study/contract.py."""
 
     predictor: str = PRIMARY_PREDICTOR
@@ -200,11 +204,11 @@ class PrimaryRelation(_Strict):
         return self
 
 
-class AnalysisConfig(_Strict):
+class AnalysisConfig(StrictModel):
     primary: PrimaryRelation = PrimaryRelation()
 
 
-class RecordConfig(_Strict):
+class RecordConfig(StrictModel):
     """What MLflow records of a trial beyond its params, metrics and folder of artifacts (study/sweep/record.py)."""
 
     log_model: bool = Field(
@@ -231,7 +235,7 @@ class RecordConfig(_Strict):
         return self
 
 
-class SweepSpec(_Strict):
+class SweepSpec(StrictModel):
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
@@ -337,9 +341,18 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 f"--set {key}: the space searches this field; set its distribution instead, "
                 f"e.g. --set space.{key}='{{choice: [{value!r}]}}'"
             )
+        elif key in _case_fields(tree.get("space")):
+            raise ConfigError(f"--set {key}: a cases entry of the space sets this field; edit its cases instead")
         else:
             tree = deep_merge(tree, {"base": unflatten({key: value})})
     return tree
+
+
+def _case_fields(space: Any) -> set[str]:
+    """The config fields that the `cases` entries of a (raw) space set."""
+    entries = space.values() if isinstance(space, dict) else ()
+    cases = [e["cases"] for e in entries if isinstance(e, dict) and isinstance(e.get("cases"), dict)]
+    return {field for entry in cases for case in entry.values() if isinstance(case, dict) for field in case}
 
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:

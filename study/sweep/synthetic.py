@@ -48,7 +48,7 @@ from study.contract import (
     epoch_metric,
     trial_run_name,
 )
-from study.sweep.record import log_trial
+from study.sweep.record import TrialRecord, log_trial
 from study.sweep.simulate import (
     EPOCHS,
     finished_trial,
@@ -220,16 +220,18 @@ def _log_trial(
     return log_trial(
         client,
         experiment_id,
-        sweep=sweep,
-        sweep_id=SYNTHETIC_SWEEP_ID,
-        trial_id=trial_id,
-        parent_run_id=parent_id,
-        run_name=trial_run_name(params, trial_id),
-        teacher_key=teacher_key,
-        params=params,
-        history=records,
-        result=result,
-        status=status,
+        TrialRecord(
+            sweep=sweep,
+            sweep_id=SYNTHETIC_SWEEP_ID,
+            trial_id=trial_id,
+            parent_run_id=parent_id,
+            run_name=trial_run_name(params, trial_id),
+            teacher_key=teacher_key,
+            params=params,
+            history=records,
+            result=result,
+            status=status,
+        ),
     )
 
 
@@ -259,7 +261,7 @@ def write_clustered_sweep(
     client = MlflowClient(tracking_uri)
     experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
     if spec is not None:
-        from study.sweep.tracking import create_parent_run  # imports Ray: only when a spec is to be logged
+        from study.sweep.runs import create_parent_run
 
         parent_id = create_parent_run(
             client,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from study.config import TeacherConfig
+from study.teacher_config import TeacherConfig
 from study.trial.data import ImageSpec
 
 

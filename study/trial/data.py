@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from study.config import ConfigError, DataConfig
+from study.config import ConfigError
 from study.registry import DATASETS, resolve
 from study.science.sampling import stratified_subset
+from study.teacher_config import DataConfig
 from study.trial.sources import require_dir
 
 

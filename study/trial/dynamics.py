@@ -3,9 +3,10 @@
 `trial_dynamics` runs the pure read-outs of `study.science.dynamics` on a subsample of the
 test split: teacher states come from the activation cache, Raptor states from
 `raptor.rollout(x_0)` on the same x_0 (float32, no autocast). `adjacent_swaps` measures
-layer swaps on the teacher only, read out by its own head or, for a headless teacher, by
-the linear probe on the normed cls token (`swap_readout`). The evaluation runs them as the
-read-outs 'dynamics' and 'swaps' (study/trial/readouts.py).
+layer swaps on the teacher only, through the teacher's head (`swap_readout`: its own head or,
+for a headless teacher, its linear probe) on the accuracy subset that the layer replacement
+also uses (study/trial/measures.py). The evaluation runs them as the read-outs 'dynamics' and
+'swaps' (study/trial/readouts.py).
 
 Summary metric names (flat, logged to MLflow with the trial's other metrics), with
 m in {teacher, raptor} and L the depth:
@@ -21,7 +22,7 @@ m in {teacher, raptor} and L the depth:
     dyn.m.srank_first, dyn.m.srank_last          stable rank of U_1 = x_1 - x_0 and U_L
     dyn.m.recovery_last                          angle(x'_L, x_L) / angle(x'_l, x_l) after perturbing x_l
                                                  (angular, docs/science.md §6; < 1: it bends back)
-    dyn.swap.baseline_acc                        teacher accuracy, unswapped (same subsample)
+    dyn.swap.baseline_acc                        teacher accuracy, unswapped (the accuracy subset)
     dyn.swap.intra_acc_mean, dyn.swap.inter_acc_mean
                                                  mean accuracy over adjacent swaps inside a
                                                  phase / across a phase boundary

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from study.config import ConfigError, DataConfig
+from study.config import ConfigError
+from study.teacher_config import DataConfig
 from study.trial.sources import fashion_files
 
 FASHION_CLASSES = (

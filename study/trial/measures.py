@@ -9,11 +9,11 @@ Every accuracy of the dynamics (layer replacement, adjacent swaps) is scored on 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from study.config import TrialConfig
 from study.contract import (
@@ -50,29 +50,36 @@ REPLACE_CHUNK = 512
 trajectory of a chunk, L + 1 states, is kept while its sequences run); on one CPU thread 512 takes 60% of the
 time of 64 on the tiny digits teacher."""
 
-_HEAD_PROBES: dict[str, Any] = {}
-"""Per process: a headless teacher's probe by a digest of its pooled train features and labels (`teacher_head`)."""
+
+def reads_the_cls_token(model: nn.Module) -> bool:
+    """Whether the teacher's head reads the final-norm cls token as it is (timm ``global_pool='token'``, no
+    ``fc_norm``, no attention pooling): then its input is the probes' cls readout (`ctx.teacher_features`)."""
+    return (
+        getattr(model, "global_pool", None) == "token"
+        and getattr(model, "attn_pool", None) is None
+        and isinstance(getattr(model, "fc_norm", None), nn.Identity)
+    )
 
 
-def teacher_head(prepared) -> TeacherHead:
-    """The trial teacher's head (`TeacherHead`, on the trial's device); a headless teacher's is its linear probe on
-    its pooled train features, fitted once per process for the same features (docs/science.md §5)."""
-    model, device = prepared.teacher.model, prepared.device
+def teacher_head(ctx: EvalContext) -> TeacherHead:
+    """The trial teacher's head (`TeacherHead`, on the trial's device). A headless teacher's is its linear probe on
+    its pooled train features (docs/science.md §5): for a cls-token teacher the cls probe the probes read-out fits
+    once per process (`ctx.teacher_probe`), else a probe fitted here on `head_input` of its train states."""
+    prepared = ctx.prepared
+    model = prepared.teacher.model
     if getattr(model, "num_classes", 0):
         return TeacherHead(model)
-    pooled = pooled_features(model, prepared.states["train"][:, -1], device)
-    labels = np.asarray(prepared.labels["train"])
-    key = hashlib.sha1(np.ascontiguousarray(pooled.numpy()).tobytes() + labels.tobytes()).hexdigest()
-    if key not in _HEAD_PROBES:
-        if len(_HEAD_PROBES) >= 8:
-            _HEAD_PROBES.pop(next(iter(_HEAD_PROBES)))
-        _HEAD_PROBES[key] = fit_linear_probe(pooled.numpy(), labels)
-    return TeacherHead(model, _HEAD_PROBES[key]).to(device)
+    if reads_the_cls_token(model):
+        probe = ctx.teacher_probe()[1]
+    else:
+        pooled = pooled_features(model, prepared.states["train"][:, -1], ctx.device)
+        probe = fit_linear_probe(pooled.numpy(), np.asarray(prepared.labels["train"]))
+    return TeacherHead(model, probe).to(ctx.device)
 
 
 def shared_head(ctx: EvalContext) -> TeacherHead:
     """The teacher's head, built once per evaluation (`teacher_head`)."""
-    return ctx.shared("teacher_head", lambda: teacher_head(ctx.prepared))
+    return ctx.shared("teacher_head", lambda: teacher_head(ctx))
 
 
 def accuracy_inputs(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from study.config import ConfigError, DataConfig, TrialConfig
+from study.config import ConfigError, TrialConfig
 from study.registry import DATASETS_WITHOUT_PATH
+from study.teacher_config import DataConfig
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "install it with `make data` or `sudo apt-get install dataset-fashion-mnist`, or set data.path"

@@ -6,7 +6,7 @@ import torch
 
 from study.config import load_trial_config
 from study.contract import ARM_PARAM, CLS_WEIGHTING_PARAM, DEPTH_SCALING_PARAM
-from study.science.distill import GroupWeights, run_distillation
+from study.science.distill import DistillJob, GroupWeights, run_distillation
 from study.science.raptor import DepthConditioner, Raptor
 
 TWO_PHASES = ((1, 3), (4, 4))
@@ -28,8 +28,9 @@ def test_raptor_without_depth_scaling_trains_only_its_blocks(prepared, teacher_m
     with torch.no_grad():  # at init both apply scales of exactly 1
         torch.testing.assert_close(off.rollout(x0), on.rollout(x0), rtol=0, atol=0)
     before = off.blocks[0].attn.qkv.weight.clone()
+    states = prepared.states
     run_distillation(
-        off, prepared.states["train"], prepared.states["val"], cfg.distill, cfg.runtime, torch.device("cpu"), 0, 0
+        DistillJob(off, states["train"], states["val"], cfg.distill, cfg.runtime, torch.device("cpu"), 0, 0)
     )
     assert torch.equal(off.cond(), torch.ones_like(off.cond()))
     assert not torch.equal(off.blocks[0].attn.qkv.weight, before)

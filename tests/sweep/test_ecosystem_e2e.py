@@ -44,7 +44,8 @@ def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
     log = output(proc, timeout=300)
     stop_s = time.monotonic() - t0
     assert proc.returncode == 130, log[-3000:]
-    assert "Continue with: raptor-study resume" in log
+    assert f"Continue with: raptor-study resume {spec} --out {out}" in log  # the real spec path
+    assert "Tuner.restore" not in log  # Ray's own resume hint is not the one to follow
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("cc")
     parent = client.search_runs([experiment.experiment_id], "tags.`raptor.role` = 'sweep'")
@@ -80,9 +81,18 @@ def test_ctrl_c_then_resume_and_a_colliding_launch(tmp_path):
     logged = [a.path for a in client.list_artifacts(parent[0].info.run_id)]
     assert REPORT_ARTIFACT_DIR in logged, logged
     journal = out / "ray" / "cc" / "optuna.journal"
-    assert f"optuna-dashboard {journal}" in resumed
+    assert f"raptor-study dashboard cc --out {out}" in resumed
     study = optuna.load_study(study_name=f"cc-{sweep_id}", storage=JournalStorage(JournalFileBackend(str(journal))))
     assert len(study.trials) >= 3  # the sampler's history spans the interrupt
+    # Optuna and MLflow point at each other, across the interrupt too; the objective is named
+    assert study.metric_names == ["val_r2"] and tags["raptor.optuna_study"] == f"cc-{sweep_id}"
+    by_run = {t.user_attrs.get("mlflow_run_id"): t for t in study.trials}
+    for run in runs:
+        trial = by_run[run.info.run_id]
+        assert run.data.tags["raptor.optuna_trial"] == str(trial.number)
+        assert trial.user_attrs["mlflow_run_name"] == run.info.run_name
+        assert run.data.tags["mlflow.source.name"] == "raptor-study sweep cc.yaml"  # the entry point, as launched
+        assert any(key.startswith("system/") for key in run.data.metrics)  # system metrics on every trial run
     (tmp_path / "ecosystem_e2e.json").write_text(json.dumps({"ctrl_c_to_exit_s": stop_s}))
     print(f"Ctrl-C to exit: {stop_s:.1f} s")
 

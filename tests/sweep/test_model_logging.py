@@ -23,9 +23,10 @@ from study.contract import (
     RESULT_ARTIFACT,
     TRIAL_ID_TAG,
 )
-from study.sweep.record import log_trial
+from study.sweep.record import TrialRecord, log_trial
+from study.sweep.runs import ensure_experiment
 from study.sweep.space import as_sweep_spec, spec_hash
-from study.sweep.tracking import MlflowTrialCallback, ensure_experiment
+from study.sweep.tracking import MlflowTrialCallback
 from study.trial.pipeline import MODEL_EXAMPLE_ROWS, run_trial
 
 pytestmark = pytest.mark.timeout(600)
@@ -108,17 +109,19 @@ def test_sweep_callback_and_replay_log_the_raptor_as_a_registered_pytorch_model(
     replayed = log_trial(
         client,
         experiment_id,
-        sweep=spec.name,
-        sweep_id="",
-        trial_id="replay_00002",
-        parent_run_id=parent,
-        run_name="replay",
-        teacher_key=result["teacher"]["key"],
-        params={"raptor.k": 2},
-        history=result["history"],
-        result=result,
-        status=FINISHED,
-        out_dir=trial_dir,
+        TrialRecord(
+            sweep=spec.name,
+            sweep_id="",
+            trial_id="replay_00002",
+            parent_run_id=parent,
+            run_name="replay",
+            teacher_key=result["teacher"]["key"],
+            params={"raptor.k": 2},
+            history=result["history"],
+            result=result,
+            status=FINISHED,
+            out_dir=trial_dir,
+        ),
         model=True,
         register_as=REGISTERED,
     )
@@ -141,17 +144,19 @@ def test_without_log_model_the_run_has_no_model_and_the_weights_file_stays_weigh
     run_id = log_trial(
         client,
         experiment_id,
-        sweep="plain",
-        sweep_id="",
-        trial_id="t_00001",
-        parent_run_id="",
-        run_name="t",
-        teacher_key="k",
-        params={},
-        history=[],
-        result=result,
-        status=FINISHED,
-        out_dir=out,
+        TrialRecord(
+            sweep="plain",
+            sweep_id="",
+            trial_id="t_00001",
+            parent_run_id="",
+            run_name="t",
+            teacher_key="k",
+            params={},
+            history=[],
+            result=result,
+            status=FINISHED,
+            out_dir=out,
+        ),
     )
     outputs = client.get_run(run_id).outputs
     assert not (outputs and outputs.model_outputs)
@@ -160,17 +165,19 @@ def test_without_log_model_the_run_has_no_model_and_the_weights_file_stays_weigh
         log_trial(
             client,
             experiment_id,
-            sweep="plain",
-            sweep_id="",
-            trial_id="t_00002",
-            parent_run_id="",
-            run_name="t2",
-            teacher_key="k",
-            params={},
-            history=[],
-            result=result,
-            status=FINISHED,
-            out_dir=out,
+            TrialRecord(
+                sweep="plain",
+                sweep_id="",
+                trial_id="t_00002",
+                parent_run_id="",
+                run_name="t2",
+                teacher_key="k",
+                params={},
+                history=[],
+                result=result,
+                status=FINISHED,
+                out_dir=out,
+            ),
             model=True,
         )
 

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import study.sweep.driver as driver
 import study.sweep.raytrain as raytrain
+import study.sweep.tuning as driver
 import study.trial.pipeline as pipeline
 from study.sweep.space import as_sweep_spec
 

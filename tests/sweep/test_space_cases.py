@@ -69,3 +69,12 @@ def test_ablation_specs_run_the_papers_rows(name, k):
         flat = spec.trial_config({ABLATION_ROW: label}).flat()
         assert row.items() <= flat.items()
         assert k is None or flat[K_PARAM] == k
+
+
+def test_set_refuses_a_field_that_a_case_sets(tmp_path):
+    spec = spec_with(tmp_path, {"row": {"cases": CASES}})
+    path = tmp_path / "space.yaml"
+    assert load_sweep(path, {"raptor.k": 3}).trial_config({"row": "a"}).raptor.k == 3  # other fields: the base
+    with pytest.raises(ConfigError, match=r"^--set distill.arm: a cases entry of the space sets this field"):
+        load_sweep(path, {"distill.arm": "full"})
+    assert spec.space["row"].cases == CASES

@@ -47,7 +47,7 @@ def assert_one_line_exit_2(proc: subprocess.CompletedProcess, *expected: str) ->
         (("sweep", "/no/such/spec.yaml"), ["no such config file"]),
         (("sweep", SMOKE, "--set", "search.num_samples=0"), ["search.num_samples"]),
         (("resume", SMOKE, "--out", "{tmp}/empty"), ["resume: no sweep 'smoke' to resume"]),
-        (("report", "nope", "--runs", "{tmp}"), ["no MLflow experiment named 'nope'"]),
+        (("report", "nope", "--out", "{tmp}"), ["no MLflow experiment named 'nope'"]),
         (("report",), ["experiments"]),
         (("ui", "--port", "0", "--out", "{tmp}"), ["--port"]),
         (("ui", "--port", "many"), ["invalid int value: 'many'"]),

@@ -10,15 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from study.config import ConfigError
 from study.contract import ACC_RATIO, R2_FINAL, VAL_R2, trial_run_name
+from study.sweep.runs import check_no_collision, create_parent_run, ensure_experiment, find_parent, mark_interrupted
 from study.sweep.space import as_sweep_spec, load_sweep, spec_hash
-from study.sweep.tracking import (
-    check_no_collision,
-    create_parent_run,
-    ensure_experiment,
-    error_reason,
-    find_parent,
-    mark_interrupted,
-)
+from study.sweep.tracking import error_reason
 
 SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
 
@@ -77,7 +71,8 @@ def test_a_failed_trial_is_tagged_with_its_reason_and_oom_is_preferred():
 
 
 def test_a_second_launch_from_the_same_out_is_refused_while_the_first_runs(tmp_path):
-    from study.sweep.driver import SweepPaths, launch_lock
+    from study.sweep.driver import launch_lock
+    from study.sweep.paths import SweepPaths
 
     paths = SweepPaths(tmp_path)
     first = launch_lock(paths, "smoke")
@@ -113,7 +108,7 @@ def test_the_callback_tags_a_failed_trial_with_its_reason_and_prints_one_line(tm
 
 
 def test_result_table_headers_are_short_unless_two_columns_share_a_last_part():
-    from study.sweep.driver import short_headers
+    from study.sweep.console import short_headers
 
     columns = ["trial_id", "status", "teacher.seed", "seed", "teacher.sd_rate", VAL_R2, R2_FINAL, ACC_RATIO]
     expected = ["trial_id", "status", "teacher.seed", "seed", "sd_rate", VAL_R2, R2_FINAL, ACC_RATIO]
@@ -127,7 +122,7 @@ def test_the_result_table_is_printed_whole_outside_a_terminal_and_fits_a_termina
     from rich.console import Console
     from rich.text import Text
 
-    from study.sweep.driver import print_whole, result_table
+    from study.sweep.console import print_whole, result_table
 
     trial_id = "179fc8e2_00001_1_anneal=0.2321,k=2,lambda_cls=0.3681,sd_rate=0.0000"
     table = pd.DataFrame(

@@ -13,7 +13,9 @@ import pytest
 from mlflow.entities import Metric
 
 from bench.scenario import free_port
-from study.sweep.tracking import ResilientWriter, default_tracking_uri, ensure_experiment
+from study.store import default_tracking_uri
+from study.sweep.runs import ensure_experiment
+from study.sweep.writer import ResilientWriter
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,7 +71,7 @@ def test_writes_are_buffered_while_the_server_is_down_and_arrive_after(tmp_path,
     assert writer.flush(patience_s=30)  # the first write lands while the server is up (the thread is asynchronous)
     stop_server(server)
 
-    with caplog.at_level(logging.WARNING, logger="study.sweep.tracking"):
+    with caplog.at_level(logging.WARNING, logger="study.sweep.writer"):
         t0 = time.monotonic()
         for step in (1, 2, 3):  # training goes on: each write returns at once, queued for the writer thread
             writer.write(lambda c, step=step: c.log_batch(run_id, metrics=[Metric("loss", 1.0 / (step + 1), 0, step)]))

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from study.config import ConfigError, DataConfig
+from study.config import ConfigError
+from study.teacher_config import DataConfig
 from study.trial.data import ImageSpec, load_splits, native_spec, split_indices
 from study.trial.sources import check_data_source
 

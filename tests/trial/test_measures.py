@@ -21,10 +21,11 @@ from study.contract import (
     REPLACE_METRICS,
     SWAP_BASELINE,
 )
+from study.science.fidelity import fit_linear_probe
+from study.science.head import pooled_features
 from study.science.raptor import Raptor
-from study.trial import measures
 from study.trial.evaluation import EvalContext
-from study.trial.measures import HeadAccuracy, LayerReplacement, accuracy_inputs, teacher_head
+from study.trial.measures import HeadAccuracy, LayerReplacement, accuracy_inputs, reads_the_cls_token, teacher_head
 from study.trial.probes import Probes
 from study.trial.readouts import AdjacentSwaps
 
@@ -41,16 +42,33 @@ def test_head_readout_of_a_raptor_that_is_the_teacher(prepared):
     assert prepared.teacher.test_acc == pytest.approx(metrics[ACC_HEAD_TEACHER], abs=0.02)  # the teacher's own path
 
 
-def test_a_headless_teacher_fits_its_probe_once(prepared, monkeypatch):
+def headless_trial(prepared, pool="token"):
     headless = copy.deepcopy(prepared.teacher.model)
-    headless.reset_classifier(0)
-    trial = dataclasses.replace(prepared, teacher=dataclasses.replace(prepared.teacher, model=headless))
-    fits, fit = [], measures.fit_linear_probe
-    monkeypatch.setattr(measures, "fit_linear_probe", lambda *a: fits.append(1) or fit(*a))
-    monkeypatch.setattr(measures, "_HEAD_PROBES", {})
-    first, second = teacher_head(trial), teacher_head(trial)
-    assert len(fits) == 1
-    assert torch.equal(first.linear.weight, second.linear.weight) and first.linear.out_features == 10
+    headless.reset_classifier(0, global_pool=pool)
+    return dataclasses.replace(prepared, teacher=dataclasses.replace(prepared.teacher, model=headless))
+
+
+def test_a_headless_cls_teacher_reads_out_with_the_probes_cls_probe(prepared):
+    """Its head is the cls probe the probes read-out fits (one fit per process), on the same cls readout."""
+    ctx = EvalContext(headless_trial(prepared), teacher_copy_raptor(prepared))
+    head = teacher_head(ctx)
+    assert reads_the_cls_token(ctx.prepared.teacher.model) and head.linear.out_features == 10
+    cls_probe = ctx.teacher_probe()[1]
+    x_last = torch.from_numpy(np.array(prepared.states["test"][:, -1]))
+    cls = ctx.teacher_features("test")[:, : prepared.teacher.width].numpy()
+    with torch.no_grad():
+        assert np.array_equal(head(x_last).argmax(-1).numpy(), cls_probe.predict(cls))
+
+
+def test_a_headless_avg_pool_teacher_fits_its_probe_on_its_pooled_features(prepared):
+    ctx = EvalContext(headless_trial(prepared, pool="avg"), teacher_copy_raptor(prepared))
+    model = ctx.prepared.teacher.model
+    assert not reads_the_cls_token(model)
+    head = teacher_head(ctx)
+    pooled = pooled_features(model, prepared.states["train"][:, -1])
+    probe = fit_linear_probe(pooled.numpy(), prepared.labels["train"])
+    with torch.no_grad():
+        assert np.array_equal(head.linear(pooled).argmax(-1).numpy(), probe.predict(pooled.numpy()))
 
 
 def test_replacement_and_swaps_share_the_accuracy_subset(prepared):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import ConfigError, DataConfig, load_trial_config
+from study.config import ConfigError, load_trial_config
+from study.teacher_config import DataConfig
 from study.trial.data import FASHION_SPEC, ImageSpec, load_splits, native_spec
 from study.trial.idx import parse_idx, read_idx
 from study.trial.sources import FASHION_FILES, FASHION_MNIST_DIR, check_data_source

@@ -7,8 +7,9 @@ import torch
 from timm.layers import DropPath
 
 import study.trial.teacher as teacher_mod
-from study.config import KEY_DEFAULTS, ConfigError, TrialConfig, load_trial_config
+from study.config import ConfigError, TrialConfig, load_trial_config
 from study.configio import stable_hash
+from study.teacher_config import KEY_DEFAULTS
 from study.trial.augment import Augment
 from study.trial.data import load_splits, native_spec
 from study.trial.teacher import build_scratch_model, load_teacher, snapshot_path
