@@ -4,8 +4,8 @@ The paper measures the phase structure of trained ViTs only; it leaves open when
 phases (docs/science.md §7). A snapshot takes the layer-layer cosine similarity of one fixed set of images'
 states (`similarity.cosine_dissimilarity`, the matrix a trial partitions on), the exact DP partition for each k
 (`partition.contiguous_maxcut`) and that partition's `similarity.phase_metrics`. Taken at init and after every N
-epochs of a teacher's training (study/trial/teacher.py), the snapshots form step curves; `analysis.emergence.onset` reads off when a
-curve has covered a given fraction of its way from init to the end.
+epochs of a teacher's training (study/trial/teacher.py), the snapshots form step curves; the report reads off
+when a curve has covered a given fraction of its way from init to the end (analysis/emergence.py).
 """
 
 from __future__ import annotations
