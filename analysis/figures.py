@@ -76,6 +76,20 @@ class DynamicsTrace:
 
 # ----------------------------------------------------------------------------- a sweep
 
+MAX_COLUMNS = 3
+"""No figure strip is wider than this many panels, so text stays readable at 100% zoom."""
+
+
+def panel_grid(count: int, width: float = PANEL) -> tuple[Figure, np.ndarray]:
+    """A figure of ``count`` panels in rows of at most `MAX_COLUMNS`; spare axes hidden. Returns (figure, axes)."""
+    columns = max(1, min(count, MAX_COLUMNS))
+    rows = max(1, -(-count // columns))
+    figure = Figure(figsize=(width * columns, PANEL * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return figure, axes[:count]
+
 
 def similarity_grid(rows: Sequence[Sequence[SimilarityPanel]]) -> Figure:
     """Similarity heatmaps, one row per kind on its own colour scale; phases outlined, boundaries dashed."""
@@ -104,8 +118,7 @@ def similarity_grid(rows: Sequence[Sequence[SimilarityPanel]]) -> Figure:
 
 def dynamics_curves(traces: Sequence[DynamicsTrace]) -> Figure:
     """`DYNAMICS_PANELS` per layer: teacher solid, Raptor dashed, one colour per SD rate (plasma, low to high)."""
-    figure = Figure(figsize=(PANEL * len(DYNAMICS_PANELS), PANEL), layout="constrained")
-    axes = figure.subplots(1, len(DYNAMICS_PANELS), squeeze=False).ravel()
+    figure, axes = panel_grid(len(DYNAMICS_PANELS))
     codes, levels = pd.factorize(pd.Series([t.sd for t in traces], dtype=float), sort=True, use_na_sentinel=False)
     palette = colormaps["plasma"](np.linspace(0.0, 0.85, len(levels)))
     for ax, (curve, first, ylabel) in zip(axes, DYNAMICS_PANELS, strict=True):
@@ -123,8 +136,7 @@ def dynamics_curves(traces: Sequence[DynamicsTrace]) -> Figure:
 
 def emergence_curves(traces: Sequence[EmergenceTrace]) -> Figure:
     """`EMERGENCE_PANELS` against epochs of teacher training (0 = init), one line per teacher coloured by SD rate."""
-    figure = Figure(figsize=(PANEL * len(EMERGENCE_PANELS), PANEL), layout="constrained")
-    axes = figure.subplots(1, len(EMERGENCE_PANELS), squeeze=False).ravel()
+    figure, axes = panel_grid(len(EMERGENCE_PANELS))
     codes, levels = pd.factorize(pd.Series([t.sd for t in traces], dtype=float), sort=True, use_na_sentinel=False)
     palette = colormaps["plasma"](np.linspace(0.0, 0.85, max(1, len(levels))))
     for ax, (key, ylabel) in zip(axes, EMERGENCE_PANELS, strict=True):
@@ -162,8 +174,7 @@ def fidelity_scatter(trials: pd.DataFrame, fits: pd.DataFrame, color_by: str = S
     and its 95% confidence band (naive: trials as independent), without it the numbers in the title only."""
     from analysis.fit import CONFIDENCE, ols_band
 
-    figure = Figure(figsize=(PANEL * len(fits), PANEL), layout="constrained")
-    axes = figure.subplots(1, len(fits), squeeze=False).ravel()
+    figure, axes = panel_grid(len(fits))
     colour = pd.to_numeric(trials[color_by], errors="coerce") if color_by in trials else pd.Series(np.nan, trials.index)
     norm = Normalize(colour.min(), colour.max()) if colour.notna().any() else None
     for ax, fit in zip(axes, fits.itertuples(index=False), strict=True):
@@ -191,14 +202,13 @@ def fidelity_scatter(trials: pd.DataFrame, fits: pd.DataFrame, color_by: str = S
     return figure
 
 
-def layer_curves(trials: pd.DataFrame, columns: Sequence[str], by: str = K_PARAM) -> Figure:
-    """Per-layer R^2 (list columns) by ``by``: mean over trials with a 95% t-interval band."""
+def layer_curves(trials: pd.DataFrame, columns: Sequence[str], by: str = K_PARAM, band: bool = True) -> Figure:
+    """Per-layer R^2 (list columns) by ``by``: mean over trials, with ``band`` a 95% t-interval over trials."""
     from scipy import stats
 
     from analysis.fit import CONFIDENCE
 
-    figure = Figure(figsize=(PANEL * len(columns), PANEL), layout="constrained")
-    axes = figure.subplots(1, len(columns), squeeze=False).ravel()
+    figure, axes = panel_grid(len(columns))
     for ax, column in zip(axes, columns, strict=True):
         for level, group in trials.dropna(subset=[by]).groupby(by, sort=True):
             curves = [c for c in group[column] if isinstance(c, list) and c]
@@ -211,16 +221,44 @@ def layer_curves(trials: pd.DataFrame, columns: Sequence[str], by: str = K_PARAM
             half = (table.sem() * stats.t.ppf((1 + CONFIDENCE) / 2, table.count() - 1)).to_numpy()
             layers = np.arange(1, table.shape[1] + 1)
             ax.plot(layers, mean, marker="o", ms=3, label=f"{by}={level} (n={len(curves)})")
-            ax.fill_between(layers, mean - half, mean + half, alpha=0.2)
+            if band:
+                ax.fill_between(layers, mean - half, mean + half, alpha=0.2)
         ax.set(title=column, xlabel="teacher layer", ylabel="R²")
         ax.legend(fontsize=8)
     return figure
 
 
+def layer_by_level(trials: pd.DataFrame, columns: Sequence[str], by: str, unit: str) -> Figure:
+    """Per-layer R^2 (list columns), one line per level of ``by``: per layer the mean over units (``unit``, the
+    teacher) of each unit's mean curve; panels in rows of `MAX_COLUMNS`."""
+    figure, axes = panel_grid(len(columns))
+    levels = sorted(trials[by].dropna().unique())
+    palette = colormaps["plasma"](np.linspace(0.0, 0.85, max(1, len(levels))))
+    for ax, column in zip(axes, columns, strict=True):
+        for colour, level in zip(palette, levels, strict=True):
+            group = trials[(trials[by] == level) & trials[column].map(lambda v: isinstance(v, list) and len(v) > 0)]
+            if group.empty:
+                continue
+            table = pd.DataFrame(group[column].tolist(), index=group[unit].to_numpy()).groupby(level=0).mean()
+            layers = np.arange(1, table.shape[1] + 1)
+            ax.plot(
+                layers,
+                table.mean().to_numpy(),
+                marker="o",
+                ms=3,
+                color=colour,
+                label=f"{by}={level:g} ({len(table)} teachers)",
+            )
+        ax.set(title=column, xlabel="teacher layer", ylabel="R²")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return figure
+
+
 def accuracy_vs_k(
-    trials: pd.DataFrame, paper: Mapping[int, float], metric: str = ACC_RATIO, by: str = K_PARAM
+    trials: pd.DataFrame, paper: Mapping[int, float], metric: str = ACC_RATIO, by: str = K_PARAM, band: bool = True
 ) -> Figure:
-    """Accuracy recovery per k: trials (jittered), mean with 95% t-interval, and the paper's anchors."""
+    """Accuracy recovery per k: trials (jittered), mean (with ``band`` its 95% t-interval), the paper's anchors."""
     from analysis.fit import CONFIDENCE, mean_ci
 
     figure = Figure(figsize=(PANEL * 1.4, PANEL), layout="constrained")
@@ -230,8 +268,8 @@ def accuracy_vs_k(
     for index, (level, group) in enumerate(data.groupby(by, sort=True)):
         ax.scatter(level + jitter.uniform(-0.12, 0.12, len(group)), group[metric], s=12, alpha=0.4, color="tab:blue")
         mean, lo, hi, _ = mean_ci(group[metric])
-        err = [[mean - lo], [hi - mean]] if np.isfinite(lo) else None
-        label = f"this sweep: mean, {CONFIDENCE:.0%} CI" if index == 0 else None
+        err = [[mean - lo], [hi - mean]] if np.isfinite(lo) and band else None
+        label = (f"this sweep: mean, {CONFIDENCE:.0%} CI" if band else "this sweep: mean") if index == 0 else None
         ax.errorbar([level], [mean], yerr=err, fmt="o", color="k", capsize=4, zorder=3, label=label)
     ax.scatter(
         list(paper), list(paper.values()), marker="*", s=140, color="tab:red", zorder=4, label="paper (DINOv2 ViT-B)"
@@ -245,8 +283,7 @@ def accuracy_vs_k(
 def importance_bars(importances: Sequence[Importances], top: int = 10) -> Figure:
     """Horizontal bars of the ``top`` params per target (targets with no importances are skipped)."""
     shown = [imp for imp in importances if imp.values]
-    figure = Figure(figsize=(PANEL * 1.2 * len(shown), PANEL), layout="constrained")
-    axes = figure.subplots(1, len(shown), squeeze=False).ravel()
+    figure, axes = panel_grid(len(shown), PANEL * 1.2)
     for ax, imp in zip(axes, shown, strict=True):
         items = sorted(imp.values.items(), key=lambda kv: kv[1])[-top:]
         ax.barh([name for name, _ in items], [value for _, value in items], color="tab:green")

@@ -77,13 +77,13 @@ def param_importances(
     with the reason.
     """
     if target not in trials:
-        return Importances(target, 0, reason=f"no metric {target!r}")
+        return Importances(target, 0, reason="the metric is not logged by these trials")
     usable = trials[trials[target].notna()]
     candidates = [p for p in params if p in usable and p not in DERIVED_PARAMS and not p.startswith(IGNORED_PREFIXES)]
     distributions = infer_distributions(usable[candidates])
     n = len(usable)
     if n < min_trials:
-        return Importances(target, n, reason=f"{n} trials with {target} < {min_trials}")
+        return Importances(target, n, reason=f"only {n} finished trials carry it; fANOVA needs at least {min_trials}")
     if not distributions:
         return Importances(target, n, reason="no parameter varies across trials")
     study = optuna.create_study(direction="maximize", study_name=f"importance-{target}")

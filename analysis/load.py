@@ -23,7 +23,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study.contract import (
+    EMERGENCE_PREFIX,
     LAYER_METRIC_PREFIXES,
+    METRIC_NAMES,
+    METRIC_PREFIXES,
     MLFLOW_STATUS,
     PARENT_TAG,
     RESULT_ARTIFACT,
@@ -183,3 +186,21 @@ def _typed_param(column: pd.Series) -> pd.Series:
         numbers = pd.to_numeric(values)
         return numbers.astype("Int64") if present.str.fullmatch(_INTEGER).all() else numbers.astype(float)
     return values
+
+
+PARAM_PREFIXES = ("data.", "teacher.", "raptor.", "distill.", "partition.", "similarity.", "dynamics.", "runtime.",
+                  "seed", "name")  # fmt: skip
+"""Column prefixes of the config params in an exported trials table (the rest are identity and metrics)."""
+
+
+def read_trials_csv(path: str | Path) -> pd.DataFrame:
+    """An exported trials table (a report's ``tables/trials.csv``) in the `load_trials` layout: text params as
+    text, per-layer histories back to lists, ``attrs["params"]`` and ``attrs["layer_metrics"]`` set."""
+    frame = pd.read_csv(path, dtype={name: str for name in TEXT_PARAMS}, low_memory=False)
+    layers = [c for c in frame if c.startswith(LAYER_METRIC_PREFIXES)]
+    for column in layers:
+        frame[column] = frame[column].map(lambda v: json.loads(v) if isinstance(v, str) and v.startswith("[") else v)
+    metrics = {c for c in frame if c in METRIC_NAMES or c.startswith((*METRIC_PREFIXES, EMERGENCE_PREFIX))}
+    frame.attrs["params"] = [c for c in frame if c.startswith(PARAM_PREFIXES) and c not in metrics and c not in layers]
+    frame.attrs["layer_metrics"] = layers
+    return frame

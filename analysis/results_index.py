@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.contract import PRIMARY_PREDICTOR, PRIMARY_TARGET, SD_PARAM
+from study.contract import PRIMARY_TARGET, SD_PARAM
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -96,11 +96,6 @@ def fit_text(fit: dict[str, Any] | None, per: str = "") -> str:
     return f"{slope}, partial R² {num(fit.get('r2'))} {ci(fit.get('r2_ci'))}"
 
 
-def trend(summary: dict[str, Any], target: str) -> dict[str, Any] | None:
-    """The SD-trend fit of `target` (teacher.sd_rate -> target) in a summary, if it has one."""
-    return next((f for f in summary.get("sd_trend") or [] if f.get("target") == target), None)
-
-
 def rises(fit: dict[str, Any] | None) -> str:
     """Verdict on a 'rises' claim: the slope's 95% CI above 0 agrees, below 0 contradicts, else inconclusive."""
     lo_hi = (fit or {}).get("slope_ci")
@@ -148,53 +143,37 @@ def index_block(root: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-def per_sd(summary: dict[str, Any], sd: float) -> dict[str, Any] | None:
-    return next((f for f in summary.get("per_sd") or [] if f.get("sd") == sd), None)
-
-
-def covers(fit: dict[str, Any] | None, value: float) -> bool:
-    lo_hi = (fit or {}).get("r2_ci")
-    return bool(lo_hi) and lo_hi[0] <= value <= lo_hi[1]
-
-
-PAPER_R2_BY_SD = {0.0: 0.88, 0.6: 0.94}
-"""The paper's R² of fidelity ~ similarity at SD 0 and 0.6 (small ViTs, CIFAR-100; docs/science.md §7)."""
+def relation_text(fit: dict[str, Any]) -> str:
+    """The pooled relation with its between- and within-teacher slopes (docs/science.md §7)."""
+    text = fit_text(fit)
+    if fit.get("slope_between") is not None:
+        text += f"; between teachers {num(fit['slope_between'])} {ci(fit.get('slope_between_ci'))}"
+    if fit.get("slope_within") is not None:
+        text += f", within {num(fit['slope_within'])} {ci(fit.get('slope_within_ci'))}"
+    return text
 
 
 def replication_rows(studies: dict[str, Study], main: str, replications: dict[str, str]) -> list[str]:
-    """Rows of the README's replication table: the SD claims from study `main` (S1), the pooled relation from it
-    and from each of `replications` (label -> study folder)."""
+    """Rows of the README's replication table: the rows of study `main`'s report (its summary's ``replication``:
+    final layer and mean over layers, the report's verdict), then the pooled relation of each of `replications`
+    (label -> study folder)."""
     rows = []
     if main in studies:
-        s = studies[main].summary
-        sim, fid = trend(s, PRIMARY_PREDICTOR), trend(s, PRIMARY_TARGET)
-        rows += [
-            f"| higher SD raises layer-layer similarity | yes | `{PRIMARY_PREDICTOR}` {fit_text(sim, ' per unit SD')} "
-            f"({main}) | {rises(sim)} |",
-            f"| higher SD raises fidelity | yes | `{PRIMARY_TARGET}` {fit_text(fid, ' per unit SD')} ({main}) "
-            f"| {rises(fid)} |",
-        ]
-        levels = [per_sd(s, sd) for sd in PAPER_R2_BY_SD]
-        if all(levels):
-            ours = " / ".join(
-                f"{num(f.get('r2'))} {ci(f.get('r2_ci'))} (n = {f.get('n_teachers')} teachers)" for f in levels
-            )
-            inside = all(covers(f, v) for f, v in zip(levels, PAPER_R2_BY_SD.values()))
-            ours_r2 = [f.get("r2") for f in levels]
-            below = all(r is not None and r < v for r, v in zip(ours_r2, PAPER_R2_BY_SD.values()))
-            above = all(r is not None and r > v for r, v in zip(ours_r2, PAPER_R2_BY_SD.values()))
-            direction = "lower" if below else "higher" if above else "mixed"
-            verdict = f"differs ({direction})"
-            if inside:
-                verdict = f"point estimates {direction}, but the CIs cover the paper's values: too wide to test"
-            paper = " / ".join(f"{v:g} (SD {sd:g})" for sd, v in PAPER_R2_BY_SD.items())
-            rows.append(f"| R² of fidelity ~ similarity per SD | {paper} | {ours} ({main}) | {verdict} |")
-    for label, name in {"": main, **replications}.items():
+        for row in studies[main].summary.get("replication") or []:
+            ours = str(row.get("ours: final layer", "–"))
+            mean = row.get("ours: mean over layers")
+            if mean not in (None, "–", "not logged"):
+                ours += f"; mean over layers: {mean}"
+            verdict, evidence = row.get("verdict"), row.get("evidence")
+            if evidence and evidence != "–":
+                verdict = f"{verdict}. Evidence: {evidence}"
+            rows.append(f"| {row.get('finding')} | {row.get('paper')} | {ours} ({main}) | {verdict} |")
+    for label, name in replications.items():
         if name in studies:
             primary = studies[name].summary.get("primary") or {}
             target = primary.get("target", PRIMARY_TARGET)
             rows.append(
-                f"| fidelity tracks similarity, pooled over SD{label} | yes | `{target}`: {fit_text(primary)}, "
+                f"| fidelity tracks similarity, pooled over SD{label} | yes | `{target}`: {relation_text(primary)}, "
                 f"{primary.get('n_teachers', '–')} teachers ({name}) | {rises(primary)} |"
             )
     return rows
@@ -213,8 +192,9 @@ def readme_block(root: Path = RESULTS) -> str:
         },
     )
     head = [
-        f"Written by `make results` from `results/*/summary.json` (slopes per unit of the predictor; `{SD_PARAM}` for "
-        "the SD rows; 95% cluster-bootstrap CIs over teachers).",
+        f"Written by `make results` from `results/*/summary.json`: the rows and verdicts of the reports (slopes per "
+        f"unit of the predictor, `{SD_PARAM}` for the SD rows; a slope, its 95% CI and its p from one "
+        "teacher-clustered OLS with t(G - 2); fidelity rows give the final layer and the mean over layers).",
         "",
         "| claim (paper) | paper | ours | verdict |",
         "|---|---|---|---|",

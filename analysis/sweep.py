@@ -14,15 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.cluster import (
-    ClusterFit,
-    Power,
-    cluster_fit,
-    cluster_mean,
-    exploratory_ranking,
-    power,
-    searched_covariates,
-)
+from analysis.cluster import ClusterFit, cluster_fit, exploratory_ranking, searched_covariates
 from analysis.fit import (
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
@@ -34,6 +26,8 @@ from analysis.fit import (
     split_by_status,
 )
 from analysis.importance import Importances, param_importances
+from analysis.inference import cluster_mean
+from analysis.power import Power, power
 from study.contract import (
     DYNAMICS_PREFIX,
     FIDELITY_METRICS,
@@ -44,6 +38,7 @@ from study.contract import (
     PRIMARY_PREDICTOR,
     PRIMARY_TARGET,
     R2_FINAL,
+    R2_KINDS,
     SD_PARAM,
     TEACHER_DYNAMICS_PREFIXES,
     TEACHER_KEY_PARAM,
@@ -52,7 +47,17 @@ from study.contract import (
 DYNAMICS_COLUMNS = ["metric", "sd", "mean", "std", "n"]
 SECONDARY_TARGETS = (R2_FINAL, PAPER_ACC_METRIC)
 """Targets refitted per SD rate beside the primary one (same predictor and covariates): the strict R^2 and the
-paper-protocol accuracy ratio, so a report can say whether the per-SD picture depends on the fidelity measure."""
+paper-protocol accuracy ratio, so a report can say whether the per-SD picture depends on the fidelity measure.
+Each R^2 target is refitted for its mean over layers too (`over_layers`)."""
+
+
+def over_layers(metric: str) -> str | None:
+    """The mean-over-layers counterpart of a final-layer R^2 metric (``r2_pooled.final.cls`` ->
+    ``r2_pooled.mean.cls``); None for any other metric. docs/science.md §7: fidelity claims show both."""
+    parts = metric.split(".")
+    if len(parts) >= 2 and parts[0] in R2_KINDS and parts[1] == "final":
+        return ".".join([parts[0], "mean", *parts[2:]])
+    return None
 
 
 @dataclass(frozen=True)
@@ -128,12 +133,16 @@ class SweepAnalysis:
     """The pre-registered relation, teacher as the unit, adjusted for `covariates`."""
     primary_unadjusted: ClusterFit | None = None
     """The same without covariates (to show what adjusting for k and the knobs changes)."""
+    primary_mean: ClusterFit | None = None
+    """The primary relation with the target's mean over layers (`over_layers`), when the target is a final R^2."""
     per_sd: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_k: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_sd_secondary: pd.DataFrame = field(default_factory=pd.DataFrame)
     """`per_sd` for each of `SECONDARY_TARGETS` (other than the primary target), column ``target``."""
     sd_trends: list[ClusterFit] = field(default_factory=list)
-    """SD rate -> the primary predictor and target, teacher as the unit, k adjusted."""
+    """SD rate -> the primary predictor, target and the target over layers, teacher as the unit, k adjusted."""
+    n_teachers: int = 0
+    """Distinct teachers among the finished trials: below `MIN_TEACHERS` no R^2, CI or p is shown anywhere."""
     power: Power | None = None
     exploratory: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
@@ -183,6 +192,7 @@ def analyse_sweep(
         dynamics=dynamics_by_sd(finished),
         reading=reading,
         notes=reading.warnings(counts) + clustered.pop("notes"),
+        n_teachers=int(finished[TEACHER_KEY_PARAM].nunique()) if TEACHER_KEY_PARAM in finished else 0,
         **clustered,
     )
 
@@ -234,16 +244,20 @@ def _clustered(
         return {"notes": [f"Primary relation {y} ~ {x} not fitted: {why}."]}
     options = {"n_resamples": n_resamples, "seed": seed}
     covariates = tuple(searched_covariates(trials, params))
-    primary = cluster_fit(trials, x, y, covariates, **options)
+    factor = SD_PARAM if SD_PARAM in trials and trials[SD_PARAM].nunique() > 1 else None
+    primary = cluster_fit(trials, x, y, covariates, factor=factor, **options)
+    y_mean = over_layers(y)
+    primary_mean = cluster_fit(trials, x, y_mean, covariates, factor=factor, **options) if y_mean in trials else None
     per_sd = _per_level(trials, SD_PARAM, x, y, covariates, options)
+    others = dict.fromkeys(t for target in (y, *SECONDARY_TARGETS) for t in (target, over_layers(target)) if t)
     secondary = [
         _per_level(trials, SD_PARAM, x, target, covariates, options).assign(target=target)
-        for target in SECONDARY_TARGETS
+        for target in others
         if target != y and target in trials
     ]
     per_k = _per_level(trials, K_PARAM, x, y, [c for c in covariates if c != K_PARAM], options)
     if len(per_k) and PAPER_ACC_METRIC in trials:
-        accuracy = [cluster_mean(group[PAPER_ACC_METRIC], group[TEACHER_KEY_PARAM], **options)
+        accuracy = [cluster_mean(group[PAPER_ACC_METRIC], group[TEACHER_KEY_PARAM])
                     for _, group in trials.dropna(subset=[K_PARAM]).groupby(K_PARAM, sort=True)]  # fmt: skip
         per_k = per_k.assign(
             acc_ratio=[a["mean"] for a in accuracy],
@@ -253,11 +267,12 @@ def _clustered(
         )
     trend_covariates = [K_PARAM] if K_PARAM in covariates else []
     trends = [cluster_fit(trials, SD_PARAM, metric, trend_covariates, **options)
-              for metric in (x, y) if SD_PARAM in trials]  # fmt: skip
+              for metric in (x, y, y_mean) if metric and metric in trials and SD_PARAM in trials]  # fmt: skip
     return {
         "covariates": covariates,
         "primary": primary,
-        "primary_unadjusted": cluster_fit(trials, x, y, (), **options) if covariates else primary,
+        "primary_unadjusted": cluster_fit(trials, x, y, (), factor=factor, **options) if covariates else primary,
+        "primary_mean": primary_mean,
         "per_sd": per_sd,
         "per_k": per_k,
         "per_sd_secondary": pd.concat(secondary, ignore_index=True) if secondary else pd.DataFrame(),
@@ -275,8 +290,7 @@ def _per_level(trials: pd.DataFrame, by: str, x: str, y: str, covariates: Sequen
     rows = []
     for level, group in trials.dropna(subset=[by]).groupby(by, sort=True):
         fit = cluster_fit(group, x, y, covariates, **options)
-        rows.append({"level": level.item() if hasattr(level, "item") else level, **fit.summary(),
-                     "naive_r2": fit.naive.r2 if fit.naive else math.nan})  # fmt: skip
+        rows.append({"level": level.item() if hasattr(level, "item") else level, **fit.summary()})
     return pd.DataFrame(rows)
 
 

@@ -47,7 +47,7 @@ def screenshot(html: Path, png: Path, width: int, height: int, browser: str) -> 
 def synthetic_report(out: Path) -> Path:
     """A synthetic sweep in a fresh sqlite MLflow store under ``out``, and its report."""
     from analysis.report import write_report
-    from analysis.synthetic import write_synthetic_sweep
+    from study.sweep.synthetic import write_synthetic_sweep
 
     out.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"

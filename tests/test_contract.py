@@ -95,6 +95,6 @@ def test_one_writer_records_trials():
         for folder in ("study", "analysis", "bench")
         for p in sorted((ROOT / folder).rglob("*.py"))
     }
-    assert "create_trial_run(" in texts["study/sweep/tracking.py"] and "log_trial(" in texts["analysis/synthetic.py"]
+    assert "create_trial_run(" in texts["study/sweep/tracking.py"] and "log_trial(" in texts["study/sweep/synthetic.py"]
     builders = [p for p, text in texts.items() if re.search(r"ROLE_TAG:\s*ROLE_TRIAL", text)]
     assert builders == ["study/sweep/record.py"]

@@ -101,3 +101,28 @@ def test_cited_documents_exist():
         for m in re.finditer(r"docs/[\w./-]+\.md", p.read_text())
     }
     assert cited and all((ROOT / c).is_file() for c in cited), cited
+
+
+ANALYSIS_MAY_IMPORT = ("study.contract", "study.configio", "study.trial.figures")
+"""analysis/ reads what the study wrote: it imports only the names (contract) and pure helpers from study/."""
+
+
+def test_analysis_imports_only_the_contract_and_pure_helpers_and_study_never_imports_analysis():
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in _modules("analysis")
+        for name in _imports(path, top_level_only=False)
+        if _root(name) == "study" and name not in ANALYSIS_MAY_IMPORT or _root(name) in ("ray", "torch")
+    ]
+    offenders += [
+        f"{path.relative_to(ROOT)}: {name}"
+        for folder in ("study/science", "study/trial", "study/sweep")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for name in _imports(path, top_level_only=False)
+        if _root(name) == "analysis"
+    ]
+    assert offenders == []
+    oversized = [
+        f"{p.relative_to(ROOT)}: {n}" for p in _modules("analysis") if (n := len(p.read_text().splitlines())) > 450
+    ]
+    assert oversized == []

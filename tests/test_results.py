@@ -70,22 +70,22 @@ def test_replace_between_needs_both_markers():
         replace_between(f"a{END}b{BEGIN}", "X")
 
 
-def test_the_readme_table_gives_a_verdict_from_the_confidence_interval(tmp_path):
+def test_the_readme_table_gives_the_reports_verdicts(tmp_path):
     root = tmp_path / "results"
     shutil.copytree(RESULTS / "fashion_sd_study", root / "fashion_sd_study", ignore=shutil.ignore_patterns("*.png"))
     path = root / "fashion_sd_study" / "summary.json"
     summary = json.loads(path.read_text())
-    for fit in summary["sd_trend"]:
-        fit["slope_ci"] = [-abs(fit["slope"]), abs(fit["slope"])]
-    for fit in summary["per_sd"]:
-        fit["r2_ci"] = [fit["r2"] - 0.01, fit["r2"] + 0.01]  # narrow: the paper's 0.88 / 0.94 fall outside
+    summary["replication"][0]["verdict"] = "differs: a planted verdict"
     path.write_text(json.dumps(summary))
     for folder in (root, tmp_path):
         (folder / "README.md").write_text(f"{BEGIN}\n{END}\n")
     table = targets(root, tmp_path / "README.md")[tmp_path / "README.md"]
-    rows = [line for line in table.splitlines() if line.startswith("| higher SD raises")]
-    assert len(rows) == 2 and all(row.endswith("| inconclusive (CI spans 0) |") for row in rows)
-    assert next(line for line in table.splitlines() if "per SD |" in line).endswith("| differs (lower) |")
+    first = summary["replication"][0]["finding"]
+    assert "| differs: a planted verdict. Evidence: " in next(
+        line for line in table.splitlines() if line.startswith(f"| {first} |")
+    )
+    fidelity = next(line for line in table.splitlines() if line.startswith("| higher SD raises Raptor fidelity"))
+    assert "mean over layers:" in fidelity  # fidelity rows carry the final layer and the mean over layers
 
 
 @pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.name)

@@ -4,17 +4,14 @@ The paper measures the phase structure of trained ViTs only; it leaves open when
 phases (docs/science.md §7). A snapshot takes the layer-layer cosine similarity of one fixed set of images'
 states (`similarity.cosine_dissimilarity`, the matrix a trial partitions on), the exact DP partition for each k
 (`partition.contiguous_maxcut`) and that partition's `similarity.phase_metrics`. Taken at init and after every N
-epochs of a teacher's training (study/trial/teacher.py), the snapshots form step curves; `onset` reads off when a
-curve has covered a given fraction of its way from init to the end.
+epochs of a teacher's training (study/trial/teacher.py), the snapshots form step curves; the report reads off
+when a curve has covered a given fraction of its way from init to the end (analysis/emergence.py).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from study.science.partition import contiguous_maxcut
 from study.science.similarity import cosine_dissimilarity, phase_metrics
@@ -41,16 +38,3 @@ def phase_snapshot(states: Any, num_registers: int, ks: Sequence[int] = EMERGENC
         metrics = phase_metrics(similarity, contiguous_maxcut(dissimilarity, k).phase_bounds)
         snapshot.update({f"k{k}.{key}": metrics[key] for key in PHASE_KEYS})
     return snapshot
-
-
-def onset(steps: Sequence[float], values: Sequence[float], fraction: float = 0.9) -> float:
-    """The first step at which `values` has covered `fraction` of its change from the first to the last value.
-
-    NaN when the curve has fewer than two points or does not change; `steps` ascending, one per value."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction: must be in (0, 1], got {fraction}")
-    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-    if len(values) < 2 or len(steps) != len(values) or values[-1] == values[0] or not np.isfinite(values).all():
-        return math.nan
-    progress = (values - values[0]) / (values[-1] - values[0])
-    return float(steps[np.argmax(progress >= fraction)])

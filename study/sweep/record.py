@@ -5,7 +5,7 @@ A trial is written in the steps a sweep sees it: `create_trial_run` (tags) ->
 -> `log_result` (final metrics, per-layer R^2, tags, dataset inputs, artifacts and, with the
 spec's ``record.log_model``, the Raptor as an MLflow PyTorch model: `log_model`) -> `end_trial`
 (status). The Tune callback (`study.sweep.tracking`) calls them one by one as events
-arrive; `log_trial` calls them all at once for a finished trial (`analysis.synthetic`).
+arrive; `log_trial` calls them all at once for a finished trial (`study.sweep.synthetic`).
 Names come from `study.contract`; `analysis.load` reads what this writes. Values go in
 `log_batch` calls (never one call per value).
 

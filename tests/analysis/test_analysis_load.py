@@ -13,7 +13,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis.load import find_sweep_runs, load_results, load_trials
-from analysis.synthetic import SyntheticSweep, write_synthetic_sweep
+from study.sweep.synthetic import SyntheticSweep, write_synthetic_sweep
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import write_report
 from analysis.sweep import Reading
-from analysis.synthetic import PLANTED_SLOPE, SyntheticSweep, write_synthetic_sweep
+from study.sweep.simulate import PLANTED_SLOPE
+from study.sweep.synthetic import SyntheticSweep, write_synthetic_sweep
 
 RESAMPLES = 200
 IMG = re.compile(r'<img [^>]*src="([^"]*)"')
@@ -20,11 +21,12 @@ IMG = re.compile(r'<img [^>]*src="([^"]*)"')
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, SyntheticSweep]:
-    """'rep': 16 finished (12 with dynamics) + 2 failed + 2 pruned; 'tiny': 1 finished without dynamics + 1 failed;
-    'dead': 2 failed, no sweep run."""
+    """'rep': 24 finished of 6 teachers (20 with dynamics) + 2 failed + 2 pruned; 'tiny': 1 finished without dynamics
+    + 1 failed; 'dead': 2 failed, no sweep run."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    sweep = write_synthetic_sweep(uri, "rep", sd_rates=(0.0, 0.6), ks=(2, 3), artifact_location=(root / "rep").as_uri())
+    sweep = write_synthetic_sweep(uri, "rep", sd_rates=(0.0, 0.6), ks=(2, 3), teacher_seeds=(0, 1, 2),
+                                  artifact_location=(root / "rep").as_uri())  # fmt: skip
     write_synthetic_sweep(uri, "tiny", sd_rates=(0.0,), ks=(2,), teacher_seeds=(0,), lambda_cls=(0.3,), n_failed=1,
                           n_pruned=0, n_without_dynamics=1, artifact_location=(root / "tiny").as_uri())  # fmt: skip
     client = MlflowClient(uri)
@@ -46,8 +48,9 @@ def report(store, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_html_is_self_contained_with_embedded_figures(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
     sources = IMG.findall(page)
-    # similarity, emergence, dynamics, swaps, scatter, per-layer, accuracy, importances, parallel coordinates
-    assert len(sources) == 9
+    # similarity, per-layer by SD, emergence, dynamics, swaps, scatter, per-layer by k, accuracy, importances,
+    # parallel coordinates
+    assert len(sources) == 10
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -57,30 +60,32 @@ def test_html_is_self_contained_with_embedded_figures(report: Path) -> None:
 
 def test_report_content(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
-    assert "20 trials: 16 finished, 2 failed, 2 pruned, 0 never finished" in page
+    assert "28 trials: 24 finished, 2 failed, 2 pruned, 0 never finished" in page
     assert "the other 4 are excluded" in page
     assert "acc.ratio in 1" in page  # the finished trial without acc.ratio is reported, not silently dropped
     for heading in ("Primary relation (pre-registered; teacher as the unit)", "Primary relation per SD rate and per k",
-                    "Exploratory: every phase metric", "Layer-layer similarity and phases",
-                    "Naive trial-level fits: fidelity vs phase structure", "Naive fits per SD rate",
-                    "Naive fits per k", "Effect of SD rate", "R² per layer by k", "Accuracy recovery vs k",
-                    "Hyperparameter importances", "Comparison with the paper", "Methods"):  # fmt: skip
+                    "Exploratory: every phase metric", "Layer-layer similarity and phases", "Fidelity per layer by SD",
+                    "Raptor R² per SD rate", "Naive trial-level fits: fidelity vs phase structure",
+                    "Naive fits per SD rate", "Naive fits per k", "Effect of SD rate", "R² per layer by k",
+                    "Accuracy recovery vs k", "Hyperparameter importances", "Comparison with the paper",
+                    "Methods"):  # fmt: skip
         assert heading in page
     comparison = page[page.index("Comparison with the paper") :]
-    for figure in ("0.88", "~0.94", "0.960", "0.975", "0.985", "small ViTs, CIFAR-100", "DINOv2 ViT-B/14"):
+    for figure in ("~0.88", "~0.94", "0.961", "0.982", "0.985", "fidelity tracks similarity", "layer replacement, n=2"):
         assert figure in comparison
-    assert "R² of r2.final ~ phase.cosine.within_sim, SD 0" in comparison
-    # 4 teachers (2 SD rates x 2 seeds): a demo, no R², CI or p anywhere for the primary relation
-    assert "Demo, not a finding" in page and "too few teachers (n = 4)" in page
-    assert "too few teachers (n = 2)" in comparison
+    # 6 teachers: the relation is estimated, with its p flagged unreliable (< 10 teachers); 3 per SD level: none
+    assert "Final layer: r2.final: slope" in page and "unreliable" in page and "Mean over layers: r2.mean" in page
+    assert "Demo, not a finding" not in page and "too few teachers (n = 3 &lt; 5)" in page
 
 
 def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
     folder = report.parent
     markdown = (folder / "report.md").read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)
-    assert len(links) == 9 and all((folder / link).is_file() for link in links)
-    assert "| finding | paper | this sweep | paper setting |" in markdown
+    assert len(links) == 10 and all((folder / link).is_file() for link in links)
+    assert (
+        "| finding | paper | ours: final layer | ours: mean over layers | n_teachers | verdict | evidence |" in markdown
+    )
     for name in (
         "trials",
         "fits",
@@ -94,8 +99,8 @@ def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
         assert (folder / "tables" / f"{name}.csv").is_file()
     fits = pd.read_csv(folder / "tables" / "fits.csv").set_index(["y", "x"])
     planted = fits.loc[("r2.final", "phase.cosine.within_sim")]
-    assert planted["slope_lo"] < PLANTED_SLOPE < planted["slope_hi"] and planted["n"] == 16
-    assert planted["n_teachers"] == 4  # every fit states both counts, naive ones too
+    assert planted["slope_lo"] < PLANTED_SLOPE < planted["slope_hi"] and planted["n"] == 24
+    assert planted["n_teachers"] == 6  # every fit states both counts, naive ones too
 
 
 def test_dynamics_section(report: Path) -> None:
@@ -105,7 +110,7 @@ def test_dynamics_section(report: Path) -> None:
     assert len(alts) == 2  # curves of the selected teachers, swap accuracies per SD
     for data in alts.values():
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "12 of 16 finished trials carry dyn.* metrics" in section
+    assert "20 of 24 finished trials carry dyn.* metrics" in section
     assert "dyn.raptor.gamma_cls_mid" in section and "dyn.swap.inter_acc_mean" in section and " ± " in section
     summary = pd.read_csv(report.parent / "tables" / "dynamics_by_sd.csv")
     swaps = summary.set_index(["metric", "sd"])["mean"]
@@ -113,7 +118,7 @@ def test_dynamics_section(report: Path) -> None:
         assert swaps[("dyn.swap.inter_acc_mean", sd)] < swaps[("dyn.swap.intra_acc_mean", sd)]
     teacher_n = summary.loc[summary["metric"] == "dyn.teacher.gamma_cls_mid", "n"]
     raptor_n = summary.loc[summary["metric"] == "dyn.raptor.gamma_cls_mid", "n"]
-    assert teacher_n.sum() == 3 and raptor_n.sum() == 12  # teachers vs trials (the 4 without: one whole teacher)
+    assert teacher_n.sum() == 5 and raptor_n.sum() == 20  # teachers vs trials (the 4 without: one whole teacher)
 
 
 def test_report_logged_to_the_sweep_parent_run(store, report: Path) -> None:
@@ -129,8 +134,7 @@ def test_one_finished_trial_does_not_crash(store, tmp_path: Path) -> None:
     uri, _ = store
     page = write_report(["tiny"], uri, tmp_path, n_resamples=RESAMPLES).read_text(encoding="utf-8")
     assert "2 trials: 1 finished, 1 failed" in page
-    assert "n=1 &lt; 3 complete pairs" in page
-    assert "No fit is defined" in page
+    assert "Naive trial-level fits (withheld)" in page and "Fewer than 5 teachers: no R², CI or p-value" in page
     assert "No finished trial carries dynamics" in page  # a note, no figure
     assert "Comparison with the paper" in page
 
@@ -145,14 +149,15 @@ def test_zero_finished_trials_and_no_sweep_run(store, tmp_path: Path) -> None:
 
 
 def test_emergence_section(report: Path) -> None:
-    """One teacher per SD rate; the planted onset of the phase contrast is read back per teacher."""
-    from analysis.synthetic import planted_onset
+    """Every teacher with snapshots; the planted onset of the phase contrast is read back per teacher and per SD."""
+    from study.sweep.simulate import planted_onset
 
     page = report.read_text(encoding="utf-8")
     section = page[page.index("<h2>Emergence of the phases") : page.index("<h2>Dynamics</h2>")]
     assert '<img alt="Phase structure across teacher training" src="data:image/png;base64,' in section
-    assert "(2 of 2 carry snapshots)" in section
+    assert "(5 of 6)" in section and "Onset per SD rate" in section
     table = pd.read_csv(report.parent / "tables" / "emergence.csv")
-    onsets = table.set_index("sd")["k3.contrast onset"]
-    assert onsets[0.0] == planted_onset(0.0) and onsets[0.6] == planted_onset(0.6)
+    assert len(table) == 5
+    for sd in (0.0, 0.6):
+        assert (table.loc[table["sd"] == sd, "k3.contrast onset"] == planted_onset(sd)).all()
     assert (table["val_acc end"] > table["val_acc init"]).all()

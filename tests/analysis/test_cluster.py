@@ -1,4 +1,4 @@
-"""Teacher-as-unit inference (docs/science.md §7): cluster bootstrap, mixed model, small n, power."""
+"""Teacher-as-unit inference (docs/science.md §7): clustered OLS with t(G-2), small n, power, the report's record."""
 
 from __future__ import annotations
 
@@ -10,19 +10,15 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from analysis.cluster import (
-    MIN_TEACHERS,
-    cluster_fit,
-    cluster_mean,
-    exploratory_ranking,
-    power,
-    searched_covariates,
-)
+from analysis.cluster import cluster_fit, exploratory_ranking, searched_covariates
+from analysis.inference import CLUSTERED, MIN_TEACHERS, cluster_mean, too_few
 from analysis.load import load_trials
+from analysis.power import power
 from analysis.report import write_report
 from analysis.sweep import SECONDARY_TARGETS
-from analysis.synthetic import simulate_clustered, write_clustered_sweep
+from study.sweep.simulate import simulate_clustered
 from study.sweep.space import SweepSpec
+from study.sweep.synthetic import write_clustered_sweep
 
 X, Y = "phase.cosine.within_sim", "r2_pooled.final"
 COVARIATES = ["raptor.k", "distill.stage2.lambda_cls"]
@@ -61,36 +57,14 @@ def test_null_store_cluster_ci_covers_zero_naive_does_not(null_store):
 
 
 def test_planted_teacher_slope_is_covered_in_at_least_90_percent_of_sweeps():
-    """60 simulated sweeps of 20 teachers x 4 trials: the 95% cluster-bootstrap CI covers the planted slope."""
+    """60 simulated sweeps of 20 teachers x 4 trials: the 95% clustered t(G-2) CI covers the planted slope."""
     planted, covered = 0.5, []
     for sweep in range(60):
         trials = simulate_clustered(20, 4, teacher_slope=planted, between_sd=0.02, within_sd=0.01,
                                     rng=np.random.default_rng(1000 + sweep))  # fmt: skip
-        fit = cluster_fit(trials, X, Y, COVARIATES, n_resamples=999, seed=sweep, mixed=False)
+        fit = cluster_fit(trials, X, Y, COVARIATES, n_resamples=99, seed=sweep)
         covered.append(fit.slope_ci.lo <= planted <= fit.slope_ci.hi)
     assert np.mean(covered) >= 0.9
-
-
-def test_mixed_model_recovers_slope_or_falls_back_and_says_so(monkeypatch):
-    trials = simulate_clustered(12, 4, teacher_slope=0.5, between_sd=0.01, within_sd=0.005,
-                                rng=np.random.default_rng(5))  # fmt: skip
-    fit = cluster_fit(trials, X, Y, COVARIATES, n_resamples=299)
-    assert fit.method == "cluster_bootstrap+mixedlm" and fit.note == ""
-    assert abs(fit.model_slope - 0.5) < 4 * fit.model_se and fit.p < 0.01
-
-    class Failing:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def fit(self, **kwargs):
-            raise np.linalg.LinAlgError("Singular matrix")
-
-    monkeypatch.setattr("analysis.cluster.MixedLM", Failing)
-    fallback = cluster_fit(trials, X, Y, COVARIATES, n_resamples=299)
-    assert fallback.method == "cluster_bootstrap+ols_teacher_means"
-    assert "MixedLM did not converge (Singular matrix): p from OLS on 12 teacher means" in fallback.note
-    assert fallback.slope == pytest.approx(fit.slope) and fallback.slope_ci == fit.slope_ci
-    assert abs(fallback.model_slope - 0.5) < 4 * fallback.model_se and fallback.p < 0.05
 
 
 def test_fewer_than_five_teachers_give_no_r2_no_ci():
@@ -98,16 +72,15 @@ def test_fewer_than_five_teachers_give_no_r2_no_ci():
                                 rng=np.random.default_rng(0))  # fmt: skip
     fit = cluster_fit(trials, X, Y, COVARIATES)
     assert (fit.n_trials, fit.n_teachers) == (40, 4)
-    assert fit.note == "too few teachers (n = 4)"
+    assert fit.note == too_few(4)
     assert math.isnan(fit.r2) and math.isnan(fit.slope_ci.lo) and math.isnan(fit.p) and fit.naive is None
     summary = fit.summary()
     assert summary["r2"] is None and summary["slope_ci"] == [None, None]
     json.dumps(summary)
-    assert (
-        cluster_mean(trials["acc.ratio"] if "acc.ratio" in trials else trials[Y], trials["teacher.key"])["note"]
-        == "too few teachers (n = 4)"
-    )
-    assert "too few teachers (n = 4)" in power(fit, trials).statement()
+    assert cluster_mean(trials["acc.ratio"] if "acc.ratio" in trials else trials[Y], trials["teacher.key"])[
+        "note"
+    ] == too_few(4)
+    assert too_few(4) in power(fit, trials).statement()
 
 
 def test_covariate_k_removes_its_confounding():
@@ -125,7 +98,7 @@ def test_cluster_mean_ci_is_wider_than_a_trial_level_one():
     rng = np.random.default_rng(1)
     teachers = np.repeat(np.arange(8), 10)
     values = pd.Series(0.95 + rng.normal(0, 0.01, 8)[teachers] + rng.normal(0, 0.001, 80))
-    out = cluster_mean(values, pd.Series(teachers), n_resamples=999)
+    out = cluster_mean(values, pd.Series(teachers))
     assert (out["n_trials"], out["n_teachers"]) == (80, 8) and out["ci"].lo < out["mean"] < out["ci"].hi
     trial_level = 1.96 * values.std() / math.sqrt(80)
     assert out["ci"].half_width > 2 * trial_level
@@ -134,11 +107,11 @@ def test_cluster_mean_ci_is_wider_than_a_trial_level_one():
 def test_power_statement_plans_teachers():
     trials = simulate_clustered(10, 4, teacher_slope=0.5, between_sd=0.01, within_sd=0.01,
                                 rng=np.random.default_rng(2))  # fmt: skip
-    fit = cluster_fit(trials, X, Y, COVARIATES, n_resamples=499, mixed=False)
+    fit = cluster_fit(trials, X, Y, COVARIATES, n_resamples=499)
     plan = power(fit, trials, target_half_width=0.05)
     assert plan.n_teachers == 10 and plan.trials_per_teacher == 4
     assert plan.sigma2_between > 0 and plan.sigma2_within > 0
-    assert math.isfinite(plan.half_width_model) and math.isfinite(plan.half_width_bootstrap)
+    assert math.isfinite(plan.half_width_model) and math.isfinite(plan.half_width_observed)
     if plan.half_width_model > 0.05:
         assert plan.teachers_needed > 10
     assert plan.teachers_needed_many_trials <= plan.teachers_needed
@@ -147,7 +120,7 @@ def test_power_statement_plans_teachers():
     # the model's half-width shrinks like 1/sqrt(teachers): 4x the teachers, about half the width
     bigger = simulate_clustered(40, 4, teacher_slope=0.5, between_sd=0.01, within_sd=0.01,
                                 rng=np.random.default_rng(2))  # fmt: skip
-    big_plan = power(cluster_fit(bigger, X, Y, COVARIATES, n_resamples=199, mixed=False), bigger)
+    big_plan = power(cluster_fit(bigger, X, Y, COVARIATES, n_resamples=199), bigger)
     assert big_plan.half_width_model < 0.75 * plan.half_width_model
 
 
@@ -176,19 +149,22 @@ def test_report_summary_json_of_the_null_store(null_store, tmp_path):
         primary
     )
     assert (primary["predictor"], primary["target"], primary["n_trials"], primary["n_teachers"]) == (X, Y, 48, 6)
-    assert primary["method"].startswith("cluster_bootstrap+")
+    assert primary["method"] == CLUSTERED and primary["df"] == 4 and primary["p_reliable"] is False
+    assert {"slope_between", "slope_between_ci", "slope_within", "slope_within_ci"} <= set(primary)
     assert primary["slope_ci"][0] < 0 < primary["slope_ci"][1]
     naive = summary["naive"]
     assert naive["method"] == "naive trial-level OLS" and naive["n_trials"] == 48
     assert not naive["slope_ci"][0] < 0 < naive["slope_ci"][1] and naive["p"] < 0.001
     assert [row["sd"] for row in summary["per_sd"]] == [0.0, 0.2, 0.4, 0.6]
     assert all(row["r2"] is None and row["note"].startswith("too few teachers") for row in summary["per_sd"])
-    assert [row["k"] for row in summary["per_k"]] == [2, 3, 4] and summary["per_k"][0]["paper"] == 0.96
-    secondary = {(row["target"], row["sd"]) for row in summary["per_sd_secondary"]}  # the other targets it carries
+    assert [row["k"] for row in summary["per_k"]] == [2, 3, 4]
+    tables = tmp_path / "tables"
+    secondary = set(pd.read_csv(tables / "secondary_by_sd.csv")[["target", "level"]].itertuples(index=False, name=None))
     assert "r2.final" in SECONDARY_TARGETS and "acc.ratio" in SECONDARY_TARGETS  # the clustered store has no acc.*
     assert secondary == {("r2.final", sd) for sd in (0.0, 0.2, 0.4, 0.6)}
     assert summary["power"]["statement"].startswith("With 6 teachers")
-    assert {row["predictor"] for row in summary["exploratory"]} >= {X} and "p_holm" in summary["exploratory"][0]
+    exploratory = pd.read_csv(tables / "exploratory.csv")
+    assert set(exploratory["predictor"]) >= {X} and "p_holm" in exploratory
     page = (tmp_path / "report.md").read_text()
     assert "Primary relation (pre-registered, spec)" in page and "naive (trials as independent)" in page
 
@@ -202,7 +178,7 @@ def test_tuning_sweep_report_warns_and_small_sweep_reads_as_demo(tmp_path):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["reading"]["purpose"] == "tuning"
     assert any("conditional on surviving" in note or "survived it" in note for note in summary["notes"])
-    assert summary["primary"]["note"] == "too few teachers (n = 3)" and summary["primary"]["r2"] is None
+    assert summary["primary"]["note"] == too_few(3) and summary["primary"]["r2"] is None
     assert summary["naive"] is None
     page = (tmp_path / "report" / "report.md").read_text()
     assert "Demo, not a finding" in page and "Tuning sweep (scheduler asha)" in page

@@ -1,10 +1,7 @@
-import math
-
-import numpy as np
 import pytest
 import torch
 
-from study.science.emergence import onset, phase_snapshot
+from study.science.emergence import phase_snapshot
 
 
 def two_phase_states(n=32, tokens=5, width=16, seed=0) -> torch.Tensor:
@@ -31,13 +28,3 @@ def test_snapshot_of_a_rescaled_stream_is_one_phase():
     states = torch.cat([base * s for s in (1.0, 2.0, 4.0, 8.0, 16.0)], dim=1)
     snap = phase_snapshot(states, num_registers=0, ks=(2,))
     assert snap["mean_sim"] == pytest.approx(1.0) and snap["k2.contrast"] == pytest.approx(0.0, abs=1e-9)
-
-
-def test_onset_is_the_first_step_past_the_fraction():
-    steps = [0, 1, 2, 3, 4]
-    assert onset(steps, [0.0, 0.5, 0.95, 1.0, 1.0]) == 2  # 90% of the way from 0 to 1 reached at step 2
-    assert onset(steps, [1.0, 0.6, 0.2, 0.0, 0.0], fraction=0.5) == 2  # falling curves too
-    assert math.isnan(onset(steps, [0.3] * 5)) and math.isnan(onset([0], [1.0]))
-    assert math.isnan(onset(steps, [0.0, np.nan, 1.0, 1.0, 1.0]))
-    with pytest.raises(ValueError, match="fraction"):
-        onset(steps, [0.0, 1.0, 1.0, 1.0, 1.0], fraction=0.0)

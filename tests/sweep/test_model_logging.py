@@ -105,7 +105,7 @@ def test_sweep_callback_and_replay_log_the_raptor_as_a_registered_pytorch_model(
     callback.on_experiment_end([])
     logged_model_of(client, run.info.run_id)
 
-    # a replay of the whole trial (record.log_trial, e.g. analysis.synthetic) takes the same path
+    # a replay of the whole trial (record.log_trial, e.g. study.sweep.synthetic) takes the same path
     replayed = log_trial(
         client,
         experiment_id,

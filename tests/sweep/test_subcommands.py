@@ -59,7 +59,7 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, args, expected):
 
 
 def test_report_on_an_existing_store_names_the_missing_experiment_and_the_known_ones(tmp_path):
-    from analysis.synthetic import write_synthetic_sweep
+    from study.sweep.synthetic import write_synthetic_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_synthetic_sweep(
@@ -99,7 +99,7 @@ def group_alive(pgid: int) -> bool:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_ui_prints_the_runs_table_url_and_stops_its_server_on_a_signal(tmp_path, sig):
-    from analysis.synthetic import write_synthetic_sweep
+    from study.sweep.synthetic import write_synthetic_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_synthetic_sweep(
