@@ -39,17 +39,20 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
         return
     cfg = spec.trial_config(params, name=trial_name(spec.name, trial_id))
     res = spec.resources
-    runner = RayTrainWorkers(
-        trial_id,
-        paths.train(spec.name),
-        workers=res.workers,
-        worker_cpu=res.worker_cpu,
-        worker_gpu=res.worker_gpu,
-        report_to_tune=True,
-        local=res.local_train,
-    )
+
+    def runner(run_id: str) -> RayTrainWorkers:
+        return RayTrainWorkers(
+            run_id,
+            paths.train(spec.name),
+            workers=res.workers,
+            worker_cpu=res.worker_cpu,
+            worker_gpu=res.worker_gpu,
+            report_to_tune=True,
+            local=res.local_train,
+        )
+
     try:
-        result = run_trial(cfg, out_dir, runner=runner, keep_model=spec.record.log_model)
+        result = run_trial(cfg, out_dir, runner=runner(trial_id), keep_model=spec.record.log_model)
     except Exception as err:
         if not (spec.search.oom_retry and is_oom_text(f"{type(err).__name__}: {err}")) or cfg.distill.batch_size < 2:
             raise
@@ -61,16 +64,7 @@ def trial_driver(params: dict[str, Any], spec: SweepSpec, paths: SweepPaths) -> 
             half,
         )
         cfg = spec.trial_config({**params, "distill.batch_size": half}, name=cfg.name)
-        runner = RayTrainWorkers(
-            f"{trial_id}-oom",
-            paths.train(spec.name),
-            workers=res.workers,
-            worker_cpu=res.worker_cpu,
-            worker_gpu=res.worker_gpu,
-            report_to_tune=True,
-            local=res.local_train,
-        )
-        result = run_trial(cfg, out_dir, runner=runner, keep_model=spec.record.log_model)
+        result = run_trial(cfg, out_dir, runner=runner(f"{trial_id}-oom"), keep_model=spec.record.log_model)
     tune.report({**result["metrics"], "out_dir": str(out_dir)})
 
 
