@@ -1,7 +1,7 @@
 """A sweep's runs in the MLflow store: its experiment, its parent run, finding runs again, and the recovery of runs a
 stopped driver left open (orphaned after a crash, KILLED after Ctrl-C or SIGTERM); MLflow's system metrics.
 
-Imports MLflow where it is used and never Ray, so the synthetic sweep (analysis/synthetic.py) builds its parent run
+Imports MLflow where it is used and never Ray, so the synthetic sweep (study/sweep/synthetic.py) builds its parent run
 with `create_parent_run` without starting Ray."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def render(url: str, *extra: str) -> str:
 
 
 def test_ui_opens_the_runs_table_with_the_searched_params_and_metrics_and_prints_one_line(tmp_path):
-    from analysis.synthetic import write_synthetic_sweep
+    from study.sweep.synthetic import write_synthetic_sweep
     from study.sweep.view import save_runs_view
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
