@@ -86,6 +86,7 @@ def param_importances(
         return Importances(target, n, reason=f"only {n} finished trials carry it; fANOVA needs at least {min_trials}")
     if not distributions:
         return Importances(target, n, reason="no parameter varies across trials")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line per target
     study = optuna.create_study(direction="maximize", study_name=f"importance-{target}")
     study.add_trials(
         [

@@ -74,9 +74,11 @@ def mean_cell(values: pd.Series, units: pd.Series) -> tuple[str, dict]:
     record = cluster_mean(values, units)
     if not math.isfinite(record["mean"]):
         return "–", record
+    mean = record["mean"]
+    text = f"{mean:.3f}" if abs(mean) >= 0.01 or mean == 0 else f"{mean:.2g}"  # a small gap keeps its digits
     if not record["ci"].defined:
-        return f"{record['mean']:.3f} ({record['note']})", record
-    return f"{record['mean']:.3f} {ci_text(record['ci'].lo, record['ci'].hi)}", record
+        return f"{text} ({record['note']})", record
+    return f"{text} {ci_text(record['ci'].lo, record['ci'].hi)}", record
 
 
 def covers_verdict(record: dict, paper: float) -> str:
