@@ -26,6 +26,9 @@ FACTORS = {  # spec -> (field, base level, other levels)
 }
 
 
+FAST = {"dynamics.enabled": False, "similarity.num_samples": 256, "data.max_samples": 200}
+
+
 def _recipe(teacher, **update) -> dict:
     """The teacher's recipe, but for what every study varies (seed, SD rate) and its read-outs."""
     return teacher.model_copy(update=update).model_dump(exclude={"seed", "sd_rate", "track_phases", "track_samples"})
@@ -91,3 +94,18 @@ def test_a_chunk_is_one_level_at_one_sd_rate(args, field, level):
     assert len(configs) == 12 and len(teachers(configs)) == 6
     assert {getattr(c.teacher, field) for c in configs} == {level}
     assert {c.teacher.sd_rate for c in configs} == {float(args[-1])}
+
+
+def test_a_tiny_causes_trial_keeps_the_emergence_of_a_teacher_without_layerscale(tmp_path):
+    """A causes trial shrunk to the tiny digits teacher: no LayerScale, the 1/sqrt(depth) branch scale, SD 0.4, and
+    the phase snapshots of its training."""
+    from study.contract import EMERGENCE_KEY
+    from study.trial.pipeline import run_trial
+    from tests.sweep.test_study_specs import tiny
+
+    extra = {"runtime.cache_dir": str(tmp_path / "cache"), "teacher.residual_scale": "inv_sqrt_depth"}
+    spec = tiny("causes_layerscale", {**extra, "teacher.track_samples": 64, "teacher.track_phases": 1, **FAST})
+    cfg = spec.trial_config({"teacher.layerscale_init": None, "teacher.sd_rate": 0.4, "teacher.seed": 0, "raptor.k": 2})
+    result = run_trial(cfg, tmp_path / "trial")
+    assert [snap["epoch"] for snap in result["teacher"][EMERGENCE_KEY]] == [0, 1, 2]
+    assert result["config"]["teacher"]["layerscale_init"] is None
