@@ -13,7 +13,9 @@ two-sided p on n_teachers - parameters degrees of freedom. The teacher's accurac
 (analysis.load.load_trials over the causes_* sweeps):
 
     from analysis.causes import write_causes
-    write_causes(load_trials(names, uri), "results/causes")
+    from analysis.load import load_results, load_trials
+    trials = load_trials(names, uri)
+    write_causes(trials, "results/causes", load_results(trials["run_id"], uri))
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from study.contract import (
     ACC_HEAD_RATIO,
     AUGMENT_PARAM,
     DEPTH_PARAM,
+    EMERGENCE_KEY,
     FINISHED,
     K_PARAM,
     LAYERSCALE_PARAM,
@@ -245,11 +248,73 @@ def forest_plot(effects: pd.DataFrame, path: str | Path, sd=POOLED, outcomes: tu
     return path
 
 
-def write_causes(trials: pd.DataFrame, out_dir: str | Path) -> dict:
+EMERGENCE_CURVES = ("val_acc", "mean_sim", "k3.within_sim", "k3.contrast")
+"""Snapshot curves of a teacher's training (study/science/emergence.py `phase_snapshot`) read per factor level."""
+EMERGENCE_ONSET = 0.9
+"""Onset: the first snapshot that has covered this share of the curve's change from init to the end (docs/science.md
+§7, "Emergence")."""
+
+
+def emergence_by_level(trials: pd.DataFrame, results: dict[str, dict]) -> pd.DataFrame:
+    """One row per (factor, level, SD rate, teacher, epoch) with the `EMERGENCE_CURVES` of the teacher's snapshots
+    (result.json ``teacher.emergence`` of any of its trials, `results`: run id -> result) and, per curve, the teacher's
+    onset epoch (`<curve> onset`)."""
+    from study.science.emergence import onset  # here: the module imports torch, which the effects do not need
+
+    rows = assign_factors(trials).drop_duplicates(["factor", TEACHER_KEY_PARAM])
+    frames = []
+    for row in rows.to_dict("records"):
+        records = results.get(row["run_id"], {}).get("teacher", {}).get(EMERGENCE_KEY)
+        if not records:
+            continue
+        frame = pd.DataFrame(records).sort_values("epoch")
+        curves = [c for c in EMERGENCE_CURVES if c in frame]
+        frame = frame[["epoch", *curves]].assign(
+            factor=row["factor"], level=row["level"], sd=row[SD_PARAM], teacher=row[TEACHER_KEY_PARAM]
+        )
+        for curve in curves:
+            frame[f"{curve} onset"] = onset(frame["epoch"], frame[curve], EMERGENCE_ONSET)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def emergence_figure(table: pd.DataFrame, path: str | Path, curve: str = "k3.within_sim") -> Path:
+    """One panel per varied factor: the mean of `curve` over each level's teachers against epochs of training (solid:
+    the lowest SD rate, dashed: the other), from `emergence_by_level`. Written as a PNG to `path`."""
+    from matplotlib.figure import Figure
+
+    varied = table.groupby("factor", sort=False)["level"].nunique()
+    factors = list(varied[varied > 1].index) or list(varied.index)  # a factor with its base level only: not shown
+    fig = Figure(figsize=(3.4 * max(1, len(factors)), 3.2))
+    axes = fig.subplots(1, max(1, len(factors)), squeeze=False)[0]
+    low = table["sd"].min() if len(table) else 0.0
+    for ax, factor in zip(axes, factors):
+        part = table[table["factor"] == factor]
+        for i, (level, by_level) in enumerate(part.groupby("level", sort=False)):
+            for sd, curves in by_level.groupby("sd"):
+                mean = curves.groupby("epoch")[curve].mean()
+                label = f"{level}, SD {sd:g}"
+                ax.plot(mean.index, mean.to_numpy(), color=f"C{i}", ls="-" if sd == low else "--", label=label)
+        ax.set_title(factor, fontsize=9)
+        ax.set_xlabel("epochs of teacher training", fontsize=8)
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel(f"{curve} (mean over teachers)", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_causes(trials: pd.DataFrame, out_dir: str | Path, results: dict[str, dict] | None = None) -> dict:
     """effects.csv, mediation.csv, forest.png (SD pooled) and summary.json (the primary test per factor level) into
-    `out_dir`; returns the summary."""
+    `out_dir`; with `results` (run id -> result.json) also emergence.csv and emergence.png. Returns the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    emergence = emergence_by_level(trials, results or {})
+    if len(emergence):
+        emergence.to_csv(out / "emergence.csv", index=False)
+        emergence_figure(emergence, out / "emergence.png")
     effects = factor_effects(trials)
     effects.to_csv(out / "effects.csv", index=False)
     mediation(trials).to_csv(out / "mediation.csv", index=False)

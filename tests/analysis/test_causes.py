@@ -14,6 +14,7 @@ from analysis.causes import (
     CONTRAST,
     WITHIN_SIM,
     assign_factors,
+    emergence_by_level,
     factor_effects,
     forest_plot,
     mediation,
@@ -21,6 +22,7 @@ from analysis.causes import (
 )
 from study.contract import (
     DEPTH_PARAM,
+    EMERGENCE_KEY,
     FINISHED,
     K_PARAM,
     LAYERSCALE_PARAM,
@@ -55,6 +57,7 @@ def planted(duplicate_trials: int = 1, through_similarity: bool = False) -> pd.D
             for _ in range(duplicate_trials):
                 rows.append(
                     {
+                        "run_id": f"run{len(rows)}",
                         "status": FINISHED,
                         TEACHER_KEY_PARAM: f"{layerscale}-{depth}-{sd}-{seed}",
                         LAYERSCALE_PARAM: layerscale,
@@ -130,8 +133,33 @@ def test_mediation_describes_how_much_of_the_lift_goes_through_similarity(throug
     assert row["mediated_share"] == pytest.approx(share, abs=0.2)
 
 
+def planted_emergence(trials: pd.DataFrame) -> dict[str, dict]:
+    """result.json records whose k3.within_sim rises over 10 epochs: at once without LayerScale (90% of the change
+    by epoch 2), gradually otherwise (by epoch 8)."""
+    results = {}
+    for row in trials.to_dict("records"):
+        fast = pd.isna(row[LAYERSCALE_PARAM])
+        curve = [min(1.0, epoch / (2 if fast else 8)) * 0.9 if epoch else 0.0 for epoch in range(0, 11, 2)]
+        records = [{"epoch": e, "val_acc": 0.5, "k3.within_sim": 0.3 + 0.5 * v} for e, v in zip(range(0, 11, 2), curve)]
+        results[row["run_id"]] = {"teacher": {EMERGENCE_KEY: records}}
+    return results
+
+
+def test_emergence_onsets_per_factor_level():
+    trials = planted()
+    table = emergence_by_level(trials, planted_emergence(trials))
+    onsets = table.groupby(["factor", "level"])["k3.within_sim onset"].agg(["min", "max"])
+    assert tuple(onsets.loc[("layerscale", "none")]) == (2.0, 2.0)
+    assert tuple(onsets.loc[("layerscale", "0.1")]) == (8.0, 8.0)
+    teachers = table[table["factor"] == "depth"].groupby("level")["teacher"].nunique()
+    assert teachers.to_dict() == {"12": 2 * SEEDS, "18": 2 * SEEDS}  # one curve per teacher, not per trial
+    assert table.groupby(["factor", "teacher"])["epoch"].count().eq(6).all()
+
+
 def test_write_causes_publishes_effects_forest_plot_and_summary(tmp_path):
-    summary = write_causes(planted(), tmp_path)
+    trials = planted()
+    summary = write_causes(trials, tmp_path, planted_emergence(trials))
+    assert (tmp_path / "emergence.png").stat().st_size > 1000 and (tmp_path / "emergence.csv").is_file()
     assert (tmp_path / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "effects.csv").is_file() and (tmp_path / "mediation.csv").is_file()
     saved = json.loads((tmp_path / "summary.json").read_text())
