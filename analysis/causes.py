@@ -155,6 +155,10 @@ def _fit(data: pd.DataFrame, level: str, outcome: str, covariates: list[str], po
     return row | fitted
 
 
+EFFECT_COLUMNS = ["factor", "level", "base", "k", "sd", "outcome", "n_teachers", "n_level", "n_base", "raw_difference",
+                  "effect", "se", "ci_low", "ci_high", "p", "df", "covariates", "primary"]  # fmt: skip
+
+
 def factor_effects(trials: pd.DataFrame, outcomes: tuple[str, ...] = OUTCOMES) -> pd.DataFrame:
     """Per factor, non-base level, k, SD stratum (each SD rate, and 'pooled' with SD as a covariate) and outcome: the
     effect against the base level on teacher means, adjusted for teacher test accuracy (not for the accuracy itself).
@@ -175,7 +179,7 @@ def factor_effects(trials: pd.DataFrame, outcomes: tuple[str, ...] = OUTCOMES) -
                     fitted = _fit(arms, level, outcome, covariates, pooled)
                     key = {"factor": factor, "level": level, "base": base, "k": int(k), "sd": sd, "outcome": outcome}
                     records.append(key | fitted | {"primary": (outcome, int(k), sd) == PRIMARY})
-    return pd.DataFrame(records)
+    return pd.DataFrame(records, columns=EFFECT_COLUMNS)
 
 
 def mediation(trials: pd.DataFrame, outcome: str = R2_POOLED_FINAL, mediator: str = WITHIN_SIM) -> pd.DataFrame:
@@ -307,8 +311,9 @@ def emergence_figure(table: pd.DataFrame, path: str | Path, curve: str = "k3.wit
 
 
 def write_causes(trials: pd.DataFrame, out_dir: str | Path, results: dict[str, dict] | None = None) -> dict:
-    """effects.csv, mediation.csv, forest.png (SD pooled) and summary.json (the primary test per factor level) into
-    `out_dir`; with `results` (run id -> result.json) also emergence.csv and emergence.png. Returns the summary."""
+    """effects.csv, mediation.csv, forest.png (SD pooled) and summary.json (trial and teacher counts, the primary test
+    per factor level) into `out_dir`; with `results` (run id -> result.json) also emergence.csv and emergence.png.
+    Returns the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     emergence = emergence_by_level(trials, results or {})
@@ -319,9 +324,13 @@ def write_causes(trials: pd.DataFrame, out_dir: str | Path, results: dict[str, d
     effects.to_csv(out / "effects.csv", index=False)
     mediation(trials).to_csv(out / "mediation.csv", index=False)
     forest_plot(effects, out / "forest.png")
-    primary = effects[effects["primary"]]
+    primary = effects[effects["primary"].astype(bool)]
+    used = assign_factors(trials)
     summary = {
         "primary": {"outcome": PRIMARY[0], "k": PRIMARY[1], "sd": PRIMARY[2], "adjusted_for": TEACHER_TEST_ACC},
+        "n_trials": len(trials),
+        "n_trials_used": int(used["run_id"].nunique()) if "run_id" in used else len(used.drop_duplicates()),
+        "n_teachers_used": int(used[TEACHER_KEY_PARAM].nunique()) if TEACHER_KEY_PARAM in used else 0,
         "effects": [
             {key: (None if isinstance(v, float) and not np.isfinite(v) else v) for key, v in row.items()}
             for row in primary.drop(columns=["primary"]).to_dict("records")

@@ -169,3 +169,19 @@ def test_write_causes_publishes_effects_forest_plot_and_summary(tmp_path):
     assert saved["primary"]["outcome"] == R2_POOLED_FINAL
     path = forest_plot(pd.read_csv(tmp_path / "effects.csv"), tmp_path / "per_sd" / "forest_sd0.png", sd=0.0)
     assert path.stat().st_size > 1000
+
+
+def test_the_bench_entry_reads_every_causes_sweep_of_a_store(tmp_path):
+    """bench/causes_report.py on a synthetic store: two sweeps named causes_*, one other; one report over the two."""
+    from analysis.synthetic import write_synthetic_sweep
+    from bench.causes_report import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    small = dict(sd_rates=(0.0,), ks=(3,), lambda_cls=(0.3,), n_failed=0, n_pruned=0, depth=12, n_without_dynamics=0)
+    for name, seeds in (("causes_a", (0, 1, 2)), ("causes_b", (3, 4, 5)), ("other", (6,))):
+        write_synthetic_sweep(uri, name, teacher_seeds=seeds, artifact_location=(tmp_path / name).as_uri(), **small)
+    summary = main(["--tracking-uri", uri, "--out", str(tmp_path / "out")])
+    assert summary["n_trials"] == 6  # the six trials of causes_a and causes_b, not `other`'s
+    # the synthetic teachers differ from the base in two factors (linear SD schedule, no augmentation): left out
+    assert summary["n_trials_used"] == 0 and summary["effects"] == []
+    assert pd.read_csv(tmp_path / "out" / "effects.csv").empty
