@@ -180,8 +180,29 @@ def test_the_bench_entry_reads_every_causes_sweep_of_a_store(tmp_path):
     small = dict(sd_rates=(0.0,), ks=(3,), lambda_cls=(0.3,), n_failed=0, n_pruned=0, depth=12, n_without_dynamics=0)
     for name, seeds in (("causes_a", (0, 1, 2)), ("causes_b", (3, 4, 5)), ("other", (6,))):
         write_synthetic_sweep(uri, name, teacher_seeds=seeds, artifact_location=(tmp_path / name).as_uri(), **small)
-    summary = main(["--tracking-uri", uri, "--out", str(tmp_path / "out")])
-    assert summary["n_trials"] == 6  # the six trials of causes_a and causes_b, not `other`'s
+    second = f"sqlite:///{tmp_path / 'second.db'}"  # another device session's store
+    write_synthetic_sweep(second, "causes_c", teacher_seeds=(7,), artifact_location=(tmp_path / "c").as_uri(), **small)
+    summary = main(["--tracking-uri", uri, "--tracking-uri", second, "--out", str(tmp_path / "out")])
+    assert summary["n_trials"] == 7  # the trials of causes_a, causes_b and causes_c, not `other`'s
     # the synthetic teachers differ from the base in two factors (linear SD schedule, no augmentation): left out
     assert summary["n_trials_used"] == 0 and summary["effects"] == []
     assert pd.read_csv(tmp_path / "out" / "effects.csv").empty
+
+
+def test_the_bench_entry_reads_emergence_from_the_step_metrics(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from bench.causes_report import emergence_from_metrics
+    from study.contract import emergence_metric
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("causes_x", artifact_location=tmp_path.as_uri())).info.run_id
+    bare = client.create_run(client.get_experiment_by_name("causes_x").experiment_id).info.run_id
+    for epoch, value in ((0, 0.3), (2, 0.6), (4, 0.7)):
+        client.log_metric(run, emergence_metric("k3.within_sim"), value, step=epoch)
+        client.log_metric(run, emergence_metric("val_acc"), 0.1 * epoch, step=epoch)
+    results = emergence_from_metrics(client, [run, bare])
+    assert list(results) == [run]
+    records = results[run]["teacher"][EMERGENCE_KEY]
+    assert [r["epoch"] for r in records] == [0, 2, 4] and [r["k3.within_sim"] for r in records] == [0.3, 0.6, 0.7]
+    assert records[2]["val_acc"] == pytest.approx(0.4)
