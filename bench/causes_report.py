@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
             names += found
     if not names:
         raise SystemExit(f"no sweep named {args.prefix}* in {', '.join(uris)}")
-    trials = pd.concat(frames, ignore_index=True)
+    # a session's later store.tgz holds its earlier chunks too: each run once
+    trials = pd.concat(frames, ignore_index=True).drop_duplicates("run_id")
     summary = write_causes(trials, args.out, results)
     print(f"{len(names)} sweeps, {len(trials)} trials -> {args.out} ({len(summary['effects'])} primary effects)")
     return summary

@@ -182,8 +182,10 @@ def test_the_bench_entry_reads_every_causes_sweep_of_a_store(tmp_path):
         write_synthetic_sweep(uri, name, teacher_seeds=seeds, artifact_location=(tmp_path / name).as_uri(), **small)
     second = f"sqlite:///{tmp_path / 'second.db'}"  # another device session's store
     write_synthetic_sweep(second, "causes_c", teacher_seeds=(7,), artifact_location=(tmp_path / "c").as_uri(), **small)
-    summary = main(["--tracking-uri", uri, "--tracking-uri", second, "--out", str(tmp_path / "out")])
-    assert summary["n_trials"] == 7  # the trials of causes_a, causes_b and causes_c, not `other`'s
+    summary = main(
+        ["--tracking-uri", uri, "--tracking-uri", second, "--tracking-uri", uri, "--out", str(tmp_path / "out")]
+    )
+    assert summary["n_trials"] == 7  # the trials of causes_a, causes_b and causes_c (once each), not `other`'s
     # the synthetic teachers differ from the base in two factors (linear SD schedule, no augmentation): left out
     assert summary["n_trials_used"] == 0 and summary["effects"] == []
     assert pd.read_csv(tmp_path / "out" / "effects.csv").empty
