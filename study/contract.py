@@ -186,6 +186,14 @@ ABLATION_ROWS = {
 """The paper's ablation rows 1-5 (docs/science.md §4), each scored by ``acc.head``; row 6 (+ fine-tuned probe) is
 the ``stage2`` row's ``acc.finetuned``."""
 
+LAYERSCALE_PARAM = "teacher.layerscale_init"
+DEPTH_PARAM = "teacher.depth"
+RESIDUAL_SCALE_PARAM = "teacher.residual_scale"
+WEIGHT_DECAY_PARAM = "teacher.weight_decay"
+AUGMENT_PARAM = "teacher.augment"
+"""Teacher knobs that the causes study varies one at a time (docs/science.md, "Beyond the paper: what causes block
+recurrence"; with `SD_SCHEDULE_PARAM`); an empty layerscale_init means a teacher without LayerScale."""
+
 
 def partition_metric(name: str) -> str:
     return f"partition.{name}"

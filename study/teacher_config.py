@@ -54,7 +54,7 @@ TRACKING_FIELDS = ("track_phases", "track_samples", "snapshots", "snapshot")
 """Teacher fields that only choose read-outs taken during training, or which kept checkpoint a trial fits: outside
 `TrialConfig.teacher_key` (the activation cache keys the checkpoint, study/trial/activations.py)."""
 
-KEY_DEFAULTS = {"sd_schedule": "linear", "augment": False}
+KEY_DEFAULTS = {"sd_schedule": "linear", "augment": False, "residual_scale": 1.0}
 """Teacher fields added after teachers were cached: left out of `TrialConfig.teacher_key` at these values, so every
 teacher cached before them keeps its key (and `augment_*` are left out whenever `augment` is off)."""
 
@@ -79,7 +79,15 @@ class TeacherConfig(StrictModel):
     mlp_ratio: float = Field(2.0, gt=0.0, le=8.0)
     patch_size: int = Field(2, ge=1, le=64)
     registers: int = Field(0, ge=0, le=16)
-    layerscale_init: float | None = Field(0.1, gt=0.0, le=1.0)
+    layerscale_init: float | None = Field(
+        0.1, gt=0.0, le=1.0, description="LayerScale gamma at init of every block branch (None: no LayerScale)"
+    )
+    residual_scale: float | Literal["inv_sqrt_depth"] = Field(
+        1.0,
+        description="fixed factor on each block's attention and MLP branch output, after LayerScale: a number in "
+        "(0, 10], or 'inv_sqrt_depth' = 1 / sqrt(depth) (docs/science.md, 'Beyond the paper: what causes block "
+        "recurrence'); training from scratch only",
+    )
     sd_rate: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth (timm drop_path_rate)")
     sd_schedule: Literal["uniform", "linear"] = Field(
         "linear",
@@ -121,6 +129,15 @@ class TeacherConfig(StrictModel):
         "(best validation accuracy) or None (the final weights)",
     )
 
+    @field_validator("residual_scale", mode="before")
+    @classmethod
+    def _residual_scale(cls, value: Any) -> Any:
+        if value == "inv_sqrt_depth" or (
+            isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 10
+        ):
+            return value
+        raise ValueError(f"teacher.residual_scale: a number in (0, 10] or 'inv_sqrt_depth', got {value!r}")
+
     @model_validator(mode="before")
     @classmethod
     def _preset_implies_onnx(cls, data: Any) -> Any:
@@ -143,6 +160,8 @@ class TeacherConfig(StrictModel):
             raise ValueError("teacher.timm_name: required when teacher.source is 'timm'")
         if self.source == "checkpoint" and not (self.checkpoint and self.timm_name):
             raise ValueError("teacher.checkpoint: source 'checkpoint' needs both checkpoint and timm_name")
+        if self.source != "scratch" and self.residual_scale != 1.0:
+            raise ValueError(f"teacher.residual_scale: set on teachers trained from scratch only, got {self.source!r}")
         if self.source != "scratch" and (self.snapshots or self.snapshot is not None):
             raise ValueError(f"teacher.snapshots: kept while training from scratch only, got source {self.source!r}")
         if any(not 0 <= epoch <= self.epochs for epoch in self.snapshots) or len(set(self.snapshots)) < len(
@@ -156,6 +175,10 @@ class TeacherConfig(StrictModel):
         if self.snapshot == "best" and self.epochs < 1:
             raise ValueError("teacher.snapshot: 'best' needs teacher.epochs >= 1")
         return self
+
+    def branch_scale(self) -> float:
+        """The factor `residual_scale` puts on every residual branch: the number, or 1 / sqrt(depth)."""
+        return self.depth**-0.5 if self.residual_scale == "inv_sqrt_depth" else float(self.residual_scale)
 
     def key_fields(self) -> dict[str, Any]:
         """The fields that determine the trained weights (`TrialConfig.teacher_key`): all but `TRACKING_FIELDS`,

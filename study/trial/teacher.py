@@ -38,6 +38,7 @@ from study.science.emergence import phase_snapshot
 from study.science.sampling import stratified_subset
 from study.science.states import teacher_states
 from study.trial.augment import Augment
+from study.trial.branches import scale_branches
 from study.trial.data import ImageSpec, Splits, dataset_labels, native_spec
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class Teacher:
 def build_scratch_model(cfg: TrialConfig, spec: ImageSpec, num_classes: int) -> VisionTransformer:
     """The teacher at init. Stochastic depth per `teacher.sd_schedule`: timm's linear ramp (0 at the first block,
     sd_rate at the last), or sd_rate at every block ('uniform'; DropPath modules hold no weights and draw nothing at
-    construction, so the init is the same under both)."""
+    construction, so the init is the same under both). `teacher.residual_scale` multiplies each block's two branch
+    outputs (study/trial/branches.py)."""
     t = cfg.teacher
     model = VisionTransformer(
         img_size=spec.size,
@@ -91,7 +93,7 @@ def build_scratch_model(cfg: TrialConfig, spec: ImageSpec, num_classes: int) -> 
     if t.sd_schedule == "uniform" and t.sd_rate > 0:
         for block in model.blocks:
             block.drop_path1, block.drop_path2 = DropPath(t.sd_rate), DropPath(t.sd_rate)
-    return model
+    return scale_branches(model, t.branch_scale())
 
 
 def _checkpoint_file(path: str) -> str:
