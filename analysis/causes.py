@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
+from analysis.emergence import onset
 from study.contract import (
     ACC_HEAD_RATIO,
     AUGMENT_PARAM,
@@ -263,8 +264,6 @@ def emergence_by_level(trials: pd.DataFrame, results: dict[str, dict]) -> pd.Dat
     """One row per (factor, level, SD rate, teacher, epoch) with the `EMERGENCE_CURVES` of the teacher's snapshots
     (result.json ``teacher.emergence`` of any of its trials, `results`: run id -> result) and, per curve, the teacher's
     onset epoch (`<curve> onset`)."""
-    from study.science.emergence import onset  # here: the module imports torch, which the effects do not need
-
     rows = assign_factors(trials).drop_duplicates(["factor", TEACHER_KEY_PARAM])
     frames = []
     for row in rows.to_dict("records"):
