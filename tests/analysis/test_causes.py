@@ -173,7 +173,7 @@ def test_write_causes_publishes_effects_forest_plot_and_summary(tmp_path):
 
 def test_the_bench_entry_reads_every_causes_sweep_of_a_store(tmp_path):
     """bench/causes_report.py on a synthetic store: two sweeps named causes_*, one other; one report over the two."""
-    from analysis.synthetic import write_synthetic_sweep
+    from study.sweep.synthetic import write_synthetic_sweep
     from bench.causes_report import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
