@@ -20,7 +20,7 @@ from study.contract import ACC_RATIO, K_PARAM, SD_PARAM, SWAP_METRICS
 from study.trial.figures import to_png as to_png  # the one PNG renderer, re-exported for the report
 
 if TYPE_CHECKING:
-    from analysis.importance import Importances
+    pass
 
 # The report's figures import the statistics (analysis.fit: statsmodels, scipy.stats) where they draw: a trial's
 # process draws its own figures only and does not pay for those imports (results/throughput/README.md, smoke sweep).
@@ -277,38 +277,4 @@ def accuracy_vs_k(
     ax.set(xlabel=by, ylabel=f"{metric} (Raptor / teacher probe accuracy)", title="Accuracy recovery vs k")
     ax.set_xticks(sorted({*data[by].astype(int).tolist(), *paper}))
     ax.legend(fontsize=8)
-    return figure
-
-
-def importance_bars(importances: Sequence[Importances], top: int = 10) -> Figure:
-    """Horizontal bars of the ``top`` params per target (targets with no importances are skipped)."""
-    shown = [imp for imp in importances if imp.values]
-    figure, axes = panel_grid(len(shown), PANEL * 1.2)
-    for ax, imp in zip(axes, shown, strict=True):
-        items = sorted(imp.values.items(), key=lambda kv: kv[1])[-top:]
-        ax.barh([name for name, _ in items], [value for _, value in items], color="tab:green")
-        ax.set(title=f"{imp.target} (n={imp.n_trials})", xlabel="fANOVA importance")
-    return figure
-
-
-def parallel_coordinates(trials: pd.DataFrame, params: Sequence[str], target: str) -> Figure:
-    """Parallel coordinates of ``params`` and ``target`` (each scaled to [0, 1]), lines coloured by target quartile."""
-    frame = trials[[*params, target]].dropna(subset=[target]).copy()
-    for column in frame:
-        values = frame[column]
-        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            values = values.astype(str).astype("category").cat.codes
-        values = values.astype(float)
-        span = values.max() - values.min()
-        frame[column] = (values - values.min()) / span if span > 0 else 0.5
-    quartile = pd.qcut(trials.loc[frame.index, target], q=min(4, frame[target].nunique()), duplicates="drop")
-    frame["class"] = quartile.map(lambda iv: f"{iv.left:.3g} to {iv.right:.3g}").astype(str)
-    figure = Figure(figsize=(max(6.0, 1.3 * (len(params) + 1)), PANEL), layout="constrained")
-    ax = figure.subplots()
-    pd.plotting.parallel_coordinates(
-        frame, "class", cols=[*params, target], ax=ax, colormap="viridis", alpha=0.5, sort_labels=True
-    )
-    ax.set(ylabel="scaled to [0, 1]", title=f"Trials by {target} quartile")
-    ax.tick_params(axis="x", labelrotation=30)
-    ax.legend(title=target, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure

@@ -14,7 +14,6 @@ from analysis.sections import NO_STATISTICS, factored_notes
 from analysis.sweep import SweepAnalysis
 from study.contract import ACC_RATIO, K_PARAM
 
-N_PARALLEL_PARAMS = 6
 SLOPE_CI, BOOT_SLOPE_CI, BOOT_R_CI = "slope CI (OLS)", "slope CI (boot)", "r CI (boot)"
 FIT_COLUMNS_SHOWN = [
     "y",
@@ -206,19 +205,11 @@ def importance_section(analysis: SweepAnalysis) -> Section:
         by_reason.setdefault(imp.reason, []).append(imp.target)
     blocks += [Note(f"No importances for {', '.join(targets)}: {reason}.") for reason, targets in by_reason.items()]
     scored = [imp for imp in analysis.importances if imp.values]
-    if scored:
-        blocks.append(
-            Image("importances", figures.to_png(figures.importance_bars(analysis.importances)), "Importances")
-        )
+    if scored:  # a table, not a figure: the same numbers, and results/ stays small (results/README.md)
         table = pd.DataFrame(
             [{"target": i.target, "param": p, "importance": v} for i in scored for p, v in i.values.items()]
         )
         blocks.append(Table("Importances", table))
-        target = scored[0]
-        params = list(target.values)[:N_PARALLEL_PARAMS]
-        figure = figures.parallel_coordinates(analysis.trials, params, target.target)
-        caption = f"Parallel coordinates of the {len(params)} most important params, coloured by {target.target}"
-        blocks.append(Image("parallel_coordinates", figures.to_png(figure), caption))
     return Section("Hyperparameter importances", blocks)
 
 
