@@ -16,8 +16,11 @@ source bench/device_env.sh
 chunk=$1; budget=${2:-520}
 out=${OUT:-/tmp/gpu_study_out}; mkdir -p "$out"
 runs=${RUNS:-$PWD/runs_gpu}
-{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 1 > "$out/$chunk.gpu.csv"; } &
-sampler=$!
+sampler=
+if command -v nvidia-smi >/dev/null; then  # GPU utilisation samples (absent on a CPU rehearsal)
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 1 > "$out/$chunk.gpu.csv" &
+  sampler=$!
+fi
 case $chunk in
   sd_even) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_even --set "space.teacher.sd_rate={choice: [0.0, 0.2, 0.4, 0.6]}") ;;
   sd_odd) spec=search_spaces/fashion_sd_study.yaml; sets=(--set name=fashion_sd_odd --set "space.teacher.sd_rate={choice: [0.1, 0.3, 0.5]}") ;;
@@ -37,7 +40,7 @@ start=$(date +%s)
 if [ -d "$runs/ray/$name" ]; then verb=resume; else verb=sweep; fi
 timeout --signal=INT "$budget" python3 -m study $verb "$spec" --out "$runs" "${sets[@]}" 2>&1 | tee "$out/$chunk.log" | tail -40
 echo "chunk $chunk: $verb exit ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"
-kill $sampler 2>/dev/null
+[ -n "$sampler" ] && kill "$sampler" 2>/dev/null
 # what comes back: the store, every result.json and the sweeps' saved specs (weights and figures stay behind: the
 # 64 MiB cap); locally, copy each result.json to its run's artifact folder for `raptor-study report`
 tar -czf "$out/$chunk.store.tgz" -C "$runs" mlflow.db $(cd "$runs" && find trials -name result.json) \
