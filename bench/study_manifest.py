@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     from study.sweep.space import load_sweep
-    from study.sweep.tracking import default_tracking_uri
+    from study.store import default_tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="the study folder, results/NAME")
