@@ -130,8 +130,8 @@ def build_manifest(
 def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
-    from study.sweep.space import load_sweep
     from study.store import default_tracking_uri
+    from study.sweep.space import load_sweep
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="the study folder, results/NAME")
