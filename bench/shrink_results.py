@@ -1,10 +1,10 @@
-"""Keep results/ small, so the tracked tree stays under 5 MB: figures as 128-colour palette PNGs, trial tables at
+"""Keep results/ small, so the tracked tree stays under 5 MB: figures as 48-colour palette PNGs, trial tables at
 float32 precision.
 
 Matplotlib writes full-colour RGBA PNGs; the study figures (lines, scatter points, a few colour maps) keep their
-text and marks in a 128-colour palette (a colour bar shows steps of about 1/40 of its range) and shrink about 4x.
+text and marks in a 48-colour palette (a colour bar shows steps of about 1/15 of its range) and shrink about 5x.
 The report writes every float of tables/*.csv with 17 significant digits; the metrics come from float32 models, so
-digits past the 7th carry nothing, and writing 7 makes a trial table a third smaller. Palette PNGs of at most 128
+digits past the 7th carry nothing, and writing 7 makes a trial table a third smaller. Palette PNGs of at most 48
 colours and numbers of 7 significant digits are left alone, so a second run changes nothing (`make results` runs it
 before writing the index).
 
@@ -23,7 +23,11 @@ from PIL import Image
 from bench.common import RESULTS
 
 
-def shrink_png(path: Path, colors: int = 128) -> int:
+PALETTE = 48
+"""Colours of a results figure: enough for the plots' lines, points and text, with visible steps in colour bars."""
+
+
+def shrink_png(path: Path, colors: int = PALETTE) -> int:
     """Re-save `path` as an optimised palette PNG when that is smaller; returns the bytes saved (0: left alone).
 
     Args:

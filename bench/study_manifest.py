@@ -64,7 +64,11 @@ def sweep_record(client, sweep: str) -> dict[str, Any]:
         "git_dirty": tags.get(GIT_DIRTY_TAG),
         "start_ms": run.info.start_time,
         "end_ms": run.info.end_time,
-        "trials": {s: metrics.get(trials_count_metric(s)) for s in (FINISHED, FAILED, PRUNED, RUNNING)},
+        # a finished sweep's summary (it carries the orphan count) once left out the statuses no trial had: 0
+        "trials": {
+            s: metrics.get(trials_count_metric(s), 0 if trials_count_metric("orphaned") in metrics else None)
+            for s in (FINISHED, FAILED, PRUNED, RUNNING)
+        },
     }
 
 

@@ -221,7 +221,7 @@ def test_bench_readme_lists_every_script_with_its_command():
 def test_shrink_results_makes_a_smaller_palette_png_once(tmp_path):
     from PIL import Image
 
-    from bench.shrink_results import shrink_png
+    from bench.shrink_results import PALETTE, shrink_png
 
     rgb = torch.rand(3, 200, 300, generator=torch.Generator().manual_seed(0))  # full colour: a poor PNG
     pixels = (torch.cat([rgb, torch.ones(1, 200, 300)]) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -230,7 +230,7 @@ def test_shrink_results_makes_a_smaller_palette_png_once(tmp_path):
     before = path.stat().st_size
     assert shrink_png(path) == before - path.stat().st_size > 0
     with Image.open(path) as image:
-        assert image.mode == "P" and len(image.getcolors()) <= 128 and image.size == (300, 200)
+        assert image.mode == "P" and len(image.getcolors()) <= PALETTE and image.size == (300, 200)
     assert shrink_png(path) == 0  # idempotent: a second run leaves the file alone
 
 

@@ -37,6 +37,7 @@ from study.contract import (
     GIT_COMMIT_TAG,
     GIT_DIRTY_TAG,
     OPTUNA_STUDY_TAG,
+    STATUSES,
     VERSION_TAG,
     best_metric,
     trials_count_metric,
@@ -333,7 +334,7 @@ def _run_locked(launch: Launch) -> pd.DataFrame:
         )
         raise SweepInterrupted(spec.name, interrupts.signum)
     orphans = mark_orphans(client, experiment_id, sweep_id, keep=set())
-    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    counts = {status: 0 for status in STATUSES} | (table["status"].value_counts().to_dict() if len(table) else {})
     summary = {trials_count_metric(k): v for k, v in counts.items()} | {trials_count_metric("orphaned"): len(orphans)}
     if len(table) and table[spec.search.metric].notna().any():
         summary[best_metric(spec.search.metric)] = (

@@ -50,7 +50,7 @@ def test_html_is_self_contained_with_embedded_figures(report: Path) -> None:
     sources = IMG.findall(page)
     # similarity, per-layer by SD, emergence, dynamics, swaps, scatter, per-layer by k, accuracy, importances,
     # parallel coordinates
-    assert len(sources) == 10
+    assert len(sources) == 8
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -82,7 +82,7 @@ def test_markdown_pngs_and_tables_are_written(report: Path) -> None:
     folder = report.parent
     markdown = (folder / "report.md").read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)
-    assert len(links) == 10 and all((folder / link).is_file() for link in links)
+    assert len(links) == 8 and all((folder / link).is_file() for link in links)
     assert (
         "| finding | paper | ours: final layer | ours: mean over layers | n_teachers | verdict | evidence |" in markdown
     )

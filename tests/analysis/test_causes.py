@@ -173,8 +173,8 @@ def test_write_causes_publishes_effects_forest_plot_and_summary(tmp_path):
 
 def test_the_bench_entry_reads_every_causes_sweep_of_a_store(tmp_path):
     """bench/causes_report.py on a synthetic store: two sweeps named causes_*, one other; one report over the two."""
-    from study.sweep.synthetic import write_synthetic_sweep
     from bench.causes_report import main
+    from study.sweep.synthetic import write_synthetic_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     small = dict(sd_rates=(0.0,), ks=(3,), lambda_cls=(0.3,), n_failed=0, n_pruned=0, depth=12, n_without_dynamics=0)
