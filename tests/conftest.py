@@ -27,6 +27,7 @@ TINY = {
     "distill.stage2.epochs": 1,
     "distill.batch_size": 64,
     "similarity.num_samples": 512,
+    "dynamics.replace_draws": 4,  # the default 20 is checked in tests/science/test_replacement.py; 4 keeps trials quick
     "runtime.device": "cpu",
     "runtime.progress": False,
     "runtime.num_threads": 1,

@@ -162,7 +162,7 @@ def test_result_json_carries_the_papers_own_measurements(trial_dir, prepared):
     for kind in ("intra", "inter"):
         for n in (1, 2, 3):
             entry = replace[kind][f"n{n}"]
-            assert len(entry["draws"]) == 20 and entry["mean"] == pytest.approx(
+            assert len(entry["draws"]) == prepared.cfg.dynamics.replace_draws and entry["mean"] == pytest.approx(
                 np.mean([d["acc"] for d in entry["draws"]])
             )
     assert result["dynamics"]["swap"]["num_images"] == replace["num_images"]
