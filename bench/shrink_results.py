@@ -22,7 +22,6 @@ from PIL import Image
 
 from bench.common import RESULTS
 
-
 PALETTE = 48
 """Colours of a results figure: enough for the plots' lines, points and text, with visible steps in colour bars."""
 
