@@ -43,7 +43,7 @@ demo: setup
 	@echo "Done. Look at:"
 	@echo "  report:   $(OUT)/reports/smoke/report.html"
 	@echo "  trials:   $(OUT)/trials/smoke/<trial>/ (result.json, similarity.png, r2_per_layer.png)"
-	@echo "  MLflow:   $(BIN)/raptor-study ui --out $(OUT)   then open http://127.0.0.1:5000"
+	@echo "  MLflow:   $(BIN)/raptor-study ui smoke --out $(OUT)   (prints the URL of the sweep's runs table)"
 
 lint: setup
 	$(BIN)/ruff check .
