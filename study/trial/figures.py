@@ -127,6 +127,11 @@ def layer_swaps_figure(swap: Mapping, title: str = "teacher accuracy with adjace
     )
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
+    return _finish(fig, ax, title)
+
+
+def _finish(fig: Figure, ax, title: str) -> Figure:
+    """One legend entry per label (the bars and dots of a kind share one), the title, a tight layout."""
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
@@ -155,9 +160,4 @@ def layer_replacement_figure(record: Mapping, title: str = "teacher accuracy wit
     ax.set_xticks(ns, [f"n={n}" for n in ns])
     ax.set_ylim(0, 1.02)
     ax.set_ylabel(f"accuracy ({record['num_images']} images)")
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
