@@ -1,7 +1,8 @@
 """The runs table as a browser renders it: `raptor-study ui SWEEP` on a store holding a sweep and its saved view,
 rendered by headless Chromium. Needs the `chromium` binary, so it is skipped where there is none and under CI
-(CI=true); by hand: `apt-get install -y chromium`, then `pytest -m e2e tests/sweep/test_ui_chromium.py`. With RAPTOR_UI_SCREENSHOT=PATH
-it also saves a 1600 x 1000 screenshot there (docs/ui_runs_table.png was taken from a smoke sweep's store)."""
+(CI=true); by hand: `apt-get install -y chromium`, then `pytest -m e2e tests/sweep/test_ui_chromium.py`. With
+RAPTOR_UI_SCREENSHOT=PATH it also saves a 1600 x 1000 screenshot there (docs/ui_runs_table.png was taken from a
+smoke sweep's store)."""
 
 from __future__ import annotations
 
