@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -24,6 +26,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serving(port: int, seconds: float) -> bool:
+    """Whether a server on 127.0.0.1:`port` answers ``/health`` (MLflow's) within `seconds`, asking twice a second."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
 
 
 def tiny_spec(

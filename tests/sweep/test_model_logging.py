@@ -3,6 +3,7 @@ trial run for real, then written by the sweep's Tune callback and by a replay (`
 study/sweep/record.py, into a local SQLite store; the model loads back, has a signature and gives the Raptor's
 outputs."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -141,45 +142,25 @@ def test_without_log_model_the_run_has_no_model_and_the_weights_file_stays_weigh
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = ensure_experiment(client, "plain", tmp_path / "artifacts")
     result = json.loads((out / RESULT_ARTIFACT).read_text())
-    run_id = log_trial(
-        client,
-        experiment_id,
-        TrialRecord(
-            sweep="plain",
-            sweep_id="",
-            trial_id="t_00001",
-            parent_run_id="",
-            run_name="t",
-            teacher_key="k",
-            params={},
-            history=[],
-            result=result,
-            status=FINISHED,
-            out_dir=out,
-        ),
+    record = TrialRecord(
+        sweep="plain",
+        sweep_id="",
+        trial_id="t_00001",
+        parent_run_id="",
+        run_name="t",
+        teacher_key="k",
+        params={},
+        history=[],
+        result=result,
+        status=FINISHED,
+        out_dir=out,
     )
+    run_id = log_trial(client, experiment_id, record)
     outputs = client.get_run(run_id).outputs
     assert not (outputs and outputs.model_outputs)
     assert MODEL_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}
     with pytest.raises(ValueError, match="record.log_model"):  # asked for later, from a weights-only folder
-        log_trial(
-            client,
-            experiment_id,
-            TrialRecord(
-                sweep="plain",
-                sweep_id="",
-                trial_id="t_00002",
-                parent_run_id="",
-                run_name="t2",
-                teacher_key="k",
-                params={},
-                history=[],
-                result=result,
-                status=FINISHED,
-                out_dir=out,
-            ),
-            model=True,
-        )
+        log_trial(client, experiment_id, dataclasses.replace(record, trial_id="t_00002", run_name="t2"), model=True)
 
 
 @pytest.mark.parametrize(

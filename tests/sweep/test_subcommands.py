@@ -12,7 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_tracking import free_port
+
+from bench.scenario import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "search_spaces" / "smoke.yaml")
@@ -123,14 +124,7 @@ def test_ui_prints_the_runs_table_url_and_stops_its_server_on_a_signal(tmp_path,
             text=True,
             cwd=ROOT,
         )
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    if not serving(port, 150):
         proc.kill()
         pytest.fail(f"ui did not serve: {log.read_text()[-2000:]}")
     text = log.read_text()

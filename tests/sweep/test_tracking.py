@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.entities import Metric
 
-from bench.scenario import free_port
+from bench.scenario import free_port, serving
 from study.store import default_tracking_uri
 from study.sweep.runs import ensure_experiment
 from study.sweep.writer import ResilientWriter
@@ -45,13 +44,8 @@ def start_server(store: Path, port: int) -> subprocess.Popen:
         # no job runner: MLflow 3.x starts two extra huey consumer processes for it, which nothing here uses
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            time.sleep(0.5)
+    if serving(port, 90):
+        return proc
     os.killpg(proc.pid, signal.SIGKILL)
     pytest.fail("mlflow server did not start")
 

@@ -12,14 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_tracking import free_port
 
+from bench.scenario import free_port, serving
 from study.contract import ACC_RATIO, PRIMARY_PREDICTOR
 from study.sweep.space import load_sweep
 
@@ -64,13 +62,7 @@ def test_ui_opens_the_runs_table_with_the_searched_params_and_metrics_and_prints
         command = [sys.executable, "-m", "study", "ui", "smoke", "--out", str(tmp_path), "--port", str(port)]
         ui = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+        assert serving(port, 150), console.read_text()[-2000:]
         url = re.search(r"http://\S+", console.read_text()).group(0)
         assert "workflowType=machine_learning" in url and "viewStateShareKey=raptor-study" in url
         dom = render(url, "--dump-dom")
