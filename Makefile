@@ -51,7 +51,7 @@ lint: setup
 
 test: setup pretrained lint
 	-@$(MAKE) --no-print-directory data
-	$(BIN)/python -m pytest -q -n 2   # two pytest-xdist workers: the e2e tests wait on processes half the time
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal   # two pytest-xdist workers that rebalance (tests/conftest.py)
 
 # The results index and README's replication table come from results/*/summary.json (results/README.md);
 # idempotent: a second run changes nothing (tests/test_results.py checks the committed files are current).

@@ -19,13 +19,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
 def launch_until_a_trial_finished(spec, out, name: str):
-    """`raptor-study sweep SPEC --out OUT`, returned (still running) once its first trial has written its results."""
+    """`raptor-study sweep SPEC --out OUT`, returned (still running) once its first trial has ended FINISHED in
+    MLflow. A trial's result.json comes first, and its run ends only when Tune reports the trial complete: a signal
+    in between rightly leaves that run KILLED for resume, so the tests wait for the run itself."""
     proc = cli("sweep", str(spec), "--out", str(out))
     deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and proc.poll() is None:
+    while time.monotonic() < deadline and proc.poll() is None:  # the driver has created the store by then
         time.sleep(1)
         if list((out / "trials" / name).glob("*/result.json")):
             break
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(r.info.status == "FINISHED" for r in trial_runs(client, name)):
+            break
+        time.sleep(0.5)
     assert proc.poll() is None, output(proc)[-3000:]
     return proc
 

@@ -97,6 +97,7 @@ def group_alive(pgid: int) -> bool:
         return False
 
 
+@pytest.mark.e2e  # `ui` starts a real MLflow server
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_ui_prints_the_runs_table_url_and_stops_its_server_on_a_signal(tmp_path, sig):

@@ -55,6 +55,7 @@ def stop_server(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+@pytest.mark.e2e  # a real `mlflow server`, stopped and restarted
 def test_writes_are_buffered_while_the_server_is_down_and_arrive_after(tmp_path, caplog):
     port = free_port()
     server = start_server(tmp_path, port)
@@ -97,6 +98,7 @@ def test_other_mlflow_errors_are_not_swallowed(tmp_path):
     assert list(writer.pending) == []  # the queue went on past it
 
 
+@pytest.mark.e2e
 def test_sweep_callback_buffers_a_whole_trial_while_the_server_is_down(tmp_path):
     """Server down from before the trial starts until after it ends: every call waits in the
     buffer (run creation included) and the trial arrives whole, in one run, once it is back."""
