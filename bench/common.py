@@ -38,9 +38,10 @@ def machine_line(t_start: float) -> str:
     """Host, CPUs, torch version and threads, device, seconds since `t_start` and load: the line every table cites."""
     import torch
 
+    device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
     return (
         f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"{torch.get_num_threads()}, device {device}, "
         f"total {time.perf_counter() - t_start:.0f} s, load avg at end {os.getloadavg()[0]:.1f}"
     )
 

@@ -10,15 +10,18 @@ the strict `r2.final` and the cls group). The study budget is the smallest budge
 Writes results/<name>/ (results/README.md's layout for a measurement): <name>.json (machine, settings, per-run
 rows, per-budget means, the pick) and README.md (the tables, the machine and the command).
 
-Not part of CI (tests/test_bench.py runs it with tiny overrides). Usage:
+Not part of CI (tests/test_raptor_budget.py runs it with tiny overrides). Usage:
     nice python -m bench.raptor_budget [--budgets 1:1 2:1 4:2 8:4 16:8] [--sds 0.0 0.5] [--k 3] [--device cpu]
                                        [--set data.name=fashion_mnist ...] [--name raptor_budget_digits]
+    python -m bench.raptor_budget --merge A.json B.json --name NAME   (chunks measured apart, e.g. one teacher per
+                                       GPU command: their runs pooled, the means and the pick computed again)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -136,23 +139,30 @@ def render(record: dict, folder: Path, command: str) -> Path:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", nargs="+", default=["1:1", "2:1", "4:2", "8:4", "16:8"], help="S1:S2 epochs")
-    parser.add_argument("--sds", type=float, nargs="+", default=[0.0, 0.5], help="one teacher per SD rate")
-    parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--tolerance", type=float, default=0.01)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="runtime.num_threads (default: torch's)")
-    parser.add_argument("--cache-dir", help="teacher/activation cache (default: a fresh temp folder)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra trial override KEY=VALUE")
-    parser.add_argument("--results", default=str(RESULTS), help="root of the measurement folders")
-    parser.add_argument("--name", default="raptor_budget_digits", help="the measurement's folder and JSON stem")
-    args = parser.parse_args(argv)
+def merge(paths: list[str], tolerance: float) -> dict:
+    """One record from the records of chunks (the same budgets on other teachers): runs pooled, means and pick
+    computed again; each chunk's setting and machine line kept."""
+    records = [json.loads(Path(path).read_text()) for path in paths]
+    runs = pd.DataFrame([row for record in records for row in record["runs"]])
+    if runs.duplicated(["sd", "stage1_epochs", "stage2_epochs"]).any():
+        raise SystemExit(f"--merge: two chunks measured the same teacher SD and budget ({paths})")
+    means, pick = pick_budget(runs, tolerance)
+    return {
+        "setting": " | ".join(dict.fromkeys(record["setting"] for record in records)),
+        "machine": " | ".join(record["machine"] for record in records),
+        "overrides": records[0]["overrides"],
+        "merged_from": [Path(path).name for path in paths],
+        "runs": runs.to_dict(orient="records"),
+        "means": means.to_dict(orient="records"),
+        "pick": pick,
+    }
+
+
+def measured(args) -> dict:
+    """The record of one measurement: every budget on one teacher per SD rate of `args`."""
     budgets = [parse_budget(text) for text in args.budgets]
     if len(args.sds) < 1 or not 0 < args.tolerance < 1:
         raise SystemExit("--sds: at least one teacher; --tolerance: in (0, 1)")
-
     cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="raptor_budget_cache_"))
     base = {
         **RECIPE,
@@ -177,20 +187,36 @@ def main(argv: list[str] | None = None) -> dict:
         f"{cfg.distill.batch_size}, Raptor seed {cfg.seed}; R^2 on the test split; extra overrides "
         f"{parse_sets(args.sets) or 'none'}"
     )
-    machine = machine_line(t_start)
-    record = {
+    return {
         "setting": setting,
-        "machine": machine,
+        "machine": machine_line(t_start),
         "overrides": {k: v for k, v in base.items() if k != "runtime.cache_dir"},
         "runs": runs.to_dict(orient="records"),
         "means": means.to_dict(orient="records"),
         "pick": pick,
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", nargs="+", default=["1:1", "2:1", "4:2", "8:4", "16:8"], help="S1:S2 epochs")
+    parser.add_argument("--sds", type=float, nargs="+", default=[0.0, 0.5], help="one teacher per SD rate")
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="runtime.num_threads (default: torch's)")
+    parser.add_argument("--cache-dir", help="teacher/activation cache (default: a fresh temp folder)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra trial override KEY=VALUE")
+    parser.add_argument("--results", default=str(RESULTS), help="root of the measurement folders")
+    parser.add_argument("--name", default="raptor_budget_digits", help="the measurement's folder and JSON stem")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="pool the records of chunks; measure nothing")
+    args = parser.parse_args(argv)
+    record = merge(args.merge, args.tolerance) if args.merge else measured(args)
     folder = results_dir(args.name, args.results)
     write_json(folder / f"{args.name}.json", record)
     render(record, folder, " ".join(["python -m bench.raptor_budget", *(sys.argv[1:] if argv is None else argv)]))
-    print(machine)
-    print(f"picked stage1 {pick['stage1_epochs']} + stage2 {pick['stage2_epochs']}; wrote {folder}")
+    print(record["machine"])
+    print(f"picked stage1 {record['pick']['stage1_epochs']} + stage2 {record['pick']['stage2_epochs']}; wrote {folder}")
     return record
 
 

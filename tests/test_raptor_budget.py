@@ -50,3 +50,36 @@ def test_pick_is_the_smallest_budget_within_the_tolerance_of_the_largest():
     assert (pick["stage1_epochs"], pick["stage2_epochs"]) == (4, 2)  # 0.95 vs the largest 0.96
     assert pick["largest_r2_pooled_final"] == pytest.approx(0.96)
     assert pick_budget(runs, tolerance=0.2)[1]["stage1_epochs"] == 1
+
+
+def test_merge_pools_chunks_and_picks_again(tmp_path):
+    """Chunks measured apart (one teacher each, e.g. one GPU command each) give the pick of their pooled runs."""
+
+    def chunk(sd: float, scores: list[float]) -> str:
+        runs = [
+            {
+                "sd": sd,
+                "stage1_epochs": s1,
+                "stage2_epochs": s2,
+                "epochs": s1 + s2,
+                R2_POOLED_FINAL: r2,
+                "r2.final": 0.0,
+                "r2_pooled.final.cls": 0.0,
+                "distill_s": 1.0,
+            }
+            for (s1, s2), r2 in zip([(1, 1), (2, 1), (4, 2)], scores, strict=True)
+        ]
+        record = {"setting": "fashion", "machine": f"gpu {sd}", "overrides": {}, "runs": runs, "means": [], "pick": {}}
+        path = tmp_path / f"sd{sd}.json"
+        path.write_text(json.dumps(record))
+        return str(path)
+
+    a, b = chunk(0.0, [0.80, 0.90, 0.95]), chunk(0.5, [0.90, 0.96, 0.97])
+    record = main(["--merge", a, b, "--results", str(tmp_path), "--name", "merged"])
+    means = pd.DataFrame(record["means"])
+    assert list(means[R2_POOLED_FINAL].round(3)) == [0.85, 0.93, 0.96] and (means["teachers"] == 2).all()
+    assert (record["pick"]["stage1_epochs"], record["pick"]["stage2_epochs"]) == (4, 2)  # 0.93 < 0.96 - 0.01
+    assert record["machine"] == "gpu 0.0 | gpu 0.5" and record["merged_from"] == ["sd0.0.json", "sd0.5.json"]
+    assert json.loads((tmp_path / "merged" / "merged.json").read_text())["pick"] == record["pick"]
+    with pytest.raises(SystemExit, match="same teacher SD and budget"):
+        main(["--merge", a, a, "--results", str(tmp_path), "--name", "twice"])
