@@ -55,6 +55,7 @@ def tiny_spec(
             "data": {"max_samples": 300},
             "teacher": {"depth": 3, "width": 16, "heads": 2, "epochs": 2, "batch_size": 64},
             "distill": {"batch_size": 64, "stage1": {"epochs": 1}, "stage2": {"epochs": stage2_epochs}},
+            "dynamics": {"replace_draws": 4},  # as tests/conftest.py's TINY: the default 20 is a science-level test
             "runtime": {"num_threads": 1, "progress": False, **(runtime or {})},
         },
         "space": {
